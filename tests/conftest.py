@@ -1,0 +1,51 @@
+"""Fixtures shared by the test suite: where the real X-rays are, and small real datasets built from them."""
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_CXR = Path(os.environ.get("CXR_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data" / "cxr"))
+SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
+
+
+def shared_records(source=None, label=None):
+    """Rows of the shared manifest (real, labelled X-rays), optionally filtered."""
+    with open(SHARED_CXR / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        r
+        for r in rows
+        if (source is None or r["source"] == source) and (label is None or r["label"] == label)
+    ]
+
+
+@pytest.fixture(scope="session")
+def shared_cxr() -> Path:
+    if not (SHARED_CXR / "manifest.csv").exists():
+        pytest.skip(f"shared X-ray data not found at {SHARED_CXR}")
+    return SHARED_CXR
+
+
+@pytest.fixture(scope="session")
+def real_xray_path(shared_cxr) -> Path:
+    """One real TB chest X-ray (TBX11K, 512x512 8-bit PNG)."""
+    return shared_cxr / shared_records("tbx11k", "Tuberculosis")[0]["path"]
+
+
+@pytest.fixture(scope="session")
+def kaggle_tree(tmp_path_factory, shared_cxr) -> Path:
+    """A tiny dataset in the Kaggle "TB Chest X-ray Database" layout, made of real shared images."""
+    root = tmp_path_factory.mktemp("kaggle") / "TB_Chest_Radiography_Database"
+    normals = shared_records("openist", "Normal")[:24] + shared_records("shenzhen", "Normal")
+    tbs = shared_records("tbx11k", "Tuberculosis")[:28]
+    for folder, rows in (("Normal", normals), ("Tuberculosis", tbs)):
+        (root / folder).mkdir(parents=True)
+        for i, row in enumerate(rows, 1):
+            shutil.copy(shared_cxr / row["path"], root / folder / f"{folder}-{i}.png")
+    return root
