@@ -1,0 +1,107 @@
+"""ingest >> train >> evaluate, then register the candidate and let the quality gate decide on promotion.
+
+This is the single implementation every driver calls: ``python -m cxr_core pipeline``, the Retrain
+page's background job and the Airflow DAG (stage by stage). ``dvc repro`` runs the same three stage
+functions through ``training/`` and leaves registration to ``python -m cxr_core models register``.
+"""
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from cxr_core.card import render_model_card
+from cxr_core.fsutil import atomic_directory, write_json_atomic
+
+CANDIDATE_FILES = ("model.keras", "ood.npz", "history.csv", "history.json")
+
+
+def assemble_candidate(work_dir: str | Path, version: str | None = None) -> Path:
+    """Gather a finished run's model, metrics, plots and card into ``work/candidate`` for the registry."""
+    work_dir = Path(work_dir)
+    model_dir, eval_dir, ingest_dir = work_dir / "model", work_dir / "evaluate", work_dir / "ingest"
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    report = json.loads((eval_dir / "metrics.json").read_text())
+    ingest_summary = json.loads((ingest_dir / "summary.json").read_text())
+    metadata["metrics"] = summarise(report)
+    metadata["version"] = version
+    with atomic_directory(work_dir / "candidate") as staging:
+        for name in CANDIDATE_FILES:
+            if (model_dir / name).exists():
+                shutil.copy2(model_dir / name, staging / name)
+        shutil.copy2(eval_dir / "metrics.json", staging / "metrics.json")
+        shutil.copy2(eval_dir / "predictions.csv", staging / "predictions.csv")
+        shutil.copytree(eval_dir / "plots", staging / "plots")
+        write_json_atomic(staging / "ingest_summary.json", ingest_summary)
+        write_json_atomic(staging / "metadata.json", metadata)
+        (staging / "MODEL_CARD.md").write_text(render_model_card(metadata, report, ingest_summary))
+    return work_dir / "candidate"
+
+
+def summarise(report: dict) -> dict:
+    """The few figures the registry, the gate and the version list need, from a full metrics report."""
+    keys = ("roc_auc", "roc_auc_ci", "pr_auc", "sensitivity", "sensitivity_ci", "specificity",
+            "specificity_ci", "ppv", "npv", "accuracy", "threshold", "who_minimum_met")  # fmt: skip
+    return {"test_images": report.get("n"), **{key: report.get(key) for key in keys}}
+
+
+def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict | None:
+    """The serving model's figures on the candidate's own test split: a like-for-like comparison.
+
+    A model whose input size differs (other params) cannot score these shards; then its recorded
+    metrics are the only comparison left.
+    """
+    from cxr_core import metrics
+    from cxr_core.evaluate import score_split
+
+    try:
+        labels, probabilities, _, predictor = score_split(ingest_dir, registry.version_dir(version), "test")
+    except (ValueError, OSError):
+        return registry.metadata(version).get("metrics")
+    return summarise(metrics.evaluate(labels, probabilities, predictor.threshold, n_boot=0))
+
+
+def run_pipeline(
+    data_path: str | Path,
+    work_dir: str | Path,
+    params: dict,
+    progress: Callable[[dict], None] | None = None,
+    models_root: str | Path | None = None,
+    promote: str = "gate",
+) -> dict:
+    """Run all stages on ``data_path`` and register the result; ``promote`` is gate, never or always."""
+    from cxr_core.evaluate import run_evaluate
+    from cxr_core.ingest import run_ingest
+    from cxr_core.registry import Registry, quality_gate
+    from cxr_core.train import run_train
+
+    def report(event: dict) -> None:
+        if progress:
+            progress(event)
+
+    work_dir = Path(work_dir)
+    report({"stage": "ingest"})
+    ingest_summary = run_ingest(data_path, work_dir / "ingest", params.get("ingest"), progress=progress)
+    report({"stage": "train", "ingest": {k: ingest_summary[k] for k in ("images", "skipped", "duplicates")}})
+    run_train(work_dir / "ingest", work_dir / "model", params.get("train"), progress=progress)
+    report({"stage": "evaluate"})
+    run_evaluate(work_dir / "ingest", work_dir / "model", work_dir / "evaluate", params.get("evaluate"))
+    report({"stage": "register"})
+    registry = Registry(models_root) if models_root else Registry()
+    version = registry.new_version_name()
+    candidate = assemble_candidate(work_dir, version)
+    candidate_metrics = json.loads((candidate / "metadata.json").read_text())["metrics"]
+    current = registry.current_version()
+    current_metrics = current_metrics_on(work_dir / "ingest", registry, current) if current else None
+    gate = quality_gate(candidate_metrics, current_metrics, params.get("gate", {}))
+    registry.register(candidate, version=version)
+    promoted = promote == "always" or (promote == "gate" and gate.passed)
+    if promoted:
+        registry.promote(version)
+    return {
+        "version": version,
+        "compared_with": current,
+        "gate": {"passed": gate.passed, "reasons": gate.reasons},
+        "promoted": promoted,
+        "metrics": candidate_metrics,
+    }
