@@ -68,11 +68,10 @@ def _process_alive(status: dict) -> bool:
     pid = status.get("pid")
     if not pid:
         return status.get("state") == "starting" and time.time() - status.get("created_ts", 0) < 30
+    _reap(pid)
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
             return False
         started = status.get("process_started")
         return started is None or abs(process.create_time() - started) < 1.0
@@ -80,10 +79,18 @@ def _process_alive(status: dict) -> bool:
         return False
 
 
+def _reap(pid: int) -> None:
+    """Collect the exit of a job this process started, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def job_status(job_id: str, root: str | Path | None = None) -> dict:
     """The job's status, with a dead-but-"running" job reconciled to failed (and saved so)."""
     job_dir = _root(root) / job_id
     status = _read_status(job_dir)
+    if status.get("pid"):
+        _reap(status["pid"])
     if status.get("state") in ACTIVE and not _process_alive(status):
         status.update(
             state="failed", finished=_now(), error="the training process ended unexpectedly (killed?)"

@@ -99,6 +99,7 @@ def run_train(
             validation_data=val_ds,
             epochs=int(params["epochs"]),
             class_weight=balanced_class_weights(y_train),
+            shuffle=False,  # the tf.data pipeline reshuffles every epoch itself
             callbacks=callbacks,
             verbose=0,
         )
