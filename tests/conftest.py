@@ -28,7 +28,10 @@ def shared_records(source=None, label=None):
 @pytest.fixture(scope="session")
 def shared_cxr() -> Path:
     if not (SHARED_CXR / "manifest.csv").exists():
-        pytest.skip(f"shared X-ray data not found at {SHARED_CXR}")
+        message = f"shared X-ray data not found at {SHARED_CXR} (set CXR_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI the data is always there: never let its absence pass as green
+        pytest.skip(message)
     return SHARED_CXR
 
 
