@@ -30,7 +30,11 @@ def _predict(args) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     predictor = Predictor(model_dir)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 2
     try:
         writer = None
         if args.format == "csv":
