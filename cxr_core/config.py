@@ -1,5 +1,6 @@
 """``params.yaml``: one file of settings read by every driver (CLI, ``dvc repro``, Retrain page, Airflow)."""
 
+import os
 from pathlib import Path
 
 import yaml
@@ -10,8 +11,12 @@ DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 
 
 def load_params(path: str | Path | None = None) -> dict:
-    """The parsed params file (``params.yaml`` at the project root unless another is named)."""
-    with open(path or DEFAULT_PARAMS) as handle:
+    """The parsed params file: the one named, else ``$CXR_PARAMS_FILE``, else the project's ``params.yaml``.
+
+    The environment variable lets a deployment (Docker, Airflow) give the dashboard and the DAG one
+    shared file, so both apply the same quality gate.
+    """
+    with open(path or os.environ.get("CXR_PARAMS_FILE") or DEFAULT_PARAMS) as handle:
         return yaml.safe_load(handle) or {}
 
 

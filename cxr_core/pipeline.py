@@ -72,7 +72,7 @@ def run_pipeline(
     """Run all stages on ``data_path`` and register the result; ``promote`` is gate, never or always."""
     from cxr_core.evaluate import run_evaluate
     from cxr_core.ingest import run_ingest
-    from cxr_core.registry import Registry, quality_gate
+    from cxr_core.registry import Registry
     from cxr_core.train import run_train
 
     def report(event: dict) -> None:
@@ -88,20 +88,48 @@ def run_pipeline(
     run_evaluate(work_dir / "ingest", work_dir / "model", work_dir / "evaluate", params.get("evaluate"))
     report({"stage": "register"})
     registry = Registry(models_root) if models_root else Registry()
-    version = registry.new_version_name()
-    candidate = assemble_candidate(work_dir, version)
-    candidate_metrics = json.loads((candidate / "metadata.json").read_text())["metrics"]
-    current = registry.current_version()
-    current_metrics = current_metrics_on(work_dir / "ingest", registry, current) if current else None
-    gate = quality_gate(candidate_metrics, current_metrics, params.get("gate", {}))
-    registry.register(candidate, version=version)
-    promoted = promote == "always" or (promote == "gate" and gate.passed)
-    if promoted:
+    return register_candidate(work_dir, params, registry, promote)
+
+
+def register_candidate(work_dir: str | Path, params: dict, registry, promote: str = "gate") -> dict:
+    """Gate a finished run against the serving model, register it, and promote it if allowed.
+
+    Safe to repeat (an Airflow retry, a re-run after a crash): the gate verdict is kept in
+    ``work/gate.json`` keyed by the model file's checksum, so a retry after promotion never compares
+    the model with itself, and a model already in the registry is not registered twice.
+    """
+    from cxr_core.fsutil import write_json_atomic
+    from cxr_core.registry import quality_gate, sha256_file
+
+    work_dir = Path(work_dir)
+    digest = sha256_file(work_dir / "model" / "model.keras")
+    candidate_metrics = summarise(json.loads((work_dir / "evaluate" / "metrics.json").read_text()))
+    decision_file = work_dir / "gate.json"
+    decision = json.loads(decision_file.read_text()) if decision_file.exists() else {}
+    if decision.get("model_sha256") != digest:
+        current = registry.current_version()
+        current_metrics = current_metrics_on(work_dir / "ingest", registry, current) if current else None
+        gate = quality_gate(candidate_metrics, current_metrics, params.get("gate", {}))
+        decision = {
+            "model_sha256": digest,
+            "compared_with": current,
+            "passed": gate.passed,
+            "reasons": gate.reasons,
+            "checks": gate.checks,
+        }
+        write_json_atomic(decision_file, decision)
+
+    version = next((m["version"] for m in registry.versions() if m.get("model_sha256") == digest), None)
+    if version is None:
+        version = registry.new_version_name()
+        registry.register(assemble_candidate(work_dir, version), version=version)
+    promoted = promote == "always" or (promote == "gate" and bool(decision["passed"]))
+    if promoted and registry.current_version() != version:
         registry.promote(version)
     return {
         "version": version,
-        "compared_with": current,
-        "gate": {"passed": gate.passed, "reasons": gate.reasons},
+        "compared_with": decision["compared_with"],
+        "gate": {k: decision[k] for k in ("passed", "reasons", "checks")},
         "promoted": promoted,
         "metrics": candidate_metrics,
     }

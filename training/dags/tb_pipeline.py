@@ -1,0 +1,379 @@
+"""Airflow 3 DAG ``tb_pipeline``: data_ingestion >> model_trainer >> model_testing >> register_model.
+
+The stages are the project's own (``python -m training.ingest|train|evaluate``, the same CLIs that
+``dvc repro`` and the README use); registration uses :func:`cxr_core.registry.quality_gate`, the gate
+the dashboard's Retrain page applies, and promotes the new version only when it passes.
+
+Two environments, on purpose: this file is parsed by Airflow in ``airflow-venv/`` (or the Airflow
+image) and imports nothing heavier than ``airflow.sdk`` at the top level, so parsing stays fast and
+never touches TensorFlow. Each stage runs in the project environment (``.venv``, or
+``$CXR_PROJECT_PYTHON``) as a child process whose output streams into the task log. Tasks exchange
+only small JSON through XCom: paths, the data fingerprint, the model's sha256 and a few metrics.
+
+Retry safety: every stage writes into a hidden staging folder and renames it into place when complete
+(``cxr_core.fsutil.atomic_directory``), so a retried task replaces its output whole or leaves the old
+one; staging folders left by a killed try are removed before the next try starts. Registration
+records its gate decision next to the run's outputs and reuses an already registered copy of the same
+model, so a retry neither registers twice nor re-judges a model against itself.
+
+Environment (read at parse time, cheap):
+``CXR_PROJECT_ROOT`` project folder (default: two levels above this file) ·
+``CXR_PROJECT_PYTHON`` interpreter of the project environment (default ``<root>/.venv/bin/python``) ·
+``CXR_AIRFLOW_WORK_DIR`` where each run keeps its outputs (default ``<root>/work/airflow``) ·
+``CXR_PARAMS_FILE`` base settings (default ``<root>/params.yaml``) ·
+``CXR_MODELS_DIR`` the model registry (read by the project code; default ``<root>/models``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+PROJECT_ROOT = Path(os.environ.get("CXR_PROJECT_ROOT") or Path(__file__).resolve().parents[2])
+PROJECT_PYTHON = os.environ.get("CXR_PROJECT_PYTHON") or str(PROJECT_ROOT / ".venv" / "bin" / "python")
+WORK_ROOT = Path(os.environ.get("CXR_AIRFLOW_WORK_DIR") or PROJECT_ROOT / "work" / "airflow")
+PARAMS_FILE = Path(os.environ.get("CXR_PARAMS_FILE") or PROJECT_ROOT / "params.yaml")
+
+LOG_TAIL_LINES = 40  # lines of a failed stage's output repeated in the error message
+LOG_LINE_CHARS = 2000  # longer lines are cut before they reach the task log
+
+
+def _base_settings() -> dict:
+    """The defaults shown in the trigger form: the base params file's values (cheap YAML read)."""
+    try:
+        import yaml
+
+        with open(PARAMS_FILE) as handle:
+            params = yaml.safe_load(handle) or {}
+    except (OSError, ImportError, ValueError):
+        params = {}
+    train = params.get("train") or {}
+    return {
+        "data_path": str((params.get("data") or {}).get("path", "data/sample")),
+        "epochs": int(train.get("epochs", 30)),
+        "batch_size": int(train.get("batch_size", 32)),
+        "learning_rate": float(train.get("learning_rate", 0.001)),
+        "patience": int(train.get("patience", 6)),
+        "min_sensitivity": float((train.get("threshold") or {}).get("min_sensitivity", 0.95)),
+        "n_boot": int((params.get("evaluate") or {}).get("n_boot", 1000)),
+        "ingest_workers": int((params.get("ingest") or {}).get("workers", 0)),
+    }
+
+
+_BASE = _base_settings()
+
+DAG_PARAMS = {
+    "data_path": Param(
+        _BASE["data_path"],
+        type="string",
+        minLength=1,
+        description="Dataset: Kaggle folder (Normal/ + Tuberculosis/), NLM folder, CSV manifest or .zip. "
+        "Relative paths are relative to the project folder.",
+    ),
+    "epochs": Param(_BASE["epochs"], type="integer", minimum=1, maximum=500, description="Training epochs."),
+    "batch_size": Param(_BASE["batch_size"], type="integer", minimum=1, maximum=1024),
+    "learning_rate": Param(_BASE["learning_rate"], type="number", exclusiveMinimum=0, maximum=1),
+    "patience": Param(_BASE["patience"], type="integer", minimum=1, description="Early-stopping patience."),
+    "min_sensitivity": Param(
+        _BASE["min_sensitivity"],
+        type="number",
+        minimum=0.5,
+        maximum=1,
+        description="Sensitivity floor used to choose the decision threshold on the validation split.",
+    ),
+    "n_boot": Param(
+        _BASE["n_boot"], type="integer", minimum=0, maximum=20000, description="Bootstrap resamples."
+    ),
+    "ingest_workers": Param(
+        _BASE["ingest_workers"], type="integer", minimum=0, maximum=64, description="0 = one per CPU core."
+    ),
+    "promote": Param(
+        "gate",
+        enum=["gate", "never"],
+        description="gate: promote only if the quality gate passes; never: register without promoting.",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+# These run inside the task process (airflow-venv): standard library and PyYAML, no project imports.
+
+
+def _run_dir(run_id: str) -> Path:
+    """One folder per DAG run; a cleared and re-run task writes into the same place."""
+    return WORK_ROOT / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+
+
+def _clear_leftovers(work_dir: Path, name: str) -> None:
+    """Remove staging folders of an earlier try that was killed before it could clean up after itself."""
+    import shutil
+
+    for pattern in (f".{name}.staging-*", f".{name}.retired-*"):
+        for leftover in work_dir.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _run_stage(*args: str) -> None:
+    """Run ``python -m <stage> ...`` in the project environment, streaming its output to the task log.
+
+    The child stays in the task's process group, so when Airflow stops the task (timeout, mark failed)
+    it signals the whole group and the stage goes with it; an exception inside this process (e.g. the
+    execution timeout) stops the child explicitly.
+    """
+    import collections
+    import logging
+    import subprocess
+
+    log = logging.getLogger("airflow.task")
+    command = [PROJECT_PYTHON, "-m", *args]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+    log.info("running in the project environment: %s", " ".join(command))
+    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()[:LOG_LINE_CHARS]
+            tail.append(line)
+            log.info("%s", line)
+        code = process.wait()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    if code != 0:
+        detail = "\n".join(tail)
+        raise RuntimeError(f"{args[0]} failed with exit code {code}; last output:\n{detail}")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_run_params(target: Path, settings: dict) -> None:
+    """The run's own params file: the base file with the DAG-run settings applied (kept for the record)."""
+    import tempfile
+
+    import yaml
+
+    with open(PARAMS_FILE) as handle:
+        params = yaml.safe_load(handle) or {}
+    params.setdefault("data", {})["path"] = settings["data_path"]
+    params.setdefault("ingest", {})["workers"] = int(settings["ingest_workers"])
+    train = params.setdefault("train", {})
+    for key in ("epochs", "batch_size", "patience"):
+        train[key] = int(settings[key])
+    train["learning_rate"] = float(settings["learning_rate"])
+    train.setdefault("threshold", {})["min_sensitivity"] = float(settings["min_sensitivity"])
+    params.setdefault("evaluate", {})["n_boot"] = int(settings["n_boot"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(params, handle, sort_keys=False)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _round(value, digits: int = 4):
+    return None if value is None else round(float(value), digits)
+
+
+# -------------------------------------------------------------------------------------------- tasks
+
+
+@task(multiple_outputs=False, retries=2, execution_timeout=timedelta(hours=2))
+def data_ingestion() -> dict:
+    """Decode, check and preprocess the dataset into uint8 shards with duplicate-aware splits."""
+    context = get_current_context()
+    settings = dict(context["params"])
+    work_dir = _run_dir(context["run_id"])
+    params_file = work_dir / "params.yaml"
+    _write_run_params(params_file, settings)
+    _clear_leftovers(work_dir, "ingest")
+    ingest_dir = work_dir / "ingest"
+    data = Path(settings["data_path"]).expanduser()
+    data = data if data.is_absolute() else PROJECT_ROOT / data
+    _run_stage("training.ingest", "--data", str(data), "--out", str(ingest_dir), "--params", str(params_file))
+    summary = _read_json(ingest_dir / "summary.json")
+    split_sizes = {
+        split: {label: sum(by_source.values()) for label, by_source in labels.items()}
+        for split, labels in summary.get("counts", {}).items()
+    }
+    return {
+        "work_dir": str(work_dir),
+        "params_file": str(params_file),
+        "ingest_dir": str(ingest_dir),
+        "data_path": summary["data_path"],
+        "layout": summary.get("layout"),
+        "data_fingerprint": summary["data_fingerprint"],
+        "images": summary["images"],
+        "skipped": summary["skipped"],
+        "duplicates": summary.get("duplicates"),
+        "split_sizes": split_sizes,
+    }
+
+
+@task(multiple_outputs=False, retries=2, execution_timeout=timedelta(hours=8))
+def model_trainer(ingest: dict) -> dict:
+    """Train the CNN on the shards and choose the decision threshold on the validation split."""
+    work_dir = Path(ingest["work_dir"])
+    _clear_leftovers(work_dir, "model")
+    model_dir = work_dir / "model"
+    _run_stage(
+        "training.train",
+        "--ingest",
+        ingest["ingest_dir"],
+        "--out",
+        str(model_dir),
+        "--params",
+        ingest["params_file"],
+    )
+    metadata = _read_json(model_dir / "metadata.json")
+    if metadata.get("data_fingerprint") != ingest["data_fingerprint"]:
+        raise RuntimeError(
+            "the trained model does not come from this run's ingested data (fingerprint differs)"
+        )
+    return {
+        "model_dir": str(model_dir),
+        "model_sha256": _sha256(model_dir / "model.keras"),
+        "data_fingerprint": metadata["data_fingerprint"],
+        "threshold": _round(metadata["threshold"], 6),
+        "threshold_rule": metadata.get("threshold_rule"),
+        "val_auc": _round(metadata.get("val_auc")),
+        "epochs_run": metadata.get("epochs_run"),
+        "best_epoch": metadata.get("best_epoch"),
+        "train_seconds": metadata.get("train_seconds"),
+    }
+
+
+@task(multiple_outputs=False, retries=2, execution_timeout=timedelta(hours=1))
+def model_testing(ingest: dict, model: dict) -> dict:
+    """Score the held-out test split: metrics with confidence intervals, plots and per-image predictions."""
+    work_dir = Path(ingest["work_dir"])
+    _clear_leftovers(work_dir, "evaluate")
+    eval_dir = work_dir / "evaluate"
+    _run_stage(
+        "training.evaluate",
+        "--ingest",
+        ingest["ingest_dir"],
+        "--model",
+        model["model_dir"],
+        "--out",
+        str(eval_dir),
+        "--params",
+        ingest["params_file"],
+    )
+    report = _read_json(eval_dir / "metrics.json")
+    op = {**(report.get("operating_point") or {}), **report}  # operating-point keys, nested or top level
+    ci = report.get("roc_auc_ci")
+    return {
+        "evaluate_dir": str(eval_dir),
+        "test_images": report.get("n"),
+        "threshold": model["threshold"],
+        "roc_auc": _round(report.get("roc_auc")),
+        "roc_auc_ci": [_round(v) for v in ci] if isinstance(ci, list | tuple) else None,
+        "pr_auc": _round(report.get("pr_auc")),
+        "sensitivity": _round(op.get("sensitivity")),
+        "specificity": _round(op.get("specificity")),
+        "who_minimum_met": report.get("who_minimum_met"),
+    }
+
+
+@task.external_python(
+    python=PROJECT_PYTHON,
+    expect_airflow=False,
+    multiple_outputs=False,
+    retries=2,
+    execution_timeout=timedelta(minutes=30),
+)
+def register_model(project_root: str, ingest: dict, model: dict, evaluation: dict, promote: str) -> dict:
+    """Register the candidate; promote it only if the quality gate passes (runs in the project venv).
+
+    Airflow copies this function's source into a script for the project interpreter, so it imports
+    everything it uses itself and refers to nothing else in this file.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, project_root)
+    from cxr_core.config import load_params
+    from cxr_core.pipeline import register_candidate
+    from cxr_core.registry import Registry
+
+    params = load_params(ingest["params_file"])
+    outcome = register_candidate(Path(ingest["work_dir"]), params, Registry(), promote=promote)
+    registry = Registry()
+    if registry.metadata(outcome["version"]).get("model_sha256") != model["model_sha256"]:
+        raise RuntimeError("the registered model.keras is not the file model_trainer produced")
+    result = {
+        "version": outcome["version"],
+        "promoted": outcome["promoted"],
+        "current_version": registry.current_version(),
+        "compared_with": outcome["compared_with"],
+        "gate": outcome["gate"],
+        "data_fingerprint": ingest["data_fingerprint"],
+        "model_sha256": model["model_sha256"],
+        "roc_auc": evaluation["roc_auc"],
+        "sensitivity": evaluation["sensitivity"],
+        "specificity": evaluation["specificity"],
+    }
+    return json.loads(json.dumps(result))  # plain JSON types only: the Airflow side has no numpy
+
+
+# ---------------------------------------------------------------------------------------------- DAG
+
+
+@dag(
+    dag_id="tb_pipeline",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=12),
+    params=DAG_PARAMS,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["cxr", "training"],
+    doc_md=__doc__,
+)
+def tb_pipeline():
+    ingest = data_ingestion()
+    model = model_trainer(ingest)
+    evaluation = model_testing(ingest, model)
+    register_model(str(PROJECT_ROOT), ingest, model, evaluation, "{{ params.promote }}")
+
+
+tb_pipeline_dag = tb_pipeline()
