@@ -1,0 +1,270 @@
+"""Evaluation page: how well a model version did on its held-out test images, and what that means in a clinic."""
+
+import pandas as pd
+import streamlit as st
+
+import ui_common
+from cxr_core import metrics, reports
+from cxr_core.errors import CxrError
+
+st.title("How well does the model work?")
+
+registry = ui_common.registry()
+versions = [meta["version"] for meta in reversed(registry.versions())]
+if not versions:
+    st.info(
+        "No model is registered yet. Train one on the Retrain page or with `python -m cxr_core pipeline`."
+    )
+    st.stop()
+try:
+    current = registry.current_version()
+except CxrError:
+    current = None
+
+
+def _label(version: str) -> str:
+    return f"{version} (in use)" if version == current else version
+
+
+version = st.selectbox(
+    "Model version",
+    versions,
+    index=versions.index(current) if current in versions else 0,
+    format_func=_label,
+    key="eval_version",
+)
+try:
+    ev = reports.load_evaluation(registry, version)
+except CxrError as error:
+    st.error(str(error))
+    st.stop()
+for problem in ev.problems:
+    st.info(problem)
+
+m, op = ev.metrics, ev.operating_point
+st.caption(
+    f"Held-out test split: {reports.test_set_text(ev)}, never used for training or for choosing the "
+    f"threshold. Operating threshold **{ev.threshold:.3f}**: "
+    f"{ev.metadata.get('threshold_rule', 'rule not recorded')}."
+)
+
+tab_report, tab_curves, tab_threshold, tab_errors, tab_compare = st.tabs(
+    ["Report", "ROC, PR and calibration", "Threshold explorer", "Errors with Grad-CAM", "Compare versions"]
+)
+
+with tab_report:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(
+        "ROC AUC", ui_common.num(m.get("roc_auc")), help="Area under the ROC curve: 0.5 is chance, 1 perfect."
+    )
+    c1.caption(reports.fmt_interval(m.get("roc_auc_ci")))
+    c2.metric("Sensitivity", ui_common.pct(op.get("sensitivity")), help="Share of TB cases the model flags.")
+    c2.caption(reports.fmt_interval(op.get("sensitivity_ci"), percent=True))
+    c3.metric(
+        "Specificity", ui_common.pct(op.get("specificity")), help="Share of normal films the model clears."
+    )
+    c3.caption(reports.fmt_interval(op.get("specificity_ci"), percent=True))
+    who = m.get("who_minimum_met")
+    c4.metric("WHO minimum", "met" if who else "not met", help="Sensitivity ≥ 90% with specificity ≥ 70%.")
+    c4.caption("for a TB screening test")
+
+    confound = reports.site_confound_warning(ev)
+    if confound:
+        st.warning(confound, icon=":material/warning:")
+
+    st.markdown("**Classification report** at the operating threshold")
+    report = pd.DataFrame(reports.report_table(m.get("classification_report") or {}))
+    if not report.empty:
+        shown = report.set_index("")
+        for column in ("precision", "recall", "f1-score"):
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+        shown["support"] = shown["support"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+        shown.index.name = None
+        st.table(shown)
+        st.caption(
+            "Precision of the Tuberculosis row is the PPV and its recall the sensitivity; the recall of the "
+            "Normal row is the specificity. Support is the number of test images in each row."
+        )
+    else:
+        st.info("This version has no classification report.")
+
+    col_cm, col_src = st.columns(2)
+    with col_cm:
+        st.markdown("**Confusion matrix** (test images)")
+        confusion = reports.confusion_table(ev)
+        if confusion:
+            st.table(pd.DataFrame(confusion).set_index(""))
+    with col_src:
+        st.markdown("**By data source** (a pooled figure can hide a hospital the model fails on)")
+        sources = pd.DataFrame(reports.per_source_rows(ev))
+        if not sources.empty:
+            for column in ("ROC AUC", "sensitivity", "specificity"):
+                sources[column] = sources[column].map(
+                    lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.3f}"
+                )
+            st.table(sources.set_index("source"))
+    fixed = m.get("at_fixed_0_5")
+    original = m.get("original_system")
+    if fixed and original:
+        st.caption(
+            f"For comparison with the original system (accuracy {original['accuracy']:.3f}, TB recall "
+            f"{original['tb_recall']:.3f}, TB precision {original['tb_precision']:.3f} at a fixed 0.5 on a "
+            f"random split): at 0.5 this version has accuracy {ui_common.num(fixed.get('accuracy'))}, TB recall "
+            f"{ui_common.num(fixed.get('tb_recall'))}, TB precision {ui_common.num(fixed.get('tb_precision'))}."
+        )
+
+with tab_curves:
+    col_roc, col_pr, col_cal = st.columns(3)
+    with col_roc:
+        st.markdown(f"**ROC curve** — AUC {reports.fmt_ci(m.get('roc_auc'), m.get('roc_auc_ci'))}")
+        if ev.plots["roc"]:
+            operating = (op.get("sensitivity"), op.get("specificity"))
+            chart = ui_common.roc_chart(ev.plots["roc"], operating if None not in operating else None)
+            st.altair_chart(chart, width="stretch")
+        else:
+            st.info("No ROC curve: the test split lacks one of the classes.")
+    with col_pr:
+        st.markdown(f"**Precision–recall curve** — AUC {reports.fmt_ci(m.get('pr_auc'), m.get('pr_auc_ci'))}")
+        if ev.plots["pr"]:
+            st.altair_chart(ui_common.pr_chart(ev.plots["pr"]), width="stretch")
+    with col_cal:
+        st.markdown(
+            f"**Calibration** — expected calibration error {ui_common.num(m.get('ece'))}, "
+            f"Brier score {ui_common.num(m.get('brier'))}"
+        )
+        if ev.plots["calibration"]:
+            st.altair_chart(ui_common.calibration_chart(ev.plots["calibration"]), width="stretch")
+    st.caption(
+        "ROC: each point is one threshold; the orange dot is the operating point. Precision–recall: how "
+        "many flagged films really have TB (PPV) at each sensitivity. Calibration: points on the dashed "
+        "diagonal mean a predicted probability of 0.3 really corresponds to 30% with TB."
+    )
+
+
+def _reset_threshold(key: str, value: float) -> None:
+    st.session_state[key] = value
+
+
+@st.fragment
+def threshold_explorer(ev: reports.Evaluation) -> None:
+    if not ev.predictions:
+        st.info("This version has no stored test predictions, so the threshold cannot be explored.")
+        return
+    key = f"threshold_{ev.version}"
+    table = reports.threshold_table(ev)
+    col_t, col_p = st.columns([3, 2])
+    threshold = col_t.slider(
+        "Threshold on TB probability", 0.0, 1.0, float(ev.threshold), 0.001, format="%.3f", key=key
+    )
+    col_t.button(
+        f"Back to the model's operating point ({ev.threshold:.3f})",
+        on_click=_reset_threshold,
+        args=(key, float(ev.threshold)),
+    )
+    prevalence = col_p.number_input(
+        "TB prevalence among the people you screen (%)",
+        min_value=0.1,
+        max_value=99.0,
+        value=5.0,
+        step=0.5,
+        key="prevalence_pct",
+        help="Typical screening programmes see 0.5–10%. PPV depends strongly on it; sensitivity does not.",
+    )
+    result = reports.explore_threshold(ev, threshold, prevalence / 100.0, table)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Sensitivity", ui_common.pct(result["sensitivity"]))
+    c2.metric("Specificity", ui_common.pct(result["specificity"]))
+    c3.metric("PPV (test set)", ui_common.pct(result["ppv"]))
+    c4.metric("NPV (test set)", ui_common.pct(result["npv"]))
+    st.caption(
+        f"On the test images at {threshold:.3f}: {result['tp']} TB found, {result['fn']} TB missed, "
+        f"{result['fp']} false alarms, {result['tn']} normal films cleared "
+        f"(test-set TB prevalence {ui_common.pct(result['test_prevalence'])})."
+    )
+    if result["who_minimum_met"]:
+        st.success(
+            "Meets the WHO minimum for a TB screening test (sensitivity ≥ 90% with specificity ≥ 70%).",
+            icon=":material/verified:",
+        )
+    else:
+        st.warning(
+            "Below the WHO minimum for a TB screening test (sensitivity ≥ 90% with specificity ≥ 70%).",
+            icon=":material/warning:",
+        )
+    per = result["per_1000"]
+    if per is not None:
+        st.markdown(
+            f"**In a clinic where {prevalence:g}% of those screened have TB**: of everyone flagged, "
+            f"**{ui_common.pct(result['clinic_ppv'])}** will have TB (PPV); of everyone cleared, "
+            f"**{ui_common.pct(result['clinic_npv'])}** will be free of TB (NPV). Per 1,000 people screened: "
+            f"about {per['referred']:.0f} referred for confirmatory testing, {per['detected']:.0f} of the "
+            f"{per['with_tb']:.0f} with TB found, {per['missed']:.0f} missed, {per['false_alarms']:.0f} false alarms."
+        )
+    st.altair_chart(
+        ui_common.threshold_chart(reports.threshold_curve_rows(table), threshold), width="stretch"
+    )
+    st.caption(
+        f"Dashed lines: WHO minimum sensitivity {metrics.WHO_MIN_SENSITIVITY:.0%} and specificity "
+        f"{metrics.WHO_MIN_SPECIFICITY:.0%}. Moving the threshold here does not change the model in use."
+    )
+
+
+with tab_threshold:
+    threshold_explorer(ev)
+
+
+@st.cache_data(max_entries=6, show_spinner="Computing Grad-CAM for the misclassified test images…")
+def gallery(model_dir: str, sha256: str, version: str) -> tuple[list[reports.GalleryEntry], int]:
+    evaluation = reports.load_evaluation(ui_common.registry(), version)
+    rows = reports.misclassified(evaluation)
+    predictor = ui_common.load_predictor(model_dir, sha256)
+    return reports.error_gallery(predictor, rows, limit=12), len(rows)
+
+
+with tab_errors:
+    if not ev.predictions:
+        st.info("This version has no stored test predictions.")
+    else:
+        try:
+            serving = reports.serving_model(registry, version)
+            entries, total = gallery(str(serving.model_dir), serving.sha256, version)
+        except CxrError as error:
+            st.error(str(error))
+            entries, total = [], 0
+        if total == 0:
+            st.success("The model classified every test image correctly at its operating threshold.")
+        else:
+            st.caption(
+                f"{total} test image(s) misclassified at the operating threshold; missed TB first. "
+                f"Showing {len(entries)}."
+            )
+            columns = st.columns(3)
+            for i, entry in enumerate(entries):
+                with columns[i % 3]:
+                    caption = f"{entry.name} ({entry.source}) — {entry.kind}, TB probability {entry.probability:.3f}"
+                    if entry.overlay is not None:
+                        st.image(entry.overlay, caption=caption, width="stretch")
+                    else:
+                        st.markdown(f"**{ui_common.md(entry.name)}** — {entry.kind}")
+                        st.caption(entry.problem)
+
+with tab_compare:
+    if len(versions) < 2:
+        st.info("Only one version is registered; there is nothing to compare yet.")
+    else:
+        col_a, col_b = st.columns(2)
+        first = col_a.selectbox("Version A", versions, index=versions.index(version), format_func=_label)
+        others = [v for v in versions if v != first]
+        second = col_b.selectbox("Version B", others, index=0, format_func=_label)
+        pair = [reports.load_evaluation(registry, v) for v in (first, second)]
+        st.table(pd.DataFrame(reports.compare_rows(pair)).set_index(""))
+        st.caption(
+            "Each version is measured on its own test split; when the data differ, compare the confidence "
+            "intervals, not only the point estimates. The quality gate re-scores the model in use on the "
+            "candidate's test split for a like-for-like check."
+        )
+        curves = [dict(row, version=e.version, order=i) for e in pair for i, row in enumerate(e.plots["roc"])]
+        if curves:
+            col_chart, _ = st.columns(2)
+            col_chart.markdown("**ROC curves**")
+            col_chart.altair_chart(ui_common.roc_compare_chart(curves, [first, second]), width="stretch")

@@ -1,0 +1,206 @@
+"""Retrain page: run the training pipeline in the background, follow it live, then promote or roll back."""
+
+import pandas as pd
+import streamlit as st
+
+import ui_common
+from cxr_core import jobs, reports
+from cxr_core.config import load_params
+from cxr_core.errors import CxrError
+
+st.title("Retrain and manage models")
+
+registry = ui_common.registry()
+job_list = jobs.list_jobs()
+latest = job_list[0] if job_list else None
+active = latest is not None and latest.get("state") in jobs.ACTIVE
+
+if not ui_common.admin_gate("Retraining, promoting and rolling back models"):
+    if active:
+        view = reports.job_view(latest)
+        st.info(f"A retrain job is running: {view['stage_label'].lower()}. Screening is not affected.")
+    st.stop()
+
+# ------------------------------------------------------------------------------------------ start
+params = load_params()
+defaults = reports.retrain_form_defaults(params)
+with st.form("retrain_form"):
+    st.markdown("**Start a retrain**: the same pipeline as `dvc repro`, run in a separate process.")
+    data_path = st.text_input(
+        "Dataset (folder or .zip on the server)",
+        value=defaults["data_path"],
+        key="data_path",
+        help="The bundled sample is data/sample. For the Kaggle 'Tuberculosis (TB) Chest X-ray Database' "
+        "give the folder holding Normal/ and Tuberculosis/. NLM file names (*_0.png, *_1.png) and a "
+        "manifest.csv (path,label) work too.",
+    )
+    c1, c2, c3, c4 = st.columns(4)
+    epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"], key="epochs")
+    batch_size = c2.number_input("Batch size", 1, 1024, defaults["batch_size"], key="batch_size")
+    learning_rate = c3.number_input(
+        "Learning rate", 1e-6, 1.0, defaults["learning_rate"], format="%.5f", key="learning_rate"
+    )
+    patience = c4.number_input("Early-stopping patience", 1, 100, defaults["patience"], key="patience")
+    st.markdown("Operating threshold and quality gate")
+    g1, g2, g3, g4 = st.columns(4)
+    min_sensitivity = g1.number_input(
+        "Threshold: sensitivity target on validation",
+        0.5,
+        1.0,
+        defaults["min_sensitivity"],
+        0.01,
+        key="min_sensitivity",
+        help="The threshold is the highest-specificity one that keeps validation sensitivity at this level.",
+    )
+    gate_min_sensitivity = g2.number_input(
+        "Gate: minimum sensitivity", 0.0, 1.0, defaults["gate_min_sensitivity"], 0.01, key="gate_min_sens"
+    )
+    gate_min_specificity = g3.number_input(
+        "Gate: minimum specificity", 0.0, 1.0, defaults["gate_min_specificity"], 0.01, key="gate_min_spec"
+    )
+    gate_max_auc_drop = g4.number_input(
+        "Gate: largest allowed AUC drop",
+        0.0,
+        1.0,
+        defaults["gate_max_auc_drop"],
+        0.005,
+        format="%.3f",
+        key="gate_auc_drop",
+    )
+    with st.expander("Data split"):
+        s1, s2, s3 = st.columns(3)
+        val_fraction = s1.number_input("Validation fraction", 0.05, 0.5, defaults["val_fraction"], 0.05)
+        test_fraction = s2.number_input("Test fraction", 0.05, 0.5, defaults["test_fraction"], 0.05)
+        seed = s3.number_input("Random seed", 0, 2**31 - 1, defaults["seed"])
+    start = st.form_submit_button("Start retraining", type="primary")
+
+if start:
+    values = {
+        "data_path": data_path,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "patience": patience,
+        "min_sensitivity": min_sensitivity,
+        "gate_min_sensitivity": gate_min_sensitivity,
+        "gate_min_specificity": gate_min_specificity,
+        "gate_max_auc_drop": gate_max_auc_drop,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+    }
+    try:
+        dataset = reports.check_dataset_path(data_path)
+        job_id = jobs.start_job(
+            dataset, reports.params_from_form(params, values), models_root=registry.root, promote="never"
+        )
+    except jobs.JobBusy as error:
+        st.warning(f"Not started: {error}.")
+    except CxrError as error:
+        st.error(str(error))
+    else:
+        st.session_state["started_job"] = job_id
+        st.rerun()
+
+
+# ------------------------------------------------------------------------------------------ progress
+def progress_panel() -> None:
+    listed = jobs.list_jobs()
+    if not listed:
+        st.caption("No retrain job has been run yet.")
+        return
+    status = listed[0]
+    view = reports.job_view(status)
+    st.markdown(f"**Latest job** `{view['id']}` — {view['state_label']}")
+    label = view["stage_label"] if view["active"] else view["state_label"].capitalize()
+    st.progress(view["fraction"], text=label)
+    if view["epoch"] is not None:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Epoch", f"{view['epoch']} / {view['epochs']}")
+        c2.metric("Training loss", ui_common.num(view["loss"]))
+        c3.metric("Validation AUC", ui_common.num(view["val_auc"]))
+        c4.metric("Time left (training)", view["eta"] or "–")
+    elif view["active"]:
+        st.caption(f"{view['detail'] or view['stage_label']} — running for {view['elapsed'] or 'a moment'}.")
+    elif view["elapsed"]:
+        st.caption(f"Ran for {view['elapsed']}.")
+    if view["state"] == "failed":
+        st.error(f"The job failed: {view['error']}")
+    elif view["state"] == "cancelled":
+        st.warning("The job was cancelled; nothing was registered.")
+    if view["active"] and st.button("Cancel this job", key="cancel_job"):
+        jobs.cancel_job(view["id"])
+        st.rerun()
+    with st.expander("Log (last lines)", expanded=view["state"] == "failed"):
+        st.code(jobs.log_tail(view["id"], lines=30) or "(empty)", language=None)
+    if active and not view["active"]:
+        st.rerun()  # the job just ended: redraw the whole page to show the quality gate's verdict
+
+
+st.subheader("Progress")
+st.fragment(progress_panel, run_every=2 if active else None)()
+
+# ------------------------------------------------------------------------------------------ verdict
+try:
+    current = registry.current_version()
+except CxrError:
+    current = None
+
+finished = next((j for j in job_list if reports.gate_view(j)), None)
+gate = reports.gate_view(finished) if finished else None
+if gate:
+    st.subheader(f"Candidate {gate['version']}")
+    candidate_versions = {m["version"] for m in registry.versions()}
+    if gate["version"] not in candidate_versions:
+        st.warning(f"Version {gate['version']} is no longer in the registry.")
+    else:
+        compared = [gate["version"]] + ([current] if current and current != gate["version"] else [])
+        table = reports.compare_rows([reports.load_evaluation(registry, v) for v in compared])
+        st.table(pd.DataFrame(table).set_index("").iloc[:11])
+        if gate["passed"]:
+            against = f" against {gate['compared_with']}" if gate["compared_with"] else ""
+            st.success(f"Quality gate passed{against}: it may be promoted.", icon=":material/verified:")
+        else:
+            st.error(
+                "Quality gate failed, so it cannot be promoted from here:\n\n"
+                + "\n".join(f"- {reason}" for reason in gate["reasons"]),
+                icon=":material/block:",
+            )
+        if current == gate["version"]:
+            st.info(f"{gate['version']} is the model in use.")
+        elif gate["passed"] and st.button(f"Promote {gate['version']} to the model in use", type="primary"):
+            try:
+                registry.promote(gate["version"])
+            except CxrError as error:
+                st.error(str(error))
+            else:
+                st.session_state["admin_notice"] = f"{gate['version']} is now the model in use."
+                st.rerun()
+
+# ------------------------------------------------------------------------------------------ rollback
+st.subheader("Model in use")
+notice = st.session_state.pop("admin_notice", None)
+if notice:
+    st.success(notice)
+try:
+    history = registry.history()
+except CxrError:
+    history = []
+st.markdown(f"Current version: **{current or 'none'}**")
+if history:
+    if st.button(f"Roll back to the previous version ({history[-1]})", key="rollback"):
+        try:
+            version = registry.rollback()
+        except CxrError as error:
+            st.error(str(error))
+        else:
+            st.session_state["admin_notice"] = f"Rolled back: {version} is now the model in use."
+            st.rerun()
+else:
+    st.caption("There is no earlier version to roll back to.")
+
+st.subheader("Job history")
+if job_list:
+    st.dataframe(pd.DataFrame(reports.history_rows(job_list)), hide_index=True)
+else:
+    st.caption("No jobs yet.")

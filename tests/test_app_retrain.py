@@ -1,0 +1,218 @@
+"""The Retrain page through AppTest: admin gate, a real background retrain, quality gate, promote, rollback."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import test_app_screen as shared
+from streamlit.testing.v1 import AppTest
+from test_app_screen import APP, NORMAL_XRAY
+
+from cxr_core import auth, jobs
+from cxr_core.fsutil import write_json_atomic
+
+pytestmark = pytest.mark.slow
+seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
+
+PASSWORD = "correct horse battery staple"
+JOB_TIMEOUT_S = 300
+
+
+@pytest.fixture
+def admin(dashboard, monkeypatch):
+    monkeypatch.setenv(auth.ENV_PASSWORD, PASSWORD)
+    auth.reset_throttle()
+    yield dashboard
+    auth.reset_throttle()
+    running = jobs.running_job()
+    if running:  # never leave a training process behind
+        jobs.cancel_job(running["id"])
+
+
+def open_retrain() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/retrain.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def unlock(at: AppTest, password: str) -> AppTest:
+    at.text_input(key="admin_password").set_value(password)
+    button(at, "Unlock").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, prefix: str):
+    found = [b for b in at.button if b.label.startswith(prefix)]
+    assert found, f"no button starting {prefix!r}; have {[b.label for b in at.button]}"
+    return found[0]
+
+
+def has_button(at: AppTest, prefix: str) -> bool:
+    return any(b.label.startswith(prefix) for b in at.button)
+
+
+def screen_model_version(version_expected: str) -> None:
+    """A separate browser session on the Screen page scores an X-ray with the expected model."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.file_uploader(key="uploads").set_value([(NORMAL_XRAY.name, NORMAL_XRAY.read_bytes(), "image/png")])
+    at.run()
+    assert not at.exception
+    assert [m.label for m in at.metric].count("TB probability") == 1
+    assert at.dataframe[0].value.iloc[0]["model_version"] == version_expected
+
+
+def wait_for(job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = jobs.job_status(job_id)
+        if status["state"] not in jobs.ACTIVE:
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still running after {JOB_TIMEOUT_S} s: {status}")
+
+
+def test_admin_gate_refuses_a_wrong_password(admin):
+    at = open_retrain()
+    assert not has_button(at, "Start retraining")
+    unlock(at, "letmein")
+    assert any("Wrong password" in e.value for e in at.error)
+    assert not has_button(at, "Start retraining")
+    unlock(at, PASSWORD)  # straight away: the growing delay refuses even the right one
+    assert any("Too many wrong passwords" in e.value for e in at.error)
+    assert not has_button(at, "Start retraining")
+    auth.reset_throttle()
+    unlock(at, PASSWORD)
+    assert has_button(at, "Start retraining")
+    button(at, "Lock").click()
+    at.run()
+    assert not has_button(at, "Start retraining")
+
+
+def test_without_a_configured_password_admin_actions_stay_locked(dashboard):
+    at = open_retrain()
+    assert any(auth.ENV_PASSWORD in i.value for i in at.info)
+    assert not has_button(at, "Start retraining") and not has_button(at, "Unlock")
+
+
+def test_retrain_in_background_then_gate_promote_and_rollback(admin):
+    registry = admin.registry
+    before = registry.current_version()
+    at = unlock(open_retrain(), PASSWORD)
+    assert at.text_input(key="data_path").value == "data/sample"
+    at.number_input(key="epochs").set_value(1)
+    at.number_input(key="gate_min_sens").set_value(0.0)
+    at.number_input(key="gate_min_spec").set_value(0.0)
+    at.number_input(key="gate_auc_drop").set_value(1.0)
+    button(at, "Start retraining").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    job_id = at.session_state["started_job"]
+    status = jobs.job_status(job_id)
+    assert status["state"] in jobs.ACTIVE
+    process = psutil.Process(status["pid"])
+    assert status["pid"] != os.getpid() and "job-run" in " ".join(process.cmdline())
+    assert any(m.value.startswith("**Latest job**") and job_id in m.value for m in at.markdown)
+    assert len(at.get("progress")) == 1
+
+    button(at, "Start retraining").click()  # a second start while the first runs
+    at.run()
+    assert any("already running" in w.value for w in at.warning)
+    assert len(jobs.list_jobs()) == 1
+
+    screen_model_version(before)  # screening keeps working while the model trains
+
+    final = wait_for(job_id)
+    assert final["state"] == "succeeded", jobs.log_tail(job_id)
+    candidate = final["result"]["version"]
+    assert final["result"]["gate"]["passed"] and not final["result"]["promoted"]
+    assert registry.current_version() == before  # registered, not promoted
+
+    at.run()
+    assert not at.exception
+    assert any("Quality gate passed" in s.value for s in at.success)
+    assert any(candidate in h.value for h in at.subheader)
+    history = at.dataframe[0].value
+    assert history.iloc[0]["job"] == job_id and history.iloc[0]["quality gate"] == "passed"
+
+    button(at, f"Promote {candidate}").click()
+    at.run()
+    assert registry.current_version() == candidate
+    assert any(f"{candidate} is now the model in use" in s.value for s in at.success)
+    screen_model_version(candidate)
+
+    button(at, "Roll back").click()
+    at.run()
+    assert registry.current_version() == before
+    screen_model_version(before)
+
+    fresh = unlock(open_retrain(), PASSWORD)  # a new session (a restarted dashboard) still has the history
+    assert fresh.dataframe[0].value.iloc[0]["job"] == job_id
+
+
+def test_failed_gate_offers_no_promotion(admin):
+    job_dir = jobs.jobs_dir() / "20260101-000000-abcdef"
+    write_json_atomic(
+        job_dir / "status.json",
+        {
+            "id": job_dir.name,
+            "state": "succeeded",
+            "created": "2026-01-01T00:00:00+00:00",
+            "finished": "2026-01-01T00:05:00+00:00",
+            "data_path": "data/sample",
+            "result": {
+                "version": "v-copy",
+                "compared_with": admin.registry.current_version(),
+                "promoted": False,
+                "gate": {"passed": False, "reasons": ["sensitivity 0.50 is below the floor 0.90"]},
+            },
+        },
+    )
+    at = unlock(open_retrain(), PASSWORD)
+    assert any("Quality gate failed" in e.value and "below the floor" in e.value for e in at.error)
+    assert not has_button(at, "Promote")
+
+
+def test_dead_job_is_shown_as_failed_and_cancel_stops_a_running_one(admin):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_dir = jobs.jobs_dir() / "20260101-000000-deadbe"
+    write_json_atomic(
+        job_dir / "status.json",
+        {
+            "id": job_dir.name,
+            "state": "running",
+            "created": "2026-01-01T00:00:00+00:00",
+            "pid": gone.pid,
+            "process_started": 0.0,
+            "data_path": "data/sample",
+            "stage": "train",
+            "progress": {},
+        },
+    )
+    at = unlock(open_retrain(), PASSWORD)
+    assert any("ended unexpectedly" in e.value for e in at.error)
+    assert jobs.job_status(job_dir.name)["state"] == "failed"
+
+    at.number_input(key="epochs").set_value(1)
+    button(at, "Start retraining").click()
+    at.run()
+    job_id = at.session_state["started_job"]
+    pid = jobs.job_status(job_id)["pid"]
+    button(at, "Cancel this job").click()
+    at.run()
+    assert jobs.job_status(job_id)["state"] == "cancelled"
+    with contextlib.suppress(psutil.NoSuchProcess):  # the whole process group was sent SIGTERM
+        psutil.Process(pid).wait(timeout=30)
+    assert not psutil.pid_exists(pid)
+    assert any("cancelled" in w.value for w in at.warning)

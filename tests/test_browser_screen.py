@@ -1,0 +1,137 @@
+"""A real browser (Debian's chromium, driven by Playwright) uploads a real X-ray to the running dashboard.
+
+The screenshot is kept in test-artifacts/ so a person can look at what a clinician would have seen.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import test_app_screen as shared
+from test_app_screen import NORMAL_XRAY, PROJECT_ROOT, TB_XRAY
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+seed = shared.seed  # fixture: a registry trained once per test session
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(seed, tmp_path):
+    """``streamlit run app.py`` in its own process group on a free local port, on a copy of the registry."""
+    models = tmp_path / "models"
+    shutil.copytree(seed, models)
+    port = free_port()
+    env = {
+        **os.environ,
+        "CXR_MODELS_DIR": str(models),
+        "CXR_JOBS_DIR": str(tmp_path / "jobs"),
+        "CXR_SECRETS_FILE": str(tmp_path / "no-secrets.toml"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    env.pop("CXR_ADMIN_PASSWORD", None)
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError((tmp_path / "streamlit.log").read_text(errors="replace"))
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt install chromium)"
+)
+def test_upload_in_a_real_browser(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            expect(page.get_by_text("Screen chest X-rays for tuberculosis")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").set_input_files(str(TB_XRAY))
+            expect(page.get_by_text("TB probability")).to_be_visible(timeout=90_000)
+            decision = page.get_by_text("TB suspected — refer for confirmatory testing").or_(
+                page.get_by_text("No TB signs detected")
+            )
+            expect(decision.first).to_be_visible()
+            page.wait_for_function(  # the original and its Grad-CAM overlay, both actually loaded
+                "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 100)"
+                ".length >= 2",
+                timeout=30_000,
+            )
+            expect(page.get_by_text("Grad-CAM: red = strongest evidence for TB")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "browser-screen.png"), full_page=True)
+
+            # With the model now loaded, a further upload is answered quickly.
+            started = time.perf_counter()
+            page.locator("input[type=file]").set_input_files(str(NORMAL_XRAY))
+            expect(page.get_by_text("TB probability")).to_have_count(2, timeout=30_000)
+            warm = time.perf_counter() - started
+            print(f"warm upload to result in the browser: {warm:.2f} s")
+            assert warm < 4.0, f"a warm upload took {warm:.2f} s in the browser"
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "browser-screen.png").stat().st_size > 10_000

@@ -1,0 +1,223 @@
+"""Widgets shared by the dashboard pages: the cached model, the sidebar, the admin gate, the charts.
+
+Only layout lives here; what is shown is computed in :mod:`cxr_core.reports`.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from cxr_core import auth, reports
+from cxr_core.errors import CxrError
+from cxr_core.registry import Registry
+
+ADMIN_KEY = "admin_unlocked"
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the model (first use only)…")
+def load_predictor(model_dir: str, sha256: str):
+    """One Predictor per model file per server process; a promotion changes the key, not the server."""
+    from cxr_core.inference import Predictor
+
+    return Predictor(model_dir)
+
+
+def predictor_for(serving: reports.ServingModel):
+    return load_predictor(str(serving.model_dir), serving.sha256)
+
+
+def registry() -> Registry:
+    return Registry()
+
+
+def serving_model_or_none() -> tuple[reports.ServingModel | None, str | None]:
+    """The model in use, or None and the reason (shown in place of results)."""
+    try:
+        return reports.serving_model(registry()), None
+    except CxrError as error:
+        return None, str(error)
+
+
+def sidebar() -> None:
+    serving, problem = serving_model_or_none()
+    with st.sidebar:
+        st.markdown("### Model in use")
+        if serving is None:
+            st.error(problem)
+        else:
+            st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.3f}")
+            if serving.warning:
+                st.warning(serving.warning)
+        st.caption(reports.DISCLAIMER)
+
+
+_MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def md(text: object) -> str:
+    """User-controlled text (file names, DICOM fields) shown literally inside markdown."""
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in str(text))
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------- admin
+
+
+def admin_gate(purpose: str) -> bool:
+    """True once this browser session has given the admin password; otherwise shows the login form."""
+    if st.session_state.get(ADMIN_KEY):
+        col_text, col_button = st.columns([4, 1])
+        col_text.caption("Admin actions unlocked for this browser session.")
+        if col_button.button("Lock", key="admin_lock"):
+            st.session_state[ADMIN_KEY] = False
+            st.rerun()
+        return True
+    if not auth.configured_password():
+        st.info(f"{purpose} needs the admin password. {auth.how_to_configure()}")
+        return False
+    with st.form("admin_login", clear_on_submit=True):
+        st.markdown(f"**{purpose} needs the admin password.** Screening and evaluation do not.")
+        password = st.text_input("Admin password", type="password", key="admin_password")
+        submitted = st.form_submit_button("Unlock")
+    if submitted:
+        result = auth.check_password(password)
+        if result.ok:
+            st.session_state[ADMIN_KEY] = True
+            st.rerun()
+        st.error(result.message)
+    return False
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def _ordered(rows: list[dict]) -> pd.DataFrame:
+    """Keep the curve's own point order (Vega-Lite would otherwise sort by x and scramble ties)."""
+    data = pd.DataFrame(rows)
+    if "order" not in data:
+        data["order"] = range(len(data))
+    return data
+
+
+def roc_chart(rows: list[dict], operating: tuple[float, float] | None = None) -> alt.Chart:
+    data = _ordered(rows)
+    diagonal = (
+        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+        .mark_line(strokeDash=[4, 4], color="#9aa5b1")
+        .encode(x="x", y="y")
+    )
+    curve = (
+        alt.Chart(data)
+        .mark_line(color="#1f6f8b")
+        .encode(
+            x=alt.X("fpr", title="1 − specificity (false-positive rate)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("tpr", title="Sensitivity (true-positive rate)", scale=alt.Scale(domain=[0, 1])),
+            order="order",
+            tooltip=[alt.Tooltip("threshold", format=".3f"), alt.Tooltip("tpr", format=".3f"), "fpr"],
+        )
+    )
+    layers = [diagonal, curve]
+    if operating is not None:
+        layers.append(_point(1 - operating[1], operating[0], "fpr", "tpr"))
+    return alt.layer(*layers).properties(height=320)
+
+
+def pr_chart(rows: list[dict]) -> alt.Chart:
+    data = _ordered(rows)
+    return (
+        alt.Chart(data)
+        .mark_line(interpolate="step-after", color="#1f6f8b")
+        .encode(
+            x=alt.X("recall", title="Sensitivity (recall)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("precision", title="PPV (precision)", scale=alt.Scale(domain=[0, 1])),
+            order="order",
+        )
+        .properties(height=320)
+    )
+
+
+def calibration_chart(rows: list[dict]) -> alt.Chart:
+    data = pd.DataFrame(rows)
+    diagonal = (
+        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+        .mark_line(strokeDash=[4, 4], color="#9aa5b1")
+        .encode(x="x", y="y")
+    )
+    points = (
+        alt.Chart(data)
+        .mark_line(point=True, color="#1f6f8b")
+        .encode(
+            x=alt.X("mean_predicted", title="Predicted TB probability", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("fraction_positive", title="Observed fraction with TB", scale=alt.Scale(domain=[0, 1])),
+            tooltip=[
+                "count",
+                alt.Tooltip("mean_predicted", format=".2f"),
+                alt.Tooltip("fraction_positive", format=".2f"),
+            ],
+        )
+    )
+    return alt.layer(diagonal, points).properties(height=320)
+
+
+def threshold_chart(rows: list[dict], threshold: float) -> alt.Chart:
+    data = pd.DataFrame(rows)
+    lines = (
+        alt.Chart(data)
+        .mark_line()
+        .encode(
+            x=alt.X("threshold", title="Threshold on TB probability", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("value", title="", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "measure",
+                scale=alt.Scale(range=["#1f6f8b", "#c26d1b"]),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
+        )
+    )
+    labels = ["WHO minimum sensitivity 90%", "WHO minimum specificity 70%"]
+    who = pd.DataFrame({"value": [0.9, 0.7], "label": labels})
+    rules = alt.Chart(who).mark_rule(strokeDash=[3, 3], color="#7b8794").encode(y="value", tooltip=["label"])
+    here = pd.DataFrame({"threshold": [threshold]})
+    marker = alt.Chart(here).mark_rule(color="#323f4b", strokeWidth=2).encode(x="threshold")
+    return alt.layer(lines, rules, marker).properties(height=260)
+
+
+def _point(x: float, y: float, xname: str, yname: str) -> alt.Chart:
+    return (
+        alt.Chart(pd.DataFrame({xname: [x], yname: [y], "label": ["operating point"]}))
+        .mark_point(size=120, filled=True, color="#c26d1b")
+        .encode(x=xname, y=yname, tooltip=["label"])
+    )
+
+
+def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
+    data = _ordered(rows)
+    diagonal = (
+        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+        .mark_line(strokeDash=[4, 4], color="#9aa5b1")
+        .encode(x="x", y="y")
+    )
+    curves = (
+        alt.Chart(data)
+        .mark_line()
+        .encode(
+            x=alt.X("fpr", title="1 − specificity", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("tpr", title="Sensitivity", scale=alt.Scale(domain=[0, 1])),
+            order="order",
+            color=alt.Color(
+                "version",
+                scale=alt.Scale(domain=versions, range=["#1f6f8b", "#c26d1b"]),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
+        )
+    )
+    return alt.layer(diagonal, curves).properties(height=360)
