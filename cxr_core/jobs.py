@@ -198,6 +198,8 @@ def run_job(job_dir: str | Path) -> int:
             raise KeyboardInterrupt
         status["stage"] = event.get("stage", status.get("stage"))
         status["progress"] = {**event, "elapsed_seconds": round(time.perf_counter() - started, 1)}
+        if "epoch" in event:  # kept after training ends, so the page can still show the last epoch
+            status["last_epoch"] = event
         write_json_atomic(job_dir / "status.json", status)
 
     def current_state() -> str | None:

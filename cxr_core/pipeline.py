@@ -113,6 +113,7 @@ def register_candidate(work_dir: str | Path, params: dict, registry, promote: st
         decision = {
             "model_sha256": digest,
             "compared_with": current,
+            "current_metrics": current_metrics,
             "passed": gate.passed,
             "reasons": gate.reasons,
             "checks": gate.checks,
@@ -129,6 +130,7 @@ def register_candidate(work_dir: str | Path, params: dict, registry, promote: st
     return {
         "version": version,
         "compared_with": decision["compared_with"],
+        "current_metrics": decision.get("current_metrics"),
         "gate": {k: decision[k] for k in ("passed", "reasons", "checks")},
         "promoted": promoted,
         "metrics": candidate_metrics,

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cxr_core import paths
 from cxr_core.errors import ModelError
+from cxr_core.fsutil import fsync_directory, write_json_atomic
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -66,20 +67,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: without this a power cut can undo it even after os.replace returned."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """Flush a freshly copied version to disk before it becomes visible under its final name."""
     for dirpath, _, filenames in os.walk(root):
@@ -89,25 +76,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def atomic_write_json(path: str | os.PathLike, data: object) -> None:
-    """Replace a JSON file so that readers see the old content or the new one, never a torn write."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
+        fsync_directory(Path(dirpath))
 
 
 def _read_json(path: Path) -> dict:
@@ -371,7 +340,7 @@ class Registry:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(self.root)
+            fsync_directory(self.root)
         return name
 
     def _remove_leftovers(self) -> None:
@@ -384,7 +353,7 @@ class Registry:
 
     def _write_pointer(self, version: str | None, history: list[str]) -> None:
         history = [v for v in history if v and v != version][-HISTORY_LIMIT:]
-        atomic_write_json(
+        write_json_atomic(
             self.root / POINTER_FILE, {"version": version, "history": history, "updated": _iso(_now())}
         )
 
