@@ -28,6 +28,7 @@ DEFAULTS = {
     "batch_size": 32,
     "learning_rate": 0.001,
     "patience": 10,
+    "max_source_weight": 20.0,
     "seed": 42,
     "augment": {
         "rotation": 0.03,
@@ -67,7 +68,7 @@ def run_train(
     ingest_dir = Path(ingest_dir)
     ingest_summary = json.loads((ingest_dir / "summary.json").read_text())
     keras.utils.set_random_seed(int(params["seed"]))
-    x_train, y_train, _ = load_split(ingest_dir, "train")
+    x_train, y_train, train_rows = load_split(ingest_dir, "train")
     x_val, y_val, _ = load_split(ingest_dir, "val")
     side = x_train.shape[1]
 
@@ -77,8 +78,11 @@ def run_train(
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(name="auc")],
     )
+    weights = sample_weights(
+        y_train, [row["source"] for row in train_rows], float(params["max_source_weight"])
+    )
     train_ds = make_dataset(
-        x_train, y_train, int(params["batch_size"]), params["augment"], int(params["seed"])
+        x_train, y_train, weights, int(params["batch_size"]), params["augment"], int(params["seed"])
     )
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256).prefetch(tf.data.AUTOTUNE)
 
@@ -98,7 +102,6 @@ def run_train(
             train_ds,
             validation_data=val_ds,
             epochs=int(params["epochs"]),
-            class_weight=balanced_class_weights(y_train),
             shuffle=False,  # the tf.data pipeline reshuffles every epoch itself
             callbacks=callbacks,
             verbose=0,
@@ -142,7 +145,9 @@ def run_train(
     return metadata
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment: dict, seed: int):
+def make_dataset(
+    images: np.ndarray, labels: np.ndarray, weights: np.ndarray, batch_size: int, augment: dict, seed: int
+):
     """Shuffled, augmented, prefetched batches of float32 0..255 images (the model rescales itself)."""
     augmenter = keras.Sequential(
         [
@@ -157,17 +162,39 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augmen
         name="augment",
     )
 
-    def apply(batch_images, batch_labels):
+    def apply(batch_images, batch_labels, batch_weights):
         batch_images = tf.cast(batch_images, tf.float32)
-        return tf.clip_by_value(augmenter(batch_images, training=True), 0.0, 255.0), batch_labels
+        augmented = tf.clip_by_value(augmenter(batch_images, training=True), 0.0, 255.0)
+        return augmented, batch_labels, batch_weights
 
     return (
-        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights.astype(np.float32)))
         .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
         .map(apply, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def sample_weights(labels: np.ndarray, sources: list[str], max_source_weight: float = 1.0) -> np.ndarray:
+    """Per-image loss weights: classes balanced, and within a class its sources balanced up to a cap.
+
+    With ``max_source_weight`` above 1, a source that supplies few images of a class (say six normals
+    from the hospitals that supplied the TB images) counts for more, so "this hospital means TB" costs
+    the network something. The cap stops a handful of images from dominating the loss.
+    """
+    labels = np.asarray(labels)
+    sources = np.asarray(sources)
+    class_weights = balanced_class_weights(labels)
+    weights = np.ones(len(labels), dtype=np.float64)
+    for label, class_weight in class_weights.items():
+        in_class = labels == label
+        names, counts = np.unique(sources[in_class], return_counts=True)
+        for name, count in zip(names, counts, strict=True):
+            share = in_class.sum() / (len(names) * count)
+            weights[in_class & (sources == name)] = min(max(share, 1.0), max_source_weight)
+        weights[in_class] *= class_weight * in_class.sum() / weights[in_class].sum()
+    return weights
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
