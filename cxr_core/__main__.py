@@ -2,8 +2,9 @@
 
 ``predict`` is the batch scorer: one row per file, a bad file gets ``ok: false`` and its message and
 the batch goes on; the exit code is non-zero only when the command itself is misused (no such model,
-no input path). ``pipeline`` runs ingest >> train >> evaluate and registers the result; ``models``
-lists, registers, promotes and rolls back registry versions.
+no input path: 2) or the machine fails it (a full disk, a read-only folder: 1), and then the reason is
+one ``error: ...`` line, not a traceback. ``pipeline`` runs ingest >> train >> evaluate and registers
+the result; ``models`` lists, registers, promotes and rolls back registry versions.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, os_error_message
 
 PREDICT_FIELDS = ["file", "ok", "probability", "label", "threshold", "model_version", "error", "warning"]
 
@@ -103,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="score chest X-ray files or folders")
     predict.add_argument("paths", nargs="+", metavar="PATH")
-    predict.add_argument("--model", default=None, help="registry version or model folder (default: current)")
+    predict.add_argument(
+        "--model",
+        default=None,
+        help="registry version, or a model folder whose metadata.json records the model's sha256 "
+        "(default: the current version)",
+    )
     predict.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     predict.add_argument("--output", "-o", default=None, help="write here instead of standard output")
     predict.set_defaults(handler=_predict)
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk or a read-only folder mid-run: one line, not a traceback
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ class Predictor:
         try:
             self.model = load_model(model_path)
         except Exception as error:  # Keras raises many types for a damaged archive
+            if "safe_mode" in str(error):  # e.g. a Lambda layer: Python code inside the model file
+                raise ModelError(
+                    f"model file in {self.model_dir} is refused: it contains executable code (a Lambda "
+                    "layer or a custom object), which is never loaded"
+                ) from error
             raise ModelError(f"model file in {self.model_dir} cannot be loaded: it is damaged") from error
         self.version = self.metadata.get("version") or self.model_dir.name
         self.threshold = float(self.metadata["threshold"])

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, os_error_message
 from cxr_core.fsutil import write_json_atomic
 from cxr_core.paths import PROJECT_ROOT, jobs_dir
 
@@ -223,6 +223,11 @@ def run_job(job_dir: str | Path) -> int:
         code = 1
     except CxrError as error:
         status.update(state="failed", error=str(error))
+        code = 1
+    except OSError as error:  # a full disk, a read-only folder: say so plainly on the Retrain page
+        message = os_error_message(error)
+        print(f"error: {message}", flush=True)
+        status.update(state="failed", error=message)
         code = 1
     except Exception as error:  # any crash must end as a visible failure, not a silent "running"
         traceback.print_exc()

@@ -195,7 +195,8 @@ class Registry:
         ``None`` means the current version; if it is missing or fails its checksum the newest earlier
         version in the history that passes is used instead, with a warning for the screen, because a
         clinic is better served by the previous validated model than by no model. A version name gives
-        that (verified) version; a folder containing model.keras is used as it is.
+        that (verified) version; a folder containing model.keras is used only if its metadata.json
+        records the model's sha256 and the file matches it.
         """
         if version_or_dir is not None:
             text = os.fspath(version_or_dir)
@@ -246,12 +247,21 @@ class Registry:
 
     @staticmethod
     def _verify_loose_dir(path: Path) -> None:
-        """A plain folder is trusted as given, except when its own metadata carries a checksum to check."""
+        """A folder outside the registry is served only with a recorded checksum that its model matches.
+
+        A registry version folder and the training stage's output (``work/model``) both record one; a
+        folder without it could hold any file at all, so it is refused rather than trusted as given.
+        """
         try:
             expected = _read_json(path / METADATA_FILE).get("model_sha256")
         except (OSError, ValueError):
-            return
-        if expected and sha256_file(path / MODEL_FILE) != expected:
+            expected = None
+        if not expected:
+            raise ModelError(
+                f"The model folder {path} records no checksum (model_sha256 in {METADATA_FILE}), so its "
+                "model file cannot be trusted. Register it with `python -m cxr_core models register` first."
+            )
+        if sha256_file(path / MODEL_FILE) != expected:
             raise ModelError(f"The model file in {path} is corrupt (checksum mismatch).")
 
     # ---------------------------------------------------------------- writing

@@ -22,6 +22,7 @@ import tensorflow as tf
 from cxr_core import metrics, ood
 from cxr_core.fsutil import atomic_directory, write_json_atomic
 from cxr_core.ingest import load_split
+from cxr_core.registry import sha256_file
 
 DEFAULTS = {
     "epochs": 60,
@@ -136,6 +137,7 @@ def run_train(
             "best_epoch": int(np.argmax(history.history.get("val_auc", [0]))) + 1,
             "val_auc": val_auc,
             "train_seconds": round(time.perf_counter() - started, 1),
+            "model_sha256": sha256_file(staging / "model.keras"),  # `predict --model work/model` checks it
         }
         write_json_atomic(staging / "metadata.json", metadata)
         write_json_atomic(

@@ -174,7 +174,16 @@ def test_resolve_by_name_by_folder_and_with_nothing(reg, tmp_path):
     with pytest.raises(ModelError, match="none was promoted"):
         reg.resolve()
     assert reg.resolve(v) == reg.version_dir(v)
+    unrecorded = make_candidate(tmp_path, "unrecorded")  # a folder outside the registry needs a checksum
+    with pytest.raises(ModelError, match="records no checksum"):
+        reg.resolve(unrecorded)
+    wrong = make_candidate(tmp_path, "wrong", model_sha256="0" * 64)
+    with pytest.raises(ModelError, match="corrupt"):
+        reg.resolve(wrong)
     loose = make_candidate(tmp_path, "loose")
+    meta = json.loads((loose / "metadata.json").read_text())
+    meta["model_sha256"] = registry_module.sha256_file(loose / "model.keras")
+    (loose / "metadata.json").write_text(json.dumps(meta))
     assert reg.resolve(loose) == loose
     assert reg.resolve(str(loose)) == loose
     with pytest.raises(ModelError, match="No model version or model folder"):
