@@ -29,7 +29,9 @@ def quick_params():
 def pipeline_run(tmp_path_factory, kaggle_tree, quick_params):
     root = tmp_path_factory.mktemp("pipeline")
     events = []
-    result = run_pipeline(kaggle_tree, root / "work", quick_params, progress=events.append, models_root=root / "models")
+    result = run_pipeline(
+        kaggle_tree, root / "work", quick_params, progress=events.append, models_root=root / "models"
+    )
     return root, result, events
 
 
@@ -37,7 +39,14 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
     root, result, _ = pipeline_run
     registry = Registry(root / "models")
     version_dir = registry.version_dir(result["version"])
-    for name in ("model.keras", "metadata.json", "metrics.json", "predictions.csv", "ood.npz", "MODEL_CARD.md"):
+    for name in (
+        "model.keras",
+        "metadata.json",
+        "metrics.json",
+        "predictions.csv",
+        "ood.npz",
+        "MODEL_CARD.md",
+    ):
         assert (version_dir / name).exists(), name
     for plot in ("roc", "pr", "calibration", "confusion"):
         assert json.loads((version_dir / "plots" / f"{plot}.json").read_text())
@@ -63,7 +72,9 @@ def test_gate_verdict_decides_promotion(pipeline_run):
 def test_progress_reports_every_stage_and_epoch(pipeline_run):
     _, _, events = pipeline_run
     stages = [e["stage"] for e in events]
-    assert stages.index("ingest") < stages.index("train") < stages.index("evaluate") < stages.index("register")
+    assert (
+        stages.index("ingest") < stages.index("train") < stages.index("evaluate") < stages.index("register")
+    )
     epochs = [e for e in events if e.get("epoch")]
     assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
     assert all("val_auc" in e and "eta_seconds" in e for e in epochs)
@@ -71,7 +82,9 @@ def test_progress_reports_every_stage_and_epoch(pipeline_run):
 
 def test_metrics_report_has_the_original_layout_and_per_source(pipeline_run):
     root, result, _ = pipeline_run
-    report = json.loads((Registry(root / "models").version_dir(result["version"]) / "metrics.json").read_text())
+    report = json.loads(
+        (Registry(root / "models").version_dir(result["version"]) / "metrics.json").read_text()
+    )
     table = report["classification_report"]
     for key in ("Normal", "Tuberculosis", "accuracy", "macro avg", "weighted avg"):
         assert key in table
@@ -116,7 +129,9 @@ def test_dvc_repro_and_metrics_show_in_a_fresh_copy(tmp_path):
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     assert (project / "dvc.lock").exists()
     assert (project / "work" / "model" / "model.keras").exists()
-    shown = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    shown = subprocess.run(
+        [*dvc, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True
+    )
     assert shown.returncode == 0, shown.stderr
     metrics = json.loads(shown.stdout)
     flat = json.dumps(metrics)
