@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from builders import make_dicom
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -133,29 +134,10 @@ def test_non_radiograph_and_tiny_image_are_explained(dashboard):
 
 
 def test_dicom_details_and_identifiers_only_on_request(dashboard):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     pixels = np.asarray(Image.open(TB_XRAY).convert("L"))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-0042"
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).PatientName == "Doe^Jane"
+    study = make_dicom(pixels, bits_stored=8, bits_allocated=8)
 
-    at = upload(open_screen(), ("study-no-extension", buffer.getvalue()))
+    at = upload(open_screen(), ("study-no-extension", study))
     assert len([m for m in at.metric if m.label == "TB probability"]) == 1
 
     def details() -> str:

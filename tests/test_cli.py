@@ -1,7 +1,6 @@
 """``python -m cxr_core`` as a user runs it: a real subprocess, real files, the shipped model (read only)."""
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import make_dicom
 from conftest import PROJECT_ROOT, shared_records
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr_core.registry import Registry
 
@@ -49,26 +47,6 @@ def _run(*args: str, cwd: Path = PROJECT_ROOT, **env) -> subprocess.CompletedPro
     )
 
 
-def _dicom_from(gray: np.ndarray) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("normal.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientName = "Doe^Jane"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (gray.astype("<u2") * 16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, shared_cxr) -> Path:
     root = tmp_path_factory.mktemp("cli") / "scans"
@@ -77,7 +55,9 @@ def folder(tmp_path_factory, shared_cxr) -> Path:
     normal = shared_cxr / shared_records("openist", "Normal")[1]["path"]
     shutil.copy(tb, root / "tb.png")
     Image.open(tb).convert("L").save(root / "tb-reencoded.jpg", quality=90)
-    (root / "normal.dcm").write_bytes(_dicom_from(np.array(Image.open(normal).convert("L"))))
+    (root / "normal.dcm").write_bytes(
+        make_dicom(np.array(Image.open(normal).convert("L")).astype(np.uint16) * 16)
+    )
     shutil.copy(shared_cxr / shared_records("tbx11k", "Tuberculosis")[1]["path"], root / FORMULA_NAME)
     shutil.copy(shared_cxr / shared_records("shenzhen", "Normal")[0]["path"], root / UNICODE_NAME)
     (root / "empty.png").write_bytes(b"")

@@ -12,10 +12,9 @@ import io
 import cv2
 import numpy as np
 import pytest
+from builders import make_dicom
 from conftest import PROJECT_ROOT, SHARED_CXR, shared_records
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr_core.inference import Predictor
 from cxr_core.registry import Registry
@@ -37,50 +36,21 @@ def _encode(pixels: np.ndarray, fmt: str = "PNG", **options) -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(stored: np.ndarray, photometric: str, bits_stored: int, **tags) -> bytes:
-    """A Part 10 file (preamble, DICM, file meta) in Explicit VR Little Endian, 16 bits allocated."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("chest.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype("<u2").tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def variants(gray: np.ndarray) -> dict[str, bytes]:
     """The same 8-bit picture in every export format under test."""
     wide = gray.astype(np.uint16)
     # MONOCHROME2, 16 bits stored; real value = 0.5 * stored - 1000; the window spans all of it.
     slope, intercept = 0.5, -1000.0
     low, high = intercept, slope * 65535 + intercept
-    monochrome2 = _dicom(
+    monochrome2 = make_dicom(
         wide * 257,
-        "MONOCHROME2",
-        16,
-        RescaleSlope=slope,
-        RescaleIntercept=intercept,
-        WindowCenter=(low + high) / 2,
-        WindowWidth=high - low + 1,
+        bits_stored=16,
+        slope=slope,
+        intercept=intercept,
+        window=((low + high) / 2, high - low + 1),
     )
     # MONOCHROME1, 12 bits stored: bright stored values are dark on screen, so bone is stored low.
-    monochrome1 = _dicom((255 - wide) * 16, "MONOCHROME1", 12)
+    monochrome1 = make_dicom((255 - wide) * 16, photometric="MONOCHROME1", bits_stored=12)
     height, width = gray.shape
     scale = 3000 / max(height, width)  # keep the aspect ratio: a stretch is a different picture
     upscaled = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_CUBIC)

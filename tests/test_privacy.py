@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import make_dicom
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, unlock
-from test_io import make_dicom
 
 from cxr_core import auth, jobs, reports
 from cxr_core.config import load_params
