@@ -7,9 +7,11 @@ scores whole batches through a single compiled function.
 
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from cxr_core.preprocess import CropBox, preprocess_with_box
 TB = "Tuberculosis"
 NORMAL = "Normal"
 BATCH_SIZE = 32
+DECODE_AHEAD = 2 * BATCH_SIZE  # files the CLI decodes ahead of scoring (bounds memory, keeps cores busy)
 
 
 @dataclass
@@ -159,13 +162,26 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
 def predict_paths(
     paths: Iterable[str | Path], predictor: Predictor, workers: int | None = None
 ) -> Iterator[dict]:
-    """One CLI row per file; decoding runs in threads (the decoders release the GIL) ahead of scoring."""
-    files = list(iter_image_files(paths))
+    """One CLI row per file; decoding runs in threads (the decoders release the GIL) ahead of scoring.
+
+    At most ``DECODE_AHEAD`` files are decoded ahead of the scorer, so memory stays flat for any
+    folder size (a full-resolution picture is held until its batch is scored) and stopping early
+    does not wait for the whole folder to be decoded.
+    """
+    files = iter(list(iter_image_files(paths)))
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = pool.map(lambda p: _decode(str(p), p, predictor.side, {}), files)
+
+        def submit(path: Path):
+            return pool.submit(_decode, str(path), path, predictor.side, {})
+
+        pending = deque(submit(path) for path in islice(files, DECODE_AHEAD))
         chunk: list[ScreenedImage] = []
-        for item in decoded:
+        while pending:
+            item = pending.popleft().result()
+            following = next(files, None)
+            if following is not None:
+                pending.append(submit(following))
             chunk.append(item)
             if len(chunk) == BATCH_SIZE:
                 yield from _score_chunk(chunk, predictor)

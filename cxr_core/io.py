@@ -927,7 +927,12 @@ def _intensity_spread(pixels: np.ndarray) -> int:
     sub = pixels[::step, ::step]
     if sub.dtype != np.uint8:
         sub = _stretch(sub, float(sub.min()), float(sub.max())) if sub.size else sub.astype(np.uint8)
-    counts = np.bincount(sub.ravel(), minlength=256)
+    if cv2 is not None and sub.ndim == 2 and 0 < sub.size < 1 << 24:
+        # The same counts as np.bincount (exact in float32 below 2**24), without its int64 copy.
+        hist = cv2.calcHist([np.ascontiguousarray(sub)], [0], None, [256], [0, 256])
+        counts = hist.ravel().astype(np.int64)
+    else:
+        counts = np.bincount(sub.ravel(), minlength=256)
     cumulative = np.cumsum(counts)
     total = int(cumulative[-1])
     if total == 0:

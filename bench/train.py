@@ -1,0 +1,147 @@
+"""Training throughput: the real input pipeline against the same model fed from tensors in memory.
+
+Data: real X-rays decoded and preprocessed once, repeated to ``--size`` images (4200 by default, the
+Kaggle database's size). Subject: the model, optimizer, loss, metric, sample weights and
+``cxr_core.train.make_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
+``run_train`` sets them up from params.yaml. Baseline, the compute-only limit: the same model and
+settings fed float32 batches already in memory. Epochs of the two alternate; the steady state is
+timed from batch 10 of an epoch to its last batch, and each full epoch is timed as well.
+
+    .venv/bin/python bench/train.py            # 4200 images, 2 epochs of each after warm-up
+    .venv/bin/python bench/train.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from _common import ROOT, emit, labelled, log, machine, median, parser, target
+
+SKIP_BATCHES = 10
+
+
+class BatchClock:
+    """Keras callback: wall and CPU time at the end of every training batch."""
+
+    def __init__(self):
+        import keras
+
+        clock = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                clock.marks.append((time.perf_counter(), time.process_time()))
+
+        self.callback = _Callback()
+        self.marks: list[tuple[float, float]] = []
+
+    def steady(self, batch_size: int) -> tuple[float, float]:
+        """Images/s and CPU ms per image from batch SKIP_BATCHES to the last one."""
+        skip = min(SKIP_BATCHES, len(self.marks) // 3)
+        (wall0, cpu0), (wall1, cpu1) = self.marks[skip], self.marks[-1]
+        images = (len(self.marks) - 1 - skip) * batch_size
+        return images / (wall1 - wall0), 1000 * (cpu1 - cpu0) / images
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=4200, help="images per epoch")
+    p.add_argument("--rounds", type=int, default=2, help="epochs of each, alternating, after warm-up")
+    args = p.parse_args()
+    if args.quick:
+        args.size, args.rounds = 256, 1
+    started = time.perf_counter()
+
+    import keras
+    import tensorflow as tf
+    import yaml
+
+    from cxr_core.io import read_image
+    from cxr_core.model import build_model
+    from cxr_core.preprocess import preprocess
+    from cxr_core.train import DEFAULTS, make_dataset, merged, sample_weights
+
+    params = merged(DEFAULTS, yaml.safe_load((ROOT / "params.yaml").read_text()).get("train"))
+    batch_size = int(params["batch_size"])
+    items = labelled(args.data, None if args.size >= 955 else args.size)
+    pictures = np.stack([preprocess(read_image(path).pixels) for path, _ in items])[..., None]
+    labels = np.array([label for _, label in items], dtype=np.int32)
+    sources = [path.parent.parent.name for path, _ in items]
+    repeat = np.arange(args.size) % len(items)
+    x, y = pictures[repeat], labels[repeat]
+    weights = sample_weights(y, [sources[i] for i in repeat], float(params["max_source_weight"]))
+    log(f"train: {len(items)} distinct X-rays repeated to {len(x)} images")
+
+    def compiled():
+        keras.utils.set_random_seed(int(params["seed"]))
+        model = build_model(side=x.shape[1], **params["model"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
+            loss="binary_crossentropy",
+            metrics=[keras.metrics.AUC(name="auc")],
+        )
+        return model
+
+    pipeline = make_dataset(x, y, weights, batch_size, params["augment"], int(params["seed"]))
+    in_memory = (
+        tf.data.Dataset.from_tensor_slices(
+            (x.astype(np.float32), y.astype(np.float32), weights.astype(np.float32))
+        )
+        .batch(batch_size)
+        .cache()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    runs = {"pipeline": (compiled(), pipeline), "in_memory": (compiled(), in_memory)}
+    for model, data in runs.values():  # trace the train step, fill the cache
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
+
+    measured: dict[str, list[dict]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name, (model, data) in runs.items():
+            clock = BatchClock()
+            epoch_started = time.perf_counter()
+            model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[clock.callback])
+            epoch_s = time.perf_counter() - epoch_started
+            rate, cpu_ms = clock.steady(batch_size)
+            measured[name].append({"rate": rate, "cpu_ms": cpu_ms, "epoch_s": epoch_s})
+            log(f"train round {r + 1}: {name} {rate:.0f} img/s steady, epoch {epoch_s:.1f} s")
+
+    rounds = [a["rate"] / b["rate"] for a, b in zip(measured["pipeline"], measured["in_memory"], strict=True)]
+    ratio = median(rounds)
+    epoch_s = median([m["epoch_s"] for m in measured["pipeline"]]) * 4200 / args.size
+    emit(
+        {
+            "benchmark": "train",
+            "machine": machine(),
+            "params": {
+                "images_per_epoch": len(x),
+                "distinct_images": len(items),
+                "batch_size": batch_size,
+                "rounds": args.rounds,
+            },
+            "figures": {
+                "images_per_s": round(median([m["rate"] for m in measured["pipeline"]]), 1),
+                "cpu_ms_per_image": round(median([m["cpu_ms"] for m in measured["pipeline"]]), 3),
+                "epoch_s": round(median([m["epoch_s"] for m in measured["pipeline"]]), 2),
+                "epoch_4200_s": round(epoch_s, 2),
+            },
+            "baseline": {
+                "what": "same model and settings fed float32 batches already in memory (no augmentation)",
+                "images_per_s": round(median([m["rate"] for m in measured["in_memory"]]), 1),
+                "cpu_ms_per_image": round(median([m["cpu_ms"] for m in measured["in_memory"]]), 3),
+                "epoch_s": round(median([m["epoch_s"] for m in measured["in_memory"]]), 2),
+            },
+            "ratios": {"of_compute_limit": round(ratio, 3), "rounds": [round(v, 3) for v in rounds]},
+            "targets": {
+                "of_compute_limit": target(ratio, 0.90, ">=", ">= 90% of the compute-only limit"),
+                "epoch_4200_s": target(epoch_s, 60.0, "<=", "one epoch over 4200 images well under a minute"),
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        args.output,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The benchmarks in bench/ still run: each once, at a tiny size, through bench/run_all.py.
+
+Nothing here is timed or compared with a target (CI machines are shared and their speed varies);
+the test only proves that every benchmark runs end to end and prints the figures it promises.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+
+EXPECTED = {
+    "score_one": {
+        "figures": ["p50_ms", "p95_ms", "score_only_p50_ms", "first_request_after_start_s"],
+        "baseline": ["p50_ms", "p95_ms", "max_probability_difference"],
+        "ratios": ["speedup_p50", "speedup_p95"],
+        "targets": ["p50", "speedup"],
+    },
+    "batch_cli": {
+        "figures": ["images_per_s", "startup_s", "wall_s", "cpu_ms_per_image", "failed_rows"],
+        "baseline": ["images_per_s", "cpu_ms_per_image"],
+        "ratios": ["of_limit", "cpu_time_of_limit"],
+        "targets": ["of_limit"],
+    },
+    "ingest": {
+        "figures": ["n", "4n"],
+        "baseline": ["limit_images_per_s", "original"],
+        "ratios": ["of_limit_n", "of_limit_4n", "peak_rss_4n_over_n", "original_peak_rss_4n_over_n"],
+        "targets": ["of_limit_n", "of_limit_4n", "memory"],
+    },
+    "train": {
+        "figures": ["images_per_s", "cpu_ms_per_image", "epoch_s", "epoch_4200_s"],
+        "baseline": ["images_per_s", "cpu_ms_per_image"],
+        "ratios": ["of_compute_limit"],
+        "targets": ["of_compute_limit", "epoch_4200_s"],
+    },
+    "page": {
+        "figures": ["cold_s", "warm_p50_s", "warm_p95_s", "first_page_load_s"],
+        "baseline": ["first_request_s", "page_reload_p50_s"],
+        "ratios": ["cold_over_first_request", "warm_over_page_reload"],
+        "targets": ["warm_p50", "cold"],
+    },
+}
+
+
+def test_every_benchmark_runs_once_at_a_tiny_size_and_prints_its_figures(shared_cxr, tmp_path):
+    names = [name for name in EXPECTED if name != "page" or CHROMIUM.exists() or os.environ.get("CI")]
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/run_all.py",
+            "--quick",
+            "--data",
+            str(shared_cxr),
+            "-o",
+            str(out),
+            "--only",
+            *names,
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    combined = json.loads(run.stdout)
+    assert json.loads(out.read_text()) == combined
+    assert combined["quick"] is True and not combined["failed"]
+    for key in ("date", "cpu", "cores"):
+        assert combined["machine"][key]
+    for name in names:
+        result = combined["benchmarks"][name]
+        assert result["benchmark"] == name
+        for section, keys in EXPECTED[name].items():
+            missing = [key for key in keys if key not in result[section]]
+            assert not missing, f"{name}.{section} lacks {missing}"
+        for key, figure in result["targets"].items():
+            assert set(figure) == {"target", "value", "met"}, f"{name}.targets.{key}"
+            assert f"{name}.{key}" in combined["targets"]
+    assert (
+        combined["benchmarks"]["ingest"]["figures"]["4n"]["images"]
+        == 4 * combined["benchmarks"]["ingest"]["figures"]["n"]["images"]
+    )
+    assert combined["benchmarks"]["batch_cli"]["figures"]["failed_rows"] == 0
+    assert combined["benchmarks"]["score_one"]["baseline"]["max_probability_difference"] < 1e-4
