@@ -66,6 +66,10 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _models(args) -> int:
     from cxr_core.registry import Registry
 
@@ -76,7 +80,7 @@ def _models(args) -> int:
             metrics = meta.get("metrics") or {}
             marker = "*" if meta["version"] == current else " "
             print(
-                f"{marker} {meta['version']}  created {meta.get('created')}  threshold {meta.get('threshold'):.4f}  "
+                f"{marker} {meta['version']}  created {meta.get('created')}  threshold {_number(meta.get('threshold'))}  "
                 f"AUC {metrics.get('roc_auc')}  sens {metrics.get('sensitivity')}  spec {metrics.get('specificity')}"
             )
     elif args.action == "register":

@@ -68,7 +68,7 @@ def run_evaluate(
                         "member": row["member"],
                         "source": row["source"],
                         "label": int(label),
-                        "probability": round(float(probability), 6),
+                        "probability": float(probability),  # unrounded: decisions at the threshold must match
                         "predicted": predicted,
                         "correct": int(predicted == label),
                     }

@@ -46,7 +46,7 @@ DEFAULTS = {
     "seed": 42,
     "workers": 0,  # 0: one per CPU core
     "chunk_size": 64,
-    "near_duplicate_bits": 10,  # perceptual hashes this close make a candidate pair...
+    "near_duplicate_bits": 4,  # perceptual hashes this close make a candidate pair...
     "near_duplicate_correlation": 0.95,  # ...confirmed when the preprocessed pixels correlate this much
 }
 

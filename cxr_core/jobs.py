@@ -158,13 +158,17 @@ def start_job(
 
 def cancel_job(job_id: str, root: str | Path | None = None) -> dict:
     """Stop the whole process group of a running job and mark it cancelled."""
-    job_dir = _root(root) / job_id
-    status = job_status(job_id, root)
-    if status.get("state") in ACTIVE and status.get("pid"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(status["pid"], signal.SIGTERM)
-        status.update(state="cancelled", finished=_now())
-        write_json_atomic(job_dir / "status.json", status)
+    base = _root(root)
+    with _exclusive(base):
+        status = job_status(job_id, base)
+        if status.get("state") in ACTIVE and status.get("pid"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(status["pid"], signal.SIGTERM)
+            latest = _read_status(base / job_id)  # the job may have finished while we looked
+            if latest.get("state") in ACTIVE:
+                latest.update(state="cancelled", finished=_now())
+                write_json_atomic(base / job_id / "status.json", latest)
+            status = latest
     return status
 
 

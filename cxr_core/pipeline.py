@@ -52,12 +52,16 @@ def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict | None:
     metrics are the only comparison left.
     """
     from cxr_core import metrics
+    from cxr_core.errors import CxrError
     from cxr_core.evaluate import score_split
 
     try:
         labels, probabilities, _, predictor = score_split(ingest_dir, registry.version_dir(version), "test")
-    except (ValueError, OSError):
-        return registry.metadata(version).get("metrics")
+    except (ValueError, OSError, CxrError):
+        try:
+            return registry.metadata(version).get("metrics")
+        except (ValueError, OSError, CxrError):
+            return None  # nothing to compare with: only the gate's absolute floors apply
     return summarise(metrics.evaluate(labels, probabilities, predictor.threshold, n_boot=0))
 
 
@@ -106,8 +110,12 @@ def register_candidate(work_dir: str | Path, params: dict, registry, promote: st
     candidate_metrics = summarise(json.loads((work_dir / "evaluate" / "metrics.json").read_text()))
     decision_file = work_dir / "gate.json"
     decision = json.loads(decision_file.read_text()) if decision_file.exists() else {}
-    if decision.get("model_sha256") != digest:
-        current = registry.current_version()
+    registered = next((m["version"] for m in registry.versions() if m.get("model_sha256") == digest), None)
+    current = registry.current_version()
+    # A saved verdict holds only against the model it was taken against (or after this model's own
+    # promotion, on a retry); if someone promoted or rolled back meanwhile, judge again.
+    still_valid = decision.get("compared_with") == current or (registered and current == registered)
+    if decision.get("model_sha256") != digest or not still_valid:
         current_metrics = current_metrics_on(work_dir / "ingest", registry, current) if current else None
         gate = quality_gate(candidate_metrics, current_metrics, params.get("gate", {}))
         decision = {
@@ -120,7 +128,7 @@ def register_candidate(work_dir: str | Path, params: dict, registry, promote: st
         }
         write_json_atomic(decision_file, decision)
 
-    version = next((m["version"] for m in registry.versions() if m.get("model_sha256") == digest), None)
+    version = registered
     if version is None:
         version = registry.new_version_name()
         registry.register(assemble_candidate(work_dir, version), version=version)

@@ -333,17 +333,13 @@ def load_evaluation(registry: Registry, version: str) -> Evaluation:
     return Evaluation(version, model_dir, metadata, report, plots, predictions, card, problems)
 
 
-def card_for_display(card: str, version: str, shift: int = 2) -> str:
-    """The model card with its headings made smaller (it sits inside a page) and its version named.
-
-    Cards rendered before registration call the model "(candidate)"; once registered it has a name.
-    """
+def card_for_display(card: str, shift: int = 2) -> str:
+    """The model card with its headings made smaller (it sits inside a page)."""
     lines = []
     for line in card.splitlines():
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             line = "#" * min(6, level + shift) + line[level:]
-            line = line.replace("(candidate)", version)
         lines.append(line)
     return "\n".join(lines)
 

@@ -107,7 +107,8 @@ def run_train(
             callbacks=callbacks,
             verbose=0,
         )
-        (staging / "checkpoint.keras").unlink(missing_ok=True)  # the best weights are restored below
+        # EarlyStopping restored the best epoch's weights; the checkpoint file is only a crash backup.
+        (staging / "checkpoint.keras").unlink(missing_ok=True)
         save_model(model, staging / "model.keras")
 
         cam = GradCam(model)

@@ -52,6 +52,6 @@ except CxrError as error:
     card = None
 with st.container(border=True):
     if card:
-        st.markdown(reports.card_for_display(card, chosen))
+        st.markdown(reports.card_for_display(card))
     else:
         st.info("This version has no model card.")

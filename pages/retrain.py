@@ -168,6 +168,11 @@ if gate:
             )
         if current == gate["version"]:
             st.info(f"{gate['version']} is the model in use.")
+        elif gate["passed"] and gate["compared_with"] != current:
+            st.warning(
+                f"The gate compared {gate['version']} with {gate['compared_with'] or 'no model'}, but "
+                f"{current or 'no model'} is in use now: retrain to judge it against the current model."
+            )
         elif gate["passed"] and st.button(f"Promote {gate['version']} to the model in use", type="primary"):
             try:
                 registry.promote(gate["version"])

@@ -138,3 +138,27 @@ def test_dvc_repro_and_metrics_show_in_a_fresh_copy(tmp_path):
     assert "roc_auc" in flat and "sensitivity" in flat
     again = subprocess.run([*dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
+
+
+def test_register_is_idempotent_and_rejudges_when_the_serving_model_changed(pipeline_run, quick_params):
+    from cxr_core.pipeline import register_candidate
+
+    root, result, _ = pipeline_run
+    registry = Registry(root / "models")
+    before = [v["version"] for v in registry.versions()]
+    again = register_candidate(root / "work", quick_params, registry, promote="never")
+    assert again["version"] == result["version"], "a retry must not register the same model twice"
+    assert [v["version"] for v in registry.versions()] == before
+
+    from cxr_core.model import load_model, save_model
+
+    different = root / "other-candidate"  # another model (same architecture, nudged weights) is put in use
+    shutil.copytree(root / "work" / "candidate", different)
+    model = load_model(different / "model.keras")
+    model.set_weights([w * 0.99 for w in model.get_weights()])
+    save_model(model, different / "model.keras")
+    other = registry.register(different, version="v-other")
+    registry.promote(other)
+    rejudged = register_candidate(root / "work", quick_params, registry, promote="never")
+    assert rejudged["compared_with"] == "v-other", "a verdict taken against an older model must not be reused"
+    assert registry.current_version() == "v-other"
