@@ -9,6 +9,7 @@ the result can be set beside the original system's (accuracy 0.975, TB recall 0.
 """
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,12 @@ def run_evaluate(
                 fieldnames=["path", "member", "source", "label", "probability", "predicted", "correct"],
             )
             writer.writeheader()
+            data_root = dataset_root(json.loads((Path(ingest_dir) / "summary.json").read_text())["data_path"])
             for row, label, probability in zip(rows, y_test, probabilities, strict=True):
                 predicted = int(probability >= threshold)
                 writer.writerow(
                     {
-                        "path": row["path"],
+                        "path": portable_path(row["path"], data_root),
                         "member": row["member"],
                         "source": row["source"],
                         "label": int(label),
@@ -74,6 +76,23 @@ def run_evaluate(
                     }
                 )
     return report
+
+
+def dataset_root(data_path: str | Path) -> Path:
+    """The folder image paths are recorded against: the dataset folder, or the folder of its CSV or zip."""
+    path = Path(data_path)
+    return path if path.is_dir() else path.parent
+
+
+def portable_path(path: str, data_root: Path) -> str:
+    """A test image's path relative to its dataset, so the record still points at it on another machine.
+
+    Readers join it with wherever that dataset lives there (the model's ``data_path``, a test's copy).
+    """
+    try:
+        return Path(path).relative_to(data_root).as_posix()
+    except ValueError:
+        return path
 
 
 def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "test"):

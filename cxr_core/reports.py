@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr_core import metrics
 from cxr_core.errors import CxrError, DatasetError, ModelError
+from cxr_core.evaluate import dataset_root
 from cxr_core.inference import TB, ScreenedImage, result_row, spreadsheet_safe
 from cxr_core.paths import PROJECT_ROOT
 from cxr_core.registry import Registry, sha256_file
@@ -615,15 +616,22 @@ def misclassified(evaluation: Evaluation, threshold: float | None = None) -> lis
     return missed + alarms
 
 
-def _resolve_image_path(path: str) -> str:
-    """Where a test image is on this machine: as recorded, else relative to the project (portable runs)."""
-    if not path or os.path.exists(path):
+def _resolve_image_path(path: str, data_root: str | None = None) -> str:
+    """Where a test image is on this machine: as recorded, else under the model's dataset, else the project.
+
+    ``predictions.csv`` records paths relative to the dataset the model was trained on.
+    """
+    if not path or os.path.isabs(path) and os.path.exists(path):
         return path
-    candidate = PROJECT_ROOT / path
-    return str(candidate) if candidate.exists() else path
+    for base in (dataset_root(data_root) if data_root else None, PROJECT_ROOT):
+        if base is not None and (Path(base) / path).exists():
+            return str(Path(base) / path)
+    return path
 
 
-def error_gallery(predictor, rows: list[dict], alpha: float = 0.4, limit: int = 12) -> list[GalleryEntry]:
+def error_gallery(
+    predictor, rows: list[dict], alpha: float = 0.4, limit: int = 12, data_root: str | None = None
+) -> list[GalleryEntry]:
     """The wrongly classified test images with their Grad-CAM, scored in one batch.
 
     A test image may be gone (the model was trained on another machine); its entry says so instead
@@ -636,7 +644,7 @@ def error_gallery(predictor, rows: list[dict], alpha: float = 0.4, limit: int = 
     to_screen: list[tuple[str, bytes]] = []
     slots: list[int] = []
     for row in rows[:limit]:
-        path = _resolve_image_path(row["path"])
+        path = _resolve_image_path(row["path"], data_root)
         name = os.path.basename(row["member"] or path) or "(unnamed)"
         entry = GalleryEntry(
             name=name,

@@ -218,7 +218,9 @@ def gallery(model_dir: str, sha256: str, version: str) -> tuple[list[reports.Gal
     evaluation = reports.load_evaluation(ui_common.registry(), version)
     rows = reports.misclassified(evaluation)
     predictor = ui_common.load_predictor(model_dir, sha256)
-    return reports.error_gallery(predictor, rows, limit=12), len(rows)
+    return reports.error_gallery(
+        predictor, rows, limit=12, data_root=predictor.metadata.get("data_path")
+    ), len(rows)
 
 
 with tab_errors:

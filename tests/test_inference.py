@@ -41,7 +41,7 @@ def test_split(model_dir) -> dict[str, dict]:
     """The model's own held-out test images (from its evaluation), keyed by shared-manifest path."""
     with open(model_dir / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {Path(row["path"]).relative_to(SHARED_CXR).as_posix(): row for row in rows}
+    return {row["path"]: row for row in rows}  # recorded relative to the dataset root
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -405,3 +405,26 @@ def test_fmt_duration():
     assert reports.fmt_duration(None) == "n/a"
     assert reports.fmt_duration(5.4) == "5 s"
     assert reports.fmt_duration(60) == "1 min 00 s"
+
+
+def test_gallery_finds_images_recorded_relative_to_the_models_dataset(version_dir):
+    from cxr_core.paths import sample_data_dir
+
+    row = {
+        "path": "Tuberculosis/tb0063.png",
+        "member": None,
+        "source": "tbx11k",
+        "label": 1,
+        "probability": 0.1,
+    }
+    seen = []
+
+    class Recorder:
+        def screen(self, items):
+            seen.extend(items)
+            return [ScreenedImage(name=n, ok=False, error="stub") for n, _ in items]
+
+    reports.error_gallery(Recorder(), [row], data_root=str(sample_data_dir()))
+    assert seen and seen[0][1][:4] == b"\x89PNG"
+    missing = reports.error_gallery(Recorder(), [row], data_root="/nowhere")
+    assert "not available" in missing[0].problem
