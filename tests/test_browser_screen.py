@@ -3,40 +3,20 @@
 The screenshot is kept in test-artifacts/ so a person can look at what a clinician would have seen.
 """
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import test_app_screen as shared
+from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from test_app_screen import NORMAL_XRAY, PROJECT_ROOT, TB_XRAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 seed = shared.seed  # fixture: a registry trained once per test session
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -44,7 +24,6 @@ def server(seed, tmp_path):
     """``streamlit run app.py`` in its own process group on a free local port, on a copy of the registry."""
     models = tmp_path / "models"
     shutil.copytree(seed, models)
-    port = free_port()
     env = {
         **os.environ,
         "CXR_MODELS_DIR": str(models),
@@ -53,49 +32,8 @@ def server(seed, tmp_path):
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     env.pop("CXR_ADMIN_PASSWORD", None)
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "streamlit.log").read_text(errors="replace"))
-            time.sleep(0.3)
+    with running_dashboard(tmp_path / "streamlit.log", env) as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.mark.skipif(

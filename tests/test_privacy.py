@@ -3,26 +3,23 @@ unless a user opts in; uploads are capped in size; models load in Keras safe mod
 registry or a checksum-verified folder; changing the served model needs the admin password.
 """
 
-import contextlib
 import csv
 import io
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from builders import make_dicom
 from PIL import Image
+from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, unlock
 
@@ -40,7 +37,6 @@ APP = str(PROJECT_ROOT / "app.py")
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 XRAY = SAMPLE / "Normal" / "CHNCXR_0001_0.png"
 IDENTIFIERS = ("Doe^Jane", "Doe", "MRN-0042", "19700101")  # what make_dicom writes into every header
-CHROMIUM = "/usr/bin/chromium"
 MARKER_ENV = "CXR_TEST_MARKER"
 
 
@@ -170,53 +166,11 @@ def test_upload_cap_is_set_in_the_dashboard_config():
     assert cap < 200, "200 MB is streamlit's default: the cap would not be ours"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(registry, tmp_path):
     """``streamlit run app.py`` from the project folder (so .streamlit/config.toml applies)."""
-    port = free_port()
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-        + [
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=PROJECT_ROOT,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "streamlit.log").read_text(errors="replace"))
-            time.sleep(0.3)
+    with running_dashboard(tmp_path / "streamlit.log", dict(os.environ)) as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.mark.browser
@@ -230,7 +184,7 @@ def test_screen_page_refuses_an_upload_over_the_cap_in_a_real_browser(server, tm
         handle.write(XRAY.read_bytes())
         handle.truncate(cap * 1024 * 1024 + 1)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(server)
@@ -352,7 +306,12 @@ def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_giv
             "state": "succeeded",
             "created": "2026-01-01T00:00:00+00:00",
             "data_path": "data/sample",
-            "result": {"version": "v-candidate", "gate": {"passed": True, "reasons": []}, "promoted": False},
+            "result": {
+                "version": "v-candidate",
+                "compared_with": "v-newer",
+                "gate": {"passed": True, "reasons": []},
+                "promoted": False,
+            },
         },
     )
     at = AppTest.from_file(APP, default_timeout=120)
