@@ -271,6 +271,17 @@ def test_gallery_says_when_a_test_image_is_not_on_this_machine(version_dir):
     assert all(e.overlay is None and "not available" in e.problem for e in entries)
 
 
+class RecordingPredictor:
+    """Stands in for the predictor where a test only checks which image bytes the gallery found."""
+
+    def __init__(self):
+        self.seen = []
+
+    def screen(self, items):
+        self.seen.extend(items)
+        return [ScreenedImage(name=n, ok=False, error="stub") for n, _ in items]
+
+
 def test_gallery_resolves_project_relative_paths(version_dir):
     row = {
         "path": "data/sample/Tuberculosis/tb0063.png",
@@ -279,14 +290,10 @@ def test_gallery_resolves_project_relative_paths(version_dir):
         "label": 1,
         "probability": 0.1,
     }
-    seen = []
+    recorder = RecordingPredictor()
+    seen = recorder.seen
 
-    class Recorder:
-        def screen(self, items):
-            seen.extend(items)
-            return [ScreenedImage(name=n, ok=False, error="stub") for n, _ in items]
-
-    entries = reports.error_gallery(Recorder(), [row])
+    entries = reports.error_gallery(recorder, [row])
     assert seen and seen[0][0] == "tb0063.png" and seen[0][1][:4] == b"\x89PNG"
     assert entries[0].problem == "stub"
 
@@ -417,14 +424,10 @@ def test_gallery_finds_images_recorded_relative_to_the_models_dataset(version_di
         "label": 1,
         "probability": 0.1,
     }
-    seen = []
+    recorder = RecordingPredictor()
+    seen = recorder.seen
 
-    class Recorder:
-        def screen(self, items):
-            seen.extend(items)
-            return [ScreenedImage(name=n, ok=False, error="stub") for n, _ in items]
-
-    reports.error_gallery(Recorder(), [row], data_root=str(sample_data_dir()))
+    reports.error_gallery(recorder, [row], data_root=str(sample_data_dir()))
     assert seen and seen[0][1][:4] == b"\x89PNG"
-    missing = reports.error_gallery(Recorder(), [row], data_root="/nowhere")
+    missing = reports.error_gallery(recorder, [row], data_root="/nowhere")
     assert "not available" in missing[0].problem
