@@ -108,13 +108,18 @@ def _ordered(rows: list[dict]) -> pd.DataFrame:
     return data
 
 
-def roc_chart(rows: list[dict], operating: tuple[float, float] | None = None) -> alt.Chart:
-    data = _ordered(rows)
-    diagonal = (
+def _chance_line() -> alt.Chart:
+    """The dashed y = x line: a chance-level ROC curve, or perfect calibration."""
+    return (
         alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
         .mark_line(strokeDash=[4, 4], color="#9aa5b1")
         .encode(x="x", y="y")
     )
+
+
+def roc_chart(rows: list[dict], operating: tuple[float, float] | None = None) -> alt.Chart:
+    data = _ordered(rows)
+    diagonal = _chance_line()
     curve = (
         alt.Chart(data)
         .mark_line(color="#1f6f8b")
@@ -147,11 +152,7 @@ def pr_chart(rows: list[dict]) -> alt.Chart:
 
 def calibration_chart(rows: list[dict]) -> alt.Chart:
     data = pd.DataFrame(rows)
-    diagonal = (
-        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
-        .mark_line(strokeDash=[4, 4], color="#9aa5b1")
-        .encode(x="x", y="y")
-    )
+    diagonal = _chance_line()
     points = (
         alt.Chart(data)
         .mark_line(point=True, color="#1f6f8b")
@@ -201,11 +202,7 @@ def _point(x: float, y: float, xname: str, yname: str) -> alt.Chart:
 
 def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
     data = _ordered(rows)
-    diagonal = (
-        alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
-        .mark_line(strokeDash=[4, 4], color="#9aa5b1")
-        .encode(x="x", y="y")
-    )
+    diagonal = _chance_line()
     curves = (
         alt.Chart(data)
         .mark_line()

@@ -19,24 +19,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import PYTHON, ROOT, emit, log, machine, median, parser, pct, pngs_512, scratch, target
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
+
 CAPTION = "Grad-CAM: red = strongest evidence for TB"
 SHOWN = (
     f"() => document.body.innerText.includes({json.dumps(CAPTION)}) && [...document.querySelectorAll('img')]"
@@ -57,15 +47,9 @@ print(time.perf_counter() - started)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def dashboard(tmp: Path):
-    """``streamlit run app.py`` on a free local port over a copy of the registry; yields its URL."""
+    """The dashboard over a copy of the registry; yields its URL and that copy."""
     models = tmp / "models"
     shutil.copytree(ROOT / "models", models)
     env = {
@@ -76,53 +60,8 @@ def dashboard(tmp: Path):
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     env.pop("CXR_ADMIN_PASSWORD", None)
-    port = free_port()
-    log_path = tmp / "streamlit.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-                "--browser.gatherUsageStats",
-                "false",
-            ],  # fmt: skip
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        "the dashboard did not start: " + log_path.read_text(errors="replace")[-2000:]
-                    )
-                time.sleep(0.2)
-            yield url, models
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with running_dashboard(tmp / "streamlit.log", env, timeout=90) as url:
+        yield url, models
 
 
 def first_request_seconds(models: Path, image: Path) -> float:

@@ -1,4 +1,8 @@
-"""The dashboard as a real server for browser tests: ``streamlit run app.py`` on a free local port."""
+"""The dashboard as a real server: ``streamlit run app.py`` on a free local port.
+
+Used by the browser tests and by ``bench/page.py`` (which imports it as ``tests.servers``), so the
+one way to start, wait for and stop the server lives here.
+"""
 
 import contextlib
 import os
@@ -30,7 +34,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_dashboard(log_path: Path, env: dict[str, str]) -> Iterator[str]:
+def running_dashboard(log_path: Path, env: dict[str, str], timeout: float = 60) -> Iterator[str]:
     """Start the server in its own process group (run from the project, so .streamlit/config.toml
     applies), wait for its health check, yield its URL, and stop the whole group afterwards."""
     port = free_port()
@@ -47,13 +51,14 @@ def running_dashboard(log_path: Path, env: dict[str, str]) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + timeout
             while True:
                 with contextlib.suppress(OSError):
                     if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
                         break
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(Path(log_path).read_text(errors="replace"))
+                    log_tail = Path(log_path).read_text(errors="replace")[-4000:]
+                    raise RuntimeError(f"the dashboard did not start:\n{log_tail}")
                 time.sleep(0.3)
             yield url
         finally:
