@@ -1,6 +1,6 @@
 """Widgets shared by the dashboard pages: the cached model, the sidebar, the admin gate, the charts.
 
-Only layout lives here; what is shown is computed in :mod:`cxr_core.reports`.
+Only layout lives here; what is shown is computed in :mod:`ui.views`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cxr_core import auth, reports
+from cxr_core import auth
 from cxr_core.errors import CxrError
-from cxr_core.registry import Registry
+from cxr_core.registry.store import Registry
+from ui import screening_view
 
 ADMIN_KEY = "admin_unlocked"
 
@@ -19,12 +20,12 @@ ADMIN_KEY = "admin_unlocked"
 @st.cache_resource(max_entries=3, show_spinner="Loading the model (first use only)…")
 def load_predictor(model_dir: str, sha256: str):
     """One Predictor per model file per server process; a promotion changes the key, not the server."""
-    from cxr_core.inference import Predictor
+    from cxr_core.modelling.predictor import Predictor
 
     return Predictor(model_dir)
 
 
-def predictor_for(serving: reports.ServingModel):
+def predictor_for(serving: screening_view.ServingModel):
     return load_predictor(str(serving.model_dir), serving.sha256)
 
 
@@ -32,10 +33,10 @@ def registry() -> Registry:
     return Registry()
 
 
-def serving_model_or_none() -> tuple[reports.ServingModel | None, str | None]:
+def serving_model_or_none() -> tuple[screening_view.ServingModel | None, str | None]:
     """The model in use, or None and the reason (shown in place of results)."""
     try:
-        return reports.serving_model(registry()), None
+        return screening_view.serving_model(registry()), None
     except CxrError as error:
         return None, str(error)
 
@@ -50,7 +51,7 @@ def sidebar() -> None:
             st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.3f}")
             if serving.warning:
                 st.warning(serving.warning)
-        st.caption(reports.DISCLAIMER)
+        st.caption(screening_view.DISCLAIMER)
 
 
 _MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|<>~$:")

@@ -23,6 +23,8 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cxr_core.settings import Layout
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -104,7 +106,7 @@ def median(values: list[float]) -> float:
 
 def manifest_rows(data: Path) -> list[dict]:
     """Rows of ``manifest.csv`` (path,label,source,width,height...), or every PNG when there is none."""
-    manifest = data / "manifest.csv"
+    manifest = data / Layout.MANIFEST
     if manifest.exists():
         with open(manifest, newline="") as handle:
             rows = list(csv.DictReader(handle))

@@ -32,7 +32,7 @@ from _common import (
     target,
 )
 
-CLI_BATCH = 32  # rows arrive one scored batch at a time (cxr_core.inference.BATCH_SIZE)
+CLI_BATCH = 32  # rows arrive one scored batch at a time (cxr_core.modelling.predictor.BATCH_SIZE)
 STEADY_AFTER = 4 * CLI_BATCH  # rows before the steady state is timed
 
 

@@ -3,7 +3,7 @@
 Sets: N real X-rays (copied into a Kaggle-style ``Normal/`` + ``Tuberculosis/`` tree) and 4N, the same
 plus three re-encoded copies of each with small perturbations (a brightness offset and sparse +-1
 noise: different bytes, so every copy is decoded and hashed, and a near duplicate of its original).
-Subject: ``cxr_core.ingest.run_ingest`` with the ``ingest`` section of params.yaml, each run in a
+Subject: ``cxr_core.pipeline.ingest.run_ingest`` with the ``ingest`` section of params.yaml, each run in a
 fresh process (decoders imported before its clock starts) whose whole process tree's RSS is sampled
 every 25 ms.
 Baselines, measured in the same run around each ingest: the decode-and-resize-only limit on the same
@@ -88,7 +88,7 @@ def preload() -> None:
 def child_new(data: Path, out: Path) -> dict:
     import yaml
 
-    from cxr_core.ingest import run_ingest
+    from cxr_core.pipeline.ingest import run_ingest
 
     preload()
 
@@ -109,21 +109,19 @@ def child_original(data: Path, out: Path) -> dict:
 
     import numpy as np
 
-    from cxr_core.datasets import discover, read_record_bytes
     from cxr_core.errors import CxrError
-    from cxr_core.io import check_plausible_radiograph, read_image
-    from cxr_core.preprocess import preprocess
+    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.pipeline.datasets import discover, read_record_bytes
 
     preload()
     started, cpu = time.perf_counter(), time.process_time()
     images, labels = [], []
     for record in discover(data).records:
         try:
-            decoded = read_image(read_record_bytes(record))
-            check_plausible_radiograph(decoded)
+            pixels = to_model_input(read_record_bytes(record)).pixels
         except CxrError:
             continue
-        images.append(preprocess(decoded.pixels).astype(np.float32) / 255.0)
+        images.append(pixels.astype(np.float32) / 255.0)
         labels.append(record.label)
     stacked = np.stack(images)[..., None]
     out.mkdir(parents=True)

@@ -35,9 +35,9 @@ SHOWN = (
 FIRST_REQUEST = """
 import sys, time
 import tensorflow, numpy
-from cxr_core.gradcam import overlay
-from cxr_core.inference import Predictor
-from cxr_core.registry import Registry
+from cxr_core.modelling.gradcam import overlay
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.registry.store import Registry
 model_dir, _ = Registry().resolve_with_warning(None)
 data = open(sys.argv[1], "rb").read()
 started = time.perf_counter()

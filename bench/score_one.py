@@ -1,6 +1,6 @@
 """Scoring one uploaded X-ray: decode a 512x512 PNG, check, preprocess, probability, Grad-CAM overlay.
 
-Subject: the serving path of the dashboard, a :class:`cxr_core.inference.Predictor` loaded once, then
+Subject: the serving path of the dashboard, a :class:`cxr_core.modelling.predictor.Predictor` loaded once, then
 ``Predictor.screen`` and the Grad-CAM overlay the page shows, per request.
 Baseline, in the same process and interleaved with the subject: the original serving path done
 honestly, i.e. the same decoding, preprocessing and overlay, but the model loaded from disk on every
@@ -17,12 +17,14 @@ import time
 import numpy as np
 from _common import emit, log, machine, median, parser, pct, pngs_512, target
 
+from cxr_core.settings import Layout
+
 
 def eager_gradcam(model, batch: np.ndarray) -> np.ndarray:
     """Grad-CAM of the last convolution, eagerly, as a per-request implementation computes it."""
     import tensorflow as tf
 
-    from cxr_core.model import last_conv_name
+    from cxr_core.modelling.networks import last_conv_name
 
     conv_name = last_conv_name(model)
     images = tf.convert_to_tensor(batch)
@@ -53,12 +55,11 @@ def main() -> None:
         args.size, args.baseline_size = 6, 2
     started = time.perf_counter()
 
-    from cxr_core.gradcam import overlay
-    from cxr_core.inference import Predictor
-    from cxr_core.io import check_plausible_radiograph, read_image
-    from cxr_core.model import load_model
-    from cxr_core.preprocess import preprocess_with_box
-    from cxr_core.registry import Registry
+    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.modelling.gradcam import overlay
+    from cxr_core.modelling.networks import load_model
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.registry.store import Registry
 
     files = pngs_512(args.data)
     files = [files[i % len(files)] for i in range(args.size)]
@@ -79,11 +80,10 @@ def main() -> None:
 
     def baseline(name: str, data: bytes) -> tuple[float, float]:
         t0 = time.perf_counter()
-        model = load_model(model_dir / "model.keras")
-        image = read_image(data)
-        check_plausible_radiograph(image)
-        small, box = preprocess_with_box(image.pixels)
-        batch = small[None, :, :, None].astype(np.float32)
+        model = load_model(model_dir / Layout.MODEL)
+        prepared = to_model_input(data)
+        image, box = prepared.image, prepared.box
+        batch = prepared.pixels[None, :, :, None].astype(np.float32)
         probability = float(model.predict(batch, verbose=0)[0, 0])
         heatmap = eager_gradcam(model, batch)
         overlay(image.pixels, heatmap, box, 0.4)

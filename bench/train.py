@@ -2,7 +2,7 @@
 
 Data: real X-rays decoded and preprocessed once, repeated to ``--size`` images (4200 by default, the
 Kaggle database's size). Subject: the model, optimizer, loss, metric, sample weights and
-``cxr_core.train.make_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
+``cxr_core.pipeline.train.make_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
 ``run_train`` sets them up from params.yaml. Baseline, the compute-only limit: the same model and
 settings fed float32 batches already in memory. Epochs of the two alternate; the steady state is
 timed from batch 10 of an epoch to its last batch, and each full epoch is timed as well.
@@ -55,17 +55,16 @@ def main() -> None:
 
     import keras
     import tensorflow as tf
-    import yaml
 
-    from cxr_core.io import read_image
-    from cxr_core.model import build_model
-    from cxr_core.preprocess import preprocess
-    from cxr_core.train import DEFAULTS, make_dataset, merged, sample_weights
+    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.modelling.networks import build_model
+    from cxr_core.pipeline.train import make_dataset, sample_weights
+    from cxr_core.settings import load_params
 
-    params = merged(DEFAULTS, yaml.safe_load((ROOT / "params.yaml").read_text()).get("train"))
+    params = load_params(ROOT / "params.yaml")["train"]
     batch_size = int(params["batch_size"])
     items = labelled(args.data, None if args.size >= 955 else args.size)
-    pictures = np.stack([preprocess(read_image(path).pixels) for path, _ in items])[..., None]
+    pictures = np.stack([to_model_input(path).pixels for path, _ in items])[..., None]
     labels = np.array([label for _, label in items], dtype=np.int32)
     sources = [path.parent.parent.name for path, _ in items]
     repeat = np.arange(args.size) % len(items)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_core.paths import PROJECT_ROOT
+from cxr_core.settings import PROJECT_ROOT
 
 ENV_PASSWORD = "CXR_ADMIN_PASSWORD"
 ENV_SECRETS_FILE = "CXR_SECRETS_FILE"

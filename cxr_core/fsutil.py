@@ -49,8 +49,8 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str | Path, payload) -> None:
-    """Replace a JSON file in one rename, so a concurrent reader never parses half a file.
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a text file in one rename, so a concurrent reader never sees half a file.
 
     Written with plain ``open`` so the file gets the process umask's mode (usually 0644): a dashboard
     running as another user than the trainer (Docker) must be able to read what the trainer wrote.
@@ -60,8 +60,7 @@ def write_json_atomic(path: str | Path, payload) -> None:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -70,3 +69,21 @@ def write_json_atomic(path: str | Path, payload) -> None:
             tmp.unlink()
         raise
     fsync_directory(target.parent)
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    """:func:`write_text_atomic` for JSON (strict: NaN is refused, it is not JSON)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def read_json_or_empty(path: str | Path) -> dict:
+    """A JSON object from disk, or ``{}`` when it is missing, damaged or not an object.
+
+    For what a page merely shows (a model's recorded figures): a missing file is reported by the
+    caller as a gap, never as a crash.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -295,25 +295,6 @@ def select_threshold(
     )
 
 
-def choose_threshold(
-    y_true: ArrayLike,
-    y_prob: ArrayLike,
-    min_sensitivity: float = 0.95,
-    *,
-    rule: str = "sensitivity_floor",
-    fixed_threshold: float = FALLBACK_THRESHOLD,
-) -> float:
-    """The threshold alone; see select_threshold for the rules and the recorded reason."""
-    return select_threshold(
-        y_true, y_prob, rule=rule, min_sensitivity=min_sensitivity, fixed_threshold=fixed_threshold
-    ).threshold
-
-
-def choose_threshold_youden(y_true: ArrayLike, y_prob: ArrayLike) -> float:
-    """Youden's J, for comparison with the sensitivity-floor rule a screening programme prefers."""
-    return select_threshold(y_true, y_prob, rule="youden").threshold
-
-
 def threshold_table(y_true: ArrayLike, y_prob: ArrayLike) -> list[dict]:
     """Sensitivity/specificity at every distinct score, ascending, so a slider needs only a lookup.
 

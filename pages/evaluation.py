@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
-from cxr_core import metrics, reports
+from cxr_core import metrics
 from cxr_core.errors import CxrError
+from ui import evaluation_view, screening_view, versions_view
 
 st.title("How well does the model work?")
 
@@ -34,7 +35,7 @@ version = st.selectbox(
     key="eval_version",
 )
 try:
-    ev = reports.load_evaluation(registry, version)
+    ev = evaluation_view.load_evaluation(registry, version)
 except CxrError as error:
     st.error(str(error))
     st.stop()
@@ -43,7 +44,7 @@ for problem in ev.problems:
 
 m, op = ev.metrics, ev.operating_point
 st.caption(
-    f"Held-out test split: {reports.test_set_text(ev)}, never used for training or for choosing the "
+    f"Held-out test split: {versions_view.test_set_text(ev)}, never used for training or for choosing the "
     f"threshold. Operating threshold **{ev.threshold:.3f}**: "
     f"{ev.metadata.get('threshold_rule', 'rule not recorded')}."
 )
@@ -57,23 +58,23 @@ with tab_report:
     c1.metric(
         "ROC AUC", ui_common.num(m.get("roc_auc")), help="Area under the ROC curve: 0.5 is chance, 1 perfect."
     )
-    c1.caption(reports.fmt_interval(m.get("roc_auc_ci")))
+    c1.caption(evaluation_view.fmt_interval(m.get("roc_auc_ci")))
     c2.metric("Sensitivity", ui_common.pct(op.get("sensitivity")), help="Share of TB cases the model flags.")
-    c2.caption(reports.fmt_interval(op.get("sensitivity_ci"), percent=True))
+    c2.caption(evaluation_view.fmt_interval(op.get("sensitivity_ci"), percent=True))
     c3.metric(
         "Specificity", ui_common.pct(op.get("specificity")), help="Share of normal films the model clears."
     )
-    c3.caption(reports.fmt_interval(op.get("specificity_ci"), percent=True))
+    c3.caption(evaluation_view.fmt_interval(op.get("specificity_ci"), percent=True))
     who = m.get("who_minimum_met")
     c4.metric("WHO minimum", "met" if who else "not met", help="Sensitivity ≥ 90% with specificity ≥ 70%.")
     c4.caption("for a TB screening test")
 
-    confound = reports.site_confound_warning(ev)
+    confound = evaluation_view.site_confound_warning(ev)
     if confound:
         st.warning(confound, icon=":material/warning:")
 
     st.markdown("**Classification report** at the operating threshold")
-    report = pd.DataFrame(reports.report_table(m.get("classification_report") or {}))
+    report = pd.DataFrame(evaluation_view.report_table(m.get("classification_report") or {}))
     if not report.empty:
         shown = report.set_index("")
         for column in ("precision", "recall", "f1-score"):
@@ -91,12 +92,12 @@ with tab_report:
     col_cm, col_src = st.columns(2)
     with col_cm:
         st.markdown("**Confusion matrix** (test images)")
-        confusion = reports.confusion_table(ev)
+        confusion = evaluation_view.confusion_table(ev)
         if confusion:
             st.table(pd.DataFrame(confusion).set_index(""))
     with col_src:
         st.markdown("**By data source** (a pooled figure can hide a hospital the model fails on)")
-        sources = pd.DataFrame(reports.per_source_rows(ev))
+        sources = pd.DataFrame(evaluation_view.per_source_rows(ev))
         if not sources.empty:
             for column in ("ROC AUC", "sensitivity", "specificity"):
                 sources[column] = sources[column].map(
@@ -116,7 +117,7 @@ with tab_report:
 with tab_curves:
     col_roc, col_pr, col_cal = st.columns(3)
     with col_roc:
-        st.markdown(f"**ROC curve** — AUC {reports.fmt_ci(m.get('roc_auc'), m.get('roc_auc_ci'))}")
+        st.markdown(f"**ROC curve** — AUC {evaluation_view.fmt_ci(m.get('roc_auc'), m.get('roc_auc_ci'))}")
         if ev.plots["roc"]:
             operating = (op.get("sensitivity"), op.get("specificity"))
             chart = ui_common.roc_chart(ev.plots["roc"], operating if None not in operating else None)
@@ -124,7 +125,9 @@ with tab_curves:
         else:
             st.info("No ROC curve: the test split lacks one of the classes.")
     with col_pr:
-        st.markdown(f"**Precision–recall curve** — AUC {reports.fmt_ci(m.get('pr_auc'), m.get('pr_auc_ci'))}")
+        st.markdown(
+            f"**Precision–recall curve** — AUC {evaluation_view.fmt_ci(m.get('pr_auc'), m.get('pr_auc_ci'))}"
+        )
         if ev.plots["pr"]:
             st.altair_chart(ui_common.pr_chart(ev.plots["pr"]), width="stretch")
     with col_cal:
@@ -146,12 +149,12 @@ def _reset_threshold(key: str, value: float) -> None:
 
 
 @st.fragment
-def threshold_explorer(ev: reports.Evaluation) -> None:
+def threshold_explorer(ev: evaluation_view.Evaluation) -> None:
     if not ev.predictions:
         st.info("This version has no stored test predictions, so the threshold cannot be explored.")
         return
     key = f"threshold_{ev.version}"
-    table = reports.threshold_table(ev)
+    table = evaluation_view.threshold_table(ev)
     col_t, col_p = st.columns([3, 2])
     threshold = col_t.slider(
         "Threshold on TB probability", 0.0, 1.0, float(ev.threshold), 0.001, format="%.3f", key=key
@@ -170,7 +173,7 @@ def threshold_explorer(ev: reports.Evaluation) -> None:
         key="prevalence_pct",
         help="Typical screening programmes see 0.5–10%. PPV depends strongly on it; sensitivity does not.",
     )
-    result = reports.explore_threshold(ev, threshold, prevalence / 100.0, table)
+    result = evaluation_view.explore_threshold(ev, threshold, prevalence / 100.0, table)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Sensitivity", ui_common.pct(result["sensitivity"]))
     c2.metric("Specificity", ui_common.pct(result["specificity"]))
@@ -201,7 +204,7 @@ def threshold_explorer(ev: reports.Evaluation) -> None:
             f"{per['with_tb']:.0f} with TB found, {per['missed']:.0f} missed, {per['false_alarms']:.0f} false alarms."
         )
     st.altair_chart(
-        ui_common.threshold_chart(reports.threshold_curve_rows(table), threshold), width="stretch"
+        ui_common.threshold_chart(evaluation_view.threshold_curve_rows(table), threshold), width="stretch"
     )
     st.caption(
         f"Dashed lines: WHO minimum sensitivity {metrics.WHO_MIN_SENSITIVITY:.0%} and specificity "
@@ -214,11 +217,11 @@ with tab_threshold:
 
 
 @st.cache_data(max_entries=6, show_spinner="Computing Grad-CAM for the misclassified test images…")
-def gallery(model_dir: str, sha256: str, version: str) -> tuple[list[reports.GalleryEntry], int]:
-    evaluation = reports.load_evaluation(ui_common.registry(), version)
-    rows = reports.misclassified(evaluation)
+def gallery(model_dir: str, sha256: str, version: str) -> tuple[list[evaluation_view.GalleryEntry], int]:
+    evaluation = evaluation_view.load_evaluation(ui_common.registry(), version)
+    rows = evaluation_view.misclassified(evaluation)
     predictor = ui_common.load_predictor(model_dir, sha256)
-    return reports.error_gallery(
+    return evaluation_view.error_gallery(
         predictor, rows, limit=12, data_root=predictor.metadata.get("data_path")
     ), len(rows)
 
@@ -228,7 +231,7 @@ with tab_errors:
         st.info("This version has no stored test predictions.")
     else:
         try:
-            serving = reports.serving_model(registry, version)
+            serving = screening_view.serving_model(registry, version)
             entries, total = gallery(str(serving.model_dir), serving.sha256, version)
         except CxrError as error:
             st.error(str(error))
@@ -258,8 +261,8 @@ with tab_compare:
         first = col_a.selectbox("Version A", versions, index=versions.index(version), format_func=_label)
         others = [v for v in versions if v != first]
         second = col_b.selectbox("Version B", others, index=0, format_func=_label)
-        pair = [reports.load_evaluation(registry, v) for v in (first, second)]
-        st.table(pd.DataFrame(reports.compare_rows(pair)).set_index(""))
+        pair = [evaluation_view.load_evaluation(registry, v) for v in (first, second)]
+        st.table(pd.DataFrame(versions_view.compare_rows(pair)).set_index(""))
         st.caption(
             "Each version is measured on its own test split; when the data differ, compare the confidence "
             "intervals, not only the point estimates. The quality gate re-scores the model in use on the "

@@ -4,13 +4,13 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
-from cxr_core import reports
 from cxr_core.errors import CxrError
+from ui import evaluation_view, versions_view
 
 st.title("About the model")
 
 registry = ui_common.registry()
-rows = reports.version_rows(registry)
+rows = versions_view.version_rows(registry)
 if not rows:
     st.info("No model is registered yet.")
     st.stop()
@@ -46,12 +46,12 @@ chosen = st.selectbox(
     key="card_version",
 )
 try:
-    card = reports.load_evaluation(registry, chosen).card
+    card = evaluation_view.load_evaluation(registry, chosen).card
 except CxrError as error:
     st.error(str(error))
     card = None
 with st.container(border=True):
     if card:
-        st.markdown(reports.card_for_display(card))
+        st.markdown(evaluation_view.card_for_display(card))
     else:
         st.info("This version has no model card.")

@@ -4,9 +4,12 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
-from cxr_core import jobs, reports
-from cxr_core.config import load_params
+from cxr_core import settings
 from cxr_core.errors import CxrError
+from cxr_core.pipeline import jobs
+from cxr_core.registry.gate import promotability
+from cxr_core.settings import load_params
+from ui import evaluation_view, retrain_view, versions_view
 
 st.title("Retrain and manage models")
 
@@ -17,13 +20,13 @@ active = latest is not None and latest.get("state") in jobs.ACTIVE
 
 if not ui_common.admin_gate("Retraining, promoting and rolling back models"):
     if active:
-        view = reports.job_view(latest)
+        view = retrain_view.job_view(latest)
         st.info(f"A retrain job is running: {view['stage_label'].lower()}. Screening is not affected.")
     st.stop()
 
 # ------------------------------------------------------------------------------------------ start
 params = load_params()
-defaults = reports.retrain_form_defaults(params)
+defaults = settings.form_defaults(params)
 with st.form("retrain_form"):
     st.markdown("**Start a retrain**: the same pipeline as `dvc repro`, run in a separate process.")
     data_path = st.text_input(
@@ -90,9 +93,9 @@ if start:
         "seed": seed,
     }
     try:
-        dataset = reports.check_dataset_path(data_path)
+        dataset = retrain_view.check_dataset_path(data_path)
         job_id = jobs.start_job(
-            dataset, reports.params_from_form(params, values), models_root=registry.root, promote="never"
+            dataset, settings.params_from_form(params, values), models_root=registry.root, promote="never"
         )
     except jobs.JobBusy as error:
         st.warning(f"Not started: {error}.")
@@ -110,7 +113,7 @@ def progress_panel() -> None:
         st.caption("No retrain job has been run yet.")
         return
     status = listed[0]
-    view = reports.job_view(status)
+    view = retrain_view.job_view(status)
     st.markdown(f"**Latest job** `{view['id']}` — {view['state_label']}")
     label = view["stage_label"] if view["active"] else view["state_label"].capitalize()
     st.progress(view["fraction"], text=label)
@@ -146,8 +149,8 @@ try:
 except CxrError:
     current = None
 
-finished = next((j for j in job_list if reports.gate_view(j)), None)
-gate = reports.gate_view(finished) if finished else None
+finished = next((j for j in job_list if retrain_view.gate_view(j)), None)
+gate = retrain_view.gate_view(finished) if finished else None
 if gate:
     st.subheader(f"Candidate {gate['version']}")
     candidate_versions = {m["version"] for m in registry.versions()}
@@ -155,7 +158,7 @@ if gate:
         st.warning(f"Version {gate['version']} is no longer in the registry.")
     else:
         compared = [gate["version"]] + ([current] if current and current != gate["version"] else [])
-        table = reports.compare_rows([reports.load_evaluation(registry, v) for v in compared])
+        table = versions_view.compare_rows([evaluation_view.load_evaluation(registry, v) for v in compared])
         st.table(pd.DataFrame(table).set_index("").iloc[:11])
         if gate["passed"]:
             against = f" against {gate['compared_with']}" if gate["compared_with"] else ""
@@ -166,14 +169,12 @@ if gate:
                 + "\n".join(f"- {reason}" for reason in gate["reasons"]),
                 icon=":material/block:",
             )
-        if current == gate["version"]:
-            st.info(f"{gate['version']} is the model in use.")
-        elif gate["passed"] and gate["compared_with"] != current:
-            st.warning(
-                f"The gate compared {gate['version']} with {gate['compared_with'] or 'no model'}, but "
-                f"{current or 'no model'} is in use now: retrain to judge it against the current model."
-            )
-        elif gate["passed"] and st.button(f"Promote {gate['version']} to the model in use", type="primary"):
+        verdict = promotability(gate["version"], gate["passed"], gate["compared_with"], current)
+        if verdict.state == "in_use":
+            st.info(verdict.message)
+        elif verdict.state == "stale":
+            st.warning(verdict.message)
+        elif verdict.allowed and st.button(f"Promote {gate['version']} to the model in use", type="primary"):
             try:
                 registry.promote(gate["version"])
             except CxrError as error:
@@ -206,6 +207,6 @@ else:
 
 st.subheader("Job history")
 if job_list:
-    st.dataframe(pd.DataFrame(reports.history_rows(job_list)), hide_index=True)
+    st.dataframe(pd.DataFrame(retrain_view.history_rows(job_list)), hide_index=True)
 else:
     st.caption("No jobs yet.")

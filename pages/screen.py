@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui_common
-from cxr_core import reports
 from cxr_core.errors import CxrError
-from cxr_core.gradcam import overlay
+from cxr_core.modelling.gradcam import overlay
+from ui import screening_view
 
 st.title("Screen chest X-rays for tuberculosis")
 
@@ -53,13 +53,13 @@ memo = st.session_state.get("screen_memo")
 if not memo or memo["key"] != batch_key:
     with st.spinner(f"Screening {len(uploads)} image(s)…"):
         items = predictor.screen([(f.name, f.getvalue()) for f in uploads], include_identifiers=include_ids)
-    memo = {"key": batch_key, "items": [reports.shrink_for_display(item) for item in items]}
+    memo = {"key": batch_key, "items": [screening_view.shrink_for_display(item) for item in items]}
     st.session_state["screen_memo"] = memo
 items = memo["items"]
-rows = reports.summary_rows(items, predictor, include_identifiers=include_ids)
+rows = screening_view.summary_rows(items, predictor, include_identifiers=include_ids)
 
 if len(items) > 1:
-    counts = reports.batch_counts(items)
+    counts = screening_view.batch_counts(items)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Images", counts["total"])
     c2.metric("TB suspected", counts["tb"])
@@ -81,18 +81,18 @@ for item in items:
             width="stretch",
         )
         with col_result:
-            if reports.is_tb(item):
-                st.error(f"**{reports.DECISION_TB}**", icon=":material/emergency:")
+            if screening_view.is_tb(item):
+                st.error(f"**{screening_view.DECISION_TB}**", icon=":material/emergency:")
             else:
-                st.success(f"**{reports.DECISION_NORMAL}**", icon=":material/check_circle:")
-            shown, limit = reports.fmt_probability(prediction.probability, prediction.threshold)
+                st.success(f"**{screening_view.DECISION_NORMAL}**", icon=":material/check_circle:")
+            shown, limit = screening_view.fmt_probability(prediction.probability, prediction.threshold)
             st.metric("TB probability", shown)
             st.caption(f"Called TB suspected at {limit} or above (model {serving.version}).")
-            if reports.is_borderline(item):
+            if screening_view.is_borderline(item):
                 st.info("Close to the threshold: read the film with particular care.", icon=":material/info:")
             for warning in item.warnings:
                 st.warning(warning, icon=":material/warning:")
-            details = reports.image_details(item, include_identifiers=include_ids)
+            details = screening_view.image_details(item, include_identifiers=include_ids)
             with st.expander("Image details" + (" (DICOM)" if item.image.format == "DICOM" else "")):
                 st.markdown("  \n".join(f"**{label}:** {ui_common.md(value)}" for label, value in details))
 
@@ -122,10 +122,10 @@ st.dataframe(
 )
 st.download_button(
     "Download results (CSV)",
-    data=reports.summary_csv(rows),
+    data=screening_view.summary_csv(rows),
     file_name="tb_screening_results.csv",
     mime="text/csv",
     on_click="ignore",
     icon=":material/download:",
 )
-st.caption(reports.DISCLAIMER)
+st.caption(screening_view.DISCLAIMER)

@@ -1,7 +1,13 @@
-"""Builders of test inputs shared by several test files (a DICOM writer, so each test does not grow its own)."""
+"""Builders of test inputs shared by several test files (a DICOM writer, encoders, damaged files), so each
+test file does not grow its own copy."""
 
 import io
+import struct
+import zipfile
+import zlib
 
+import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -57,3 +63,67 @@ def make_dicom(
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _save(im: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _gray_palette_image(x: np.ndarray) -> Image.Image:
+    im = Image.frombytes("P", (x.shape[1], x.shape[0]), x.tobytes())
+    im.putpalette([v for i in range(256) for v in (i, i, i)])
+    return im
+
+
+def _rgb(x: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat(x[..., None], 3, axis=2))
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _idat_span(png: bytes) -> tuple[int, int]:
+    """(offset of the first IDAT payload, its length)."""
+    pos = png.index(b"IDAT")
+    return pos + 4, struct.unpack(">I", png[pos - 4 : pos])[0]
+
+
+def _corrupt_idat_data_keep_crc(png: bytes) -> bytes:
+    """Damage the compressed stream but fix up the CRC, so only the decoder can notice."""
+    start, length = _idat_span(png)
+    bad = bytearray(png)
+    for i in range(start + 50, start + 120):
+        bad[i] ^= 0x5A
+    bad[start + length : start + length + 4] = struct.pack(
+        ">I", zlib.crc32(bytes(bad[start - 4 : start + length]))
+    )
+    return bytes(bad)
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("Normal/1.png", b"not really")
+    return buffer.getvalue()
+
+
+def _synthetic_photo(height=300, width=400, seed=0) -> np.ndarray:
+    """Sky over a meadow with a red flower bed: gradients plus noise, colourful like a snapshot."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    sky = np.stack([90 + 60 * yy, 150 + 50 * yy, 230 - 30 * yy], axis=-1)
+    grass = np.stack([60 + 40 * xx, 140 + 60 * yy, 40 + 20 * xx], axis=-1)
+    photo = np.where((yy > 0.55)[..., None], grass, sky)
+    flowers = (yy > 0.75) & (np.sin(xx * 40) > 0.6)
+    photo[flowers] = (210, 40, 50)
+    return np.clip(photo + rng.normal(0, 12, photo.shape), 0, 255).astype(np.uint8)
+
+
+SVG = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512">'
+    b"<script>alert('x')</script><rect width='512' height='512'/></svg>\n"
+)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr_core.registry import Registry, sha256_file
+from cxr_core.registry.store import Registry, sha256_file
+from cxr_core.settings import load_params, set_dotted
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_PYTHON = PROJECT_ROOT / "airflow-venv" / "bin" / "python"
@@ -128,7 +129,7 @@ CRASH_ONCE_HOOK = textwrap.dedent(
 
     class _WrapTrain(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name != "cxr_core.train" or not MARKER or os.path.exists(MARKER):
+            if name != "cxr_core.pipeline.train" or not MARKER or os.path.exists(MARKER):
                 return None
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             real_exec = spec.loader.exec_module
@@ -226,7 +227,7 @@ def run_dag(
     done = run_airflow_python(
         RUNNER,
         str(DAG_FILE),
-        json.dumps({"data_path": str(data), **conf}),
+        json.dumps({"data.path": str(data), **conf}),
         SUMMARY_PREFIX,
         env=env,
         timeout=900,
@@ -285,7 +286,14 @@ def test_dag_file_parses_quickly_without_heavy_imports(tmp_path):
     assert tasks["model_testing"]["downstream"] == ["register_model"]
     assert tasks["register_model"]["downstream"] == []
     assert all(task["retries"] >= 1 for task in tasks.values())
-    assert {"data_path", "epochs", "batch_size", "learning_rate", "promote"} <= set(report["params"])
+    assert {"data.path", "train.epochs", "train.batch_size", "train.learning_rate", "promote"} <= set(
+        report["params"]
+    )
+    # Every form field names a real setting, and its default is that setting's value in params.yaml.
+    base = load_params(PROJECT_ROOT / "params.yaml")
+    for name, default in report["params"].items():
+        if name != "promote":
+            assert set_dotted(base, name, default) == base, name
     heavy = {"tensorflow", "keras", "numpy", "pandas", "sklearn", "cv2", "cxr_core", "training"}
     # What keeps parsing fast is importing nothing heavy at top level; the seconds are reported, not
     # asserted (no timed asserts: a loaded CI machine would make them flaky).
@@ -295,7 +303,7 @@ def test_dag_file_parses_quickly_without_heavy_imports(tmp_path):
 
 @pytest.mark.slow
 def test_dag_runs_end_to_end_and_promotes_through_the_gate(tmp_path, kaggle_tree, tiny_params):
-    summary, xcom, env = run_dag(tmp_path, kaggle_tree, tiny_params, {"epochs": 2, "ingest_workers": 2})
+    summary, xcom, env = run_dag(tmp_path, kaggle_tree, tiny_params, {"train.epochs": 2, "ingest.workers": 2})
 
     assert summary["state"] == "success"
     assert {task: info["state"] for task, info in summary["tasks"].items()} == dict.fromkeys(TASKS, "success")
@@ -374,7 +382,7 @@ def test_trainer_crash_is_retried_without_half_written_outputs(tmp_path, kaggle_
         tmp_path,
         kaggle_tree,
         strict,
-        {"epochs": 2, "ingest_workers": 2},
+        {"train.epochs": 2, "ingest.workers": 2},
         PYTHONPATH=str(hook_dir),
         CXR_TEST_CRASH_MARKER=str(marker),
     )

@@ -5,7 +5,8 @@ import test_app_screen as shared
 from streamlit.testing.v1 import AppTest
 from test_app_screen import APP
 
-from cxr_core import metrics, reports
+from cxr_core import metrics
+from ui import evaluation_view
 
 pytestmark = pytest.mark.slow
 seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
@@ -34,7 +35,7 @@ def test_report_table_in_the_original_layout(dashboard):
     assert list(report.index) == ["Normal", "Tuberculosis", "accuracy", "macro avg", "weighted avg"]
     assert list(report.columns) == ["precision", "recall", "f1-score", "support"]
     assert report.loc["accuracy", "precision"] == "" and report.loc["accuracy", "f1-score"] != ""
-    ev = reports.load_evaluation(dashboard.registry, current)
+    ev = evaluation_view.load_evaluation(dashboard.registry, current)
     assert int(report.loc["weighted avg", "support"]) == ev.metrics["n"]
     confusion = at.table[1].value
     assert int(confusion.to_numpy().sum()) == ev.metrics["n"]
@@ -46,7 +47,7 @@ def test_report_table_in_the_original_layout(dashboard):
 def test_threshold_explorer_reacts_live(dashboard):
     at = open_evaluation()
     version = dashboard.registry.current_version()
-    ev = reports.load_evaluation(dashboard.registry, version)
+    ev = evaluation_view.load_evaluation(dashboard.registry, version)
     slider = at.slider(key=f"threshold_{version}")
     assert slider.value == pytest.approx(ev.threshold)
 
@@ -85,8 +86,8 @@ def test_threshold_explorer_reacts_live(dashboard):
 def test_error_gallery_and_version_comparison(dashboard):
     at = open_evaluation()
     version = dashboard.registry.current_version()
-    ev = reports.load_evaluation(dashboard.registry, version)
-    wrong = reports.misclassified(ev)
+    ev = evaluation_view.load_evaluation(dashboard.registry, version)
+    wrong = evaluation_view.misclassified(ev)
     gallery = [img for img in at.image if any("false" in c for c in img.captions)]
     if wrong:
         assert len(gallery) == min(len(wrong), 12)

@@ -12,8 +12,9 @@ import test_app_screen as shared
 from streamlit.testing.v1 import AppTest
 from test_app_screen import APP, NORMAL_XRAY
 
-from cxr_core import auth, jobs
+from cxr_core import auth
 from cxr_core.fsutil import write_json_atomic
+from cxr_core.pipeline import jobs
 
 pytestmark = pytest.mark.slow
 seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
@@ -121,7 +122,7 @@ def test_retrain_in_background_then_gate_promote_and_rollback(admin):
     status = jobs.job_status(job_id)
     assert status["state"] in jobs.ACTIVE
     process = psutil.Process(status["pid"])
-    assert status["pid"] != os.getpid() and "job-run" in " ".join(process.cmdline())
+    assert status["pid"] != os.getpid() and "cxr_core.pipeline.jobs" in " ".join(process.cmdline())
     assert any(m.value.startswith("**Latest job**") and job_id in m.value for m in at.markdown)
     assert len(at.get("progress")) == 1
 

@@ -11,8 +11,8 @@ from builders import make_dicom
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core import reports
-from cxr_core.registry import Registry
+from cxr_core.registry.store import Registry
+from ui import screening_view
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ NORMAL_XRAY = SAMPLE / "Normal" / "CHNCXR_0001_0.png"
 
 def seed_registry(tmp_path_factory) -> Path:
     """A real registry trained once per test session on the bundled sample (shared by the app tests)."""
-    from cxr_core.config import load_params
-    from cxr_core.pipeline import run_pipeline
+    from cxr_core.pipeline.run import run_pipeline
+    from cxr_core.settings import load_params
 
     base = tmp_path_factory.getbasetemp() / "dashboard-seed"
     models = base / "models"
@@ -81,7 +81,7 @@ def texts(elements) -> list[str]:
 
 def decisions(at: AppTest) -> list[str]:
     found = texts(at.error) + texts(at.success)
-    return [t for t in found if reports.DECISION_TB in t or reports.DECISION_NORMAL in t]
+    return [t for t in found if screening_view.DECISION_TB in t or screening_view.DECISION_NORMAL in t]
 
 
 def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):

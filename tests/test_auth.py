@@ -112,6 +112,9 @@ def test_auth_module_does_not_import_streamlit():
     import subprocess
     import sys
 
-    code = "import sys, cxr_core.auth, cxr_core.reports; print('streamlit' in sys.modules)"
+    code = (
+        "import sys, cxr_core.auth, ui.screening_view, ui.evaluation_view, ui.versions_view, ui.retrain_view; "
+        "print('streamlit' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

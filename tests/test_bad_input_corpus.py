@@ -17,13 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, shared_records
-from PIL import Image
-from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder
-from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, JPEGLSLossless
-from streamlit.testing.v1 import AppTest
-from test_io import (
+from builders import (
     SVG,
     _corrupt_idat_data_keep_crc,
     _gray_palette_image,
@@ -34,10 +28,16 @@ from test_io import (
     _zip_bytes,
     make_dicom,
 )
+from conftest import PROJECT_ROOT, shared_records
+from PIL import Image
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, JPEGLSLossless
+from streamlit.testing.v1 import AppTest
 
-from cxr_core import reports
-from cxr_core.inference import Predictor, spreadsheet_safe
-from cxr_core.registry import Registry
+from cxr_core.modelling.predictor import Predictor, spreadsheet_safe
+from cxr_core.registry.store import Registry
+from ui import screening_view
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -221,8 +221,8 @@ def test_core_scores_every_good_variant_like_the_original_and_refuses_the_rest(p
 
 BOMB_PROBE = """
 import resource, sys
-from cxr_core.inference import Predictor
-from cxr_core.registry import Registry
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.registry.store import Registry
 
 predictor = Predictor(Registry(sys.argv[2]).resolve())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -307,8 +307,10 @@ def test_dashboard_shows_a_result_or_its_message_for_every_file_of_one_batch(
     monkeypatch.setenv("CXR_MODELS_DIR", str(models))
     monkeypatch.setenv("CXR_JOBS_DIR", str(tmp_path / "jobs"))
     offered = []
-    real_csv = reports.summary_csv
-    monkeypatch.setattr(reports, "summary_csv", lambda rows: offered.append(real_csv(rows)) or offered[-1])
+    real_csv = screening_view.summary_csv
+    monkeypatch.setattr(
+        screening_view, "summary_csv", lambda rows: offered.append(real_csv(rows)) or offered[-1]
+    )
 
     uploads = list(files.items()) + [(TRAVERSAL_NAME, files["reference.png"])]
     at = AppTest.from_file(APP, default_timeout=300)

@@ -14,7 +14,7 @@ from builders import make_dicom
 from conftest import PROJECT_ROOT, shared_records
 from PIL import Image
 
-from cxr_core.registry import Registry
+from cxr_core.registry.store import Registry
 
 # POSIX file names cannot contain "/", so this one is a folder "=cmd|' " holding "C calc'!A0.png":
 # listed from the folder above, its path is exactly the classic CSV-injection payload.

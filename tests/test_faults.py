@@ -22,10 +22,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, button, unlock
 
-from cxr_core import auth, jobs
-from cxr_core.config import load_params
-from cxr_core.inference import Predictor
-from cxr_core.registry import Registry
+from cxr_core import auth
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.pipeline import jobs
+from cxr_core.registry.store import Registry
+from cxr_core.settings import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -282,8 +283,8 @@ def test_a_damaged_current_model_is_refused_and_the_last_good_one_serves(env):
 
 START_IN_CHILD = """
 import sys, time
-from cxr_core import jobs
-from cxr_core.config import load_params
+from cxr_core.pipeline import jobs
+from cxr_core.settings import load_params
 
 params = load_params()
 params["train"].update(epochs=1, patience=1)

@@ -20,8 +20,8 @@ from conftest import shared_records
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
-from cxr_core.inference import Predictor
-from cxr_core.registry import Registry
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.registry.store import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

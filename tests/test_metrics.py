@@ -159,16 +159,16 @@ def test_who_minimum():
 
 
 def test_choose_threshold_picks_max_specificity_meeting_floor():
-    assert m.choose_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=0.8) == 0.70
-    assert m.choose_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=1.0) == 0.50
+    assert m.select_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=0.8).threshold == 0.70
+    assert m.select_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=1.0).threshold == 0.50
     # sens >= 0.6 is met at 0.80 and 0.70 with the same specificity 5/6: the one catching more TB wins
-    assert m.choose_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=0.6) == 0.70
+    assert m.select_threshold(CHOICE_Y, CHOICE_P, min_sensitivity=0.6).threshold == 0.70
 
 
 def test_choose_threshold_is_optimal_by_brute_force():
     y, p = synthetic(300, seed=3)
     for floor in (0.5, 0.8, 0.9, 0.95, 0.99, 1.0):
-        t = m.choose_threshold(y, p, min_sensitivity=floor)
+        t = m.select_threshold(y, p, min_sensitivity=floor).threshold
         op = m.operating_point(y, p, t)
         assert op["sensitivity"] >= floor
         for cand in np.unique(p):
@@ -192,7 +192,7 @@ def test_choose_threshold_never_below_floor(seed):
 
 
 def test_choose_threshold_floor_zero_gives_finite_threshold():
-    t = m.choose_threshold([0, 1, 1], [0.2, 0.9, 1.0], min_sensitivity=0.0)
+    t = m.select_threshold([0, 1, 1], [0.2, 0.9, 1.0], min_sensitivity=0.0).threshold
     assert math.isfinite(t)
     assert m.operating_point([0, 1, 1], [0.2, 0.9, 1.0], t)["specificity"] == 1.0
 
@@ -201,18 +201,18 @@ def test_choose_threshold_falls_back_without_both_classes():
     choice = m.select_threshold([0, 0, 0], [0.1, 0.6, 0.9])
     assert choice.threshold == 0.5
     assert "no Tuberculosis cases" in choice.reason
-    assert m.choose_threshold([1, 1], [0.3, 0.9]) == 0.5
+    assert m.select_threshold([1, 1], [0.3, 0.9]).threshold == 0.5
     assert json.dumps(choice.as_dict(), allow_nan=False)
 
 
 def test_youden_and_fixed_rules():
     # J at t=0.70 is 0.8 - 1/6 = 0.633, the maximum over all thresholds of CHOICE
-    assert m.choose_threshold_youden(CHOICE_Y, CHOICE_P) == 0.70
+    assert m.select_threshold(CHOICE_Y, CHOICE_P, rule="youden").threshold == 0.70
     choice = m.select_threshold(CHOICE_Y, CHOICE_P, rule="youden")
     assert choice.rule == "youden" and "Youden" in choice.reason
-    assert m.choose_threshold(CHOICE_Y, CHOICE_P, rule="fixed", fixed_threshold=0.42) == 0.42
+    assert m.select_threshold(CHOICE_Y, CHOICE_P, rule="fixed", fixed_threshold=0.42).threshold == 0.42
     with pytest.raises(ValueError):
-        m.choose_threshold(CHOICE_Y, CHOICE_P, rule="magic")
+        m.select_threshold(CHOICE_Y, CHOICE_P, rule="magic")
 
 
 def test_threshold_table_matches_operating_point():

@@ -23,12 +23,14 @@ from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, unlock
 
-from cxr_core import auth, jobs, reports
-from cxr_core.config import load_params
+from cxr_core import auth
 from cxr_core.errors import ModelError
 from cxr_core.fsutil import write_json_atomic
-from cxr_core.inference import Predictor
-from cxr_core.registry import Registry, sha256_file
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.pipeline import jobs
+from cxr_core.registry.store import Registry, sha256_file
+from cxr_core.settings import load_params
+from ui import screening_view
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -92,8 +94,10 @@ def test_cli_output_never_carries_patient_identifiers(registry, tmp_path):
 
 def test_dashboard_export_holds_identifiers_only_after_opting_in(registry, monkeypatch):
     offered: list[bytes] = []
-    real_csv = reports.summary_csv
-    monkeypatch.setattr(reports, "summary_csv", lambda rows: offered.append(real_csv(rows)) or offered[-1])
+    real_csv = screening_view.summary_csv
+    monkeypatch.setattr(
+        screening_view, "summary_csv", lambda rows: offered.append(real_csv(rows)) or offered[-1]
+    )
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.file_uploader(key="uploads").set_value(
@@ -236,7 +240,7 @@ def lambda_model_folder(parent: Path, marker: Path) -> Path:
 
 
 def test_models_load_in_safe_mode_so_a_model_file_cannot_run_code(registry, tmp_path, monkeypatch):
-    from cxr_core.model import load_model
+    from cxr_core.modelling.networks import load_model
 
     marker = tmp_path / "code-ran"
     monkeypatch.setenv(MARKER_ENV, str(marker))  # also read by the CLI's child process

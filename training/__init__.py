@@ -1,1 +1,4 @@
-"""Thin command-line stages over :mod:`cxr_core`, run by ``dvc repro``, the Retrain page and Airflow."""
+"""Drivers of the pipeline that are not the command line: the Airflow DAGs (``training/dags``).
+
+The stages themselves are ``python -m cxr_core ingest|train|evaluate`` (see ``dvc.yaml``).
+"""

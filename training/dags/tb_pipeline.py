@@ -42,54 +42,73 @@ LOG_TAIL_LINES = 40  # lines of a failed stage's output repeated in the error me
 LOG_LINE_CHARS = 2000  # longer lines are cut before they reach the task log
 
 
-def _base_settings() -> dict:
-    """The defaults shown in the trigger form: the base params file's values (cheap YAML read)."""
-    try:
-        import yaml
+def _base_params() -> dict:
+    """The base params file (complete: it is generated from ``cxr_core/settings.py``), read with PyYAML."""
+    import yaml
 
-        with open(PARAMS_FILE) as handle:
-            params = yaml.safe_load(handle) or {}
-    except (OSError, ImportError, ValueError):
-        params = {}
-    train = params.get("train") or {}
-    return {
-        "data_path": str((params.get("data") or {}).get("path", "data/sample")),
-        "epochs": int(train.get("epochs", 30)),
-        "batch_size": int(train.get("batch_size", 32)),
-        "learning_rate": float(train.get("learning_rate", 0.001)),
-        "patience": int(train.get("patience", 6)),
-        "min_sensitivity": float((train.get("threshold") or {}).get("min_sensitivity", 0.95)),
-        "n_boot": int((params.get("evaluate") or {}).get("n_boot", 1000)),
-        "ingest_workers": int((params.get("ingest") or {}).get("workers", 0)),
-    }
+    with open(PARAMS_FILE) as handle:
+        return yaml.safe_load(handle) or {}
 
 
-_BASE = _base_settings()
+def _default(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
+
+_BASE = _base_params()
+
+# The trigger form: each field is named by the setting it overrides (``train.epochs``), so the run's
+# params file is made by the project's own ``python -m cxr_core params --set KEY=VALUE`` and this file
+# holds no copy of the settings' defaults or of how form values map onto them.
 DAG_PARAMS = {
-    "data_path": Param(
-        _BASE["data_path"],
+    "data.path": Param(
+        str(_default(_BASE, "data.path")),
         type="string",
         minLength=1,
-        description="Dataset: Kaggle folder (Normal/ + Tuberculosis/), NLM folder, CSV manifest or .zip. "
+        title="Dataset",
+        description="Kaggle folder (Normal/ + Tuberculosis/), NLM folder, CSV manifest or .zip. "
         "Relative paths are relative to the project folder.",
     ),
-    "epochs": Param(_BASE["epochs"], type="integer", minimum=1, maximum=500, description="Training epochs."),
-    "batch_size": Param(_BASE["batch_size"], type="integer", minimum=1, maximum=1024),
-    "learning_rate": Param(_BASE["learning_rate"], type="number", exclusiveMinimum=0, maximum=1),
-    "patience": Param(_BASE["patience"], type="integer", minimum=1, description="Early-stopping patience."),
-    "min_sensitivity": Param(
-        _BASE["min_sensitivity"],
+    "train.epochs": Param(
+        _default(_BASE, "train.epochs"), type="integer", minimum=1, maximum=500, title="Training epochs"
+    ),
+    "train.batch_size": Param(
+        _default(_BASE, "train.batch_size"), type="integer", minimum=1, maximum=1024, title="Batch size"
+    ),
+    "train.learning_rate": Param(
+        _default(_BASE, "train.learning_rate"),
+        type="number",
+        exclusiveMinimum=0,
+        maximum=1,
+        title="Learning rate",
+    ),
+    "train.patience": Param(
+        _default(_BASE, "train.patience"), type="integer", minimum=1, title="Early-stopping patience"
+    ),
+    "train.threshold.min_sensitivity": Param(
+        _default(_BASE, "train.threshold.min_sensitivity"),
         type="number",
         minimum=0.5,
         maximum=1,
+        title="Threshold: sensitivity floor",
         description="Sensitivity floor used to choose the decision threshold on the validation split.",
     ),
-    "n_boot": Param(
-        _BASE["n_boot"], type="integer", minimum=0, maximum=20000, description="Bootstrap resamples."
+    "evaluate.n_boot": Param(
+        _default(_BASE, "evaluate.n_boot"),
+        type="integer",
+        minimum=0,
+        maximum=20000,
+        title="Bootstrap resamples",
     ),
-    "ingest_workers": Param(
-        _BASE["ingest_workers"], type="integer", minimum=0, maximum=64, description="0 = one per CPU core."
+    "ingest.workers": Param(
+        _default(_BASE, "ingest.workers"),
+        type="integer",
+        minimum=0,
+        maximum=64,
+        title="Ingest workers",
+        description="0 = one per CPU core.",
     ),
     "promote": Param(
         "gate",
@@ -162,7 +181,7 @@ def _run_stage(*args: str) -> None:
         raise
     if code != 0:
         detail = "\n".join(tail)
-        raise RuntimeError(f"{args[0]} failed with exit code {code}; last output:\n{detail}")
+        raise RuntimeError(f"{' '.join(args[:2])} failed with exit code {code}; last output:\n{detail}")
 
 
 def _read_json(path: Path) -> dict:
@@ -171,41 +190,14 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_run_params(target: Path, settings: dict) -> None:
-    """The run's own params file: the base file with the DAG-run settings applied (kept for the record)."""
-    import tempfile
-
-    import yaml
-
-    with open(PARAMS_FILE) as handle:
-        params = yaml.safe_load(handle) or {}
-    params.setdefault("data", {})["path"] = settings["data_path"]
-    params.setdefault("ingest", {})["workers"] = int(settings["ingest_workers"])
-    train = params.setdefault("train", {})
-    for key in ("epochs", "batch_size", "patience"):
-        train[key] = int(settings[key])
-    train["learning_rate"] = float(settings["learning_rate"])
-    train.setdefault("threshold", {})["min_sensitivity"] = float(settings["min_sensitivity"])
-    params.setdefault("evaluate", {})["n_boot"] = int(settings["n_boot"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(params, handle, sort_keys=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The run's own params file (kept for the record): the base file with the form's settings applied,
+    written by the project's command line so that only ``cxr_core.settings`` knows how to merge them."""
+    overrides = [f"{key}={value}" for key, value in settings.items() if key != "promote"]
+    _run_stage(
+        "cxr_core", "params", "--params", str(PARAMS_FILE), *(f"--set={item}" for item in overrides),
+        "--out", str(target),
+    )  # fmt: skip
 
 
 def _round(value, digits: int = 4):
@@ -225,9 +217,11 @@ def data_ingestion() -> dict:
     _write_run_params(params_file, settings)
     _clear_leftovers(work_dir, "ingest")
     ingest_dir = work_dir / "ingest"
-    data = Path(settings["data_path"]).expanduser()
+    data = Path(settings["data.path"]).expanduser()
     data = data if data.is_absolute() else PROJECT_ROOT / data
-    _run_stage("training.ingest", "--data", str(data), "--out", str(ingest_dir), "--params", str(params_file))
+    _run_stage(
+        "cxr_core", "ingest", "--data", str(data), "--out", str(ingest_dir), "--params", str(params_file)
+    )
     summary = _read_json(ingest_dir / "summary.json")
     split_sizes = {
         split: {label: sum(by_source.values()) for label, by_source in labels.items()}
@@ -254,7 +248,8 @@ def model_trainer(ingest: dict) -> dict:
     _clear_leftovers(work_dir, "model")
     model_dir = work_dir / "model"
     _run_stage(
-        "training.train",
+        "cxr_core",
+        "train",
         "--ingest",
         ingest["ingest_dir"],
         "--out",
@@ -269,7 +264,7 @@ def model_trainer(ingest: dict) -> dict:
         )
     return {
         "model_dir": str(model_dir),
-        "model_sha256": _sha256(model_dir / "model.keras"),
+        "model_sha256": metadata["model_sha256"],  # the trainer hashed the file it wrote
         "data_fingerprint": metadata["data_fingerprint"],
         "threshold": _round(metadata["threshold"], 6),
         "threshold_rule": metadata.get("threshold_rule"),
@@ -287,7 +282,8 @@ def model_testing(ingest: dict, model: dict) -> dict:
     _clear_leftovers(work_dir, "evaluate")
     eval_dir = work_dir / "evaluate"
     _run_stage(
-        "training.evaluate",
+        "cxr_core",
+        "evaluate",
         "--ingest",
         ingest["ingest_dir"],
         "--model",
@@ -331,9 +327,9 @@ def register_model(project_root: str, ingest: dict, model: dict, evaluation: dic
     from pathlib import Path
 
     sys.path.insert(0, project_root)
-    from cxr_core.config import load_params
-    from cxr_core.pipeline import register_candidate
-    from cxr_core.registry import Registry
+    from cxr_core.pipeline.run import register_candidate
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import load_params
 
     params = load_params(ingest["params_file"])
     outcome = register_candidate(Path(ingest["work_dir"]), params, Registry(), promote=promote)

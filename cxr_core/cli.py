@@ -1,0 +1,255 @@
+"""The one command line: ``python -m cxr_core ingest|train|evaluate|pipeline|predict|models|params``.
+
+``predict`` is the batch scorer: one row per file, a bad file gets ``ok: false`` and its message and
+the batch goes on; the exit code is non-zero only when the command itself is misused (no such model,
+no input path: 2) or the machine fails it (a full disk, a read-only folder: 1), and then the reason is
+one ``error: ...`` line, not a traceback. ``ingest``, ``train`` and ``evaluate`` are the stages that
+``dvc repro`` and the Airflow DAG run; ``pipeline`` chains them and registers the result; ``params``
+prints the complete settings or writes a run's params file from form values; ``models`` lists, registers, promotes and rolls back registry versions.
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from cxr_core.errors import CxrError, os_error_message
+from cxr_core.settings import Layout
+
+PREDICT_FIELDS = ["file", "ok", "probability", "label", "threshold", "model_version", "error", "warning"]
+
+
+def _predict(args) -> int:
+    from cxr_core.modelling.predictor import Predictor, predict_paths, spreadsheet_safe
+    from cxr_core.registry.store import Registry
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    registry = Registry()
+    model_dir, warning = registry.resolve_with_warning(args.model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    predictor = Predictor(model_dir)
+    try:
+        out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    try:
+        writer = None
+        if args.format == "csv":
+            writer = csv.DictWriter(out, fieldnames=PREDICT_FIELDS)
+            writer.writeheader()
+        for row in predict_paths(args.paths, predictor):
+            if writer:
+                writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
+            else:
+                out.write(json.dumps(row) + "\n")
+            out.flush()
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def _params_of(args) -> dict:
+    """The params file named by ``--params`` (or the project's), completed and with ``--set`` applied."""
+    from cxr_core.settings import load_params, set_dotted
+
+    params = load_params(args.params)
+    for assignment in args.set or []:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise CxrError(f"--set takes KEY=VALUE, got {assignment!r}")
+        try:
+            params = set_dotted(params, key.strip(), value)
+        except ValueError as error:
+            raise CxrError(str(error)) from error
+    return params
+
+
+def _data_path(args, params: dict) -> Path:
+    from cxr_core.settings import resolve_data_path
+
+    return resolve_data_path(args.data or params["data"]["path"])
+
+
+def _params(args) -> int:
+    import yaml
+
+    from cxr_core.settings import DEFAULT_PARAMS, params_from_form, params_yaml_text
+
+    params = _params_of(args)
+    if args.form:
+        try:
+            params = params_from_form(params, json.loads(args.form))
+        except ValueError as error:
+            raise CxrError(f"--form: {error}") from error
+    if args.write:
+        DEFAULT_PARAMS.write_text(params_yaml_text())
+        print(f"wrote the defaults to {DEFAULT_PARAMS}")
+    elif args.out:
+        from cxr_core.fsutil import write_text_atomic
+
+        write_text_atomic(args.out, yaml.safe_dump(params, sort_keys=False))
+        print(args.out)
+    else:
+        print(yaml.safe_dump(params, sort_keys=False), end="")
+    return 0
+
+
+def _ingest(args) -> int:
+    from cxr_core.pipeline.ingest import run_ingest
+
+    params = _params_of(args)
+    summary = run_ingest(_data_path(args, params), args.out, params["ingest"])
+    print(json.dumps(summary))
+    return 0
+
+
+def _train(args) -> int:
+    from cxr_core.pipeline.train import run_train
+
+    metadata = run_train(args.ingest, args.out, _params_of(args)["train"])
+    print(json.dumps({key: metadata[key] for key in ("threshold", "val_auc", "epochs_run", "train_seconds")}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from cxr_core.pipeline.evaluate import run_evaluate
+
+    report = run_evaluate(args.ingest, args.model, args.out, _params_of(args)["evaluate"])
+    print(json.dumps({key: report[key] for key in ("roc_auc", "sensitivity", "specificity")}))
+    return 0
+
+
+def _pipeline(args) -> int:
+    from cxr_core.pipeline.run import run_pipeline
+
+    params = _params_of(args)
+    if args.epochs is not None:
+        params["train"]["epochs"] = args.epochs
+    result = run_pipeline(_data_path(args, params), args.work, params, promote=args.promote)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _models(args) -> int:
+    from cxr_core.registry.store import Registry
+
+    registry = Registry()
+    if args.action == "list":
+        current = registry.current_version()
+        for meta in registry.versions():
+            metrics = meta.get("metrics") or {}
+            marker = "*" if meta["version"] == current else " "
+            print(
+                f"{marker} {meta['version']}  created {meta.get('created')}  threshold {_number(meta.get('threshold'))}  "
+                f"AUC {metrics.get('roc_auc')}  sens {metrics.get('sensitivity')}  spec {metrics.get('specificity')}"
+            )
+    elif args.action == "register":
+        version = registry.register(args.target)
+        if args.promote:
+            registry.promote(version)
+        print(version)
+    elif args.action == "promote":
+        registry.promote(args.target)
+        print(f"current model: {args.target}")
+    elif args.action == "rollback":
+        print(f"current model: {registry.rollback()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr_core", description="TB chest X-ray screening tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="score chest X-ray files or folders")
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument(
+        "--model",
+        default=None,
+        help="registry version, or a model folder whose metadata.json records the model's sha256 "
+        "(default: the current version)",
+    )
+    predict.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    predict.add_argument("--output", "-o", default=None, help="write here instead of standard output")
+    predict.set_defaults(handler=_predict)
+
+    def settings_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--params", default=None, help="params file (default: params.yaml)")
+        command.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override one setting, e.g. --set train.epochs=5 (repeatable)",
+        )
+
+    layout = Layout
+    ingest = commands.add_parser(
+        "ingest", help="stage 1: dataset -> uint8 shards with duplicate-aware splits"
+    )
+    settings_options(ingest)
+    ingest.add_argument("--data", default=None, help="dataset path (default: data.path in params.yaml)")
+    ingest.add_argument("--out", default=f"work/{layout.INGEST_DIR}")
+    ingest.set_defaults(handler=_ingest)
+
+    train = commands.add_parser(
+        "train", help="stage 2: train on the shards, choose the threshold on validation"
+    )
+    settings_options(train)
+    train.add_argument("--ingest", default=f"work/{layout.INGEST_DIR}")
+    train.add_argument("--out", default=f"work/{layout.MODEL_DIR}")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="stage 3: test-split metrics, plots and predictions")
+    settings_options(evaluate)
+    evaluate.add_argument("--ingest", default=f"work/{layout.INGEST_DIR}")
+    evaluate.add_argument("--model", default=f"work/{layout.MODEL_DIR}")
+    evaluate.add_argument("--out", default=f"work/{layout.EVALUATE_DIR}")
+    evaluate.set_defaults(handler=_evaluate)
+
+    params = commands.add_parser("params", help="print the complete settings, or write a run's params file")
+    settings_options(params)
+    params.add_argument("--form", default=None, help="JSON of form values (Retrain page / Airflow fields)")
+    params.add_argument("--out", default=None, help="write the resulting params file here")
+    params.add_argument("--write", action="store_true", help="rewrite params.yaml from the built-in defaults")
+    params.set_defaults(handler=_params)
+
+    pipeline = commands.add_parser("pipeline", help="ingest >> train >> evaluate, then register")
+    settings_options(pipeline)
+    pipeline.add_argument("--data", default=None, help="dataset path (default: data.path in params.yaml)")
+    pipeline.add_argument("--work", default="work")
+    pipeline.add_argument("--epochs", type=int, default=None)
+    pipeline.add_argument("--promote", choices=["gate", "never", "always"], default="gate")
+    pipeline.set_defaults(handler=_pipeline)
+
+    models = commands.add_parser("models", help="list, register, promote or roll back model versions")
+    models.add_argument("action", choices=["list", "register", "promote", "rollback"])
+    models.add_argument("target", nargs="?", help="candidate folder (register) or version (promote)")
+    models.add_argument("--promote", action="store_true", help="with register: make it current")
+    models.set_defaults(handler=_models)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "models" and args.action in ("register", "promote") and not args.target:
+        print(f"error: models {args.action} needs a target", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk or a read-only folder mid-run: one line, not a traceback
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1

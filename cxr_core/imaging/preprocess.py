@@ -1,0 +1,141 @@
+"""The one preprocessing function shared by ingestion, training, evaluation, the CLI and the dashboard.
+
+The original system resized with OpenCV in training and with Pillow in serving, so the network saw
+different inputs in the clinic than in the lab. Here every path calls :func:`preprocess` on the 2-D
+uint8 picture that :func:`cxr_core.imaging.decode.read_image` returns, and nothing else touches pixels.
+
+What it does and why:
+
+1. **Downscale early** (area interpolation, to at most ``4 * side`` on the long edge): the steps below
+   only need coarse structure, and a 3000x3000 radiograph should cost no more than a 512x512 one.
+2. **Trim uniform borders**: rows and columns at the edges that are nearly constant (black or white
+   frames, scanner margins) are cut, at most a quarter of each side. Different hospitals frame
+   differently; a border says where an image came from, not whether the patient has TB.
+3. **Centre-crop to a square** along the longer axis. Stretching would distort anatomy differently for
+   each aspect ratio and padding would add bars, both cues of the source site; a centre crop keeps the
+   chest at the same scale and loses only lateral soft tissue or neck/abdomen.
+4. **Resize** to ``side x side`` with area interpolation (anti-aliased).
+5. **Histogram-equalise** the small image. Exposure, bit depth, windowing and JPEG re-encoding differ
+   between sources and formats; equalisation maps them onto one intensity distribution, which is what
+   makes the same picture given as PNG, JPEG, 16-bit PNG or DICOM score alike.
+
+The result stays uint8 so shards are compact and serving feeds exactly what training saw; the model's
+own ``Rescaling`` layer maps it to [0, 1].
+"""
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from cxr_core.imaging.decode import DecodedImage, check_plausible_radiograph, read_image
+
+MODEL_SIDE = 128
+
+
+class CropBox(NamedTuple):
+    """The region of the original image (pixel rows/columns, end exclusive) the model looked at."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+
+MAX_BORDER_FRACTION = 0.25
+# A row/column counts as border when its spread is tiny (a frame) or it is almost black (a margin).
+BORDER_STD = 6.0
+BORDER_DARK_MEAN = 8.0
+
+
+@dataclass
+class ModelInput:
+    """One film on its way to the network: what was decoded, what the model sees, and where that lies."""
+
+    image: DecodedImage
+    pixels: np.ndarray  # (side, side) uint8, exactly what training shards hold
+    box: CropBox
+
+
+def to_model_input(source: bytes | str | os.PathLike, side: int = MODEL_SIDE, **read_options) -> ModelInput:
+    """Decode -> plausibility check -> preprocess: the one path from a file to the network's input.
+
+    Ingest, serving and the benchmarks all call this, so a check added here applies to training and
+    to the clinic alike; raises :class:`cxr_core.errors.ImageError` with a clinician-readable reason.
+    """
+    image = read_image(source, **read_options)
+    check_plausible_radiograph(image)
+    pixels, box = preprocess_with_box(image.pixels, side)
+    return ModelInput(image=image, pixels=pixels, box=box)
+
+
+def preprocess(gray: np.ndarray, side: int = MODEL_SIDE) -> np.ndarray:
+    """Turn a 2-D uint8 grayscale radiograph of any size into the model's ``side x side`` uint8 input."""
+    return preprocess_with_box(gray, side)[0]
+
+
+def preprocess_with_box(gray: np.ndarray, side: int = MODEL_SIDE) -> tuple[np.ndarray, CropBox]:
+    """:func:`preprocess`, also telling which region of the original the model saw.
+
+    Grad-CAM needs the box to lay its heatmap back onto the clinician's full-size picture in the
+    right place, since borders were trimmed and the long axis cropped.
+    """
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"preprocess expects a 2-D uint8 image, got {gray.dtype} {gray.shape}")
+    work, scale = _downscale(gray, 4 * side)
+    work, (top, left) = _trim_uniform_borders(work)
+    work, (dy, dx) = _centre_square(work)
+    small = cv2.resize(work, (side, side), interpolation=cv2.INTER_AREA)
+    height, width = work.shape
+    box = CropBox(
+        top=round((top + dy) / scale),
+        left=round((left + dx) / scale),
+        bottom=min(gray.shape[0], round((top + dy + height) / scale)),
+        right=min(gray.shape[1], round((left + dx + width) / scale)),
+    )
+    return cv2.equalizeHist(small), box
+
+
+def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    height, width = gray.shape
+    longest = max(height, width)
+    if longest <= max_side:
+        return gray, 1.0
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _border_run(means: np.ndarray, stds: np.ndarray, limit: int) -> int:
+    """How many leading lines are border, stopping at the first line with content."""
+    is_border = (stds < BORDER_STD) | (means < BORDER_DARK_MEAN)
+    run = 0
+    while run < limit and is_border[run]:
+        run += 1
+    return run
+
+
+def _trim_uniform_borders(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    height, width = gray.shape
+    if height < 8 or width < 8:
+        return gray, (0, 0)
+    pixels = gray.astype(np.float32)
+    row_mean, row_std = pixels.mean(axis=1), pixels.std(axis=1)
+    col_mean, col_std = pixels.mean(axis=0), pixels.std(axis=0)
+    row_limit = int(height * MAX_BORDER_FRACTION)
+    col_limit = int(width * MAX_BORDER_FRACTION)
+    top = _border_run(row_mean, row_std, row_limit)
+    bottom = _border_run(row_mean[::-1], row_std[::-1], row_limit)
+    left = _border_run(col_mean, col_std, col_limit)
+    right = _border_run(col_mean[::-1], col_std[::-1], col_limit)
+    return gray[top : height - bottom, left : width - right], (top, left)
+
+
+def _centre_square(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    height, width = gray.shape
+    side = min(height, width)
+    top = (height - side) // 2
+    left = (width - side) // 2
+    return gray[top : top + side, left : left + side], (top, left)

@@ -1,0 +1,107 @@
+"""Grad-CAM for the screening CNN, computed in the same compiled pass as the probability.
+
+Two Keras 3 traps shaped this module: ``model.output`` raises on a Sequential model, and a "grad model"
+built from a loaded model's layer outputs can silently yield ``None`` gradients. So the layers are run
+one by one inside the tape. The gradient is taken of the pre-sigmoid logit, not of the probability: on
+a confident image the sigmoid saturates and its gradient (and so the heatmap) fades to noise.
+
+One ``tf.function`` with a fixed input signature returns probability, heatmap and the penultimate
+embedding (used for the out-of-distribution check), so a batch costs one traced call and never
+retraces for a new batch size.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cxr_core.imaging.display import DISPLAY_SIDE, display_gray, display_scale
+from cxr_core.imaging.preprocess import CropBox
+from cxr_core.modelling.networks import EMBEDDING, OUTPUT, last_conv_name
+
+
+@dataclass
+class CamBatch:
+    probabilities: np.ndarray  # (n,) float32
+    heatmaps: np.ndarray  # (n, h, w) float32 in [0, 1], at the last convolution's resolution
+    embeddings: np.ndarray  # (n, dense_units) float32
+
+
+class GradCam:
+    """Probability, Grad-CAM heatmap and embedding for a batch of preprocessed uint8 images."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        conv_name = last_conv_name(model)
+        chain = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+        names = [layer.name for layer in chain]
+        split = names.index(conv_name) + 1
+        to_conv, after_conv = chain[:split], chain[split:]
+        if not after_conv or after_conv[-1].name != OUTPUT:
+            raise ValueError(f"model must end in the '{OUTPUT}' dense layer")
+        head, output_layer = after_conv[:-1], after_conv[-1]
+        side = int(model.input_shape[1])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, side, side, 1], tf.float32)],
+            reduce_retracing=True,
+        )
+        def run(images):
+            features = images
+            for layer in to_conv:
+                features = layer(features, training=False)
+            with tf.GradientTape() as tape:
+                tape.watch(features)
+                hidden = features
+                embedding = hidden
+                for layer in head:
+                    hidden = layer(hidden, training=False)
+                    if layer.name == EMBEDDING:
+                        embedding = hidden
+                logit = tf.matmul(hidden, output_layer.kernel) + output_layer.bias
+            grads = tape.gradient(logit, features)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+            cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-8)
+            return tf.sigmoid(logit)[:, 0], cam, embedding
+
+        self._run = run
+        self.side = side
+
+    def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
+        """Score ``(n, side, side[, 1])`` uint8 images (already preprocessed)."""
+        batch = np.asarray(batch_uint8, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[..., None]
+        probabilities, heatmaps, embeddings = self._run(batch)
+        return CamBatch(probabilities.numpy(), heatmaps.numpy(), embeddings.numpy())
+
+
+def overlay(
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    box: CropBox | None = None,
+    alpha: float = 0.4,
+    max_side: int = DISPLAY_SIDE,
+) -> np.ndarray:
+    """Blend a heatmap (jet colours) over the original picture, placed on the region the model saw.
+
+    Outside ``box`` (trimmed borders, cropped margins) the picture is shown without colour: the model
+    never looked there. The picture is shrunk to ``max_side`` first; a browser shows no more anyway.
+    """
+    height, width = gray.shape
+    if box is None:
+        box = CropBox(0, 0, height, width)
+    scale = display_scale(height, width, max_side)
+    gray = display_gray(gray, max_side)
+    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    top, left = round(box.top * scale), round(box.left * scale)
+    bottom = max(top + 1, min(rgb.shape[0], round(box.bottom * scale)))
+    right = max(left + 1, min(rgb.shape[1], round(box.right * scale)))
+    heat = cv2.resize(heatmap.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
+    heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
+    colours = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    region = rgb[top:bottom, left:right]
+    rgb[top:bottom, left:right] = cv2.addWeighted(colours, alpha, region, 1.0 - alpha, 0.0)
+    return rgb

@@ -1,0 +1,69 @@
+"""The reference CNN, and how it is saved and loaded.
+
+The architecture is the original design's (three 3x3 ReLU convolutions of 16, 32 and 64 filters, each
+followed by 2x2 max pooling, a 64-unit dense layer, dropout 0.5, one sigmoid output), built with the
+functional API: Keras 3 refuses ``model.output`` on a Sequential model that was never called, which is
+what Grad-CAM and the embedding for out-of-distribution checks need. Layers carry stable names so those
+consumers can find them. A ``Rescaling`` layer maps the uint8 input to [0, 1] inside the model, so the
+same uint8 arrays flow from shards in training and from :func:`cxr_core.imaging.preprocess.preprocess` in
+serving.
+"""
+
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+LAST_CONV = "conv3"
+EMBEDDING = "embedding"
+OUTPUT = "tb_probability"
+
+
+def build_model(
+    side: int = 128,
+    filters: tuple[int, ...] | list[int] = (16, 32, 64),
+    dense_units: int = 64,
+    dropout: float = 0.5,
+    kernel_size: int = 3,
+) -> keras.Model:
+    """Build the reference network; sizes come from ``params.yaml`` (``model`` section)."""
+    inputs = keras.Input(shape=(side, side, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for index, count in enumerate(filters, start=1):
+        x = layers.Conv2D(count, kernel_size, activation="relu", name=f"conv{index}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{index}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense_units, activation="relu", name=EMBEDDING)(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT)(x)
+    return keras.Model(inputs, outputs, name="tb_cnn")
+
+
+def last_conv_name(model: keras.Model) -> str:
+    """The deepest convolution, where Grad-CAM looks (``conv3`` for the reference sizes)."""
+    names = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    if not names:
+        raise ValueError("model has no convolution layer for Grad-CAM")
+    return names[-1]
+
+
+def save_model(model: keras.Model, path: str | Path) -> Path:
+    """Save weights and architecture in the native ``.keras`` format without optimizer state.
+
+    The optimizer's slots would double the file and are useless for serving; rebuilding an
+    uncompiled copy from the config is the reliable way to drop them in Keras 3.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    tmp = path.with_name(path.name + ".tmp.keras")
+    clean.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load for inference only: no compile step, and safe mode so a model file cannot run code."""
+    return keras.saving.load_model(str(path), compile=False, safe_mode=True)

@@ -1,0 +1,221 @@
+"""Serving: one loaded model version scores batches of X-rays with Grad-CAM and an OOD check.
+
+The original system loaded the model on every request and called ``model.predict`` per image; here a
+:class:`Predictor` is built once per process (the dashboard caches it, the CLI builds one per run) and
+scores whole batches through a single compiled function.
+"""
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.errors import CxrError, ModelError
+from cxr_core.imaging.decode import IMAGE_EXTENSIONS, DecodedImage
+from cxr_core.imaging.preprocess import CropBox, to_model_input
+from cxr_core.modelling import ood
+from cxr_core.settings import Layout
+
+TB = "Tuberculosis"
+NORMAL = "Normal"
+BATCH_SIZE = 32
+DECODE_AHEAD = 2 * BATCH_SIZE  # files the CLI decodes ahead of scoring (bounds memory, keeps cores busy)
+
+
+@dataclass
+class Prediction:
+    probability: float
+    label: str
+    threshold: float
+    heatmap: np.ndarray
+    ood_distance: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScreenedImage:
+    """Everything the dashboard and CLI show for one input, good or bad."""
+
+    name: str
+    ok: bool
+    error: str | None = None
+    image: DecodedImage | None = None
+    box: CropBox | None = None
+    prediction: Prediction | None = None
+    model_input: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def warnings(self) -> list[str]:
+        found = list(self.image.warnings) if self.image else []
+        if self.prediction:
+            found += self.prediction.warnings
+        return found
+
+
+class Predictor:
+    """A registry version (or any folder with ``model.keras`` and ``metadata.json``) ready to score."""
+
+    def __init__(self, model_dir: str | Path):
+        from cxr_core.modelling.gradcam import GradCam
+        from cxr_core.modelling.networks import load_model
+
+        self.model_dir = Path(model_dir)
+        model_path = self.model_dir / Layout.MODEL
+        if not model_path.exists():
+            raise ModelError(f"no model file in {self.model_dir}")
+        try:
+            self.metadata = json.loads((self.model_dir / Layout.METADATA).read_text())
+        except (OSError, ValueError) as error:
+            raise ModelError(f"model metadata in {self.model_dir} is missing or unreadable") from error
+        try:
+            self.model = load_model(model_path)
+        except Exception as error:  # Keras raises many types for a damaged archive
+            if "safe_mode" in str(error):  # e.g. a Lambda layer: Python code inside the model file
+                raise ModelError(
+                    f"model file in {self.model_dir} is refused: it contains executable code (a Lambda "
+                    "layer or a custom object), which is never loaded"
+                ) from error
+            raise ModelError(f"model file in {self.model_dir} cannot be loaded: it is damaged") from error
+        self.version = self.metadata.get("version") or self.model_dir.name
+        self.threshold = float(self.metadata["threshold"])
+        self.side = int(self.model.input_shape[1])
+        self.ood_stats = ood.load(self.model_dir / Layout.OOD)
+        self._cam = GradCam(self.model)
+
+    def predict(self, images: np.ndarray) -> list[Prediction]:
+        """Score preprocessed uint8 images ``(n, side, side[, 1])`` in batches."""
+        results: list[Prediction] = []
+        for start in range(0, len(images), BATCH_SIZE):
+            cams = self._cam(images[start : start + BATCH_SIZE])
+            distances = ood.distance(self.ood_stats, cams.embeddings) if self.ood_stats is not None else None
+            for i, probability in enumerate(cams.probabilities):
+                probability = float(probability)
+                warnings = []
+                distance = None if distances is None else float(distances[i])
+                if distance is not None and distance > float(self.ood_stats["alarm"]):
+                    warnings.append(
+                        "this image does not resemble the chest X-rays the model was trained on; "
+                        "treat the result with caution (is it a frontal chest radiograph?)"
+                    )
+                results.append(
+                    Prediction(
+                        probability=probability,
+                        label=TB if probability >= self.threshold else NORMAL,
+                        threshold=self.threshold,
+                        heatmap=cams.heatmaps[i],
+                        ood_distance=distance,
+                        warnings=warnings,
+                    )
+                )
+        return results
+
+    def screen(
+        self, items: Iterable[tuple[str, bytes | str | os.PathLike]], **read_options
+    ) -> list[ScreenedImage]:
+        """Decode, check, preprocess and score named inputs; a bad one gets its message, the rest go on."""
+        screened = [_decode(name, source, self.side, read_options) for name, source in items]
+        self.attach_predictions(screened)
+        return screened
+
+    def attach_predictions(self, items: list[ScreenedImage]) -> None:
+        """Score, in one batch, every item that decoded; failed items keep their message."""
+        good = [item for item in items if item.ok]
+        if good:
+            batch = np.stack([item.model_input for item in good])[..., None]
+            for item, prediction in zip(good, self.predict(batch), strict=True):
+                item.prediction = prediction
+
+
+def _decode(name: str, source, side: int, read_options: dict) -> ScreenedImage:
+    try:
+        prepared = to_model_input(source, side, **read_options)
+    except CxrError as error:
+        return ScreenedImage(name=name, ok=False, error=str(error))
+    return ScreenedImage(
+        name=name, ok=True, image=prepared.image, box=prepared.box, model_input=prepared.pixels
+    )
+
+
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named directly (whatever they are), and the image-like files below named folders.
+
+    Inside a folder, a README or a CSV is not an X-ray somebody forgot: only image extensions and
+    extensionless files (DICOM often has none) are taken; hidden files are skipped.
+    """
+    for path in map(Path, paths):
+        if not path.is_dir():
+            yield path
+            continue
+        for child in sorted(path.rglob("*")):
+            hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+            image_like = child.suffix.lower() in IMAGE_EXTENSIONS or not child.suffix
+            if child.is_file() and not hidden and image_like:
+                yield child
+
+
+def predict_paths(
+    paths: Iterable[str | Path], predictor: Predictor, workers: int | None = None
+) -> Iterator[dict]:
+    """One CLI row per file; decoding runs in threads (the decoders release the GIL) ahead of scoring.
+
+    At most ``DECODE_AHEAD`` files are decoded ahead of the scorer, so memory stays flat for any
+    folder size (a full-resolution picture is held until its batch is scored) and stopping early
+    does not wait for the whole folder to be decoded.
+    """
+    files = iter(list(iter_image_files(paths)))
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def submit(path: Path):
+            return pool.submit(_decode, str(path), path, predictor.side, {})
+
+        pending = deque(submit(path) for path in islice(files, DECODE_AHEAD))
+        chunk: list[ScreenedImage] = []
+        while pending:
+            item = pending.popleft().result()
+            following = next(files, None)
+            if following is not None:
+                pending.append(submit(following))
+            chunk.append(item)
+            if len(chunk) == BATCH_SIZE:
+                yield from _score_chunk(chunk, predictor)
+                chunk = []
+        if chunk:
+            yield from _score_chunk(chunk, predictor)
+
+
+def _score_chunk(chunk: list[ScreenedImage], predictor: Predictor) -> Iterator[dict]:
+    predictor.attach_predictions(chunk)
+    for item in chunk:
+        yield result_row(item, predictor)
+
+
+def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
+    """The flat record exported by the CLI and the dashboard's CSV."""
+    prediction = item.prediction
+    return {
+        "file": item.name,
+        "ok": item.ok,
+        "probability": None if prediction is None else round(prediction.probability, 6),
+        "label": None if prediction is None else prediction.label,
+        "threshold": predictor.threshold,
+        "model_version": predictor.version,
+        "error": item.error,
+        "warning": "; ".join(item.warnings) or None,
+    }
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """Neutralise text a spreadsheet would run as a formula (file names are user-controlled)."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value

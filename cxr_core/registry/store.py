@@ -1,0 +1,406 @@
+"""The model registry: immutable version folders plus one atomically replaced pointer.
+
+A clinic must never be served a half-copied model or be left with no model because a retrain
+crashed. So every version is copied into a hidden temp folder and renamed into place in one step,
+``current.json`` is only ever replaced whole (temp file, fsync, ``os.replace``), every change happens
+under an exclusive ``flock`` so two retrain jobs cannot interleave, and the served model is checked
+against the sha256 recorded at registration, falling back to the previous good version when the file
+on disk has been damaged.
+
+Layout::
+
+    models/
+      current.json          {"version": ..., "history": [oldest, ..., previous], "updated": ...}
+      .lock                 flock target
+      <version>/            model.keras, metadata.json, metrics.json, plots/, predictions.csv, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cxr_core import settings
+from cxr_core.errors import ModelError
+from cxr_core.fsutil import fsync_directory, write_json_atomic
+
+MODEL_FILE = settings.Layout.MODEL
+METADATA_FILE = settings.Layout.METADATA
+METRICS_FILE = settings.Layout.METRICS
+POINTER_FILE = settings.Layout.POINTER
+LOCK_FILE = settings.Layout.LOCK
+HISTORY_LIMIT = 50
+LOCK_TIMEOUT_S = 120.0
+
+
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_RESERVED = {"current", "candidates"}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Streaming sha256, so checking a model never loads it twice into memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush a freshly copied version to disk before it becomes visible under its final name."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(Path(dirpath))
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+class Registry:
+    """The ``models/`` folder; ``root`` defaults to :func:`cxr_core.settings.models_dir`."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else settings.models_dir()
+
+    # ---------------------------------------------------------------- reading
+
+    def _valid_name(self, version: str) -> bool:
+        return bool(_VERSION_NAME.match(version)) and version.lower() not in _RESERVED
+
+    def _exists(self, version: str) -> bool:
+        return self._valid_name(version) and (self.root / version / METADATA_FILE).is_file()
+
+    def version_dir(self, version: str) -> Path:
+        """The folder of a registered version; unknown or malformed names raise rather than point nowhere."""
+        if not isinstance(version, str) or not self._valid_name(version):
+            raise ModelError(f"'{version}' is not a valid model version name.")
+        path = self.root / version
+        if not (path / METADATA_FILE).is_file():
+            raise ModelError(f"There is no model version '{version}' in {self.root}.")
+        return path
+
+    def metadata(self, version: str) -> dict:
+        try:
+            return _read_json(self.version_dir(version) / METADATA_FILE)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"The description (metadata.json) of model version {version} is unreadable."
+            ) from exc
+
+    def metrics(self, version: str) -> dict:
+        """Full evaluation metrics of a version (metrics.json, else the summary in metadata.json)."""
+        path = self.version_dir(version) / METRICS_FILE
+        try:
+            return _read_json(path)
+        except (OSError, ValueError):
+            summary = self.metadata(version).get("metrics")
+            return summary if isinstance(summary, dict) else {}
+
+    def versions(self) -> list[dict]:
+        """Metadata of every complete version, oldest first; temp folders and broken entries are left out."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for entry in self.root.iterdir():
+            if not entry.is_dir() or not self._valid_name(entry.name):
+                continue
+            if not (entry / MODEL_FILE).is_file():
+                continue
+            try:
+                meta = _read_json(entry / METADATA_FILE)
+            except (OSError, ValueError):
+                continue
+            meta["version"] = entry.name
+            found.append(meta)
+        found.sort(key=lambda m: (str(m.get("created", "")), m["version"]))
+        return found
+
+    def _read_pointer(self) -> dict:
+        path = self.root / POINTER_FILE
+        try:
+            data = _read_json(path)
+        except FileNotFoundError:
+            return {"version": None, "history": []}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"The current-model pointer {path} is unreadable ({exc}).") from exc
+        history = data.get("history")
+        data["history"] = [v for v in history if isinstance(v, str)] if isinstance(history, list) else []
+        return data
+
+    def current_version(self) -> str | None:
+        return self._read_pointer().get("version")
+
+    def history(self) -> list[str]:
+        """Previously current versions, oldest first; the last one is where :meth:`rollback` goes."""
+        return list(self._read_pointer()["history"])
+
+    def verify(self, version: str) -> None:
+        """Raise ModelError unless model.keras is present and matches the sha256 taken at registration."""
+        directory = self.version_dir(version)
+        model = directory / MODEL_FILE
+        if not model.is_file():
+            raise ModelError(f"The model file of version {version} is missing.")
+        expected = self.metadata(version).get("model_sha256")
+        if not expected:
+            raise ModelError(
+                f"Version {version} has no recorded checksum, so its model file cannot be trusted."
+            )
+        try:
+            actual = sha256_file(model)
+        except OSError as exc:
+            raise ModelError(f"The model file of version {version} cannot be read ({exc}).") from exc
+        if actual != expected:
+            raise ModelError(f"The model file of version {version} is corrupt (checksum mismatch).")
+
+    def resolve(self, version_or_dir: str | os.PathLike | None = None) -> Path:
+        """The folder of the model to serve; see :meth:`resolve_with_warning` for the fallback rules."""
+        return self.resolve_with_warning(version_or_dir)[0]
+
+    def resolve_with_warning(
+        self, version_or_dir: str | os.PathLike | None = None
+    ) -> tuple[Path, str | None]:
+        """Pick the model folder to load, and say so when it is not the one that was asked for.
+
+        ``None`` means the current version; if it is missing or fails its checksum the newest earlier
+        version in the history that passes is used instead, with a warning for the screen, because a
+        clinic is better served by the previous validated model than by no model. A version name gives
+        that (verified) version; a folder containing model.keras is used only if its metadata.json
+        records the model's sha256 and the file matches it.
+        """
+        if version_or_dir is not None:
+            text = os.fspath(version_or_dir)
+            if isinstance(version_or_dir, str) and self._exists(text):
+                self.verify(text)
+                return self.version_dir(text), None
+            path = Path(text)
+            if (path / MODEL_FILE).is_file():
+                self._verify_loose_dir(path)
+                return path, None
+            raise ModelError(f"No model version or model folder called '{text}' was found.")
+
+        try:
+            pointer = self._read_pointer()
+        except ModelError as exc:
+            newest = [m["version"] for m in reversed(self.versions())]
+            return self._first_good(newest, f"{exc} ", "the newest registered version")
+        current = pointer.get("version")
+        if not current:
+            if self.versions():
+                raise ModelError(
+                    "No model has been approved for use yet: versions are registered but none was promoted. "
+                    "Promote a version that passed its quality gate first."
+                )
+            raise ModelError(
+                f"No trained model is installed (nothing in {self.root}). Train or install a model first."
+            )
+        try:
+            self.verify(current)
+            return self.version_dir(current), None
+        except ModelError as exc:
+            problem = f"{exc} "
+        earlier = [v for v in reversed(pointer["history"]) if v != current]
+        return self._first_good(earlier, problem, "the previous version")
+
+    def _first_good(self, candidates: list[str], problem: str, what: str) -> tuple[Path, str | None]:
+        for version in candidates:
+            try:
+                self.verify(version)
+            except ModelError:
+                continue
+            warning = (
+                f"{problem.strip()} Using {what}, {version}, instead. "
+                "Ask an administrator to roll back or retrain."
+            )
+            return self.version_dir(version), warning
+        raise ModelError(f"{problem.strip()} No earlier model version passes its integrity check either.")
+
+    @staticmethod
+    def _verify_loose_dir(path: Path) -> None:
+        """A folder outside the registry is served only with a recorded checksum that its model matches.
+
+        A registry version folder and the training stage's output (``work/model``) both record one; a
+        folder without it could hold any file at all, so it is refused rather than trusted as given.
+        """
+        try:
+            expected = _read_json(path / METADATA_FILE).get("model_sha256")
+        except (OSError, ValueError):
+            expected = None
+        if not expected:
+            raise ModelError(
+                f"The model folder {path} records no checksum (model_sha256 in {METADATA_FILE}), so its "
+                "model file cannot be trusted. Register it with `python -m cxr_core models register` first."
+            )
+        if sha256_file(path / MODEL_FILE) != expected:
+            raise ModelError(f"The model file in {path} is corrupt (checksum mismatch).")
+
+    # ---------------------------------------------------------------- writing
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Exclusive registry lock shared by every process (dashboard, CLI, Airflow) on this machine."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ModelError(
+                            "Another process is changing the model registry; try again in a minute."
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def new_version_name(self) -> str:
+        """A free version name, so a pipeline can write it into the card before registering."""
+        return self._new_name(_now())
+
+    def _new_name(self, moment: datetime) -> str:
+        base = moment.strftime("v%Y%m%d-%H%M%S")
+        name, n = base, 1
+        while (self.root / name).exists():
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def register(self, candidate_dir: str | os.PathLike, version: str | None = None) -> str:
+        """Copy a candidate folder in as a new immutable version and return its name (not yet current).
+
+        The copy is made under ``.tmp-<uuid>``, flushed, then renamed, so readers never see a
+        partial version; leftovers of a crashed registration are removed the next time.
+        """
+        source = Path(candidate_dir)
+        if not (source / MODEL_FILE).is_file():
+            raise ModelError(f"{source} has no {MODEL_FILE}; there is nothing to register.")
+        try:
+            meta = _read_json(source / METADATA_FILE)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{source}/{METADATA_FILE} is missing or unreadable ({exc}).") from exc
+        if version is not None and not self._valid_name(version):
+            raise ModelError(f"'{version}' is not a valid version name (letters, digits, '.', '_', '-').")
+
+        with self.lock():
+            self._remove_leftovers()
+            tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+            try:
+                shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".tmp-*", LOCK_FILE))
+                moment = _now()
+                if version is None:
+                    name = self._new_name(moment)
+                elif (self.root / version).exists():
+                    raise ModelError(f"A model version called '{version}' already exists.")
+                else:
+                    name = version
+                try:
+                    parent = self.current_version()
+                except ModelError:
+                    parent = None
+                meta.update(
+                    version=name,
+                    model_sha256=sha256_file(tmp / MODEL_FILE),
+                    registered=_iso(moment),
+                    source_dir=str(source.resolve()),
+                )
+                meta.setdefault("created", _iso(moment))
+                meta.setdefault("parent", parent)
+                with open(tmp / METADATA_FILE, "w", encoding="utf-8") as handle:
+                    json.dump(meta, handle, indent=2, sort_keys=True, default=str)
+                    handle.write("\n")
+                _fsync_tree(tmp)
+                os.rename(tmp, self.root / name)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fsync_directory(self.root)
+        return name
+
+    def _remove_leftovers(self) -> None:
+        """Temp folders only exist while the lock is held, so any seen under the lock are from a crash."""
+        for entry in self.root.glob(".tmp-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+        for entry in self.root.glob(f".{POINTER_FILE}.*.tmp"):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+    def _write_pointer(self, version: str | None, history: list[str]) -> None:
+        history = [v for v in history if v and v != version][-HISTORY_LIMIT:]
+        write_json_atomic(
+            self.root / POINTER_FILE, {"version": version, "history": history, "updated": _iso(_now())}
+        )
+
+    def promote(self, version: str) -> None:
+        """Make a verified version current; the one it replaces goes on the history for rollback."""
+        with self.lock():
+            self.verify(version)
+            pointer = self._pointer_for_update()
+            current = pointer.get("version")
+            if current == version:
+                return
+            history = [v for v in pointer["history"] if v != version]
+            if current:
+                history.append(current)
+            self._write_pointer(version, history)
+
+    def rollback(self) -> str:
+        """Go back to the most recent earlier version that still passes its checksum, and return it."""
+        with self.lock():
+            pointer = self._pointer_for_update()
+            history = list(pointer["history"])
+            current = pointer.get("version")
+            problems = []
+            while history:
+                candidate = history.pop()
+                if candidate == current:
+                    continue
+                try:
+                    self.verify(candidate)
+                except ModelError as exc:
+                    problems.append(str(exc))
+                    continue
+                self._write_pointer(candidate, history)
+                return candidate
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            raise ModelError(f"There is no earlier model version to roll back to{detail}.")
+
+    def _pointer_for_update(self) -> dict:
+        """The pointer to modify; an unreadable one counts as empty so that promoting a version repairs it."""
+        try:
+            return self._read_pointer()
+        except ModelError:
+            return {"version": None, "history": []}

@@ -1,0 +1,303 @@
+"""Every default of the project, once: pipeline settings, gate floors, the run-folder layout, locations.
+
+Before this module the same defaults lived in seven places and disagreed (the Retrain form and the DAG
+fell back to 30 epochs while ``params.yaml`` said 60). Now ``params.yaml`` is *generated* from the
+dataclasses below (``python -m cxr_core params --write``; a test fails when the two differ), every stage
+merges its section of a params file over these defaults, and the Retrain form and the Airflow trigger
+form turn their values into params through :func:`params_from_form`.
+
+Standard library and PyYAML only, so the dashboard, the CLI and the Airflow side can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+
+
+# ------------------------------------------------------------------------------------ the settings
+
+
+@dataclass
+class DataSettings:
+    # The bundled sample; point this at the downloaded Kaggle "Tuberculosis (TB) Chest X-ray Database"
+    # (Normal/ + Tuberculosis/), an NLM folder (*_0.png / *_1.png), a CSV manifest or a .zip.
+    path: str = "data/sample"
+
+
+@dataclass
+class IngestSettings:
+    side: int = 128  # model input is side x side x 1
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 42
+    workers: int = 0  # 0 = one decoding thread per CPU core
+    chunk_size: int = 64  # images per shard; bounds peak memory
+    near_duplicate_bits: int = 4  # perceptual hashes this close make a candidate pair...
+    near_duplicate_correlation: float = 0.95  # ...confirmed when the preprocessed pixels correlate this much
+
+
+@dataclass
+class AugmentSettings:
+    rotation: float = 0.03  # fraction of a full turn
+    zoom: float = 0.10
+    translation: float = 0.06
+    contrast: float = 0.2
+    brightness: float = 0.1
+
+
+@dataclass
+class ModelSettings:
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    dense_units: int = 64
+    dropout: float = 0.5
+
+
+@dataclass
+class ThresholdSettings:
+    rule: str = "sensitivity_floor"  # or "youden", or "fixed" (with value)
+    min_sensitivity: float = 0.95
+    value: float = 0.5
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    patience: int = 10  # early stopping on validation AUC
+    # Within each class, sources are balanced up to this weight per image, so a source that supplies few
+    # images of a class counts for more and "this hospital means TB" costs the network something.
+    max_source_weight: float = 20.0
+    seed: int = 42
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
+
+
+@dataclass
+class EvaluateSettings:
+    n_boot: int = 1000  # bootstrap resamples for confidence intervals
+    seed: int = 0
+
+
+@dataclass
+class GateSettings:
+    # A candidate is promoted only if it meets the WHO minimum for a screening test on the test split
+    # and does not lose more than max_auc_drop of ROC-AUC against the current model.
+    min_sensitivity: float = 0.90
+    min_specificity: float = 0.70
+    max_auc_drop: float = 0.02
+
+
+@dataclass
+class Settings:
+    data: DataSettings = field(default_factory=DataSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def defaults(section: str | None = None) -> dict:
+    """The built-in defaults as plain data (a fresh copy), whole or one section."""
+    whole = dataclasses.asdict(Settings())
+    return whole if section is None else whole[section]
+
+
+def _merge(base: dict, overrides: dict, where: str) -> dict:
+    result = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if key not in result:
+            raise ValueError(f"unknown setting {where}{key}")
+        if isinstance(result[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"setting {where}{key} must be a mapping")
+            result[key] = _merge(result[key], value, f"{where}{key}.")
+        else:
+            result[key] = _coerce(result[key], value, f"{where}{key}")
+    return result
+
+
+def _coerce(default: Any, value: Any, name: str) -> Any:
+    """Values take the type of their default, so a form's 30.0 epochs or YAML's "0.9" cannot slip by."""
+    if value is None or isinstance(default, str | list):
+        return value
+    try:
+        if isinstance(default, bool):
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name} must be a {type(default).__name__}, got {value!r}") from None
+    return value
+
+
+def section(name: str, overrides: dict | None = None) -> dict:
+    """One section's defaults with a params file's (partial) section merged over them, type-checked."""
+    return _merge(defaults(name), overrides or {}, f"{name}.")
+
+
+def complete(params: dict | None) -> dict:
+    """A whole params dict with every section completed from the defaults."""
+    params = params or {}
+    unknown = set(params) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown settings section(s): {', '.join(sorted(unknown))}")
+    return {name: section(name, params.get(name)) for name in SECTIONS}
+
+
+def load_params(path: str | Path | None = None) -> dict:
+    """The params file completed from the defaults: the one named, else ``$CXR_PARAMS_FILE``, else ours.
+
+    The environment variable lets a deployment (Docker, Airflow) give the dashboard and the DAG one
+    shared file, so both apply the same quality gate.
+    """
+    with open(path or os.environ.get("CXR_PARAMS_FILE") or DEFAULT_PARAMS) as handle:
+        return complete(yaml.safe_load(handle) or {})
+
+
+def set_dotted(params: dict, dotted: str, value: Any) -> dict:
+    """``train.epochs=5``-style override (a copy), as the CLI's ``--set`` and the forms give them."""
+    parts = dotted.split(".")
+    override: dict = {}
+    node = override
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+    merged = complete(params)
+    name = parts[0]
+    if name not in SECTIONS:
+        raise ValueError(f"unknown settings section {name!r} in {dotted}")
+    merged[name] = _merge(merged[name], override[name], f"{name}.")
+    return merged
+
+
+def params_yaml_text(params: dict | None = None) -> str:
+    """The text of ``params.yaml``: the defaults (or ``params``) with a header saying where they come from."""
+    header = (
+        "# Settings for every driver of the pipeline: `dvc repro`, `python -m cxr_core <stage>`, the Retrain\n"
+        "# page and the Airflow DAG. Generated from cxr_core/settings.py (`python -m cxr_core params --write`);\n"
+        "# edit values here freely (data.path, epochs, ...): a test checks only that the keys stay in step.\n"
+    )
+    return header + yaml.safe_dump(complete(params), sort_keys=False)
+
+
+# ------------------------------------------------------------------ the forms (Retrain page, Airflow)
+
+# Form field -> dotted setting. The Retrain page and the DAG's trigger form show these fields; both
+# turn their values into params with params_from_form, so they cannot disagree about what a field means.
+FORM_FIELDS: dict[str, str] = {
+    "data_path": "data.path",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "patience": "train.patience",
+    "min_sensitivity": "train.threshold.min_sensitivity",
+    "gate_min_sensitivity": "gate.min_sensitivity",
+    "gate_min_specificity": "gate.min_specificity",
+    "gate_max_auc_drop": "gate.max_auc_drop",
+    "val_fraction": "ingest.val_fraction",
+    "test_fraction": "ingest.test_fraction",
+    "seed": "ingest.seed",
+    "ingest_workers": "ingest.workers",
+    "n_boot": "evaluate.n_boot",
+}
+# A form's seed seeds both the split and the training, so "same seed" means the same run.
+_ALSO = {"ingest.seed": ("train.seed",)}
+
+
+def _get_dotted(params: dict, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def form_defaults(params: dict | None = None) -> dict:
+    """The forms' starting values, read from a params dict (completed from the defaults)."""
+    params = complete(params)
+    return {name: _get_dotted(params, dotted) for name, dotted in FORM_FIELDS.items()}
+
+
+def params_from_form(params: dict | None, values: dict) -> dict:
+    """``params`` with the form's values written where they belong (a copy; unknown fields refused)."""
+    result = complete(params)
+    for name, value in values.items():
+        if name not in FORM_FIELDS:
+            raise ValueError(f"unknown form field {name!r}")
+        for dotted in (FORM_FIELDS[name], *_ALSO.get(FORM_FIELDS[name], ())):
+            result = set_dotted(result, dotted, value)
+    if "data_path" in values:
+        result["data"]["path"] = str(values["data_path"])
+    return result
+
+
+# ------------------------------------------------------------------------------ the run-folder layout
+
+
+class Layout:
+    """Folder and file names of a pipeline run and of a registry version (written once, used everywhere)."""
+
+    INGEST_DIR = "ingest"
+    MODEL_DIR = "model"
+    EVALUATE_DIR = "evaluate"
+    # ingest/
+    SUMMARY = "summary.json"
+    MANIFEST = "manifest.csv"
+    SKIPPED = "skipped.csv"
+    SHARDS = "shards"
+    # model/ (and a registry version)
+    MODEL = "model.keras"
+    METADATA = "metadata.json"
+    OOD = "ood.npz"
+    HISTORY_CSV = "history.csv"
+    HISTORY_JSON = "history.json"
+    # evaluate/ (and a registry version)
+    METRICS = "metrics.json"
+    PREDICTIONS = "predictions.csv"
+    PLOTS = "plots"
+    CARD = "MODEL_CARD.md"
+    GATE = "gate.json"
+    # registry root
+    POINTER = "current.json"
+    LOCK = ".lock"
+    # background jobs
+    JOB_STATUS = "status.json"
+    JOB_LOG = "log.txt"
+    JOB_PARAMS = "params.yaml"
+
+
+# ---------------------------------------------------------------------------------------- locations
+
+
+def models_dir() -> Path:
+    """The model registry root; ``CXR_MODELS_DIR`` points it elsewhere (a Docker volume, a test's tmp dir)."""
+    return Path(os.environ.get("CXR_MODELS_DIR", PROJECT_ROOT / "models"))
+
+
+def jobs_dir() -> Path:
+    """Where background retrain jobs keep their status and logs; survives dashboard restarts."""
+    return Path(os.environ.get("CXR_JOBS_DIR", PROJECT_ROOT / "jobs"))
+
+
+def resolve_data_path(value: str | Path) -> Path:
+    """Relative dataset paths in params.yaml are relative to the project, not to the caller's cwd."""
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()

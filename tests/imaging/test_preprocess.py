@@ -1,0 +1,75 @@
+"""The one preprocessing function: shape, border trimming, aspect handling and intensity invariance."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_core.imaging.preprocess import CropBox, preprocess, preprocess_with_box, to_model_input
+
+
+@pytest.fixture(scope="module")
+def xray(real_xray_path) -> np.ndarray:
+    return np.array(Image.open(real_xray_path).convert("L"))
+
+
+def test_output_is_model_sized_uint8(xray):
+    out = preprocess(xray)
+    assert out.shape == (128, 128) and out.dtype == np.uint8
+    assert preprocess(xray, side=64).shape == (64, 64)
+
+
+def test_black_border_is_trimmed_and_box_points_at_the_content(xray):
+    framed = np.zeros((xray.shape[0] + 100, xray.shape[1] + 60), np.uint8)
+    framed[40 : 40 + xray.shape[0], 30 : 30 + xray.shape[1]] = xray
+    out, box = preprocess_with_box(framed)
+    assert abs(box.top - 40) <= 3 and abs(box.left - 30) <= 3
+    diff = np.abs(out.astype(int) - preprocess(xray).astype(int)).mean()
+    assert diff < 6, f"a framed copy should preprocess like the original (mean abs diff {diff:.1f})"
+
+
+def test_wide_image_is_centre_cropped_not_stretched(xray):
+    wide = np.concatenate(
+        [np.full((xray.shape[0], 100), 128, np.uint8), xray, np.full((xray.shape[0], 100), 90, np.uint8)],
+        axis=1,
+    )
+    _, box = preprocess_with_box(wide)
+    assert box.bottom - box.top == box.right - box.left, "the model must see a square region"
+
+
+def test_exposure_changes_are_equalised(xray):
+    darker = (xray.astype(np.float32) * 0.6).astype(np.uint8)
+    gamma = (255 * (xray / 255.0) ** 1.5).astype(np.uint8)
+    base = preprocess(xray).astype(int)
+    for variant in (darker, gamma):
+        assert np.abs(preprocess(variant).astype(int) - base).mean() < 8
+
+
+def test_huge_image_costs_like_a_small_one_and_gives_the_same_input(xray):
+    big = np.array(Image.fromarray(xray).resize((3000, 3000), Image.LANCZOS))
+    out, box = preprocess_with_box(big)
+    assert box.bottom <= 3000 and box.right <= 3000
+    assert np.abs(out.astype(int) - preprocess(xray).astype(int)).mean() < 6
+
+
+def test_rejects_non_2d_input():
+    with pytest.raises(ValueError):
+        preprocess(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_to_model_input_is_decode_check_preprocess(real_xray_path):
+    """The one path from a file to the network: the same pixels as the steps taken by hand."""
+    from cxr_core.errors import ImageError
+    from cxr_core.imaging.decode import read_image
+
+    prepared = to_model_input(real_xray_path)
+    by_hand, box = preprocess_with_box(read_image(real_xray_path).pixels)
+    assert np.array_equal(prepared.pixels, by_hand) and prepared.box == box
+    assert prepared.pixels.shape == (128, 128) and prepared.pixels.dtype == np.uint8
+    with pytest.raises(ImageError):  # the plausibility check is part of the path: a blank frame is refused
+        to_model_input(cv2.imencode(".png", np.full((300, 300), 90, np.uint8))[1].tobytes())
+
+
+def test_flat_image_does_not_crash():
+    out, box = preprocess_with_box(np.full((300, 300), 77, np.uint8))
+    assert out.shape == (128, 128) and isinstance(box, CropBox)

@@ -1,0 +1,164 @@
+"""The whole pipeline on real X-rays: stages, registration and the gate, and `dvc repro` in a fresh copy."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxr_core.pipeline.run import run_pipeline
+from cxr_core.registry.store import Registry
+from cxr_core.settings import load_params
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick_params():
+    params = load_params()
+    params["train"].update(epochs=2, patience=2)
+    params["evaluate"]["n_boot"] = 50
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, kaggle_tree, quick_params):
+    root = tmp_path_factory.mktemp("pipeline")
+    events = []
+    result = run_pipeline(
+        kaggle_tree, root / "work", quick_params, progress=events.append, models_root=root / "models"
+    )
+    return root, result, events
+
+
+def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
+    root, result, _ = pipeline_run
+    registry = Registry(root / "models")
+    version_dir = registry.version_dir(result["version"])
+    for name in (
+        "model.keras",
+        "metadata.json",
+        "metrics.json",
+        "predictions.csv",
+        "ood.npz",
+        "MODEL_CARD.md",
+    ):
+        assert (version_dir / name).exists(), name
+    for plot in ("roc", "pr", "calibration", "confusion"):
+        assert json.loads((version_dir / "plots" / f"{plot}.json").read_text())
+    registry.verify(result["version"])
+    metadata = registry.metadata(result["version"])
+    assert 0.0 < metadata["threshold"] < 1.0
+    assert "validation split" in metadata["threshold_rule"]
+    assert metadata["metrics"]["test_images"] > 0
+    card = (version_dir / "MODEL_CARD.md").read_text()
+    assert result["version"] in card and "not a medical device" in card and "Per source" in card
+
+
+def test_gate_verdict_decides_promotion(pipeline_run):
+    root, result, _ = pipeline_run
+    registry = Registry(root / "models")
+    assert isinstance(result["gate"]["passed"], bool)
+    assert result["promoted"] == result["gate"]["passed"]
+    assert (registry.current_version() == result["version"]) == result["promoted"]
+    if not result["gate"]["passed"]:
+        assert result["gate"]["reasons"], "a failed gate must say why"
+
+
+def test_progress_reports_every_stage_and_epoch(pipeline_run):
+    _, _, events = pipeline_run
+    stages = [e["stage"] for e in events]
+    assert (
+        stages.index("ingest") < stages.index("train") < stages.index("evaluate") < stages.index("register")
+    )
+    epochs = [e for e in events if e.get("epoch")]
+    assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
+    assert all("val_auc" in e and "eta_seconds" in e for e in epochs)
+
+
+def test_metrics_report_has_the_original_layout_and_per_source(pipeline_run):
+    root, result, _ = pipeline_run
+    report = json.loads(
+        (Registry(root / "models").version_dir(result["version"]) / "metrics.json").read_text()
+    )
+    table = report["classification_report"]
+    for key in ("Normal", "Tuberculosis", "accuracy", "macro avg", "weighted avg"):
+        assert key in table
+    assert set(report["per_source"]) >= {"kaggle"}
+    assert report["at_fixed_0_5"]["accuracy"] is not None
+
+
+def test_unreadable_dataset_path_fails_with_a_clear_message(tmp_path, quick_params):
+    from cxr_core.errors import DatasetError
+
+    with pytest.raises(DatasetError):
+        run_pipeline(tmp_path / "nowhere", tmp_path / "work", quick_params, models_root=tmp_path / "models")
+    assert not (tmp_path / "models").exists() or not Registry(tmp_path / "models").versions()
+
+
+def _copy_project(target: Path) -> None:
+    for name in ("cxr_core", "training", "data/sample"):
+        shutil.copytree(PROJECT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT / name, target / name)
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["train"].update(epochs=2, patience=2)
+    params["evaluate"]["n_boot"] = 50
+    (target / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.slow
+def test_dvc_repro_and_metrics_show_in_a_fresh_copy(tmp_path):
+    project = tmp_path / "project"
+    _copy_project(project)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "CXR_MODELS_DIR": str(tmp_path / "models"),
+    }
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    repro = subprocess.run([*dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    assert (project / "dvc.lock").exists()
+    assert (project / "work" / "model" / "model.keras").exists()
+    shown = subprocess.run(
+        [*dvc, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads(shown.stdout)
+    flat = json.dumps(metrics)
+    assert "roc_auc" in flat and "sensitivity" in flat
+    again = subprocess.run([*dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
+
+
+def test_register_is_idempotent_and_rejudges_when_the_serving_model_changed(pipeline_run, quick_params):
+    from cxr_core.pipeline.run import register_candidate
+
+    root, result, _ = pipeline_run
+    registry = Registry(root / "models")
+    before = [v["version"] for v in registry.versions()]
+    again = register_candidate(root / "work", quick_params, registry, promote="never")
+    assert again["version"] == result["version"], "a retry must not register the same model twice"
+    assert [v["version"] for v in registry.versions()] == before
+
+    from cxr_core.modelling.networks import load_model, save_model
+
+    different = root / "other-candidate"  # another model (same architecture, nudged weights) is put in use
+    shutil.copytree(root / "work" / "candidate", different)
+    model = load_model(different / "model.keras")
+    model.set_weights([w * 0.99 for w in model.get_weights()])
+    save_model(model, different / "model.keras")
+    other = registry.register(different, version="v-other")
+    registry.promote(other)
+    rejudged = register_candidate(root / "work", quick_params, registry, promote="never")
+    assert rejudged["compared_with"] == "v-other", "a verdict taken against an older model must not be reused"
+    assert registry.current_version() == "v-other"

@@ -1,0 +1,271 @@
+"""The model registry never shows a half-written version or pointer, and never serves a corrupt model."""
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+import cxr_core.registry.store as registry_module
+from cxr_core.errors import ModelError
+from cxr_core.registry.gate import GateResult, quality_gate
+from cxr_core.registry.store import Registry
+
+
+def make_candidate(parent: Path, name: str, payload: bytes = b"fake keras archive", **meta) -> Path:
+    """A candidate folder as the pipeline leaves it; the registry treats model.keras as opaque bytes."""
+    folder = parent / name
+    (folder / "plots").mkdir(parents=True)
+    (folder / "model.keras").write_bytes(payload + name.encode())
+    (folder / "plots" / "roc.png").write_bytes(b"png")
+    (folder / "metrics.json").write_text(json.dumps({"roc_auc": 0.95}))
+    (folder / "predictions.csv").write_text("file,label,probability\n")
+    (folder / "metadata.json").write_text(
+        json.dumps({"threshold": 0.4, "threshold_rule": "sens>=0.95", **meta})
+    )
+    return folder
+
+
+@pytest.fixture
+def reg(tmp_path) -> Registry:
+    return Registry(tmp_path / "models")
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_register_twice_gives_two_complete_versions(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "cand_a", params={"epochs": 3}, data_fingerprint="abc"))
+    b = reg.register(make_candidate(tmp_path, "cand_b"))
+    assert a != b and a.startswith("v") and b.startswith("v")
+    assert [m["version"] for m in reg.versions()] == [a, b]
+    meta = reg.metadata(a)
+    assert meta["version"] == a
+    assert meta["params"] == {"epochs": 3} and meta["data_fingerprint"] == "abc"
+    assert meta["threshold"] == 0.4 and meta["created"].endswith("Z")
+    assert meta["model_sha256"] == registry_module.sha256_file(reg.version_dir(a) / "model.keras")
+    assert (reg.version_dir(a) / "plots" / "roc.png").is_file()
+    assert reg.metrics(a) == {"roc_auc": 0.95}
+    # Registering does not change what is served, and leaves no temp folders behind.
+    assert reg.current_version() is None
+    assert not list(reg.root.glob(".tmp-*"))
+    reg.verify(a)
+    reg.verify(b)
+
+
+def test_register_names_and_refusals(reg, tmp_path):
+    assert reg.register(make_candidate(tmp_path, "c1"), version="v1") == "v1"
+    with pytest.raises(ModelError, match="already exists"):
+        reg.register(make_candidate(tmp_path, "c2"), version="v1")
+    with pytest.raises(ModelError, match="not a valid version name"):
+        reg.register(make_candidate(tmp_path, "c3"), version="../escape")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="nothing to register"):
+        reg.register(empty)
+    with pytest.raises(ModelError, match="no model version"):
+        reg.version_dir("v999")
+
+
+def test_a_crashed_registration_is_invisible_and_cleaned_up(reg, tmp_path, monkeypatch):
+    first = reg.register(make_candidate(tmp_path, "good"))
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry_module.os, "rename", crash)
+    with pytest.raises(OSError, match="disk full"):
+        reg.register(make_candidate(tmp_path, "bad"))
+    monkeypatch.undo()
+    assert [m["version"] for m in reg.versions()] == [first]
+    assert not list(reg.root.glob(".tmp-*"))
+    # A leftover from a hard crash (no cleanup ran) is ignored by readers and removed by the next write.
+    (reg.root / ".tmp-deadbeef").mkdir()
+    (reg.root / ".tmp-deadbeef" / "model.keras").write_bytes(b"half")
+    assert [m["version"] for m in reg.versions()] == [first]
+    reg.register(make_candidate(tmp_path, "next"))
+    assert not (reg.root / ".tmp-deadbeef").exists()
+
+
+def test_promote_and_rollback_round_trip(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "a"), version="va")
+    b = reg.register(make_candidate(tmp_path, "b"), version="vb")
+    c = reg.register(make_candidate(tmp_path, "c"), version="vc")
+    with pytest.raises(ModelError, match="no earlier model version"):
+        reg.rollback()
+    reg.promote(a)
+    assert reg.current_version() == a
+    reg.promote(b)
+    reg.promote(c)
+    pointer = json.loads((reg.root / "current.json").read_text())
+    assert pointer["version"] == c and pointer["history"] == [a, b] and pointer["updated"]
+    assert reg.resolve() == reg.version_dir(c)
+
+    assert reg.rollback() == b
+    assert reg.current_version() == b and reg.history() == [a]
+    assert reg.rollback() == a
+    assert reg.history() == []
+    with pytest.raises(ModelError, match="no earlier model version to roll back to"):
+        reg.rollback()
+    reg.promote(c)
+    assert reg.history() == [a]
+
+
+def test_current_json_is_never_half_written(reg, tmp_path, monkeypatch):
+    a = reg.register(make_candidate(tmp_path, "a"))
+    b = reg.register(make_candidate(tmp_path, "b"))
+    reg.promote(a)
+    before = (reg.root / "current.json").read_bytes()
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(registry_module.os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        reg.promote(b)
+    monkeypatch.undo()
+    assert (reg.root / "current.json").read_bytes() == before
+    assert reg.current_version() == a
+    assert reg.resolve() == reg.version_dir(a)
+    assert [p.name for p in reg.root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_verify_detects_a_flipped_byte(reg, tmp_path):
+    v = reg.register(make_candidate(tmp_path, "a", payload=b"\x00" * 4096))
+    reg.verify(v)
+    flip_byte(reg.version_dir(v) / "model.keras")
+    with pytest.raises(ModelError, match=f"model file of version {v} is corrupt \\(checksum mismatch\\)"):
+        reg.verify(v)
+    with pytest.raises(ModelError, match="corrupt"):
+        reg.promote(v)
+    (reg.version_dir(v) / "model.keras").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        reg.verify(v)
+
+
+def test_resolve_falls_back_to_previous_good_version(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "a"), version="va")
+    b = reg.register(make_candidate(tmp_path, "b"), version="vb")
+    reg.promote(a)
+    reg.promote(b)
+    assert reg.resolve_with_warning() == (reg.version_dir(b), None)
+
+    flip_byte(reg.version_dir(b) / "model.keras")
+    path, warning = reg.resolve_with_warning()
+    assert path == reg.version_dir(a)
+    assert "vb" in warning and "corrupt" in warning and "va" in warning
+    assert reg.resolve() == reg.version_dir(a)
+    # Asking for the corrupt version by name is refused rather than silently substituted.
+    with pytest.raises(ModelError, match="corrupt"):
+        reg.resolve("vb")
+
+    flip_byte(reg.version_dir(a) / "model.keras")
+    with pytest.raises(ModelError, match="No earlier model version passes"):
+        reg.resolve()
+
+
+def test_resolve_by_name_by_folder_and_with_nothing(reg, tmp_path):
+    with pytest.raises(ModelError, match="No trained model is installed"):
+        reg.resolve()
+    v = reg.register(make_candidate(tmp_path, "a"))
+    with pytest.raises(ModelError, match="none was promoted"):
+        reg.resolve()
+    assert reg.resolve(v) == reg.version_dir(v)
+    unrecorded = make_candidate(tmp_path, "unrecorded")  # a folder outside the registry needs a checksum
+    with pytest.raises(ModelError, match="records no checksum"):
+        reg.resolve(unrecorded)
+    wrong = make_candidate(tmp_path, "wrong", model_sha256="0" * 64)
+    with pytest.raises(ModelError, match="corrupt"):
+        reg.resolve(wrong)
+    loose = make_candidate(tmp_path, "loose")
+    meta = json.loads((loose / "metadata.json").read_text())
+    meta["model_sha256"] = registry_module.sha256_file(loose / "model.keras")
+    (loose / "metadata.json").write_text(json.dumps(meta))
+    assert reg.resolve(loose) == loose
+    assert reg.resolve(str(loose)) == loose
+    with pytest.raises(ModelError, match="No model version or model folder"):
+        reg.resolve("v-does-not-exist")
+
+
+def _promote_in_child(root: str, version: str, rounds: int) -> None:
+    registry = Registry(root)
+    for _ in range(rounds):
+        registry.promote(version)
+
+
+def test_concurrent_promotes_keep_the_pointer_consistent(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "a"), version="va")
+    b = reg.register(make_candidate(tmp_path, "b"), version="vb")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_promote_in_child, args=(str(reg.root), v, 30)) for v in (a, b)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    pointer = json.loads((reg.root / "current.json").read_text())
+    assert pointer["version"] in (a, b)
+    assert set(pointer["history"]) <= {a, b} and pointer["version"] not in pointer["history"]
+
+
+def test_lock_times_out_with_a_clear_message(reg):
+    import fcntl
+
+    reg.root.mkdir(parents=True)
+    fd = os.open(reg.root / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        # flock locks are per open file description, so a second open in this process conflicts.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ModelError, match="Another process"), reg.lock(timeout=0.2):
+            pass
+    finally:
+        os.close(fd)
+
+
+GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}}
+
+
+def test_gate_passes_on_floors_when_there_is_no_current_model():
+    result = quality_gate(GOOD, None, {})
+    assert result == GateResult(passed=True, reasons=[], checks=result.checks)
+    assert any("only the floors apply" in c for c in result.checks)
+
+
+def test_gate_fails_below_the_floors_with_reasons():
+    weak = {"roc_auc": 0.9, "operating_point": {"sensitivity": 0.86, "specificity": 0.65}}
+    result = quality_gate(weak, None, {"min_sensitivity": 0.90, "min_specificity": 0.70})
+    assert not result.passed
+    assert result.reasons == [
+        "sensitivity 0.86 is below the floor 0.90",
+        "specificity 0.65 is below the floor 0.70",
+    ]
+
+
+def test_gate_compares_auc_with_the_current_model():
+    current = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
+    worse = {"roc_auc": 0.93, "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
+    result = quality_gate(worse, current, None)
+    assert not result.passed
+    assert result.reasons == ["ROC AUC 0.93 is more than 0.02 below the current model's 0.97"]
+    slightly_worse = {**worse, "roc_auc": 0.955}
+    assert quality_gate(slightly_worse, current, {"max_auc_drop": 0.02}).passed
+    assert not quality_gate(slightly_worse, current, {"max_auc_drop": 0.01}).passed
+
+
+def test_gate_shows_enough_digits_and_fails_closed_on_missing_metrics():
+    borderline = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.899, "specificity": 0.9}}
+    assert quality_gate(borderline, None, None).reasons == ["sensitivity 0.899 is below the floor 0.90"]
+    exactly = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.9, "specificity": 0.7}}
+    assert quality_gate(exactly, None, None).passed
+    missing = quality_gate({"roc_auc": 0.97}, {"roc_auc": 0.97}, None)
+    assert not missing.passed
+    assert missing.reasons == [
+        "sensitivity of the new model was not measured",
+        "specificity of the new model was not measured",
+    ]
+    nan = {"roc_auc": float("nan"), "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
+    assert not quality_gate(nan, GOOD, None).passed

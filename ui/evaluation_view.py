@@ -1,0 +1,410 @@
+"""The Evaluation page's view-model: a registry version's evaluation artifacts read back, the tables,
+the threshold explorer at a clinic's prevalence, and the gallery of test films the model got wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core import metrics
+from cxr_core.errors import CxrError, DatasetError
+from cxr_core.fsutil import read_json_or_empty
+from cxr_core.imaging.display import display_gray
+from cxr_core.pipeline.evaluate import dataset_root
+from cxr_core.registry.store import Registry
+from cxr_core.settings import PROJECT_ROOT, Layout
+
+# --------------------------------------------------------------------------------- evaluation artifacts
+
+PLOTS = ("roc", "pr", "calibration", "confusion")
+
+
+@dataclass
+class Evaluation:
+    """A registered version's evaluation, as written by the pipeline into its registry folder."""
+
+    version: str
+    model_dir: Path
+    metadata: dict
+    metrics: dict
+    plots: dict[str, list[dict]]
+    predictions: list[dict]
+    card: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        value = self.metadata.get("threshold", self.metrics.get("threshold"))
+        return float(value) if value is not None else metrics.FALLBACK_THRESHOLD
+
+    @property
+    def operating_point(self) -> dict:
+        op = self.metrics.get("operating_point")
+        return op if isinstance(op, dict) else self.metrics
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([row["label"] for row in self.predictions], dtype=np.int64)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return np.array([row["probability"] for row in self.predictions], dtype=np.float64)
+
+    @property
+    def test_prevalence(self) -> float | None:
+        if not self.predictions:
+            return self.metrics.get("prevalence")
+        return float(self.labels.mean())
+
+
+def load_evaluation(registry: Registry, version: str) -> Evaluation:
+    """Everything the Evaluation page shows for one version; missing pieces are listed, not fatal."""
+    model_dir = registry.version_dir(version)
+    problems = []
+    metadata = registry.metadata(version)
+    report = read_json_or_empty(model_dir / Layout.METRICS)
+    if not report:
+        problems.append("metrics.json is missing; only the summary recorded at registration is shown")
+        report = metadata.get("metrics") or {}
+    plots = {}
+    for name in PLOTS:
+        try:
+            data = json.loads((model_dir / Layout.PLOTS / f"{name}.json").read_text(encoding="utf-8"))
+            plots[name] = data if isinstance(data, list) else []
+        except (OSError, ValueError):
+            plots[name] = []
+    predictions = read_predictions(model_dir / Layout.PREDICTIONS)
+    if not predictions:
+        problems.append(
+            "predictions.csv is missing, so the threshold explorer and error gallery are unavailable"
+        )
+    try:
+        card = (model_dir / Layout.CARD).read_text(encoding="utf-8")
+    except OSError:
+        card = None
+    return Evaluation(version, model_dir, metadata, report, plots, predictions, card, problems)
+
+
+def card_for_display(card: str, shift: int = 2) -> str:
+    """The model card with its headings made smaller (it sits inside a page)."""
+    lines = []
+    for line in card.splitlines():
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            line = "#" * min(6, level + shift) + line[level:]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Test-set rows (path, member, source, label, probability, predicted, correct), typed; bad rows dropped."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            raw = list(csv.DictReader(handle))
+    except OSError:
+        return []
+    rows = []
+    for row in raw:
+        try:
+            probability = float(row["probability"])
+            label = int(float(row["label"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if label not in (0, 1) or not 0.0 <= probability <= 1.0:
+            continue
+        predicted = row.get("predicted")
+        rows.append(
+            {
+                "path": row.get("path") or "",
+                "member": row.get("member") or None,
+                "source": row.get("source") or "",
+                "label": label,
+                "probability": probability,
+                "predicted": int(float(predicted)) if predicted not in (None, "") else None,
+            }
+        )
+    return rows
+
+
+def report_table(report: dict) -> list[dict]:
+    """sklearn's classification report as rows, in the layout of its text output (and the original's).
+
+    Normal and Tuberculosis with precision, recall, F1 and support; then accuracy (only F1 column and
+    total support filled, as sklearn prints it); then macro and weighted averages.
+    """
+    rows = []
+    for name in ("Normal", "Tuberculosis"):
+        cells = report.get(name) or {}
+        rows.append(_report_row(name, cells))
+    total = sum(int((report.get(n) or {}).get("support") or 0) for n in ("Normal", "Tuberculosis"))
+    if "accuracy" in report:
+        rows.append(
+            {
+                "": "accuracy",
+                "precision": None,
+                "recall": None,
+                "f1-score": report["accuracy"],
+                "support": total,
+            }
+        )
+    for name in ("macro avg", "weighted avg"):
+        if name in report:
+            rows.append(_report_row(name, report[name]))
+    return rows
+
+
+def _report_row(name: str, cells: dict) -> dict:
+    return {
+        "": name,
+        "precision": cells.get("precision"),
+        "recall": cells.get("recall"),
+        "f1-score": cells.get("f1-score"),
+        "support": int(cells["support"]) if cells.get("support") is not None else None,
+    }
+
+
+def confusion_table(evaluation: Evaluation) -> list[dict]:
+    """2x2 counts at the operating point, labelled the way a clinician reads them."""
+    matrix = evaluation.metrics.get("confusion_matrix")
+    op = evaluation.operating_point
+    if matrix:
+        (tn, fp), (fn, tp) = matrix
+    elif all(op.get(k) is not None for k in ("tn", "fp", "fn", "tp")):
+        tn, fp, fn, tp = op["tn"], op["fp"], op["fn"], op["tp"]
+    else:
+        return []
+    return [
+        {"": "Actually Normal", "Model: Normal": tn, "Model: TB suspected": fp},
+        {"": "Actually Tuberculosis", "Model: Normal": fn, "Model: TB suspected": tp},
+    ]
+
+
+def per_source_rows(evaluation: Evaluation) -> list[dict]:
+    """Figures per data source; undefined ones (AUC of a one-class source) are None."""
+    rows = []
+    for source, summary in (evaluation.metrics.get("per_source") or {}).items():
+        op = summary.get("operating_point", summary)
+        rows.append(
+            {
+                "source": source,
+                "images": summary.get("n"),
+                "TB images": summary.get("n_positive"),
+                "ROC AUC": summary.get("roc_auc"),
+                "sensitivity": op.get("sensitivity"),
+                "specificity": op.get("specificity"),
+            }
+        )
+    return rows
+
+
+def site_confound_warning(evaluation: Evaluation) -> str | None:
+    """A warning when no data source holds both classes: then a high AUC may only recognise the hospital.
+
+    With TB films all from one hospital and normal films from another, the framing, markers and
+    exposure of each site separate the classes as well as the lungs do, and the test split cannot
+    tell which the model learned.
+    """
+    per_source = evaluation.metrics.get("per_source") or {}
+    if len(per_source) < 2:
+        return None
+    mixed = [
+        name
+        for name, summary in per_source.items()
+        if 0 < (summary.get("n_positive") or 0) < (summary.get("n") or 0)
+    ]
+    if mixed:
+        return None
+    return (
+        "No data source in the test set contains both TB and normal films, so these figures cannot show "
+        "whether the model recognises TB or the hospital an image came from. Validate it on images from "
+        "your own clinic, with both outcomes, before relying on it."
+    )
+
+
+def fmt_interval(interval, digits: int = 3, percent: bool = False) -> str:
+    """'95% CI 0.871–0.944', or '' when the interval could not be estimated."""
+    if not interval or len(interval) != 2 or None in interval:
+        return ""
+    if percent:
+        return f"95% CI {interval[0] * 100:.1f}%–{interval[1] * 100:.1f}%"
+    return f"95% CI {interval[0]:.{digits}f}–{interval[1]:.{digits}f}"
+
+
+def fmt_ci(value: float | None, interval, digits: int = 3, percent: bool = False) -> str:
+    """'0.912 (95% CI 0.871–0.944)', or 'n/a' for an undefined value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+
+    def fmt(number):
+        return f"{number * 100:.1f}%" if percent else f"{number:.{digits}f}"
+
+    text = fmt(value)
+    if interval and len(interval) == 2 and None not in interval:
+        text += f" (95% CI {fmt(interval[0])}–{fmt(interval[1])})"
+    return text
+
+
+# --------------------------------------------------------------------------------- threshold explorer
+
+
+def threshold_table(evaluation: Evaluation) -> list[dict]:
+    if not evaluation.predictions:
+        return []
+    return metrics.threshold_table(evaluation.labels, evaluation.probabilities)
+
+
+def explore_threshold(
+    evaluation: Evaluation, threshold: float, prevalence: float, table: list[dict] | None = None
+) -> dict:
+    """Sensitivity, specificity, PPV and NPV at any threshold, on the test set and at a clinic's prevalence.
+
+    The test set's PPV/NPV hold only at its own (usually much higher) TB prevalence; a screening clinic
+    should read the figures at its own prevalence, which Bayes' rule gives from sensitivity and
+    specificity.
+    """
+    if not evaluation.predictions:
+        raise DatasetError("this version has no stored test predictions to explore")
+    table = table if table is not None else threshold_table(evaluation)
+    point = metrics.lookup_threshold_table(table, threshold)
+    op = metrics.operating_point(evaluation.labels, evaluation.probabilities, threshold)
+    sens, spec = point["sensitivity"], point["specificity"]
+    clinic_ppv = clinic_npv = None
+    if sens is not None and spec is not None:
+        clinic_ppv, clinic_npv = metrics.ppv_npv_at_prevalence(sens, spec, prevalence)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sens,
+        "specificity": spec,
+        "ppv": op["ppv"],
+        "npv": op["npv"],
+        "tp": op["tp"],
+        "fp": op["fp"],
+        "tn": op["tn"],
+        "fn": op["fn"],
+        "test_prevalence": evaluation.test_prevalence,
+        "prevalence": float(prevalence),
+        "clinic_ppv": clinic_ppv,
+        "clinic_npv": clinic_npv,
+        "who_minimum_met": metrics.who_minimum_met(sens, spec),
+        "per_1000": _per_1000(sens, spec, prevalence),
+    }
+
+
+def _per_1000(sens: float | None, spec: float | None, prevalence: float) -> dict | None:
+    """Expected outcomes per 1,000 people screened: the numbers a programme plans with."""
+    if sens is None or spec is None:
+        return None
+    with_tb = 1000 * prevalence
+    without = 1000 - with_tb
+    return {
+        "with_tb": with_tb,
+        "detected": with_tb * sens,
+        "missed": with_tb * (1 - sens),
+        "false_alarms": without * (1 - spec),
+        "referred": with_tb * sens + without * (1 - spec),
+    }
+
+
+def threshold_curve_rows(table: list[dict], steps: int = 500) -> list[dict]:
+    """Long-format rows (threshold, measure, value) across 0..1 for a sensitivity/specificity chart.
+
+    Sampled on a regular grid through :func:`metrics.lookup_threshold_table`, so the curves span the
+    whole axis (not just the range of observed scores) and match the explorer's numbers exactly.
+    """
+    if not table:
+        return []
+    rows = []
+    for i in range(steps + 1):
+        point = metrics.lookup_threshold_table(table, i / steps)
+        for measure in ("sensitivity", "specificity"):
+            if point[measure] is not None:
+                rows.append({"threshold": i / steps, "measure": measure, "value": point[measure]})
+    return rows
+
+
+# --------------------------------------------------------------------------------- error gallery
+
+
+@dataclass
+class GalleryEntry:
+    name: str
+    source: str
+    kind: str  # "missed TB" or "false alarm"
+    probability: float
+    label: int
+    image: np.ndarray | None = None  # the original, shrunk for display
+    overlay: np.ndarray | None = None
+    problem: str | None = None
+
+
+def misclassified(evaluation: Evaluation, threshold: float | None = None) -> list[dict]:
+    """Test rows the model got wrong at ``threshold`` (default: its own): missed TB first, worst first."""
+    threshold = evaluation.threshold if threshold is None else float(threshold)
+    missed = [r for r in evaluation.predictions if r["label"] == 1 and r["probability"] < threshold]
+    alarms = [r for r in evaluation.predictions if r["label"] == 0 and r["probability"] >= threshold]
+    missed.sort(key=lambda r: r["probability"])
+    alarms.sort(key=lambda r: -r["probability"])
+    return missed + alarms
+
+
+def _resolve_image_path(path: str, data_root: str | None = None) -> str:
+    """Where a test image is on this machine: as recorded, else under the model's dataset, else the project.
+
+    ``predictions.csv`` records paths relative to the dataset the model was trained on.
+    """
+    if not path or os.path.isabs(path) and os.path.exists(path):
+        return path
+    for base in (dataset_root(data_root) if data_root else None, PROJECT_ROOT):
+        if base is not None and (Path(base) / path).exists():
+            return str(Path(base) / path)
+    return path
+
+
+def error_gallery(
+    predictor, rows: list[dict], alpha: float = 0.4, limit: int = 12, data_root: str | None = None
+) -> list[GalleryEntry]:
+    """The wrongly classified test images with their Grad-CAM, scored in one batch.
+
+    A test image may be gone (the model was trained on another machine); its entry says so instead
+    of failing the page.
+    """
+    from cxr_core.modelling.gradcam import overlay
+    from cxr_core.pipeline.datasets import Record, read_record_bytes
+
+    entries: list[GalleryEntry] = []
+    to_screen: list[tuple[str, bytes]] = []
+    slots: list[int] = []
+    for row in rows[:limit]:
+        path = _resolve_image_path(row["path"], data_root)
+        name = os.path.basename(row["member"] or path) or "(unnamed)"
+        entry = GalleryEntry(
+            name=name,
+            source=row["source"],
+            kind="missed TB (false negative)" if row["label"] == 1 else "false alarm (false positive)",
+            probability=row["probability"],
+            label=row["label"],
+        )
+        try:
+            data = read_record_bytes(Record(path, row["label"], row["source"], row["member"]))
+        except (CxrError, OSError, ValueError) as error:
+            entry.problem = f"image not available on this machine ({error})"
+        else:
+            slots.append(len(entries))
+            to_screen.append((name, data))
+        entries.append(entry)
+    if to_screen:
+        for index, item in zip(slots, predictor.screen(to_screen), strict=True):
+            entry = entries[index]
+            if not item.ok:
+                entry.problem = item.error
+                continue
+            entry.image = display_gray(item.image.pixels)
+            entry.overlay = overlay(item.image.pixels, item.prediction.heatmap, item.box, alpha)
+    return entries

@@ -1,0 +1,138 @@
+"""The Retrain page's view-model: a dataset path checked, a job's status as a person reads it, the gate's verdict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cxr_core.errors import DatasetError
+
+# --------------------------------------------------------------------------------- retrain jobs
+
+
+def check_dataset_path(text: str) -> Path:
+    """The dataset folder or zip a user typed, resolved like params.yaml paths; clear error if absent."""
+    from cxr_core.settings import resolve_data_path
+
+    text = (text or "").strip()
+    if not text:
+        raise DatasetError("Enter the path of a dataset folder or .zip file.")
+    path = resolve_data_path(text)
+    if not path.exists():
+        raise DatasetError(f"There is no file or folder at {path} on the server.")
+    if path.is_file() and path.suffix.lower() != ".zip":
+        raise DatasetError(f"{path} is a file; give a dataset folder or a .zip archive.")
+    return path
+
+
+STAGE_LABELS = {
+    "ingest": "Reading and checking images",
+    "train": "Training",
+    "evaluate": "Evaluating on the held-out test images",
+    "register": "Registering the candidate model",
+}
+STATE_LABELS = {
+    "starting": "starting",
+    "running": "running",
+    "succeeded": "finished",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+_STAGE_SPAN = {"ingest": (0.0, 0.1), "train": (0.1, 0.9), "evaluate": (0.9, 0.97), "register": (0.97, 1.0)}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def job_view(status: dict, now: float | None = None) -> dict:
+    """A job's status as the progress panel shows it: stage, fraction done, epoch, loss, val AUC, ETA."""
+    state = status.get("state", "failed")
+    active = state in ("starting", "running")
+    if active and status.get("created_ts"):
+        elapsed = (time.time() if now is None else now) - float(status["created_ts"])
+    else:
+        elapsed = status.get("elapsed_seconds")
+    progress = status.get("progress") or {}
+    stage = status.get("stage") or progress.get("stage")
+    fraction = 0.0
+    if state == "succeeded":
+        fraction = 1.0
+    elif stage in _STAGE_SPAN:
+        start, end = _STAGE_SPAN[stage]
+        within = 0.0
+        if stage == "train" and progress.get("epochs"):
+            within = min(1.0, (progress.get("epoch") or 0) / progress["epochs"])
+        elif stage == "ingest" and progress.get("total"):
+            within = min(1.0, (progress.get("done") or 0) / progress["total"])
+        fraction = start + (end - start) * within
+    train_event = stage == "train" and progress.get("epoch") is not None
+    detail = ""
+    if stage == "ingest" and progress.get("total"):
+        detail = f"{progress.get('done') or 0} of {progress['total']} images read"
+    elif stage == "train" and not train_event:
+        detail = "first epoch under way"
+    return {
+        "id": status.get("id"),
+        "state": state,
+        "state_label": STATE_LABELS.get(state, state),
+        "active": active,
+        "stage": stage,
+        "stage_label": STAGE_LABELS.get(stage, stage or "waiting to start"),
+        "fraction": round(fraction, 3),
+        "epoch": progress.get("epoch") if train_event else None,
+        "epochs": progress.get("epochs") if train_event else None,
+        "loss": progress.get("loss") if train_event else None,
+        "val_auc": progress.get("val_auc") if train_event else None,
+        "eta": fmt_duration(progress.get("eta_seconds")) if train_event else None,
+        "detail": detail,
+        "elapsed": fmt_duration(elapsed) if elapsed is not None else None,
+        "error": status.get("error"),
+        "created": status.get("created"),
+        "finished": status.get("finished"),
+        "data_path": status.get("data_path"),
+    }
+
+
+def gate_view(status: dict) -> dict | None:
+    """The quality gate's verdict on a finished job's candidate, or None when there is none (yet)."""
+    result = status.get("result") or {}
+    if status.get("state") != "succeeded" or not result.get("version"):
+        return None
+    gate = result.get("gate") or {}
+    return {
+        "version": result["version"],
+        "compared_with": result.get("compared_with"),
+        "passed": bool(gate.get("passed")),
+        "reasons": list(gate.get("reasons") or []),
+        "promoted": bool(result.get("promoted")),
+        "metrics": result.get("metrics") or {},
+    }
+
+
+def history_rows(jobs: list[dict]) -> list[dict]:
+    rows = []
+    for status in jobs:
+        gate = gate_view(status)
+        rows.append(
+            {
+                "job": status.get("id"),
+                "state": STATE_LABELS.get(status.get("state"), status.get("state")),
+                "started": str(status.get("created", ""))[:19].replace("T", " "),
+                "finished": str(status.get("finished") or "")[:19].replace("T", " "),
+                "dataset": status.get("data_path", ""),
+                "candidate": gate["version"] if gate else "",
+                "quality gate": ("passed" if gate["passed"] else "failed") if gate else "",
+                "message": status.get("error") or "",
+            }
+        )
+    return rows
