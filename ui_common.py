@@ -118,72 +118,71 @@ def _chance_line() -> alt.Chart:
     )
 
 
-def roc_chart(rows: list[dict], operating: tuple[float, float] | None = None) -> alt.Chart:
-    data = _ordered(rows)
-    diagonal = _chance_line()
-    curve = (
+def _unit_lines(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, **mark) -> alt.Chart:
+    """A line chart on the unit square (probabilities, rates): both axes fixed to 0..1 so charts compare."""
+    return (
         alt.Chart(data)
-        .mark_line(color="#1f6f8b")
+        .mark_line(**mark)
         .encode(
-            x=alt.X("fpr", title="1 − specificity (false-positive rate)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("tpr", title="Sensitivity (true-positive rate)", scale=alt.Scale(domain=[0, 1])),
-            order="order",
-            tooltip=[alt.Tooltip("threshold", format=".3f"), alt.Tooltip("tpr", format=".3f"), "fpr"],
+            x=alt.X(x, title=x_title, scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y(y, title=y_title, scale=alt.Scale(domain=[0, 1])),
         )
     )
-    layers = [diagonal, curve]
+
+
+def _bottom_legend(field: str, **scale) -> alt.Color:
+    return alt.Color(field, scale=alt.Scale(**scale), legend=alt.Legend(orient="bottom", title=None))
+
+
+def roc_chart(rows: list[dict], operating: tuple[float, float] | None = None) -> alt.Chart:
+    curve = _unit_lines(
+        _ordered(rows),
+        "fpr", "1 − specificity (false-positive rate)", "tpr", "Sensitivity (true-positive rate)",
+        color="#1f6f8b",
+    ).encode(
+        order="order",
+        tooltip=[alt.Tooltip("threshold", format=".3f"), alt.Tooltip("tpr", format=".3f"), "fpr"],
+    )  # fmt: skip
+    layers = [_chance_line(), curve]
     if operating is not None:
         layers.append(_point(1 - operating[1], operating[0], "fpr", "tpr"))
     return alt.layer(*layers).properties(height=320)
 
 
 def pr_chart(rows: list[dict]) -> alt.Chart:
-    data = _ordered(rows)
     return (
-        alt.Chart(data)
-        .mark_line(interpolate="step-after", color="#1f6f8b")
-        .encode(
-            x=alt.X("recall", title="Sensitivity (recall)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("precision", title="PPV (precision)", scale=alt.Scale(domain=[0, 1])),
-            order="order",
-        )
+        _unit_lines(
+            _ordered(rows),
+            "recall",
+            "Sensitivity (recall)",
+            "precision",
+            "PPV (precision)",
+            interpolate="step-after",
+            color="#1f6f8b",
+        )  # fmt: skip
+        .encode(order="order")
         .properties(height=320)
     )
 
 
 def calibration_chart(rows: list[dict]) -> alt.Chart:
-    data = pd.DataFrame(rows)
-    diagonal = _chance_line()
-    points = (
-        alt.Chart(data)
-        .mark_line(point=True, color="#1f6f8b")
-        .encode(
-            x=alt.X("mean_predicted", title="Predicted TB probability", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("fraction_positive", title="Observed fraction with TB", scale=alt.Scale(domain=[0, 1])),
-            tooltip=[
-                "count",
-                alt.Tooltip("mean_predicted", format=".2f"),
-                alt.Tooltip("fraction_positive", format=".2f"),
-            ],
-        )
-    )
-    return alt.layer(diagonal, points).properties(height=320)
+    points = _unit_lines(
+        pd.DataFrame(rows),
+        "mean_predicted", "Predicted TB probability", "fraction_positive", "Observed fraction with TB",
+        point=True, color="#1f6f8b",
+    ).encode(
+        tooltip=[
+            "count",
+            alt.Tooltip("mean_predicted", format=".2f"),
+            alt.Tooltip("fraction_positive", format=".2f"),
+        ]
+    )  # fmt: skip
+    return alt.layer(_chance_line(), points).properties(height=320)
 
 
 def threshold_chart(rows: list[dict], threshold: float) -> alt.Chart:
-    data = pd.DataFrame(rows)
-    lines = (
-        alt.Chart(data)
-        .mark_line()
-        .encode(
-            x=alt.X("threshold", title="Threshold on TB probability", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("value", title="", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "measure",
-                scale=alt.Scale(range=["#1f6f8b", "#c26d1b"]),
-                legend=alt.Legend(orient="bottom", title=None),
-            ),
-        )
+    lines = _unit_lines(pd.DataFrame(rows), "threshold", "Threshold on TB probability", "value", "").encode(
+        color=_bottom_legend("measure", range=["#1f6f8b", "#c26d1b"])
     )
     labels = ["WHO minimum sensitivity 90%", "WHO minimum specificity 70%"]
     who = pd.DataFrame({"value": [0.9, 0.7], "label": labels})
@@ -202,20 +201,7 @@ def _point(x: float, y: float, xname: str, yname: str) -> alt.Chart:
 
 
 def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
-    data = _ordered(rows)
-    diagonal = _chance_line()
-    curves = (
-        alt.Chart(data)
-        .mark_line()
-        .encode(
-            x=alt.X("fpr", title="1 − specificity", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("tpr", title="Sensitivity", scale=alt.Scale(domain=[0, 1])),
-            order="order",
-            color=alt.Color(
-                "version",
-                scale=alt.Scale(domain=versions, range=["#1f6f8b", "#c26d1b"]),
-                legend=alt.Legend(orient="bottom", title=None),
-            ),
-        )
+    curves = _unit_lines(_ordered(rows), "fpr", "1 − specificity", "tpr", "Sensitivity").encode(
+        order="order", color=_bottom_legend("version", domain=versions, range=["#1f6f8b", "#c26d1b"])
     )
-    return alt.layer(diagonal, curves).properties(height=360)
+    return alt.layer(_chance_line(), curves).properties(height=360)

@@ -23,12 +23,12 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cxr_core.settings import Layout
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cxr_core.settings import Layout  # noqa: E402  (after the project root is on the path)
 
 DEFAULT_DATA = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data" / "cxr"))
 PYTHON = sys.executable

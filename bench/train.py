@@ -2,7 +2,7 @@
 
 Data: real X-rays decoded and preprocessed once, repeated to ``--size`` images (4200 by default, the
 Kaggle database's size). Subject: the model, optimizer, loss, metric, sample weights and
-``cxr_core.pipeline.train.make_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
+``cxr_core.pipeline.augment.training_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
 ``run_train`` sets them up from params.yaml. Baseline, the compute-only limit: the same model and
 settings fed float32 batches already in memory. Epochs of the two alternate; the steady state is
 timed from batch 10 of an epoch to its last batch, and each full epoch is timed as well.
@@ -57,8 +57,9 @@ def main() -> None:
     import tensorflow as tf
 
     from cxr_core.imaging.preprocess import to_model_input
-    from cxr_core.modelling.networks import build_model
-    from cxr_core.pipeline.train import make_dataset, sample_weights
+    from cxr_core.modelling.networks import build_network
+    from cxr_core.pipeline.augment import training_dataset
+    from cxr_core.pipeline.train import make_optimizer, sample_weights
     from cxr_core.settings import load_params
 
     params = load_params(ROOT / "params.yaml")["train"]
@@ -74,15 +75,15 @@ def main() -> None:
 
     def compiled():
         keras.utils.set_random_seed(int(params["seed"]))
-        model = build_model(side=x.shape[1], **params["model"])
+        model = build_network(x.shape[1], params["model"])
         model.compile(
-            optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
+            optimizer=make_optimizer(params, int(np.ceil(len(x) / batch_size))),
             loss="binary_crossentropy",
             metrics=[keras.metrics.AUC(name="auc")],
         )
         return model
 
-    pipeline = make_dataset(x, y, weights, batch_size, params["augment"], int(params["seed"]))
+    pipeline = training_dataset(x, y, weights, params, int(params["seed"]))
     in_memory = (
         tf.data.Dataset.from_tensor_slices(
             (x.astype(np.float32), y.astype(np.float32), weights.astype(np.float32))

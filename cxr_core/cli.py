@@ -1,4 +1,4 @@
-"""The one command line: ``python -m cxr_core ingest|train|evaluate|pipeline|predict|models|params``.
+"""The one command line: ``python -m cxr_core ingest|train|evaluate|loso|pipeline|predict|models|params``.
 
 ``predict`` is the batch scorer: one row per file, a bad file gets ``ok: false`` and its message and
 the batch goes on; the exit code is non-zero only when the command itself is misused (no such model,
@@ -59,7 +59,10 @@ def _params_of(args) -> dict:
     """The params file named by ``--params`` (or the project's), completed and with ``--set`` applied."""
     from cxr_core.settings import load_params, set_dotted
 
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ValueError as error:  # an unknown or mistyped key in the params file
+        raise CxrError(f"{args.params or 'params.yaml'}: {error}") from error
     for assignment in args.set or []:
         key, sep, value = assignment.partition("=")
         if not sep:
@@ -82,16 +85,17 @@ def _params(args) -> int:
 
     from cxr_core.settings import DEFAULT_PARAMS, params_from_form, params_yaml_text
 
+    if args.write:
+        DEFAULT_PARAMS.write_text(params_yaml_text())
+        print(f"wrote the defaults to {DEFAULT_PARAMS}")
+        return 0
     params = _params_of(args)
     if args.form:
         try:
             params = params_from_form(params, json.loads(args.form))
         except ValueError as error:
             raise CxrError(f"--form: {error}") from error
-    if args.write:
-        DEFAULT_PARAMS.write_text(params_yaml_text())
-        print(f"wrote the defaults to {DEFAULT_PARAMS}")
-    elif args.out:
+    if args.out:
         from cxr_core.fsutil import write_text_atomic
 
         write_text_atomic(args.out, yaml.safe_dump(params, sort_keys=False))
@@ -123,6 +127,32 @@ def _evaluate(args) -> int:
 
     report = run_evaluate(args.ingest, args.model, args.out, _params_of(args)["evaluate"])
     print(json.dumps({key: report[key] for key in ("roc_auc", "sensitivity", "specificity")}))
+    return 0
+
+
+def _loso(args) -> int:
+    from cxr_core.pipeline.ingest import run_ingest
+    from cxr_core.pipeline.loso import REPORT_FILE, run_loso
+    from cxr_core.settings import RECIPES
+
+    if args.recipe not in RECIPES:
+        raise CxrError(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
+    params = _params_of(args)
+    ingest_dir = Path(args.ingest) if args.ingest else Path(args.out) / Layout.INGEST_DIR
+    if not args.ingest:
+        run_ingest(_data_path(args, params), ingest_dir, params["ingest"])
+    report = run_loso(
+        ingest_dir,
+        args.out,
+        params["train"],
+        recipe=args.recipe,
+        seeds=args.seeds,
+        holdouts=args.holdout,
+        within=not args.no_within,
+        n_boot=params["evaluate"]["n_boot"],
+    )
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {Path(args.out) / REPORT_FILE}", file=sys.stderr)
     return 0
 
 
@@ -222,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--out", default=None, help="write the resulting params file here")
     params.add_argument("--write", action="store_true", help="rewrite params.yaml from the built-in defaults")
     params.set_defaults(handler=_params)
+
+    loso = commands.add_parser(
+        "loso", help="leave-one-source-out: train without each two-class source, test on it (JSON report)"
+    )
+    settings_options(loso)
+    source = loso.add_mutually_exclusive_group()
+    source.add_argument("--data", default=None, help="dataset to ingest first (default: data.path)")
+    source.add_argument("--ingest", default=None, help="an ingest folder to reuse instead")
+    loso.add_argument("--out", default="work/loso", help="where loso.json (and the ingest) go")
+    loso.add_argument(
+        "--recipe", default="shipped", help="shipped (params.yaml) or reference (the original CNN)"
+    )
+    loso.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    loso.add_argument(
+        "--holdout", nargs="+", default=None, help="only these sources (default: every two-class one)"
+    )
+    loso.add_argument("--no-within", action="store_true", help="skip the pooled within-source comparison")
+    loso.set_defaults(handler=_loso)
 
     pipeline = commands.add_parser("pipeline", help="ingest >> train >> evaluate, then register")
     settings_options(pipeline)

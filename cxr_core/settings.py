@@ -48,18 +48,30 @@ class IngestSettings:
 
 @dataclass
 class AugmentSettings:
-    rotation: float = 0.03  # fraction of a full turn
-    zoom: float = 0.10
-    translation: float = 0.06
-    contrast: float = 0.2
-    brightness: float = 0.1
+    # Framing: a new hospital frames films differently, so framing must not be a cue.
+    rotation: float = 0.04  # fraction of a full turn
+    zoom_in: float = 0.4  # up to a crop of ~60 % of the film
+    zoom_out: float = 0.15  # down to a film padded with black
+    translation: float = 0.08
+    fill_mode: str = "constant"  # black, like the bars of a padded film
+    flip: bool = False
+    # Exposure and resolution: sources differ in contrast, gamma, pixel size and noise.
+    contrast: float = 0.3
+    brightness: float = 0.15
+    gamma: float = 0.4  # log-gamma drawn from U(-gamma, gamma)
+    lowres_p: float = 0.5  # share of films shown at a lower resolution...
+    lowres_min: int = 40  # ...of 40 to 96 px, brought back to the input size
+    lowres_max: int = 96
+    noise: float = 6.0  # Gaussian noise, sigma up to this many grey levels
 
 
 @dataclass
 class ModelSettings:
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    # "compact" (ships) or "reference" (the original CNN: filters [16, 32, 64], dropout 0.5; see RECIPES)
+    architecture: str = "compact"
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 96, 128])
     dense_units: int = 64
-    dropout: float = 0.5
+    dropout: float = 0.3
 
 
 @dataclass
@@ -71,14 +83,20 @@ class ThresholdSettings:
 
 @dataclass
 class TrainSettings:
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 0.001
-    patience: int = 10  # early stopping on validation AUC
+    patience: int = 8  # early stopping on validation AUC
     # Within each class, sources are balanced up to this weight per image, so a source that supplies few
     # images of a class counts for more and "this hospital means TB" costs the network something.
     max_source_weight: float = 20.0
     seed: int = 42
+    optimizer: str = "adam"  # or "adamw" (with weight_decay)
+    weight_decay: float = 0.0001
+    schedule: str = "constant"  # or "cosine" (with warmup_epochs of linear warm-up)
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0 = off
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
@@ -90,7 +108,7 @@ class EvaluateSettings:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)  # policy: read, never changed in place
 class GateSettings:
     # A candidate is promoted only if it meets the WHO minimum for a screening test on the test split
     # and does not lose more than max_auc_drop of ROC-AUC against the current model.
@@ -106,6 +124,20 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     gate: GateSettings = field(default_factory=GateSettings)
+
+
+# Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.
+# "reference" is the original system's network and recipe, kept selectable beside the shipped one.
+RECIPES: dict[str, dict] = {
+    "shipped": {},
+    "reference": {
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
+        "augment": {
+            "rotation": 0.03, "zoom_in": 0.1, "zoom_out": 0.1, "translation": 0.06, "fill_mode": "nearest",
+            "contrast": 0.2, "brightness": 0.1, "gamma": 0.0, "lowres_p": 0.0, "noise": 0.0,
+        },
+    },
+}  # fmt: skip
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]

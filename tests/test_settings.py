@@ -32,9 +32,9 @@ def test_params_yaml_text_round_trips_to_the_defaults():
 
 
 def test_a_partial_section_is_completed_and_typed():
-    train = settings.section("train", {"epochs": "5", "augment": {"zoom": 0}})
+    train = settings.section("train", {"epochs": "5", "augment": {"zoom_in": 0}})
     assert train["epochs"] == 5 and isinstance(train["epochs"], int)
-    assert train["augment"]["zoom"] == 0.0 and isinstance(train["augment"]["zoom"], float)
+    assert train["augment"]["zoom_in"] == 0.0 and isinstance(train["augment"]["zoom_in"], float)
     assert train["augment"]["rotation"] == settings.AugmentSettings().rotation
     assert train["patience"] == settings.TrainSettings().patience
 

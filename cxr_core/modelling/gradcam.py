@@ -8,6 +8,10 @@ a confident image the sigmoid saturates and its gradient (and so the heatmap) fa
 One ``tf.function`` with a fixed input signature returns probability, heatmap and the penultimate
 embedding (used for the out-of-distribution check), so a batch costs one traced call and never
 retraces for a new batch size.
+
+Heatmaps are on an absolute scale: the raw map divided by the model's ``cam_scale`` (fixed at training,
+see :func:`cxr_core.pipeline.train.cam_scale`) and clipped to [0, 1]. Scaling each film by its own
+maximum painted a film scored 0.07 as red as one scored 0.95; a clinician would read that as evidence.
 """
 
 from dataclasses import dataclass
@@ -25,18 +29,26 @@ class CamBatch:
     probabilities: np.ndarray  # (n,) float32
     heatmaps: np.ndarray  # (n, h, w) float32 in [0, 1], at the last convolution's resolution
     embeddings: np.ndarray  # (n, dense_units) float32
+    raw: np.ndarray  # (n, h, w) float32 >= 0: the un-scaled map, for evidence shares
+
+    @property
+    def raw_maxima(self) -> np.ndarray:
+        return self.raw.reshape(len(self.raw), -1).max(axis=1)
 
 
 class GradCam:
     """Probability, Grad-CAM heatmap and embedding for a batch of preprocessed uint8 images."""
 
-    def __init__(self, model):
+    def __init__(self, model, scale: float | None = None):
         import tensorflow as tf
 
         conv_name = last_conv_name(model)
         chain = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
         names = [layer.name for layer in chain]
         split = names.index(conv_name) + 1
+        # The feature map is the activation after the last convolution's normalisation and ReLU.
+        while split < len(chain) and chain[split].__class__.__name__ in _PER_POSITION:
+            split += 1
         to_conv, after_conv = chain[:split], chain[split:]
         if not after_conv or after_conv[-1].name != OUTPUT:
             raise ValueError(f"model must end in the '{OUTPUT}' dense layer")
@@ -63,19 +75,53 @@ class GradCam:
             grads = tape.gradient(logit, features)
             weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
-            cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-8)
             return tf.sigmoid(logit)[:, 0], cam, embedding
 
         self._run = run
         self.side = side
+        self.scale = scale
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
         """Score ``(n, side, side[, 1])`` uint8 images (already preprocessed)."""
         batch = np.asarray(batch_uint8, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[..., None]
-        probabilities, heatmaps, embeddings = self._run(batch)
-        return CamBatch(probabilities.numpy(), heatmaps.numpy(), embeddings.numpy())
+        probabilities, raw, embeddings = self._run(batch)
+        raw = raw.numpy()
+        if self.scale:
+            heatmaps = np.clip(raw / self.scale, 0.0, 1.0)
+        else:  # a model trained before absolute scaling: each film against its own peak
+            heatmaps = raw / (raw.reshape(len(raw), -1).max(axis=1)[:, None, None] + 1e-8)
+        return CamBatch(probabilities.numpy(), heatmaps.astype(np.float32), embeddings.numpy(), raw)
+
+
+_PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
+
+
+def outer_band_share(raw: np.ndarray, band: float = 0.125) -> float:
+    """Share of a heatmap's mass in the outer band of the frame (``band`` of each side).
+
+    Evidence there is framing, collimation, markers and chest wall: the hospital, not the lungs.
+    """
+    height, width = raw.shape
+    dy, dx = max(1, round(height * band)), max(1, round(width * band))
+    total = float(raw.sum())
+    if total <= 0:
+        return 0.0
+    inner = float(raw[dy : height - dy, dx : width - dx].sum())
+    return (total - inner) / total
+
+
+def share_inside(raw: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of a heatmap's mass inside a binary mask of the model's input frame (lungs)."""
+    import cv2
+
+    if raw.sum() <= 0:
+        return None
+    heat = cv2.resize(raw.astype(np.float32), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = np.maximum(heat, 0)
+    total = float(heat.sum())
+    return float(heat[mask > 0].sum()) / total if total > 0 else None
 
 
 def overlay(

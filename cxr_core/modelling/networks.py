@@ -1,6 +1,9 @@
-"""The reference CNN, and how it is saved and loaded.
+"""The networks (the original reference CNN and the compact network that ships), saved and loaded one way.
 
-The architecture is the original design's (three 3x3 ReLU convolutions of 16, 32 and 64 filters, each
+``build_network(side, model_settings)`` is the one factory the pipeline calls; ``model.architecture`` in
+``params.yaml`` picks the network, so the reference stays selectable for every comparison.
+
+The reference architecture is the original design's (three 3x3 ReLU convolutions of 16, 32 and 64 filters, each
 followed by 2x2 max pooling, a 64-unit dense layer, dropout 0.5, one sigmoid output), built with the
 functional API: Keras 3 refuses ``model.output`` on a Sequential model that was never called, which is
 what Grad-CAM and the embedding for out-of-distribution checks need. Layers carry stable names so those
@@ -38,6 +41,47 @@ def build_model(
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT)(x)
     return keras.Model(inputs, outputs, name="tb_cnn")
+
+
+def build_compact_model(
+    side: int = 128,
+    filters: tuple[int, ...] | list[int] = (16, 32, 64, 96, 128),
+    dense_units: int = 64,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """Conv-BN-ReLU stages with 2x2 max pooling between them, global average pooling, a small head.
+
+    Global average pooling instead of Flatten: the head has no weight tied to a position, so a corner
+    or border cue cannot be wired straight into the decision, and the network stays small (~0.2 M
+    parameters) for a fast CPU. The last stage has no pooling after it, so Grad-CAM sees
+    ``side / 2**(stages - 1)`` cells (8x8 at 128 px). A plain chain of layers, as Grad-CAM requires.
+    """
+    inputs = keras.Input(shape=(side, side, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for stage, count in enumerate(filters, start=1):
+        if stage > 1:
+            x = layers.MaxPooling2D(2, name=f"pool{stage - 1}")(x)
+        x = layers.Conv2D(count, 3, padding="same", use_bias=False, name=f"conv{stage}")(x)
+        x = layers.BatchNormalization(name=f"bn{stage}")(x)
+        x = layers.ReLU(name=f"relu{stage}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout_gap")(x)
+    x = layers.Dense(dense_units, activation="relu", name=EMBEDDING)(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT)(x)
+    return keras.Model(inputs, outputs, name="tb_cnn_compact")
+
+
+ARCHITECTURES = {"reference": build_model, "compact": build_compact_model}
+
+
+def build_network(side: int, model_settings: dict) -> keras.Model:
+    """The network named by ``model_settings["architecture"]``, sized by the rest of the settings."""
+    settings = dict(model_settings)
+    name = settings.pop("architecture", "reference")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name](side=side, **settings)
 
 
 def last_conv_name(model: keras.Model) -> str:

@@ -86,7 +86,8 @@ class Predictor:
         self.threshold = float(self.metadata["threshold"])
         self.side = int(self.model.input_shape[1])
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
-        self._cam = GradCam(self.model)
+        self.cam_scale = self.metadata.get("cam_scale")
+        self._cam = GradCam(self.model, scale=self.cam_scale)
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """Score preprocessed uint8 images ``(n, side, side[, 1])`` in batches."""

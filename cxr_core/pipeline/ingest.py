@@ -114,6 +114,7 @@ def run_ingest(
             writer.writerows(skipped)
         summary = {
             "data_path": str(data_path),
+            "data_name": Path(data_path).name,
             "layout": found.layout,
             "data_fingerprint": dataset_fingerprint(found.records),
             "side": side,

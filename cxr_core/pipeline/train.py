@@ -27,6 +27,81 @@ from cxr_core.registry.store import sha256_file
 from cxr_core.settings import Layout
 
 
+def fit_network(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    sources_train: list[str],
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: dict,
+    callbacks: list | None = None,
+):
+    """Build and fit the network the settings name; early stopping restores the best validation epoch.
+
+    The one training loop: :func:`run_train` (the pipeline) and leave-one-source-out evaluation
+    (:mod:`cxr_core.pipeline.loso`) both call it, so LOSO measures exactly the recipe that ships.
+    """
+    from cxr_core.modelling.networks import build_network
+    from cxr_core.pipeline.augment import training_dataset
+
+    seed = int(params["seed"])
+    keras.utils.set_random_seed(seed)
+    model = build_network(x_train.shape[1], params["model"])
+    steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
+    model.compile(
+        optimizer=make_optimizer(params, steps),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]))
+    train_ds = training_dataset(x_train, y_train, weights, params, seed)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(256)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=int(params["patience"]), restore_best_weights=True
+    )
+    history = model.fit(
+        train_ds.prefetch(tf.data.AUTOTUNE),
+        validation_data=val_ds.prefetch(tf.data.AUTOTUNE),
+        epochs=int(params["epochs"]),
+        shuffle=False,  # the tf.data pipeline reshuffles every epoch itself
+        callbacks=[stop, *(callbacks or [])],
+        verbose=0,
+    )
+    return model, history
+
+
+def make_optimizer(params: dict, steps_per_epoch: int):
+    rate = float(params["learning_rate"])
+    if params["schedule"] == "cosine":
+        warmup = int(params["warmup_epochs"]) * steps_per_epoch
+        rate = keras.optimizers.schedules.CosineDecay(
+            rate * 0.1,
+            decay_steps=max(1, int(params["epochs"]) * steps_per_epoch - warmup),
+            warmup_target=rate,
+            warmup_steps=warmup,
+            alpha=0.02,
+        )
+    elif params["schedule"] != "constant":
+        raise ValueError(f"unknown schedule {params['schedule']!r}")
+    if params["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=float(params["weight_decay"]))
+    if params["optimizer"] == "adam":
+        return keras.optimizers.Adam(rate)
+    raise ValueError(f"unknown optimizer {params['optimizer']!r}")
+
+
+def cam_scale(raw_maxima: np.ndarray, probabilities: np.ndarray, threshold: float) -> float:
+    """The Grad-CAM value shown as full red: the median peak of validation films called TB.
+
+    A fixed scale instead of each film's own maximum: a film scored 0.07 then shows little colour,
+    while one scored 0.95 shows its evidence at full strength (per-film scaling painted both red).
+    """
+    called = raw_maxima[probabilities >= threshold]
+    pool = called if len(called) else raw_maxima
+    value = float(np.median(pool)) if len(pool) else 1.0
+    return value if value > 0 else 1.0
+
+
 def run_train(
     ingest_dir: str | Path,
     out_dir: str | Path,
@@ -35,51 +110,31 @@ def run_train(
 ) -> dict:
     """Train, choose the threshold, fit the OOD reference, and write a servable model folder."""
     from cxr_core.modelling.gradcam import GradCam
-    from cxr_core.modelling.networks import build_model, save_model
+    from cxr_core.modelling.networks import save_model
 
     params = settings.section("train", params)
     ingest_dir = Path(ingest_dir)
     ingest_summary = json.loads((ingest_dir / Layout.SUMMARY).read_text())
-    keras.utils.set_random_seed(int(params["seed"]))
     x_train, y_train, train_rows = load_split(ingest_dir, "train")
     x_val, y_val, _ = load_split(ingest_dir, "val")
-    side = x_train.shape[1]
-
-    model = build_model(side=side, **params["model"])
-    model.compile(
-        optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
-    weights = sample_weights(
-        y_train, [row["source"] for row in train_rows], float(params["max_source_weight"])
-    )
-    train_ds = make_dataset(
-        x_train, y_train, weights, int(params["batch_size"]), params["augment"], int(params["seed"])
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256).prefetch(tf.data.AUTOTUNE)
 
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc", mode="max", patience=int(params["patience"]), restore_best_weights=True
-            ),
-            keras.callbacks.ModelCheckpoint(
-                str(staging / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
-            ),
-            keras.callbacks.CSVLogger(str(staging / Layout.HISTORY_CSV)),
-            ProgressReporter(int(params["epochs"]), progress),
-        ]
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=int(params["epochs"]),
-            shuffle=False,  # the tf.data pipeline reshuffles every epoch itself
-            callbacks=callbacks,
-            verbose=0,
+        model, history = fit_network(
+            x_train,
+            y_train,
+            [row["source"] for row in train_rows],
+            x_val,
+            y_val,
+            params,
+            callbacks=[
+                keras.callbacks.ModelCheckpoint(  # a crash backup; early stopping restores the best epoch
+                    str(staging / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
+                ),
+                keras.callbacks.CSVLogger(str(staging / Layout.HISTORY_CSV)),
+                ProgressReporter(int(params["epochs"]), progress),
+            ],
         )
-        # EarlyStopping restored the best epoch's weights; the checkpoint file is only a crash backup.
         (staging / "checkpoint.keras").unlink(missing_ok=True)
         save_model(model, staging / Layout.MODEL)
 
@@ -100,10 +155,14 @@ def run_train(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "threshold": threshold,
             "threshold_rule": rule_text,
+            "cam_scale": cam_scale(val_scores.raw_maxima, val_scores.probabilities, threshold),
             "params": params,
             "data_fingerprint": ingest_summary["data_fingerprint"],
-            "data_path": ingest_summary["data_path"],
-            "input_side": side,
+            "data_name": ingest_summary.get("data_name"),
+            "data_layout": ingest_summary.get("layout"),
+            "input_side": x_train.shape[1],
+            "architecture": params["model"]["architecture"],
+            "parameters": int(model.count_params()),
             "train_images": len(y_train),
             "val_images": len(y_val),
             "epochs_run": epochs_run,
@@ -118,37 +177,6 @@ def run_train(
             {key: [float(v) for v in values] for key, values in history.history.items()},
         )
     return metadata
-
-
-def make_dataset(
-    images: np.ndarray, labels: np.ndarray, weights: np.ndarray, batch_size: int, augment: dict, seed: int
-):
-    """Shuffled, augmented, prefetched batches of float32 0..255 images (the model rescales itself)."""
-    augmenter = keras.Sequential(
-        [
-            keras.layers.RandomRotation(augment["rotation"], fill_mode="nearest", seed=seed),
-            keras.layers.RandomZoom(augment["zoom"], fill_mode="nearest", seed=seed + 1),
-            keras.layers.RandomTranslation(
-                augment["translation"], augment["translation"], fill_mode="nearest", seed=seed + 2
-            ),
-            keras.layers.RandomContrast(augment["contrast"], value_range=(0, 255), seed=seed + 3),
-            keras.layers.RandomBrightness(augment["brightness"], value_range=(0, 255), seed=seed + 4),
-        ],
-        name="augment",
-    )
-
-    def apply(batch_images, batch_labels, batch_weights):
-        batch_images = tf.cast(batch_images, tf.float32)
-        augmented = tf.clip_by_value(augmenter(batch_images, training=True), 0.0, 255.0)
-        return augmented, batch_labels, batch_weights
-
-    return (
-        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights.astype(np.float32)))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
 
 
 def sample_weights(labels: np.ndarray, sources: list[str], max_source_weight: float = 1.0) -> np.ndarray:

@@ -5,6 +5,8 @@ test report and the ingest summary of the run that produced the model, so what a
 Model page is what was measured.
 """
 
+from pathlib import Path
+
 
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -33,7 +35,7 @@ def render_model_card(metadata: dict, report: dict, ingest_summary: dict) -> str
         f"trained {metadata['epochs_run']} epochs (best epoch {metadata['best_epoch']}), created {metadata['created']}.",
         "",
         "## Training data",
-        f"Dataset `{ingest_summary.get('data_path')}` (layout: {ingest_summary.get('layout')}), "
+        f"Dataset `{ingest_summary.get('data_name') or Path(str(ingest_summary.get('data_path'))).name}` (layout: {ingest_summary.get('layout')}), "
         f"fingerprint `{ingest_summary.get('data_fingerprint', '')[:16]}`: {ingest_summary.get('images')} images used, "
         f"{ingest_summary.get('skipped')} skipped as unreadable; duplicates: {ingest_summary.get('duplicates')}.",
         "Split stratified by label and source, seeded, with duplicate groups kept on one side:",

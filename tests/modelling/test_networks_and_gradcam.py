@@ -68,3 +68,58 @@ def test_gradcam_does_not_retrace_for_new_batch_sizes(model):
     for n in (1, 3, 7):
         cam(np.zeros((n, 128, 128, 1), np.uint8))
     assert cam._run.experimental_get_tracing_count() == 1
+
+
+def _brightness_model():
+    """A network whose score is the mean brightness of the frame: the evidence is where the image is bright."""
+    import keras
+
+    inputs = keras.Input(shape=(128, 128, 1), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer="zeros", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", name="embedding")(x)
+    outputs = keras.layers.Dense(
+        1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(40.0),
+        bias_initializer=keras.initializers.Constant(-2.0), name="tb_probability",
+    )(x)  # fmt: skip
+    return keras.Model(inputs, outputs)
+
+
+def test_heatmap_peaks_in_the_region_that_drives_the_score():
+    model = _brightness_model()
+    image = np.zeros((1, 128, 128, 1), np.uint8)
+    image[0, 80:112, 16:48] = 255  # the only evidence: a bright block, low and to the left
+    result = GradCam(model)(image)
+    peak = np.unravel_index(np.argmax(result.heatmaps[0]), result.heatmaps[0].shape)
+    assert 80 <= peak[0] < 112 and 16 <= peak[1] < 48, peak
+    assert result.heatmaps[0][:64].max() == 0, "no evidence may be shown where the image is empty"
+
+
+def test_heatmaps_are_on_an_absolute_scale():
+    """A film with weak evidence must not be painted as red as one with strong evidence."""
+    model = _brightness_model()
+    films = np.zeros((2, 128, 128, 1), np.uint8)
+    films[0, 40:60, 40:60] = 40  # weak evidence
+    films[1, 40:60, 40:60] = 255  # strong evidence
+    scale = float(GradCam(model)(films[1:]).raw_maxima[0])
+    result = GradCam(model, scale=scale)(films)
+    assert result.heatmaps[1].max() == pytest.approx(1.0)
+    assert result.heatmaps[0].max() < 0.25  # per-film scaling would have shown 1.0 here too
+    assert result.probabilities[0] < result.probabilities[1]
+
+
+def test_compact_network_is_small_and_gradcam_reads_its_last_activation():
+    from cxr_core.modelling.networks import build_network
+
+    net = build_network(128, {"architecture": "compact", "filters": [8, 16, 32, 48, 64], "dense_units": 32,
+                              "dropout": 0.3})  # fmt: skip
+    assert net.count_params() < 300_000
+    batch = np.random.default_rng(1).integers(0, 255, (2, 128, 128, 1)).astype(np.uint8)
+    result = GradCam(net)(batch)
+    assert result.heatmaps.shape == (2, 8, 8) and result.embeddings.shape == (2, 32)
+    np.testing.assert_allclose(
+        result.probabilities, net(batch.astype(np.float32), training=False).numpy()[:, 0], atol=1e-5
+    )
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_network(128, {"architecture": "transformer"})

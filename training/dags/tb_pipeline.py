@@ -62,60 +62,31 @@ _BASE = _base_params()
 # The trigger form: each field is named by the setting it overrides (``train.epochs``), so the run's
 # params file is made by the project's own ``python -m cxr_core params --set KEY=VALUE`` and this file
 # holds no copy of the settings' defaults or of how form values map onto them.
+# (setting, JSON-schema type and bounds, title, description); the default is the params file's value.
+_FORM = [
+    ("data.path", {"type": "string", "minLength": 1}, "Dataset",
+     "Kaggle folder (Normal/ + Tuberculosis/), NLM folder, CSV manifest or .zip. "
+     "Relative paths are relative to the project folder."),
+    ("train.epochs", {"type": "integer", "minimum": 1, "maximum": 500}, "Training epochs", None),
+    ("train.batch_size", {"type": "integer", "minimum": 1, "maximum": 1024}, "Batch size", None),
+    ("train.learning_rate", {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "Learning rate", None),
+    ("train.patience", {"type": "integer", "minimum": 1}, "Early-stopping patience", None),
+    ("train.threshold.min_sensitivity", {"type": "number", "minimum": 0.5, "maximum": 1},
+     "Threshold: sensitivity floor",
+     "Sensitivity floor used to choose the decision threshold on the validation split."),
+    ("evaluate.n_boot", {"type": "integer", "minimum": 0, "maximum": 20000}, "Bootstrap resamples", None),
+    ("ingest.workers", {"type": "integer", "minimum": 0, "maximum": 64}, "Ingest workers",
+     "0 = one per CPU core."),
+]  # fmt: skip
 DAG_PARAMS = {
-    "data.path": Param(
-        str(_default(_BASE, "data.path")),
-        type="string",
-        minLength=1,
-        title="Dataset",
-        description="Kaggle folder (Normal/ + Tuberculosis/), NLM folder, CSV manifest or .zip. "
-        "Relative paths are relative to the project folder.",
-    ),
-    "train.epochs": Param(
-        _default(_BASE, "train.epochs"), type="integer", minimum=1, maximum=500, title="Training epochs"
-    ),
-    "train.batch_size": Param(
-        _default(_BASE, "train.batch_size"), type="integer", minimum=1, maximum=1024, title="Batch size"
-    ),
-    "train.learning_rate": Param(
-        _default(_BASE, "train.learning_rate"),
-        type="number",
-        exclusiveMinimum=0,
-        maximum=1,
-        title="Learning rate",
-    ),
-    "train.patience": Param(
-        _default(_BASE, "train.patience"), type="integer", minimum=1, title="Early-stopping patience"
-    ),
-    "train.threshold.min_sensitivity": Param(
-        _default(_BASE, "train.threshold.min_sensitivity"),
-        type="number",
-        minimum=0.5,
-        maximum=1,
-        title="Threshold: sensitivity floor",
-        description="Sensitivity floor used to choose the decision threshold on the validation split.",
-    ),
-    "evaluate.n_boot": Param(
-        _default(_BASE, "evaluate.n_boot"),
-        type="integer",
-        minimum=0,
-        maximum=20000,
-        title="Bootstrap resamples",
-    ),
-    "ingest.workers": Param(
-        _default(_BASE, "ingest.workers"),
-        type="integer",
-        minimum=0,
-        maximum=64,
-        title="Ingest workers",
-        description="0 = one per CPU core.",
-    ),
-    "promote": Param(
-        "gate",
-        enum=["gate", "never"],
-        description="gate: promote only if the quality gate passes; never: register without promoting.",
-    ),
+    name: Param(_default(_BASE, name), title=title, description=description, **schema)
+    for name, schema, title, description in _FORM
 }
+DAG_PARAMS["promote"] = Param(
+    "gate",
+    enum=["gate", "never"],
+    description="gate: promote only if the quality gate passes; never: register without promoting.",
+)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -184,6 +155,16 @@ def _run_stage(*args: str) -> None:
         raise RuntimeError(f"{' '.join(args[:2])} failed with exit code {code}; last output:\n{detail}")
 
 
+def _run_stage_into(ingest: dict, stage: str, folder: str, *args: str) -> Path:
+    """``python -m cxr_core <stage> ... --out <run>/<folder>`` with the run's params, after removing what
+    a killed earlier try of this task left behind."""
+    work_dir = Path(ingest["work_dir"])
+    _clear_leftovers(work_dir, folder)
+    out = work_dir / folder
+    _run_stage("cxr_core", stage, *args, "--out", str(out), "--params", ingest["params_file"])
+    return out
+
+
 def _read_json(path: Path) -> dict:
     import json
 
@@ -244,19 +225,7 @@ def data_ingestion() -> dict:
 @task(multiple_outputs=False, retries=2, execution_timeout=timedelta(hours=8))
 def model_trainer(ingest: dict) -> dict:
     """Train the CNN on the shards and choose the decision threshold on the validation split."""
-    work_dir = Path(ingest["work_dir"])
-    _clear_leftovers(work_dir, "model")
-    model_dir = work_dir / "model"
-    _run_stage(
-        "cxr_core",
-        "train",
-        "--ingest",
-        ingest["ingest_dir"],
-        "--out",
-        str(model_dir),
-        "--params",
-        ingest["params_file"],
-    )
+    model_dir = _run_stage_into(ingest, "train", "model", "--ingest", ingest["ingest_dir"])
     metadata = _read_json(model_dir / "metadata.json")
     if metadata.get("data_fingerprint") != ingest["data_fingerprint"]:
         raise RuntimeError(
@@ -278,20 +247,8 @@ def model_trainer(ingest: dict) -> dict:
 @task(multiple_outputs=False, retries=2, execution_timeout=timedelta(hours=1))
 def model_testing(ingest: dict, model: dict) -> dict:
     """Score the held-out test split: metrics with confidence intervals, plots and per-image predictions."""
-    work_dir = Path(ingest["work_dir"])
-    _clear_leftovers(work_dir, "evaluate")
-    eval_dir = work_dir / "evaluate"
-    _run_stage(
-        "cxr_core",
-        "evaluate",
-        "--ingest",
-        ingest["ingest_dir"],
-        "--model",
-        model["model_dir"],
-        "--out",
-        str(eval_dir),
-        "--params",
-        ingest["params_file"],
+    eval_dir = _run_stage_into(
+        ingest, "evaluate", "evaluate", "--ingest", ingest["ingest_dir"], "--model", model["model_dir"]
     )
     report = _read_json(eval_dir / "metrics.json")
     op = {**(report.get("operating_point") or {}), **report}  # operating-point keys, nested or top level

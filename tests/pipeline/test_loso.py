@@ -1,0 +1,98 @@
+"""Leave-one-source-out: the held-out hospital (and its duplicates elsewhere) never reaches training."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import shared_records
+
+from cxr_core.pipeline.ingest import run_ingest
+from cxr_core.pipeline.loso import (
+    holdout_split,
+    load_ingested,
+    run_loso,
+    two_class_sources,
+    within_source_split,
+)
+
+
+def _rows():
+    """Manifest rows: two two-class sources, a TB-only and a normal-only one, and a cross-source duplicate."""
+    rows = []
+    for i in range(40):
+        source = ["a", "b", "tbonly", "normalonly"][i % 4]
+        label = {"tbonly": 1, "normalonly": 0}.get(source, (i // 4) % 2)
+        rows.append({"source": source, "label": str(label), "split": ["train", "val", "test"][i % 3],
+                     "group": str(i)})  # fmt: skip
+    rows[5]["group"] = rows[4]["group"]  # a film of "b" is a re-encoded copy of a film of "a"
+    return rows
+
+
+def test_two_class_sources_come_from_the_data():
+    assert two_class_sources(_rows()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("holdout", ["a", "b"])
+def test_a_fold_trains_on_no_film_of_the_held_out_source_or_its_duplicate_group(holdout):
+    rows = _rows()
+    fold = holdout_split(rows, holdout)
+    held_groups = {r["group"] for r in rows if r["source"] == holdout}
+    for part in ("train", "val"):
+        assert all(rows[i]["source"] != holdout for i in fold[part])
+        assert not {rows[i]["group"] for i in fold[part]} & held_groups
+    assert sorted(fold["test"]) == [i for i, r in enumerate(rows) if r["source"] == holdout]
+    assert [rows[i]["group"] for i in fold["excluded"]] == [rows[4]["group"]]  # the copy, left out
+    clean = {
+        i for i, r in enumerate(rows)
+        if r["source"] != holdout and r["split"] in ("train", "val") and r["group"] not in held_groups
+    }  # fmt: skip
+    assert set(fold["train"]) | set(fold["val"]) == clean  # nothing else is lost
+    with pytest.raises(ValueError, match="no films of source"):
+        holdout_split(rows, "nowhere")
+
+
+def test_within_source_split_tests_each_two_class_source_on_its_own_test_films():
+    rows = _rows()
+    split = within_source_split(rows, ["a", "b"])
+    assert set(split) == {"train", "val", "test:a", "test:b"}
+    assert all(rows[i]["source"] == "a" and rows[i]["split"] == "test" for i in split["test:a"])
+
+
+@pytest.fixture(scope="module")
+def small_multisite(tmp_path_factory, shared_cxr):
+    """A real mini dataset: 16 films of each two-class source, 16 TBX11K TB, 16 teaching-set normals."""
+    root = tmp_path_factory.mktemp("multisite")
+    picked = []
+    for source in ("shenzhen", "da", "rahmandb"):
+        for label in ("Normal", "Tuberculosis"):
+            picked += shared_records(source, label)[:8]
+    picked += shared_records("tbx11k", "Tuberculosis")[:16] + shared_records("openist", "Normal")[:16]
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "source"])
+        for row in picked:
+            name = row["path"].replace("/", "_")
+            shutil.copy(shared_cxr / row["path"], root / name)
+            writer.writerow([name, row["label"], row["source"]])
+    ingest = tmp_path_factory.mktemp("ingest") / "ingest"
+    run_ingest(root, ingest, {"val_fraction": 0.25, "test_fraction": 0.25})
+    return ingest
+
+
+@pytest.mark.slow
+def test_loso_on_real_films_writes_a_report_per_held_out_source(small_multisite, tmp_path):
+    images, labels, rows = load_ingested(small_multisite)
+    assert len(images) == len(labels) == len(rows) == 80
+    params = {"epochs": 1, "patience": 1, "model": {"filters": [8, 16, 16, 16, 16], "dense_units": 8}}
+    report = run_loso(small_multisite, tmp_path, params, seeds=[0], holdouts=["da"], n_boot=20)
+    assert json.loads((tmp_path / "loso.json").read_text())["summary"] == report["summary"]
+    assert report["two_class_sources"] == ["da", "rahmandb", "shenzhen"]
+    loso_run, within_run = report["runs"]
+    assert loso_run["kind"] == "loso" and loso_run["holdout"] == "da"
+    assert loso_run["test"]["da"]["n"] == 16 and loso_run["test"]["da"]["n_tb"] == 8
+    assert loso_run["train_images"] + loso_run["val_images"] <= 80 - 16
+    assert set(within_run["test"]) == {"da", "rahmandb", "shenzhen"}
+    assert 0.0 <= report["summary"]["loso"]["da"]["roc_auc"]["mean"] <= 1.0
+    assert np.isfinite(loso_run["threshold"])
