@@ -194,6 +194,10 @@ def _models(args) -> int:
         print(f"current model: {args.target}")
     elif args.action == "rollback":
         print(f"current model: {registry.rollback()}")
+    elif args.action == "card":
+        from cxr_core.registry.card import write_card
+
+        print(write_card(registry.version_dir(args.target or registry.current_version())))
     return 0
 
 
@@ -280,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(handler=_pipeline)
 
     models = commands.add_parser("models", help="list, register, promote or roll back model versions")
-    models.add_argument("action", choices=["list", "register", "promote", "rollback"])
-    models.add_argument("target", nargs="?", help="candidate folder (register) or version (promote)")
+    models.add_argument("action", choices=["list", "register", "promote", "rollback", "card"])
+    models.add_argument(
+        "target", nargs="?", help="candidate folder (register) or version (promote; card: default current)"
+    )
     models.add_argument("--promote", action="store_true", help="with register: make it current")
     models.set_defaults(handler=_models)
 

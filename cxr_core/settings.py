@@ -333,3 +333,13 @@ def resolve_data_path(value: str | Path) -> Path:
     """Relative dataset paths in params.yaml are relative to the project, not to the caller's cwd."""
     path = Path(value).expanduser()
     return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
+def project_relative(path: str | Path) -> str:
+    """A dataset path as recorded in a model's metadata: relative to the project when possible, so a
+    model trained here still finds its test films on another machine laid out the same way, and no
+    record names the home folder of the machine that trained it."""
+    try:
+        return os.path.relpath(Path(path).expanduser().resolve(), PROJECT_ROOT)
+    except ValueError:  # another drive (Windows): nothing relative exists
+        return str(path)

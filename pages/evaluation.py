@@ -73,6 +73,21 @@ with tab_report:
     if confound:
         st.warning(confound, icon=":material/warning:")
 
+    st.markdown("**At a hospital it never saw** (leave-one-source-out)")
+    unseen = evaluation_view.unseen_hospital_rows(ev)
+    if unseen:
+        st.table(pd.DataFrame(unseen).set_index("hospital left out"))
+        seeds = ev.loso.get("seeds")
+        st.caption(
+            f"Each row: the recipe trained without that hospital and tested on all of its films; mean "
+            f"(range) over seeds {seeds}. This, not the pooled test split, estimates a new clinic."
+        )
+    else:
+        st.caption(
+            "Not measured for this version: `python -m cxr_core loso --data DATASET --out models/VERSION`, "
+            "then `python -m cxr_core models card VERSION`."
+        )
+
     st.markdown("**Classification report** at the operating threshold")
     report = pd.DataFrame(evaluation_view.report_table(m.get("classification_report") or {}))
     if not report.empty:

@@ -18,8 +18,9 @@ from cxr_core.errors import CxrError, DatasetError
 from cxr_core.fsutil import read_json_or_empty
 from cxr_core.imaging.display import display_gray
 from cxr_core.pipeline.evaluate import dataset_root
+from cxr_core.registry.card import LOSO_FILE, LOSO_REFERENCE_FILE
 from cxr_core.registry.store import Registry
-from cxr_core.settings import PROJECT_ROOT, Layout
+from cxr_core.settings import PROJECT_ROOT, Layout, resolve_data_path
 
 # --------------------------------------------------------------------------------- evaluation artifacts
 
@@ -38,6 +39,8 @@ class Evaluation:
     predictions: list[dict]
     card: str | None
     problems: list[str] = field(default_factory=list)
+    loso: dict | None = None  # leave-one-source-out report of the version's recipe, when it was run
+    loso_reference: dict | None = None  # the same for the original reference CNN
 
     @property
     def threshold(self) -> float:
@@ -89,7 +92,40 @@ def load_evaluation(registry: Registry, version: str) -> Evaluation:
         card = (model_dir / Layout.CARD).read_text(encoding="utf-8")
     except OSError:
         card = None
-    return Evaluation(version, model_dir, metadata, report, plots, predictions, card, problems)
+    return Evaluation(
+        version, model_dir, metadata, report, plots, predictions, card, problems,
+        loso=read_json_or_empty(model_dir / LOSO_FILE) or None,
+        loso_reference=read_json_or_empty(model_dir / LOSO_REFERENCE_FILE) or None,
+    )  # fmt: skip
+
+
+def _spread_text(cell: dict | None, percent: bool = False) -> str:
+    if not cell:
+        return "n/a"
+    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+    if cell.get("n", 1) == 1:
+        return show(cell["mean"])
+    return f"{show(cell['mean'])} ({show(cell['min'])}–{show(cell['max'])})"
+
+
+def unseen_hospital_rows(evaluation: Evaluation) -> list[dict]:
+    """ "At a hospital it never saw": the LOSO table (mean and range over seeds), reference CNN beside it."""
+    if not evaluation.loso:
+        return []
+    rows = []
+    within = (evaluation.loso.get("summary") or {}).get("within", {})
+    reference = ((evaluation.loso_reference or {}).get("summary") or {}).get("loso", {})
+    for source, cell in sorted((evaluation.loso.get("summary") or {}).get("loso", {}).items()):
+        rows.append({
+            "hospital left out": source,
+            "films (TB)": f"{cell['n']} ({cell['n_tb']})",
+            "ROC AUC": _spread_text(cell["roc_auc"]),
+            "sensitivity": _spread_text(cell["sensitivity"], percent=True),
+            "specificity": _spread_text(cell["specificity"], percent=True),
+            "reference CNN AUC": _spread_text(reference.get(source, {}).get("roc_auc")),
+            "AUC when seen in training": _spread_text(within.get(source, {}).get("roc_auc")),
+        })  # fmt: skip
+    return rows
 
 
 def card_for_display(card: str, shift: int = 2) -> str:
@@ -361,7 +397,7 @@ def _resolve_image_path(path: str, data_root: str | None = None) -> str:
     """
     if not path or os.path.isabs(path) and os.path.exists(path):
         return path
-    for base in (dataset_root(data_root) if data_root else None, PROJECT_ROOT):
+    for base in (dataset_root(resolve_data_path(data_root)) if data_root else None, PROJECT_ROOT):
         if base is not None and (Path(base) / path).exists():
             return str(Path(base) / path)
     return path

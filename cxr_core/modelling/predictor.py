@@ -20,6 +20,7 @@ from cxr_core.errors import CxrError, ModelError
 from cxr_core.imaging.decode import IMAGE_EXTENSIONS, DecodedImage
 from cxr_core.imaging.preprocess import CropBox, to_model_input
 from cxr_core.modelling import ood
+from cxr_core.modelling.evidence import outer_band_share
 from cxr_core.settings import Layout
 
 TB = "Tuberculosis"
@@ -33,9 +34,15 @@ class Prediction:
     probability: float
     label: str
     threshold: float
-    heatmap: np.ndarray
+    heatmap: np.ndarray  # on the model's absolute scale, [0, 1]
     ood_distance: float | None = None
     warnings: list[str] = field(default_factory=list)
+    raw_heatmap: np.ndarray | None = field(default=None, repr=False)  # un-scaled, for evidence shares
+
+    @property
+    def evidence_outer_band(self) -> float | None:
+        """Share of the Grad-CAM mass in the frame's outer band: framing, not lungs."""
+        return None if self.raw_heatmap is None else outer_band_share(self.raw_heatmap)
 
 
 @dataclass
@@ -112,6 +119,7 @@ class Predictor:
                         heatmap=cams.heatmaps[i],
                         ood_distance=distance,
                         warnings=warnings,
+                        raw_heatmap=cams.raw[i],
                     )
                 )
         return results

@@ -30,7 +30,9 @@ def run_evaluate(
 ) -> dict:
     """Score the test split with the trained model and write metrics, plots and predictions."""
     params = settings.section("evaluate", params)
-    y_test, probabilities, rows, predictor = score_split(ingest_dir, model_dir, "test")
+    y_test, probabilities, rows, predictor, predictions = score_split(
+        ingest_dir, model_dir, "test", keep_predictions=True
+    )
     threshold = predictor.threshold
     report = metrics.evaluate(
         y_test,
@@ -40,14 +42,17 @@ def run_evaluate(
         n_boot=int(params["n_boot"]),
         seed=int(params["seed"]),
     )
-    at_half = metrics.operating_point(y_test, probabilities, 0.5)
-    report["at_fixed_0_5"] = {
-        "accuracy": at_half["accuracy"],
-        "tb_recall": at_half["sensitivity"],
-        "tb_precision": at_half["ppv"],
-    }
+    report["at_fixed_0_5"] = _at_half(y_test, probabilities)
     report["original_system"] = ORIGINAL_SYSTEM
     report["threshold_rule"] = predictor.metadata.get("threshold_rule")
+    sources = np.array([row["source"] for row in rows])
+    report["at_fixed_0_5_per_source"] = {
+        source: _at_half(y_test[sources == source], probabilities[sources == source])
+        for source in sorted(set(sources))
+    }
+    report["evidence"] = evidence_by_source(y_test, sources, predictions)
+    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
+    report["framing"] = framing_check(rows, y_test, probabilities, predictor, summary["data_path"])
 
     with atomic_directory(out_dir) as staging:
         write_json_atomic(staging / Layout.METRICS, report)
@@ -77,6 +82,85 @@ def run_evaluate(
     return report
 
 
+def _at_half(y: np.ndarray, p: np.ndarray) -> dict:
+    """The original system's own figures (a fixed 0.5), for a like-for-like comparison."""
+    point = metrics.operating_point(y, p, 0.5)
+    return {"n": int(len(y)), "accuracy": point["accuracy"], "tb_recall": point["sensitivity"],
+            "tb_precision": point["ppv"]}  # fmt: skip
+
+
+def evidence_by_source(labels: np.ndarray, sources: np.ndarray, predictions: list) -> dict:
+    """Mean share of Grad-CAM mass in the frame's outer band, over the TB films of each source.
+
+    A model that learned the hospital puts its evidence on borders, corners and chest walls; one that
+    learned the disease puts it in the lungs. Measured on TB films, where there is evidence to place.
+    """
+    result = {}
+    for source in sorted(set(sources)):
+        shares = [
+            prediction.evidence_outer_band
+            for prediction, label, where in zip(predictions, labels, sources, strict=True)
+            if label == 1 and where == source and prediction.evidence_outer_band is not None
+        ]
+        if shares:
+            result[source] = {"tb_films": len(shares), "outer_band_share": round(float(np.mean(shares)), 4)}
+    everything = [v["outer_band_share"] * v["tb_films"] for v in result.values()]
+    films = sum(v["tb_films"] for v in result.values())
+    if films:
+        result["all"] = {"tb_films": films, "outer_band_share": round(float(sum(everything) / films), 4)}
+    return result
+
+
+# Framing perturbations a new hospital brings: TB films cropped to a wide strip (the middle 60 % of the
+# rows), normal films padded with black bars to a 4:3 landscape frame.
+CROP_ROWS_KEPT = 0.6
+PAD_ASPECT = 4 / 3
+
+
+def crop_wide(gray: np.ndarray) -> np.ndarray:
+    height = gray.shape[0]
+    keep = max(1, round(height * CROP_ROWS_KEPT))
+    top = (height - keep) // 2
+    return gray[top : top + keep]
+
+
+def pad_bars(gray: np.ndarray) -> np.ndarray:
+    height, width = gray.shape
+    target = max(width, round(height * PAD_ASPECT))
+    left = (target - width) // 2
+    canvas = np.zeros((height, target), np.uint8)
+    canvas[:, left : left + width] = gray
+    return canvas
+
+
+def framing_check(rows: list[dict], labels, probabilities, predictor, data_path: str) -> dict:
+    """Share of test decisions that flip when TB films are cropped wide and normals padded with bars.
+
+    A decision that changes with the framing was taken on the framing. Target: at most 5 % flip.
+    """
+    from cxr_core.errors import CxrError
+    from cxr_core.imaging.decode import read_image
+    from cxr_core.imaging.preprocess import preprocess
+    from cxr_core.pipeline.datasets import Record, read_record_bytes
+
+    perturbed, before = [], []
+    for row, label, probability in zip(rows, labels, probabilities, strict=True):
+        record = Record(row["path"], int(label), row["source"], row.get("member") or None)
+        try:
+            gray = read_image(read_record_bytes(record)).pixels
+        except (CxrError, OSError):
+            continue  # the dataset moved since ingest: measure what can still be read
+        changed = crop_wide(gray) if label == 1 else pad_bars(gray)
+        perturbed.append(preprocess(changed, predictor.side))
+        before.append(probability >= predictor.threshold)
+    if not perturbed:
+        return {"films": 0}
+    after = [p.probability >= predictor.threshold for p in predictor.predict(np.stack(perturbed)[..., None])]
+    flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
+    return {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
+            "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
+
+
 def dataset_root(data_path: str | Path) -> Path:
     """The folder image paths are recorded against: the dataset folder, or the folder of its CSV or zip."""
     path = Path(data_path)
@@ -94,7 +178,7 @@ def portable_path(path: str, data_root: Path) -> str:
         return path
 
 
-def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "test"):
+def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "test", keep_predictions=False):
     """Labels, probabilities, manifest rows and the predictor, for one split scored by one model.
 
     Also used to score the *current* model on a candidate's test split, so the quality gate compares
@@ -107,5 +191,8 @@ def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "tes
     images, labels, rows = load_split(ingest_dir, split)
     if len(labels) == 0:
         raise DatasetError(f"the {split} split is empty; ingest a larger dataset")
-    probabilities = np.array([p.probability for p in predictor.predict(images)], dtype=np.float64)
+    predictions = predictor.predict(images)
+    probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
+    if keep_predictions:
+        return labels, probabilities, rows, predictor, predictions
     return labels, probabilities, rows, predictor

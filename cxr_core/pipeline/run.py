@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxr_core.fsutil import atomic_directory, write_json_atomic
-from cxr_core.registry.card import render_model_card
-from cxr_core.settings import Layout
+from cxr_core.registry.card import INGEST_SUMMARY_FILE, render_model_card
+from cxr_core.settings import Layout, project_relative
 
 CANDIDATE_FILES = (Layout.MODEL, Layout.OOD, Layout.HISTORY_CSV, Layout.HISTORY_JSON)
 
@@ -24,6 +24,7 @@ def assemble_candidate(work_dir: str | Path, version: str | None = None) -> Path
     metadata = json.loads((model_dir / Layout.METADATA).read_text())
     report = json.loads((eval_dir / Layout.METRICS).read_text())
     ingest_summary = json.loads((ingest_dir / Layout.SUMMARY).read_text())
+    ingest_summary["data_path"] = project_relative(ingest_summary["data_path"])  # no machine's home folder
     metadata["metrics"] = summarise(report)
     metadata["version"] = version
     with atomic_directory(work_dir / "candidate") as staging:
@@ -33,7 +34,7 @@ def assemble_candidate(work_dir: str | Path, version: str | None = None) -> Path
         shutil.copy2(eval_dir / Layout.METRICS, staging / Layout.METRICS)
         shutil.copy2(eval_dir / Layout.PREDICTIONS, staging / Layout.PREDICTIONS)
         shutil.copytree(eval_dir / Layout.PLOTS, staging / Layout.PLOTS)
-        write_json_atomic(staging / "ingest_summary.json", ingest_summary)
+        write_json_atomic(staging / INGEST_SUMMARY_FILE, ingest_summary)
         write_json_atomic(staging / Layout.METADATA, metadata)
         (staging / Layout.CARD).write_text(render_model_card(metadata, report, ingest_summary))
     return work_dir / "candidate"

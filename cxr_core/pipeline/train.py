@@ -159,6 +159,7 @@ def run_train(
             "params": params,
             "data_fingerprint": ingest_summary["data_fingerprint"],
             "data_name": ingest_summary.get("data_name"),
+            "data_path": settings.project_relative(ingest_summary["data_path"]),
             "data_layout": ingest_summary.get("layout"),
             "input_side": x_train.shape[1],
             "architecture": params["model"]["architecture"],

@@ -1,11 +1,17 @@
 """The model card written beside every registered version, generated from its own figures.
 
 Hand-written cards drift from the model they describe; this one is rendered from the metadata, the
-test report and the ingest summary of the run that produced the model, so what a clinician reads on the
-Model page is what was measured.
+test report, the ingest summary and (when it was run) the leave-one-source-out report of the version,
+so what a clinician reads on the Model page is what was measured. It names the training data by name,
+layout and fingerprint, never by a path on the machine that trained it.
 """
 
 from pathlib import Path
+
+ORIGINAL = {"accuracy": 0.975, "tb_recall": 0.922, "tb_precision": 0.935}
+LOSO_FILE = "loso.json"
+LOSO_REFERENCE_FILE = "loso_reference.json"
+INGEST_SUMMARY_FILE = "ingest_summary.json"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -18,9 +24,81 @@ def _ci(interval) -> str:
     return f" (95% CI {interval[0]:.3f}–{interval[1]:.3f})"
 
 
-def render_model_card(metadata: dict, report: dict, ingest_summary: dict) -> str:
+def _spread(cell: dict | None) -> str:
+    """``mean [min–max]`` over seeds."""
+    if not cell:
+        return "n/a"
+    if cell.get("n", 1) == 1:
+        return f"{cell['mean']:.3f}"
+    return f"{cell['mean']:.3f} [{cell['min']:.3f}–{cell['max']:.3f}]"
+
+
+def _model_line(metadata: dict) -> str:
+    model = metadata["params"]["model"]
+    side = metadata["input_side"]
+    if model.get("architecture", "reference") == "reference":
+        name = f"Reference CNN (Conv {'/'.join(map(str, model['filters']))}, Dense {model['dense_units']})"
+    else:
+        name = (
+            f"Compact CNN ({len(model['filters'])} Conv-BN-ReLU stages of {'/'.join(map(str, model['filters']))} "
+            f"filters, global average pooling, Dense {model['dense_units']})"
+        )
+    parameters = f", {metadata['parameters']:,} parameters" if metadata.get("parameters") else ""
+    seconds = f" in {metadata['train_seconds']:.0f} s" if metadata.get("train_seconds") else ""
+    return (
+        f"{name}, dropout {model['dropout']}, input {side}x{side}x1{parameters}; trained {metadata['epochs_run']} "
+        f"epochs{seconds} (best epoch {metadata['best_epoch']}), created {metadata['created']}."
+    )
+
+
+def _loso_section(loso: dict | None, reference: dict | None) -> list[str]:
+    if not loso:
+        return [
+            "## At a hospital it never saw (leave-one-source-out)",
+            "Not measured for this version: run `python -m cxr_core loso --data DATASET --out models/VERSION`.",
+            "",
+        ]
+    lines = [
+        "## At a hospital it never saw (leave-one-source-out)",
+        "For each source with both classes, the same recipe was trained on all *other* sources (threshold",
+        "chosen on their validation split) and tested on every film of the held-out source; films elsewhere",
+        f"that duplicate a held-out film were left out of training. Seeds {loso.get('seeds')}: mean [min–max].",
+        "",
+        "| held-out source | films (TB) | recipe | ROC-AUC | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, cell in sorted((loso.get("summary") or {}).get("loso", {}).items()):
+        rows = [("shipped", cell)]
+        ref = ((reference or {}).get("summary") or {}).get("loso", {}).get(source)
+        if ref:
+            rows.append(("reference CNN", ref))
+        for recipe, values in rows:
+            lines.append(
+                f"| {source} | {values['n']} ({values['n_tb']}) | {recipe} | {_spread(values['roc_auc'])} | "
+                f"{_spread(values['sensitivity'])} | {_spread(values['specificity'])} |"
+            )
+    within = (loso.get("summary") or {}).get("within", {})
+    if within:
+        lines += [
+            "",
+            "Beside it, the same recipe trained on the pooled train split and tested on each source's own",
+            "test films (within-source): "
+            + "; ".join(f"{source} {_spread(cell['roc_auc'])}" for source, cell in sorted(within.items()))
+            + ".",
+        ]
+    return [*lines, ""]
+
+
+def render_model_card(
+    metadata: dict,
+    report: dict,
+    ingest_summary: dict,
+    loso: dict | None = None,
+    loso_reference: dict | None = None,
+) -> str:
     op = report
     counts = ingest_summary.get("counts", {})
+    data_name = ingest_summary.get("data_name") or Path(str(ingest_summary.get("data_path"))).name
     lines = [
         f"# Model card: TB screening CNN {metadata.get('version') or '(candidate)'}",
         "",
@@ -30,12 +108,10 @@ def render_model_card(metadata: dict, report: dict, ingest_summary: dict) -> str
         "is not cleared for diagnosis, and must not be the only basis for a clinical decision.",
         "",
         "## Model",
-        f"Reference CNN (Conv 16/32/64, Dense {metadata['params']['model']['dense_units']}, dropout "
-        f"{metadata['params']['model']['dropout']}), input {metadata['input_side']}x{metadata['input_side']}x1, "
-        f"trained {metadata['epochs_run']} epochs (best epoch {metadata['best_epoch']}), created {metadata['created']}.",
+        _model_line(metadata),
         "",
         "## Training data",
-        f"Dataset `{ingest_summary.get('data_name') or Path(str(ingest_summary.get('data_path'))).name}` (layout: {ingest_summary.get('layout')}), "
+        f"Dataset `{data_name}` (layout: {ingest_summary.get('layout')}), "
         f"fingerprint `{ingest_summary.get('data_fingerprint', '')[:16]}`: {ingest_summary.get('images')} images used, "
         f"{ingest_summary.get('skipped')} skipped as unreadable; duplicates: {ingest_summary.get('duplicates')}.",
         "Split stratified by label and source, seeded, with duplicate groups kept on one side:",
@@ -52,7 +128,8 @@ def render_model_card(metadata: dict, report: dict, ingest_summary: dict) -> str
         "## Operating threshold",
         f"**{metadata['threshold']:.4f}**, chosen as the {metadata['threshold_rule']}. The test split played no part.",
         "",
-        "## Test results (held-out split)",
+        *_loso_section(loso, loso_reference),
+        "## Test results (held-out split of the pooled sources: an upper bound)",
         f"- ROC-AUC {_fmt(report.get('roc_auc'))}{_ci(report.get('roc_auc_ci'))}; "
         f"PR-AUC {_fmt(report.get('pr_auc'))}{_ci(report.get('pr_auc_ci'))}",
         f"- At the threshold: sensitivity {_fmt(op.get('sensitivity'))}{_ci(op.get('sensitivity_ci'))}, "
@@ -63,48 +140,116 @@ def render_model_card(metadata: dict, report: dict, ingest_summary: dict) -> str
         f"{'yes' if report.get('who_minimum_met') else 'no'}",
         f"- Brier score {_fmt(report.get('brier'))}, expected calibration error {_fmt(report.get('ece'))}",
     ]
-    fixed = report.get("at_fixed_0_5")
-    if fixed:
-        lines.append(
-            f"- For comparison with the original system (accuracy 0.975, TB recall 0.922, TB precision 0.935 on a "
-            f"random split at 0.5): at 0.5 this model has accuracy {_fmt(fixed['accuracy'])}, TB recall "
-            f"{_fmt(fixed['tb_recall'])}, TB precision {_fmt(fixed['tb_precision'])}."
-        )
     per_source = report.get("per_source") or {}
     if per_source:
         lines += [
             "",
-            "### Per source",
+            "### Per source (within-source ROC-AUC where a source has both classes)",
             "",
             "| source | n | TB | ROC-AUC | sensitivity | specificity |",
             "|---|---|---|---|---|---|",
         ]
         for source, values in sorted(per_source.items()):
-            sop = values
             lines.append(
-                f"| {source} | {values.get('n')} | {values.get('n_positive')} | {_fmt(values.get('roc_auc'))} | "
-                f"{_fmt(sop.get('sensitivity'))} | {_fmt(sop.get('specificity'))} |"
+                f"| {source} | {values.get('n')} | {values.get('n_positive')} | "
+                f"{_fmt(values.get('roc_auc'))}{_ci(values.get('roc_auc_ci'))} | "
+                f"{_fmt(values.get('sensitivity'))} | {_fmt(values.get('specificity'))} |"
             )
+    lines += _original_comparison(report)
+    lines += _evidence_section(report)
     lines += [
         "",
         "## Known limits",
-        "- **Site confound.** In the bundled development data every TB image comes from one source (TBX11K) and",
-        "  almost every normal from another (a teaching collection). A network can separate the classes by",
-        "  recognising the hospital (framing, exposure, markers) rather than the disease. Preprocessing trims",
-        "  borders, crops to a square and equalises intensity, and augmentation varies framing and exposure,",
-        "  but that does not remove the cue: the per-source rows show how the model treats Normal images from",
-        "  the hospitals that supplied the TB images. Test figures on such data are an upper bound; validate on",
-        "  images from the clinic where it will be used, and retrain on data where both classes share sources",
-        "  (such as the Kaggle database), before relying on it.",
-        "- Small test split: the confidence intervals above are wide; read them, not the point estimates.",
+        "- **Sites.** `tbx11k` supplies only TB films and `openist` only normals: on those, a network can",
+        "  separate the classes by recognising the source. Pooled test figures are an upper bound; the",
+        "  leave-one-source-out table is the estimate for a new hospital. Validate on films from the clinic",
+        "  where it will be used, and choose the threshold there, before relying on it.",
+        "- Small test splits per source: read the confidence intervals, not the point estimates.",
         "- Adults' frontal (PA/AP) radiographs only; lateral views, children and non-chest images are out of scope.",
         "  Inputs far from the training images in the model's feature space are flagged with a warning.",
-        "- Grad-CAM shows where the network's evidence for TB lies at 28x28 resolution; it is not a lesion outline.",
+        "- Grad-CAM shows where the network's evidence for TB lies at the last convolution's resolution, on",
+        "  a fixed scale (a film with little evidence shows little colour); it is not a lesion outline.",
         "",
-        "## Retraining on the Kaggle TB Chest X-ray Database",
-        "Download the database (folders `Normal/` and `Tuberculosis/`), then either set `data.path` in",
-        "`params.yaml` and run `dvc repro`, or run `python -m cxr_core pipeline --data /path/to/TB_Chest_Radiography_Database`,",
-        "or use the dashboard's Retrain page. A new version is promoted only when it passes the quality gate.",
+        "## Retraining",
+        "Set `data.path` in `params.yaml` and run `dvc repro`, or run",
+        "`python -m cxr_core pipeline --data /path/to/dataset`, or use the dashboard's Retrain page. A new",
+        "version is promoted only when it passes the quality gate.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _original_comparison(report: dict) -> list[str]:
+    """The original system's own figures (random split, 0.5) set beside ours on its own data."""
+    per_source = report.get("at_fixed_0_5_per_source") or {}
+    rows = [("all test films", report.get("at_fixed_0_5"))]
+    if "rahmandb" in per_source:
+        rows.insert(0, ("rahmandb (the original system's data)", per_source["rahmandb"]))
+    rows = [(name, values) for name, values in rows if values]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Beside the original system (at a fixed 0.5)",
+        "",
+        "| test films | n | accuracy | TB recall | TB precision |",
+        "|---|---|---|---|---|",
+        f"| original system, random split of its data | – | {ORIGINAL['accuracy']} | {ORIGINAL['tb_recall']} | "
+        f"{ORIGINAL['tb_precision']} |",
+    ]
+    for name, values in rows:
+        lines.append(
+            f"| {name} | {values.get('n', '')} | {_fmt(values.get('accuracy'))} | {_fmt(values.get('tb_recall'))} | "
+            f"{_fmt(values.get('tb_precision'))} |"
+        )
+    return lines
+
+
+def _evidence_section(report: dict) -> list[str]:
+    evidence = report.get("evidence") or {}
+    framing = report.get("framing") or {}
+    if not evidence and not framing.get("films"):
+        return []
+    lines = ["", "### Where the evidence lies", ""]
+    if evidence:
+        lines += [
+            "Share of Grad-CAM mass in the outer eighth of the frame on each side (borders, corners, chest",
+            "walls: the hospital, not the lungs), mean over the TB test films (target <= 0.10):",
+            "",
+            "| source | TB films | outer-band share | inside the lungs |",
+            "|---|---|---|---|",
+        ]
+        for source, values in sorted(evidence.items(), key=lambda item: (item[0] == "all", item[0])):
+            lines.append(
+                f"| {source} | {values['tb_films']} | {_fmt(values['outer_band_share'])} | "
+                f"{_fmt(values.get('lung_share'))} |"
+            )
+    if framing.get("films"):
+        lines += [
+            "",
+            f"Framing: with TB films cropped to their middle {framing['tb_crop_rows_kept']:.0%} of rows and normals "
+            f"padded with black bars to {framing['normal_pad_aspect']:.2f}:1, {framing['flipped']} of "
+            f"{framing['films']} test decisions changed ({framing['share']:.1%}; target <= 5 %).",
+        ]
+    return lines
+
+
+def write_card(version_dir: str | Path) -> Path:
+    """Render a registered version's card again from the files in its folder (after a LOSO run was added)."""
+    import json
+
+    from cxr_core.fsutil import read_json_or_empty, write_text_atomic
+    from cxr_core.settings import Layout
+
+    folder = Path(version_dir)
+    metadata = json.loads((folder / Layout.METADATA).read_text())
+    report = json.loads((folder / Layout.METRICS).read_text())
+    card = render_model_card(
+        metadata,
+        report,
+        read_json_or_empty(folder / INGEST_SUMMARY_FILE),
+        read_json_or_empty(folder / LOSO_FILE) or None,
+        read_json_or_empty(folder / LOSO_REFERENCE_FILE) or None,
+    )
+    write_text_atomic(folder / Layout.CARD, card)
+    return folder / Layout.CARD
