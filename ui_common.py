@@ -1,9 +1,11 @@
 """Widgets shared by the dashboard pages: the cached model, the sidebar, the admin gate, the charts.
 
-Only layout lives here; what is shown is computed in :mod:`ui.views`.
+Only layout lives here; what is shown is computed in the view-models of :mod:`ui`.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import altair as alt
 import pandas as pd
@@ -73,6 +75,21 @@ def num(value: float | None, digits: int = 3) -> str:
 # ------------------------------------------------------------------------------------------- admin
 
 
+def client_keys() -> tuple[str, ...]:
+    """Who is asking, for per-client throttling: this browser session and, when known, its address."""
+    token = st.session_state.setdefault("_client_token", uuid.uuid4().hex)
+    keys = [f"session:{token}"]
+    address = getattr(st.context, "ip_address", None)
+    if address:
+        keys.append(f"address:{address}")
+    return tuple(keys)
+
+
+def actor() -> str:
+    """How the audit trail names an action taken from this browser session."""
+    return "dashboard:" + ",".join(client_keys())
+
+
 def admin_gate(purpose: str) -> bool:
     """True once this browser session has given the admin password; otherwise shows the login form."""
     if st.session_state.get(ADMIN_KEY):
@@ -90,7 +107,7 @@ def admin_gate(purpose: str) -> bool:
         password = st.text_input("Admin password", type="password", key="admin_password")
         submitted = st.form_submit_button("Unlock")
     if submitted:
-        result = auth.check_password(password)
+        result = auth.check_password(password, client=client_keys())
         if result.ok:
             st.session_state[ADMIN_KEY] = True
             st.rerun()

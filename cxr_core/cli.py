@@ -75,9 +75,9 @@ def _params_of(args) -> dict:
 
 
 def _data_path(args, params: dict) -> Path:
-    from cxr_core.settings import resolve_data_path
+    from cxr_core.pipeline.datasets import allowed_dataset_path
 
-    return resolve_data_path(args.data or params["data"]["path"])
+    return allowed_dataset_path(args.data or params["data"]["path"])
 
 
 def _params(args) -> int:
@@ -162,7 +162,9 @@ def _pipeline(args) -> int:
     params = _params_of(args)
     if args.epochs is not None:
         params["train"]["epochs"] = args.epochs
-    result = run_pipeline(_data_path(args, params), args.work, params, promote=args.promote)
+    result = run_pipeline(
+        _data_path(args, params), args.work, params, promote=args.promote, gate_policy=params["gate"]
+    )
     print(json.dumps(result, indent=2))
     return 0
 

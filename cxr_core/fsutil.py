@@ -50,7 +50,12 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace a text file in one rename, so a concurrent reader never sees half a file.
+    """:func:`write_bytes_atomic` for text (UTF-8)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace a file in one rename, so a concurrent reader never sees half a file.
 
     Written with plain ``open`` so the file gets the process umask's mode (usually 0644): a dashboard
     running as another user than the trainer (Docker) must be able to read what the trainer wrote.
@@ -59,8 +64,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -111,10 +111,13 @@ class EvaluateSettings:
 @dataclass(frozen=True)  # policy: read, never changed in place
 class GateSettings:
     # A candidate is promoted only if it meets the WHO minimum for a screening test on the test split
-    # and does not lose more than max_auc_drop of ROC-AUC against the current model.
+    # and does not lose more than max_auc_drop of ROC-AUC against the current model. These are the
+    # server's floors: a Retrain form or DAG run may make them stricter, never looser.
     min_sensitivity: float = 0.90
     min_specificity: float = 0.70
     max_auc_drop: float = 0.02
+    min_test_films: int = 30  # fewer test films than this (or than min_test_per_class of a class)
+    min_test_per_class: int = 10  # cannot show that a model is good enough
 
 
 @dataclass
@@ -327,6 +330,20 @@ def models_dir() -> Path:
 def jobs_dir() -> Path:
     """Where background retrain jobs keep their status and logs; survives dashboard restarts."""
     return Path(os.environ.get("CXR_JOBS_DIR", PROJECT_ROOT / "jobs"))
+
+
+def uploads_dir() -> Path:
+    """Where datasets uploaded through the dashboard are kept (``CXR_UPLOADS_DIR``)."""
+    return Path(os.environ.get("CXR_UPLOADS_DIR", PROJECT_ROOT / "uploads"))
+
+
+def dataset_roots() -> list[Path]:
+    """The only folders datasets are read from: ``CXR_DATASET_ROOTS`` (separated by ``os.pathsep``),
+    by default the project's ``data/`` and the uploads folder. A form field that takes any path would
+    let a browser read ``/etc`` or a home folder through the pipeline."""
+    configured = os.environ.get("CXR_DATASET_ROOTS")
+    roots = configured.split(os.pathsep) if configured else [str(PROJECT_ROOT / "data"), str(uploads_dir())]
+    return [resolve_data_path(root) for root in roots if root.strip()]
 
 
 def resolve_data_path(value: str | Path) -> Path:

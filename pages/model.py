@@ -55,3 +55,11 @@ with st.container(border=True):
         st.markdown(evaluation_view.card_for_display(card))
     else:
         st.info("This version has no model card.")
+
+st.subheader("Audit trail")
+audit_rows = versions_view.audit_rows(registry)
+if audit_rows:
+    st.dataframe(pd.DataFrame(audit_rows), hide_index=True)
+    st.caption("Every retrain start and cancel, gate verdict, promotion and rollback, newest first.")
+else:
+    st.caption("No model-changing action has been recorded yet.")

@@ -7,7 +7,6 @@ import ui_common
 from cxr_core import settings
 from cxr_core.errors import CxrError
 from cxr_core.pipeline import jobs
-from cxr_core.registry.gate import promotability
 from cxr_core.settings import load_params
 from ui import evaluation_view, retrain_view, versions_view
 
@@ -55,21 +54,19 @@ with st.form("retrain_form"):
         key="min_sensitivity",
         help="The threshold is the highest-specificity one that keeps validation sensitivity at this level.",
     )
+    # The server's floors are the lowest values offered: the form can make the gate stricter only.
     gate_min_sensitivity = g2.number_input(
-        "Gate: minimum sensitivity", 0.0, 1.0, defaults["gate_min_sensitivity"], 0.01, key="gate_min_sens"
-    )
+        "Gate: minimum sensitivity", defaults["gate_min_sensitivity"], 1.0, defaults["gate_min_sensitivity"],
+        0.01, key="gate_min_sens", help="The server's policy is the floor; you may ask for more.",
+    )  # fmt: skip
     gate_min_specificity = g3.number_input(
-        "Gate: minimum specificity", 0.0, 1.0, defaults["gate_min_specificity"], 0.01, key="gate_min_spec"
-    )
+        "Gate: minimum specificity", defaults["gate_min_specificity"], 1.0, defaults["gate_min_specificity"],
+        0.01, key="gate_min_spec", help="The server's policy is the floor; you may ask for more.",
+    )  # fmt: skip
     gate_max_auc_drop = g4.number_input(
-        "Gate: largest allowed AUC drop",
-        0.0,
-        1.0,
-        defaults["gate_max_auc_drop"],
-        0.005,
-        format="%.3f",
-        key="gate_auc_drop",
-    )
+        "Gate: largest allowed AUC drop", 0.0, defaults["gate_max_auc_drop"], defaults["gate_max_auc_drop"],
+        0.005, format="%.3f", key="gate_auc_drop", help="The server's policy is the ceiling.",
+    )  # fmt: skip
     with st.expander("Data split"):
         s1, s2, s3 = st.columns(3)
         val_fraction = s1.number_input("Validation fraction", 0.05, 0.5, defaults["val_fraction"], 0.05)
@@ -95,8 +92,9 @@ if start:
     try:
         dataset = retrain_view.check_dataset_path(data_path)
         job_id = jobs.start_job(
-            dataset, settings.params_from_form(params, values), models_root=registry.root, promote="never"
-        )
+            dataset, settings.params_from_form(params, values), models_root=registry.root, promote="never",
+            actor=ui_common.actor(),
+        )  # fmt: skip
     except jobs.JobBusy as error:
         st.warning(f"Not started: {error}.")
     except CxrError as error:
@@ -132,7 +130,7 @@ def progress_panel() -> None:
     elif view["state"] == "cancelled":
         st.warning("The job was cancelled; nothing was registered.")
     if view["active"] and st.button("Cancel this job", key="cancel_job"):
-        jobs.cancel_job(view["id"])
+        jobs.cancel_job(view["id"], actor=ui_common.actor())
         st.rerun()
     with st.expander("Log (last lines)", expanded=view["state"] == "failed"):
         st.code(jobs.log_tail(view["id"], lines=30) or "(empty)", language=None)
@@ -160,6 +158,16 @@ if gate:
         compared = [gate["version"]] + ([current] if current and current != gate["version"] else [])
         table = versions_view.compare_rows([evaluation_view.load_evaluation(registry, v) for v in compared])
         st.table(pd.DataFrame(table).set_index("").iloc[:11])
+        if gate["floors"]:
+            floors = gate["floors"]
+            st.caption(
+                f"Floors applied: sensitivity ≥ {floors['min_sensitivity']:.2f}, specificity ≥ "
+                f"{floors['min_specificity']:.2f}, AUC drop ≤ {floors['max_auc_drop']:.3f}, at least "
+                f"{floors['min_test_films']} test films ({floors['min_test_per_class']} per class); compared with "
+                f"{gate['compared_with'] or 'no model (first version)'}."
+            )
+        for note in gate["notes"]:
+            st.caption(f"Not applied: {note}.")
         if gate["passed"]:
             against = f" against {gate['compared_with']}" if gate["compared_with"] else ""
             st.success(f"Quality gate passed{against}: it may be promoted.", icon=":material/verified:")
@@ -169,14 +177,14 @@ if gate:
                 + "\n".join(f"- {reason}" for reason in gate["reasons"]),
                 icon=":material/block:",
             )
-        verdict = promotability(gate["version"], gate["passed"], gate["compared_with"], current)
+        verdict = retrain_view.verdict_now(gate, registry, params)
         if verdict.state == "in_use":
             st.info(verdict.message)
         elif verdict.state == "stale":
             st.warning(verdict.message)
         elif verdict.allowed and st.button(f"Promote {gate['version']} to the model in use", type="primary"):
             try:
-                registry.promote(gate["version"])
+                registry.promote(gate["version"], actor=ui_common.actor())
             except CxrError as error:
                 st.error(str(error))
             else:
@@ -196,7 +204,7 @@ st.markdown(f"Current version: **{current or 'none'}**")
 if history:
     if st.button(f"Roll back to the previous version ({history[-1]})", key="rollback"):
         try:
-            version = registry.rollback()
+            version = registry.rollback(actor=ui_common.actor())
         except CxrError as error:
             st.error(str(error))
         else:

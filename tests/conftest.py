@@ -3,6 +3,7 @@
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_CXR = Path(os.environ.get("CXR_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data" / "cxr"))
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
+
+# The test server's configuration: datasets may come from the project's data/, the shared real X-rays
+# and the temporary folders the tests build datasets in. Tests of the roots themselves narrow this.
+os.environ["CXR_DATASET_ROOTS"] = os.pathsep.join(
+    [str(PROJECT_ROOT / "data"), str(SHARED_CXR.parent), tempfile.gettempdir()]
+)
 
 
 def shared_records(source=None, label=None):

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
+from tools import CHROMIUM  # noqa: E402,F401  (one lookup for every browser test)
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tools import missing
 
 from cxr_core.registry.store import Registry, sha256_file
 from cxr_core.settings import load_params, set_dotted
@@ -27,13 +28,14 @@ SUMMARY_PREFIX = "AIRFLOW_TEST_SUMMARY "
 TASKS = ["data_ingestion", "model_trainer", "model_testing", "register_model"]
 MAX_XCOM_BYTES = 4096
 
-pytestmark = [
-    pytest.mark.airflow,
-    pytest.mark.skipif(
-        not AIRFLOW_PYTHON.exists(),
-        reason="airflow-venv/ is missing: run `bash scripts/setup_airflow.sh` (scripts/test.sh does it)",
-    ),
-]
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(autouse=True)
+def airflow_environment():
+    if not AIRFLOW_PYTHON.exists():
+        missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh` (scripts/test.sh does it)")
+
 
 # Parses the DAG file the way the dag-processor does and reports its shape and cost.
 PARSE_CHECK = textwrap.dedent(

@@ -9,18 +9,36 @@ import time
 import psutil
 import pytest
 import test_app_screen as shared
+import yaml
 from streamlit.testing.v1 import AppTest
 from test_app_screen import APP, NORMAL_XRAY
 
 from cxr_core import auth
 from cxr_core.fsutil import write_json_atomic
 from cxr_core.pipeline import jobs
+from cxr_core.registry import audit
+from cxr_core.settings import load_params
 
 pytestmark = pytest.mark.slow
 seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
 
 PASSWORD = "correct horse battery staple"
 JOB_TIMEOUT_S = 300
+
+
+@pytest.fixture
+def lenient_policy(tmp_path, monkeypatch):
+    """The server's configuration for this test: floors low enough for a 1-epoch model on 20 films.
+
+    Only the server's params file can lower the floors; the Retrain form cannot.
+    """
+    params = load_params()
+    params["gate"].update(min_sensitivity=0.0, min_specificity=0.0, max_auc_drop=1.0,
+                          min_test_films=0, min_test_per_class=0)  # fmt: skip
+    path = tmp_path / "server-params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("CXR_PARAMS_FILE", str(path))
+    return params["gate"]
 
 
 @pytest.fixture
@@ -105,15 +123,21 @@ def test_without_a_configured_password_admin_actions_stay_locked(dashboard):
     assert not has_button(at, "Start retraining") and not has_button(at, "Unlock")
 
 
-def test_retrain_in_background_then_gate_promote_and_rollback(admin):
+def test_the_form_offers_no_gate_floor_below_the_servers_policy(admin):
+    at = unlock(open_retrain(), PASSWORD)
+    policy = load_params()["gate"]
+    assert at.number_input(key="gate_min_sens").min == policy["min_sensitivity"] == 0.9
+    assert at.number_input(key="gate_min_spec").min == policy["min_specificity"] == 0.7
+    assert at.number_input(key="gate_auc_drop").max == policy["max_auc_drop"] == 0.02
+
+
+def test_retrain_in_background_then_gate_promote_and_rollback(admin, lenient_policy):
     registry = admin.registry
     before = registry.current_version()
     at = unlock(open_retrain(), PASSWORD)
     assert at.text_input(key="data_path").value == "data/sample"
     at.number_input(key="epochs").set_value(1)
-    at.number_input(key="gate_min_sens").set_value(0.0)
-    at.number_input(key="gate_min_spec").set_value(0.0)
-    at.number_input(key="gate_auc_drop").set_value(1.0)
+    assert at.number_input(key="gate_min_sens").value == lenient_policy["min_sensitivity"]
     button(at, "Start retraining").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -156,6 +180,21 @@ def test_retrain_in_background_then_gate_promote_and_rollback(admin):
     at.run()
     assert registry.current_version() == before
     screen_model_version(before)
+    at.run()
+    assert not has_button(at, f"Promote {candidate}"), "a verdict taken before the rollback no longer applies"
+    assert any("changed since" in w.value for w in at.warning)
+
+    trail = audit.read(registry.root)
+    assert [e["action"] for e in trail][:5] == [
+        "rollback",
+        "promote",
+        "gate_verdict",
+        "register",
+        "retrain_start",
+    ]
+    assert all(
+        e["actor"].startswith("dashboard:session:") for e in trail if e["action"] in ("rollback", "promote")
+    )
 
     fresh = unlock(open_retrain(), PASSWORD)  # a new session (a restarted dashboard) still has the history
     assert fresh.dataframe[0].value.iloc[0]["job"] == job_id

@@ -118,3 +118,33 @@ def test_auth_module_does_not_import_streamlit():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_attacker_cannot_lock_the_administrator_out(caplog):
+    book = auth.ThrottleBook(FakeClock())
+    attacker = ("session:evil", "address:203.0.113.9")
+    for _ in range(5):
+        assert not auth.check_password("guess", "s3cret", client=attacker, book=book).ok
+    refused = auth.check_password("s3cret", "s3cret", client=attacker, book=book)
+    assert not refused.ok and refused.retry_after > 0  # the attacker waits, even with the right password
+    admin = ("session:admin", "address:198.51.100.7")
+    assert auth.check_password("s3cret", "s3cret", client=admin, book=book).ok
+    assert "guess" not in caplog.text and "s3cret" not in caplog.text
+    assert "session:evil" in caplog.text  # attempts are logged by client
+
+
+def test_new_sessions_from_the_same_address_do_not_reset_the_delay():
+    clock = FakeClock()
+    book = auth.ThrottleBook(clock)
+    first = auth.check_password("guess", "s3cret", client=("session:a", "address:10.9.9.9"), book=book)
+    again = auth.check_password("s3cret", "s3cret", client=("session:b", "address:10.9.9.9"), book=book)
+    assert not first.ok and not again.ok and "Too many wrong passwords" in again.message
+    clock.now += first.retry_after + 0.01
+    assert auth.check_password("s3cret", "s3cret", client=("session:b", "address:10.9.9.9"), book=book).ok
+
+
+def test_the_throttle_book_stays_bounded():
+    book = auth.ThrottleBook(FakeClock(), max_clients=3)
+    for i in range(10):
+        book.throttles((f"session:{i}",))
+    assert len(book._book) == 3

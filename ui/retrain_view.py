@@ -5,24 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxr_core.errors import DatasetError
+from cxr_core.errors import CxrError
 
 # --------------------------------------------------------------------------------- retrain jobs
 
 
 def check_dataset_path(text: str) -> Path:
-    """The dataset folder or zip a user typed, resolved like params.yaml paths; clear error if absent."""
-    from cxr_core.settings import resolve_data_path
+    """The dataset folder or zip a user typed: only inside the configured dataset roots (see
+    :func:`cxr_core.pipeline.datasets.allowed_dataset_path`), with a clear message otherwise."""
+    from cxr_core.pipeline.datasets import allowed_dataset_path
 
-    text = (text or "").strip()
-    if not text:
-        raise DatasetError("Enter the path of a dataset folder or .zip file.")
-    path = resolve_data_path(text)
-    if not path.exists():
-        raise DatasetError(f"There is no file or folder at {path} on the server.")
-    if path.is_file() and path.suffix.lower() != ".zip":
-        raise DatasetError(f"{path} is a file; give a dataset folder or a .zip archive.")
-    return path
+    return allowed_dataset_path(text)
 
 
 STAGE_LABELS = {
@@ -116,7 +109,26 @@ def gate_view(status: dict) -> dict | None:
         "reasons": list(gate.get("reasons") or []),
         "promoted": bool(result.get("promoted")),
         "metrics": result.get("metrics") or {},
+        "floors": gate.get("floors") or {},
+        "notes": list(gate.get("notes") or []),
+        "policy": gate.get("policy"),
+        "registry_stamp": gate.get("registry_stamp"),
     }
+
+
+def verdict_now(gate: dict, registry, params: dict):
+    """Whether the verdict of :func:`gate_view` may be acted on now, against the registry as it is."""
+    from cxr_core.registry.gate import policy_stamp, promotability
+
+    try:
+        current, stamp = registry.current_version(), registry.pointer_stamp()
+    except CxrError:
+        current, stamp = None, None
+    return promotability(
+        gate["version"], gate["passed"], gate["compared_with"], current,
+        verdict_stamp=gate.get("registry_stamp"), current_stamp=stamp,
+        verdict_policy=gate.get("policy"), current_policy=policy_stamp(params["gate"]),
+    )  # fmt: skip
 
 
 def history_rows(jobs: list[dict]) -> list[dict]:

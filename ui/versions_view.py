@@ -94,3 +94,22 @@ def _interval_text(interval) -> str:
     if not interval or len(interval) != 2 or None in interval:
         return ""
     return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def audit_rows(registry: Registry, limit: int = 200) -> list[dict]:
+    """The audit trail as the Model page lists it, newest first."""
+    from cxr_core.registry import audit
+
+    rows = []
+    for entry in audit.read(registry.root, limit=limit):
+        detail = entry.get("reasons") or entry.get("job") or ""
+        rows.append({
+            "time": str(entry.get("time", "")).replace("T", " ")[:19],
+            "action": str(entry.get("action", "")).replace("_", " "),
+            "version": entry.get("version") or "",
+            "before": entry.get("previous") or "",
+            "by": entry.get("actor") or "",
+            "outcome": entry.get("outcome") or "",
+            "detail": "; ".join(detail) if isinstance(detail, list) else str(detail),
+        })  # fmt: skip
+    return rows

@@ -27,6 +27,7 @@ import yaml
 
 from cxr_core.errors import CxrError, os_error_message
 from cxr_core.fsutil import write_json_atomic
+from cxr_core.registry import audit
 from cxr_core.settings import PROJECT_ROOT, Layout, jobs_dir
 
 ACTIVE = ("starting", "running")
@@ -117,6 +118,7 @@ def start_job(
     root: str | Path | None = None,
     models_root: str | Path | None = None,
     promote: str = "never",
+    actor: str | None = None,
 ) -> str:
     """Launch the pipeline in a new process; raises :class:`JobBusy` if one is already running."""
     base = _root(root)
@@ -136,6 +138,7 @@ def start_job(
             "data_path": str(data_path),
             "models_root": str(models_root) if models_root else None,
             "promote": promote,
+            "actor": actor,
             "stage": None,
             "progress": {},
         }
@@ -154,10 +157,11 @@ def start_job(
             state="running", pid=process.pid, process_started=psutil.Process(process.pid).create_time()
         )
         write_json_atomic(job_dir / STATUS, status)
+    audit.record("retrain_start", root=models_root, actor=actor, job=job_id, data=str(data_path))
     return job_id
 
 
-def cancel_job(job_id: str, root: str | Path | None = None) -> dict:
+def cancel_job(job_id: str, root: str | Path | None = None, actor: str | None = None) -> dict:
     """Stop the whole process group of a running job and mark it cancelled."""
     base = _root(root)
     with _exclusive(base):
@@ -170,6 +174,8 @@ def cancel_job(job_id: str, root: str | Path | None = None) -> dict:
                 latest.update(state="cancelled", finished=_now())
                 write_json_atomic(base / job_id / STATUS, latest)
             status = latest
+    audit.record("retrain_cancel", root=status.get("models_root"), actor=actor, job=job_id,
+                 outcome="ok" if status.get("state") == "cancelled" else f"job already {status.get('state')}")  # fmt: skip
     return status
 
 
@@ -220,6 +226,7 @@ def run_job(job_dir: str | Path) -> int:
             progress=progress,
             models_root=status.get("models_root"),
             promote=status.get("promote", "never"),
+            actor=status.get("actor"),
         )
         status.update(state="succeeded", result=result)
         code = 0

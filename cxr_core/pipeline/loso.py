@@ -146,6 +146,8 @@ def run_loso(
     images, labels, rows = load_ingested(ingest_dir)
     sources = two_class_sources(rows)
     holdouts = list(holdouts) if holdouts else sources
+    if not sources:  # nothing can be held out or compared: say so instead of training for nothing
+        within = False
     runs = []
     total = len(seeds) * (len(holdouts) + int(within))
     for seed in seeds:
@@ -173,6 +175,8 @@ def run_loso(
         "summary": summarise(runs),
         "runs": runs,
     }
+    if not sources:
+        report["note"] = "no source supplies both classes, so no hospital can be held out"
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / REPORT_FILE, report)
     return report

@@ -10,7 +10,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from cxr_core import settings
 from cxr_core.fsutil import atomic_directory, write_json_atomic
+from cxr_core.registry import audit
 from cxr_core.registry.card import INGEST_SUMMARY_FILE, render_model_card
 from cxr_core.settings import Layout, project_relative
 
@@ -44,14 +46,23 @@ def summarise(report: dict) -> dict:
     """The few figures the registry, the gate and the version list need, from a full metrics report."""
     keys = ("roc_auc", "roc_auc_ci", "pr_auc", "sensitivity", "sensitivity_ci", "specificity",
             "specificity_ci", "ppv", "npv", "accuracy", "threshold", "who_minimum_met")  # fmt: skip
-    return {"test_images": report.get("n"), **{key: report.get(key) for key in keys}}
+    point = report.get("operating_point") if isinstance(report.get("operating_point"), dict) else report
+    per_class = None
+    if all(isinstance(point.get(k), int) for k in ("tp", "fp", "tn", "fn")):
+        per_class = {"Normal": point["tn"] + point["fp"], "Tuberculosis": point["tp"] + point["fn"]}
+    return {
+        "test_images": report.get("n"),
+        "test_per_class": per_class,
+        **{key: report.get(key) for key in keys},
+    }
 
 
-def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict | None:
+def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict:
     """The serving model's figures on the candidate's own test split: a like-for-like comparison.
 
-    A model whose input size differs (other params) cannot score these shards; then its recorded
-    metrics are the only comparison left.
+    Raises :class:`~cxr_core.errors.CxrError` when the model in use cannot score these films (a
+    damaged file, another input size): the gate then fails closed instead of comparing with figures
+    measured on other films.
     """
     from cxr_core import metrics
     from cxr_core.errors import CxrError
@@ -59,11 +70,10 @@ def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict | None:
 
     try:
         labels, probabilities, _, predictor = score_split(ingest_dir, registry.version_dir(version), "test")
-    except (ValueError, OSError, CxrError):
-        try:
-            return registry.metadata(version).get("metrics")
-        except (ValueError, OSError, CxrError):
-            return None  # nothing to compare with: only the gate's absolute floors apply
+    except (ValueError, OSError, CxrError) as error:
+        raise CxrError(
+            f"the model in use ({version}) could not be scored on the candidate's test films: {error}"
+        ) from error
     return summarise(metrics.evaluate(labels, probabilities, predictor.threshold, n_boot=0))
 
 
@@ -74,8 +84,14 @@ def run_pipeline(
     progress: Callable[[dict], None] | None = None,
     models_root: str | Path | None = None,
     promote: str = "gate",
+    gate_policy: dict | None = None,
+    actor: str | None = None,
 ) -> dict:
-    """Run all stages on ``data_path`` and register the result; ``promote`` is gate, never or always."""
+    """Run all stages on ``data_path`` and register the result; ``promote`` is gate, never or always.
+
+    ``gate_policy`` is the operator's floors (default: the server's params file); ``params["gate"]``
+    may only make them stricter.
+    """
     from cxr_core.pipeline.evaluate import run_evaluate
     from cxr_core.pipeline.ingest import run_ingest
     from cxr_core.pipeline.train import run_train
@@ -85,6 +101,9 @@ def run_pipeline(
         if progress:
             progress(event)
 
+    from cxr_core.pipeline.datasets import allowed_dataset_path
+
+    data_path = allowed_dataset_path(data_path)  # every driver, the Retrain page's jobs included
     work_dir = Path(work_dir)
     report({"stage": "ingest"})
     ingest_summary = run_ingest(data_path, work_dir / "ingest", params.get("ingest"), progress=progress)
@@ -94,19 +113,31 @@ def run_pipeline(
     run_evaluate(work_dir / "ingest", work_dir / "model", work_dir / "evaluate", params.get("evaluate"))
     report({"stage": "register"})
     registry = Registry(models_root) if models_root else Registry()
-    return register_candidate(work_dir, params, registry, promote)
+    return register_candidate(work_dir, params, registry, promote, gate_policy=gate_policy, actor=actor)
 
 
-def register_candidate(work_dir: str | Path, params: dict, registry, promote: str = "gate") -> dict:
+def register_candidate(
+    work_dir: str | Path,
+    params: dict,
+    registry,
+    promote: str = "gate",
+    gate_policy: dict | None = None,
+    actor: str | None = None,
+) -> dict:
     """Gate a finished run against the serving model, register it, and promote it if allowed.
 
     Safe to repeat (an Airflow retry, a re-run after a crash): the gate verdict is kept in
     ``work/gate.json`` keyed by the model file's checksum, so a retry after promotion never compares
     the model with itself, and a model already in the registry is not registered twice.
     """
+    from cxr_core.errors import CxrError
     from cxr_core.fsutil import write_json_atomic
-    from cxr_core.registry.gate import quality_gate
+    from cxr_core.registry.gate import effective_floors, policy_stamp, quality_gate
     from cxr_core.registry.store import sha256_file
+    from cxr_core.settings import load_params
+
+    policy = settings.section("gate", gate_policy if gate_policy is not None else load_params()["gate"])
+    floors, notes = effective_floors(policy, params.get("gate"))
 
     work_dir = Path(work_dir)
     digest = sha256_file(work_dir / "model" / Layout.MODEL)
@@ -118,31 +149,55 @@ def register_candidate(work_dir: str | Path, params: dict, registry, promote: st
     # A saved verdict holds only against the model it was taken against (or after this model's own
     # promotion, on a retry); if someone promoted or rolled back meanwhile, judge again.
     still_valid = decision.get("compared_with") == current or (registered and current == registered)
-    if decision.get("model_sha256") != digest or not still_valid:
-        current_metrics = current_metrics_on(work_dir / "ingest", registry, current) if current else None
-        gate = quality_gate(candidate_metrics, current_metrics, params.get("gate", {}))
+    same_rules = decision.get("floors") == floors
+    if decision.get("model_sha256") != digest or not still_valid or not same_rules:
+        current_metrics, scoring_error = None, None
+        if current:
+            try:
+                current_metrics = current_metrics_on(work_dir / "ingest", registry, current)
+            except CxrError as error:
+                scoring_error = str(error)
+        gate = quality_gate(candidate_metrics, current_metrics, floors)
+        if scoring_error:  # fail closed: no comparison is not a passed comparison
+            gate.passed = False
+            gate.reasons.append(scoring_error)
         decision = {
             "model_sha256": digest,
             "compared_with": current,
+            "registry_stamp": registry.pointer_stamp(),
+            "policy": policy_stamp(policy),
+            "floors": floors,
+            "notes": notes,
             "current_metrics": current_metrics,
             "passed": gate.passed,
             "reasons": gate.reasons,
             "checks": gate.checks,
         }
         write_json_atomic(decision_file, decision)
+        fresh_verdict = True
+    else:
+        fresh_verdict = False
 
     version = registered
     if version is None:
         version = registry.new_version_name()
         registry.register(assemble_candidate(work_dir, version), version=version)
+        audit.record("register", root=registry.root, version=version, actor=actor)
+    if fresh_verdict:
+        audit.record("gate_verdict", root=registry.root, version=version, previous=current, actor=actor,
+                     outcome="passed" if decision["passed"] else "failed", reasons=decision["reasons"],
+                     floors=floors)  # fmt: skip
     promoted = promote == "always" or (promote == "gate" and bool(decision["passed"]))
     if promoted and registry.current_version() != version:
-        registry.promote(version)
+        registry.promote(version, actor=actor)
     return {
         "version": version,
         "compared_with": decision["compared_with"],
         "current_metrics": decision.get("current_metrics"),
-        "gate": {k: decision[k] for k in ("passed", "reasons", "checks")},
+        "gate": {
+            k: decision.get(k)
+            for k in ("passed", "reasons", "checks", "floors", "notes", "policy", "registry_stamp")
+        },  # fmt: skip
         "promoted": promoted,
         "metrics": candidate_metrics,
     }

@@ -20,6 +20,34 @@ class GateResult:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    floors: dict = field(default_factory=dict)  # the floors this verdict applied
+
+
+def effective_floors(policy: dict | None, requested: dict | None = None) -> tuple[dict, list[str]]:
+    """The server's gate policy, made stricter (never looser) by what a form or a DAG run asked for.
+
+    Returns the floors to apply and a note for every requested value that would have lowered one: an
+    admin who sets the minimum sensitivity to 0 gets the policy's floor, and is told so.
+    """
+    floors = settings.section("gate", policy)
+    notes = []
+    for key, value in (requested or {}).items():
+        if key not in floors or value is None:
+            continue
+        wanted = type(floors[key])(value)
+        chosen = min(floors[key], wanted) if key == "max_auc_drop" else max(floors[key], wanted)
+        if chosen != wanted:
+            notes.append(f"{key} {value} is looser than the policy's {floors[key]}; the policy applies")
+        floors[key] = chosen
+    return floors, notes
+
+
+def policy_stamp(floors: dict) -> str:
+    """A short fingerprint of the floors, so a verdict taken under other floors is known to be stale."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(floors, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _number(value: object) -> float | None:
@@ -74,6 +102,17 @@ def quality_gate(
     reasons: list[str] = []
     checks: list[str] = []
 
+    films = _number((candidate_metrics or {}).get("test_images"))
+    per_class = (candidate_metrics or {}).get("test_per_class") or {}
+    smallest = min((int(n) for n in per_class.values()), default=0) if len(per_class) == 2 else 0
+    if films is None or films < params["min_test_films"] or smallest < params["min_test_per_class"]:
+        reasons.append(
+            f"too few test films to judge (n={int(films or 0)}, smallest class {smallest}; the policy needs "
+            f"{params['min_test_films']} films and {params['min_test_per_class']} of each class)"
+        )
+    else:
+        checks.append(f"{int(films)} test films, at least {smallest} of each class")
+
     for name, floor in (("sensitivity", min_sens), ("specificity", min_spec)):
         value = _metric(candidate_metrics, name)
         if value is None:
@@ -102,7 +141,7 @@ def quality_gate(
                 f"ROC AUC {candidate_auc:.2f} is within {max_drop:.2f} "
                 f"of the current model's {current_auc:.2f}"
             )
-    return GateResult(passed=not reasons, reasons=reasons, checks=checks)
+    return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=params)
 
 
 @dataclass
@@ -115,22 +154,35 @@ class Promotability:
 
 
 def promotability(
-    version: str, passed: bool, compared_with: str | None, current: str | None
+    version: str,
+    passed: bool,
+    compared_with: str | None,
+    current: str | None,
+    *,
+    verdict_stamp: str | None = None,
+    current_stamp: str | None = None,
+    verdict_policy: str | None = None,
+    current_policy: str | None = None,
 ) -> Promotability:
-    """A verdict applies only to the comparison it made: promote only against the model still in use.
+    """A verdict applies only to the comparison it made, under the floors it used.
 
-    A gate that compared the candidate with model A says nothing once model B serves (after a rollback
-    or another promotion), so it is re-taken by retraining instead of being acted on.
+    A gate that compared the candidate with model A says nothing once the model in use has changed
+    since (a rollback, another promotion: the registry's pointer stamp moved) or once the server's
+    floors changed (a restart with a new policy); it is re-taken by retraining instead of acted on.
     """
     if current == version:
         return Promotability(False, "in_use", f"{version} is the model in use.")
     if not passed:
         return Promotability(False, "failed", "Quality gate failed, so it cannot be promoted.")
-    if compared_with != current:
+    if verdict_policy != current_policy:
+        return Promotability(
+            False, "stale", "The gate's floors have changed since this verdict: retrain to judge it again."
+        )
+    if compared_with != current or verdict_stamp != current_stamp:
         return Promotability(
             False,
             "stale",
-            f"The gate compared {version} with {compared_with or 'no model'}, but {current or 'no model'} "
-            "is in use now: retrain to judge it against the current model.",
+            f"The gate compared {version} with {compared_with or 'no model'}, but the model in use has "
+            f"changed since ({current or 'no model'} now): retrain to judge it against the current model.",
         )
     return Promotability(True, "promotable", f"{version} passed the gate against the model in use.")

@@ -33,6 +33,7 @@ from pathlib import Path
 from cxr_core import settings
 from cxr_core.errors import ModelError
 from cxr_core.fsutil import fsync_directory, write_json_atomic
+from cxr_core.registry import audit
 
 MODEL_FILE = settings.Layout.MODEL
 METADATA_FILE = settings.Layout.METADATA
@@ -157,6 +158,11 @@ class Registry:
 
     def current_version(self) -> str | None:
         return self._read_pointer().get("version")
+
+    def pointer_stamp(self) -> str | None:
+        """When the model in use last changed (promotion or rollback): a gate verdict taken before it
+        no longer applies."""
+        return self._read_pointer().get("updated")
 
     def history(self) -> list[str]:
         """Previously current versions, oldest first; the last one is where :meth:`rollback` goes."""
@@ -364,39 +370,59 @@ class Registry:
             self.root / POINTER_FILE, {"version": version, "history": history, "updated": _iso(_now())}
         )
 
-    def promote(self, version: str) -> None:
-        """Make a verified version current; the one it replaces goes on the history for rollback."""
-        with self.lock():
-            self.verify(version)
-            pointer = self._pointer_for_update()
-            current = pointer.get("version")
-            if current == version:
-                return
-            history = [v for v in pointer["history"] if v != version]
-            if current:
-                history.append(current)
-            self._write_pointer(version, history)
+    def promote(self, version: str, actor: str | None = None) -> None:
+        """Make a verified version current; the one it replaces goes on the history for rollback.
 
-    def rollback(self) -> str:
+        Every call leaves one line in the audit trail, refused ones included.
+        """
+        previous = None
+        try:
+            with self.lock():
+                self.verify(version)
+                pointer = self._pointer_for_update()
+                previous = pointer.get("version")
+                if previous == version:
+                    return
+                history = [v for v in pointer["history"] if v != version]
+                if previous:
+                    history.append(previous)
+                self._write_pointer(version, history)
+        except ModelError as error:
+            audit.record("promote", root=self.root, version=version, previous=previous, actor=actor,
+                         outcome=f"refused: {error}")  # fmt: skip
+            raise
+        audit.record("promote", root=self.root, version=version, previous=previous, actor=actor)
+
+    def rollback(self, actor: str | None = None) -> str:
         """Go back to the most recent earlier version that still passes its checksum, and return it."""
-        with self.lock():
-            pointer = self._pointer_for_update()
-            history = list(pointer["history"])
-            current = pointer.get("version")
-            problems = []
-            while history:
-                candidate = history.pop()
-                if candidate == current:
-                    continue
-                try:
-                    self.verify(candidate)
-                except ModelError as exc:
-                    problems.append(str(exc))
-                    continue
-                self._write_pointer(candidate, history)
-                return candidate
-            detail = f" ({'; '.join(problems)})" if problems else ""
-            raise ModelError(f"There is no earlier model version to roll back to{detail}.")
+        current = None
+        try:
+            with self.lock():
+                pointer = self._pointer_for_update()
+                history = list(pointer["history"])
+                current = pointer.get("version")
+                problems = []
+                while history:
+                    candidate = history.pop()
+                    if candidate == current:
+                        continue
+                    try:
+                        self.verify(candidate)
+                    except ModelError as exc:
+                        problems.append(str(exc))
+                        continue
+                    self._write_pointer(candidate, history)
+                    break
+                else:
+                    detail = f" ({'; '.join(problems)})" if problems else ""
+                    raise ModelError(f"There is no earlier model version to roll back to{detail}.")
+        except ModelError as error:
+            audit.record(
+                "rollback", root=self.root, previous=current, actor=actor, outcome=f"refused: {error}"
+            )
+            raise
+        audit.record("rollback", root=self.root, version=candidate, previous=current, actor=actor)
+        return candidate
 
     def _pointer_for_update(self) -> dict:
         """The pointer to modify; an unreadable one counts as empty so that promoting a version repairs it."""

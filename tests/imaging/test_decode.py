@@ -12,7 +12,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -31,7 +30,7 @@ from builders import (
     _zip_bytes,
     make_dicom,
 )
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFile
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -741,14 +740,18 @@ def _patch_tiff(data: bytearray, width: int, height: int) -> None:
     ("fmt", "patch"),
     [("JPEG", _patch_jpeg), ("BMP", _patch_bmp), ("GIF", _patch_gif), ("TIFF", _patch_tiff)],
 )
-def test_header_bombs_in_other_formats_are_refused_with_their_size(fmt, patch):
+def test_header_bombs_in_other_formats_are_refused_with_their_size(fmt, patch, monkeypatch):
     small = Image.fromarray(np.zeros((16, 16), np.uint8))
     data = bytearray(_save(small if fmt != "GIF" else small.convert("P"), fmt))
     patch(data, 40000, 30000)
-    start = time.perf_counter()
-    with pytest.raises(ImageError, match=r"^image is 40000x30000 pixels, too large \(limit 64 megapixels\)$"):
-        read_image(bytes(data))
-    assert time.perf_counter() - start < 0.5
+    decoded = []
+    with monkeypatch.context() as patched:  # refused from the header: no pixel may be decoded
+        patched.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+        with pytest.raises(
+            ImageError, match=r"^image is 40000x30000 pixels, too large \(limit 64 megapixels\)$"
+        ):
+            read_image(bytes(data))
+    assert decoded == []
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
@@ -893,17 +896,6 @@ def test_real_xrays_saved_as_colour_jpeg_still_pass(shared_cxr):
 # ------------------------------------------------------------------------------------------------
 # Cost and import hygiene
 # ------------------------------------------------------------------------------------------------
-
-
-def test_decoding_a_512_png_is_fast(real_xray_path):
-    data = real_xray_path.read_bytes()
-    read_image(data)
-    timings = []
-    for _ in range(30):
-        start = time.perf_counter()
-        check_plausible_radiograph(read_image(data))
-        timings.append(time.perf_counter() - start)
-    assert sorted(timings)[len(timings) // 2] < 0.010  # ~2 ms on a laptop; the serving budget is ~15 ms
 
 
 def test_module_imports_without_tensorflow_streamlit_or_pydicom():

@@ -226,17 +226,19 @@ def test_lock_times_out_with_a_clear_message(reg):
         os.close(fd)
 
 
-GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}}
+ENOUGH = {"test_images": 200, "test_per_class": {"Normal": 100, "Tuberculosis": 100}}
+GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}, **ENOUGH}
 
 
 def test_gate_passes_on_floors_when_there_is_no_current_model():
     result = quality_gate(GOOD, None, {})
-    assert result == GateResult(passed=True, reasons=[], checks=result.checks)
+    assert result.passed and result.reasons == [] and isinstance(result, GateResult)
+    assert result.floors["min_sensitivity"] == 0.90  # the verdict says which floors it applied
     assert any("only the floors apply" in c for c in result.checks)
 
 
 def test_gate_fails_below_the_floors_with_reasons():
-    weak = {"roc_auc": 0.9, "operating_point": {"sensitivity": 0.86, "specificity": 0.65}}
+    weak = {"roc_auc": 0.9, "operating_point": {"sensitivity": 0.86, "specificity": 0.65}, **ENOUGH}
     result = quality_gate(weak, None, {"min_sensitivity": 0.90, "min_specificity": 0.70})
     assert not result.passed
     assert result.reasons == [
@@ -247,7 +249,7 @@ def test_gate_fails_below_the_floors_with_reasons():
 
 def test_gate_compares_auc_with_the_current_model():
     current = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
-    worse = {"roc_auc": 0.93, "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
+    worse = {"roc_auc": 0.93, "operating_point": {"sensitivity": 0.95, "specificity": 0.9}, **ENOUGH}
     result = quality_gate(worse, current, None)
     assert not result.passed
     assert result.reasons == ["ROC AUC 0.93 is more than 0.02 below the current model's 0.97"]
@@ -257,15 +259,67 @@ def test_gate_compares_auc_with_the_current_model():
 
 
 def test_gate_shows_enough_digits_and_fails_closed_on_missing_metrics():
-    borderline = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.899, "specificity": 0.9}}
+    borderline = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.899, "specificity": 0.9}, **ENOUGH}
     assert quality_gate(borderline, None, None).reasons == ["sensitivity 0.899 is below the floor 0.90"]
-    exactly = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.9, "specificity": 0.7}}
+    exactly = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.9, "specificity": 0.7}, **ENOUGH}
     assert quality_gate(exactly, None, None).passed
-    missing = quality_gate({"roc_auc": 0.97}, {"roc_auc": 0.97}, None)
+    missing = quality_gate({"roc_auc": 0.97, **ENOUGH}, {"roc_auc": 0.97}, None)
     assert not missing.passed
     assert missing.reasons == [
         "sensitivity of the new model was not measured",
         "specificity of the new model was not measured",
     ]
-    nan = {"roc_auc": float("nan"), "operating_point": {"sensitivity": 0.95, "specificity": 0.9}}
+    nan = {"roc_auc": float("nan"), "operating_point": {"sensitivity": 0.95, "specificity": 0.9}, **ENOUGH}
     assert not quality_gate(nan, GOOD, None).passed
+
+
+def test_too_few_test_films_can_never_pass():
+    tiny = {**GOOD, "test_images": 4, "test_per_class": {"Normal": 2, "Tuberculosis": 2}}
+    result = quality_gate(tiny, None, {"min_sensitivity": 0.0, "min_specificity": 0.0})
+    assert not result.passed
+    assert result.reasons == [
+        "too few test films to judge (n=4, smallest class 2; the policy needs 30 films and 10 of each class)"
+    ]
+    one_class = {**GOOD, "test_images": 80, "test_per_class": {"Tuberculosis": 80}}
+    assert not quality_gate(one_class, None, {}).passed
+
+
+def test_a_form_can_raise_the_floors_but_never_lower_them():
+    from cxr_core.registry.gate import effective_floors
+
+    policy = {"min_sensitivity": 0.9, "min_specificity": 0.7, "max_auc_drop": 0.02}
+    floors, notes = effective_floors(
+        policy, {"min_sensitivity": 0.0, "min_specificity": 0.8, "max_auc_drop": 1}
+    )
+    assert (
+        floors["min_sensitivity"] == 0.9
+        and floors["min_specificity"] == 0.8
+        and floors["max_auc_drop"] == 0.02
+    )
+    assert len(notes) == 2 and all("policy applies" in note for note in notes)
+    assert effective_floors(policy, None)[1] == []
+
+
+def test_a_verdict_no_longer_applies_after_a_rollback_or_a_new_policy(tmp_path):
+    from cxr_core.registry.gate import policy_stamp, promotability
+
+    reg = Registry(tmp_path / "models")
+    a = reg.register(make_candidate(tmp_path, "a"))
+    b = reg.register(make_candidate(tmp_path, "b"))
+    reg.promote(a)
+    policy = policy_stamp({"min_sensitivity": 0.9})
+    verdict = {"verdict_stamp": reg.pointer_stamp(), "verdict_policy": policy}
+
+    def now(policy_now=policy):
+        return promotability(b, True, a, reg.current_version(), current_stamp=reg.pointer_stamp(),
+                             current_policy=policy_now, **verdict)  # fmt: skip
+
+    assert now().allowed
+    assert not now(policy_stamp({"min_sensitivity": 0.95})).allowed  # the server's floors changed
+    reg.promote(b)
+    assert now().state == "in_use"
+    import time
+
+    time.sleep(1.1)  # the pointer's stamp has a resolution of one second
+    reg.rollback()  # back to a: the same model as when judged, but an admin undid b on purpose
+    assert reg.current_version() == a and not now().allowed and now().state == "stale"

@@ -339,7 +339,7 @@ def test_fmt_ci():
 
 def test_check_dataset_path(tmp_path):
     assert retrain_view.check_dataset_path("data/sample") == SAMPLE.resolve()
-    with pytest.raises(DatasetError, match="no file or folder"):
+    with pytest.raises(DatasetError, match="There is no dataset at"):
         retrain_view.check_dataset_path(str(tmp_path / "missing"))
     with pytest.raises(DatasetError, match="Enter"):
         retrain_view.check_dataset_path("  ")

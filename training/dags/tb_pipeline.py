@@ -273,7 +273,9 @@ def model_testing(ingest: dict, model: dict) -> dict:
     retries=2,
     execution_timeout=timedelta(minutes=30),
 )
-def register_model(project_root: str, ingest: dict, model: dict, evaluation: dict, promote: str) -> dict:
+def register_model(
+    project_root: str, ingest: dict, model: dict, evaluation: dict, promote: str, run_id: str
+) -> dict:
     """Register the candidate; promote it only if the quality gate passes (runs in the project venv).
 
     Airflow copies this function's source into a script for the project interpreter, so it imports
@@ -289,7 +291,9 @@ def register_model(project_root: str, ingest: dict, model: dict, evaluation: dic
     from cxr_core.settings import load_params
 
     params = load_params(ingest["params_file"])
-    outcome = register_candidate(Path(ingest["work_dir"]), params, Registry(), promote=promote)
+    outcome = register_candidate(
+        Path(ingest["work_dir"]), params, Registry(), promote=promote, actor=f"airflow:{run_id}"
+    )
     registry = Registry()
     if registry.metadata(outcome["version"]).get("model_sha256") != model["model_sha256"]:
         raise RuntimeError("the registered model.keras is not the file model_trainer produced")
@@ -326,7 +330,7 @@ def tb_pipeline():
     ingest = data_ingestion()
     model = model_trainer(ingest)
     evaluation = model_testing(ingest, model)
-    register_model(str(PROJECT_ROOT), ingest, model, evaluation, "{{ params.promote }}")
+    register_model(str(PROJECT_ROOT), ingest, model, evaluation, "{{ params.promote }}", "{{ run_id }}")
 
 
 tb_pipeline_dag = tb_pipeline()
