@@ -270,7 +270,11 @@ def assert_small_json_xcoms(summary: dict) -> None:
 def tiny_params(tmp_path_factory) -> Path:
     """Gate floors at zero so this run is promoted deterministically (the retry test covers a refusal)."""
     return write_params(
-        tmp_path_factory.mktemp("params") / "params.yaml", min_sensitivity=0.0, min_specificity=0.0
+        tmp_path_factory.mktemp("params") / "params.yaml",
+        min_sensitivity=0.0,
+        min_specificity=0.0,
+        min_test_films=0,
+        min_test_per_class=0,
     )
 
 

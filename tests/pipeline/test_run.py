@@ -62,11 +62,46 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
 def test_gate_verdict_decides_promotion(pipeline_run):
     root, result, _ = pipeline_run
     registry = Registry(root / "models")
-    assert isinstance(result["gate"]["passed"], bool)
-    assert result["promoted"] == result["gate"]["passed"]
-    assert (registry.current_version() == result["version"]) == result["promoted"]
-    if not result["gate"]["passed"]:
-        assert result["gate"]["reasons"], "a failed gate must say why"
+    # 52 films make an 11-film test split: too few to show the model is good enough, whatever it scored.
+    assert result["gate"]["passed"] is False and result["promoted"] is False
+    assert any("too few test films" in reason for reason in result["gate"]["reasons"])
+    assert result["gate"]["floors"]["min_test_films"] == 30
+    assert registry.current_version() is None
+
+
+LENIENT = {"min_sensitivity": 0.0, "min_specificity": 0.0, "max_auc_drop": 1.0, "min_test_films": 0,
+           "min_test_per_class": 0}  # fmt: skip
+
+
+def test_the_gate_fails_closed_when_the_serving_model_cannot_be_scored(pipeline_run, tmp_path, quick_params):
+    from cxr_core.pipeline.run import register_candidate
+
+    root, result, _ = pipeline_run
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    (work / "gate.json").unlink(missing_ok=True)
+    registry = Registry(tmp_path / "models")
+    serving = registry.register(root / "models" / result["version"])
+    registry.promote(serving)
+    model_file = registry.version_dir(serving) / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:2048])  # damaged after promotion
+    outcome = register_candidate(work, quick_params, registry, promote="gate", gate_policy=LENIENT)
+    assert outcome["gate"]["passed"] is False and outcome["promoted"] is False
+    assert any("could not be scored" in reason for reason in outcome["gate"]["reasons"])
+    assert registry.current_version() == serving
+
+
+def test_a_lower_floor_asked_by_a_run_does_not_apply(pipeline_run, tmp_path, quick_params):
+    from cxr_core.pipeline.run import register_candidate
+
+    root, _, _ = pipeline_run
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    (work / "gate.json").unlink(missing_ok=True)
+    asked = {**quick_params, "gate": {**LENIENT}}  # a form that tries to switch the gate off
+    outcome = register_candidate(work, asked, Registry(tmp_path / "models"), promote="gate")
+    assert outcome["gate"]["floors"]["min_test_films"] == 30 and outcome["gate"]["passed"] is False
+    assert len(outcome["gate"]["notes"]) >= 3  # each lowered floor is named as not applied
 
 
 def test_progress_reports_every_stage_and_epoch(pipeline_run):
