@@ -18,6 +18,7 @@ Every fold is repeated over several seeds (run-to-run spread on a hospital of ~1
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,12 +41,19 @@ def load_ingested(ingest_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[
     return images, labels, rows
 
 
-def two_class_sources(rows: list[dict]) -> list[str]:
-    """Sources that supply both classes: the only ones where a within-source AUC means anything."""
-    labels_by_source: dict[str, set[str]] = {}
+MIN_PER_CLASS = 10  # a source with one stray normal (TBX11K has one) cannot be judged within itself
+
+
+def two_class_sources(rows: list[dict], min_per_class: int = MIN_PER_CLASS) -> list[str]:
+    """Sources that supply both classes (at least ``min_per_class`` films of each): the only ones where
+    a within-source AUC means anything."""
+    counts: dict[str, Counter] = {}
     for row in rows:
-        labels_by_source.setdefault(row["source"], set()).add(str(row["label"]))
-    return sorted(source for source, labels in labels_by_source.items() if len(labels) == 2)
+        counts.setdefault(row["source"], Counter())[str(row["label"])] += 1
+    return sorted(
+        source for source, by_label in counts.items()
+        if len(by_label) == 2 and min(by_label.values()) >= min_per_class
+    )  # fmt: skip
 
 
 def holdout_split(rows: list[dict], holdout: str) -> dict[str, np.ndarray]:

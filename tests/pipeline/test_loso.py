@@ -31,7 +31,10 @@ def _rows():
 
 
 def test_two_class_sources_come_from_the_data():
-    assert two_class_sources(_rows()) == ["a", "b"]
+    assert two_class_sources(_rows(), min_per_class=1) == ["a", "b"]
+    rows = _rows() + [{"source": "tbonly", "label": "0", "split": "train", "group": "x"}]  # one stray normal
+    assert two_class_sources(rows, min_per_class=1) == ["a", "b", "tbonly"]
+    assert two_class_sources(rows, min_per_class=2) == ["a", "b"]
 
 
 @pytest.mark.parametrize("holdout", ["a", "b"])
@@ -62,12 +65,12 @@ def test_within_source_split_tests_each_two_class_source_on_its_own_test_films()
 
 @pytest.fixture(scope="module")
 def small_multisite(tmp_path_factory, shared_cxr):
-    """A real mini dataset: 16 films of each two-class source, 16 TBX11K TB, 16 teaching-set normals."""
+    """A real mini dataset: 20 films of each two-class source, 16 TBX11K TB, 16 teaching-set normals."""
     root = tmp_path_factory.mktemp("multisite")
     picked = []
     for source in ("shenzhen", "da", "rahmandb"):
         for label in ("Normal", "Tuberculosis"):
-            picked += shared_records(source, label)[:8]
+            picked += shared_records(source, label)[:10]
     picked += shared_records("tbx11k", "Tuberculosis")[:16] + shared_records("openist", "Normal")[:16]
     with open(root / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -84,15 +87,15 @@ def small_multisite(tmp_path_factory, shared_cxr):
 @pytest.mark.slow
 def test_loso_on_real_films_writes_a_report_per_held_out_source(small_multisite, tmp_path):
     images, labels, rows = load_ingested(small_multisite)
-    assert len(images) == len(labels) == len(rows) == 80
+    assert len(images) == len(labels) == len(rows) == 92
     params = {"epochs": 1, "patience": 1, "model": {"filters": [8, 16, 16, 16, 16], "dense_units": 8}}
     report = run_loso(small_multisite, tmp_path, params, seeds=[0], holdouts=["da"], n_boot=20)
     assert json.loads((tmp_path / "loso.json").read_text())["summary"] == report["summary"]
     assert report["two_class_sources"] == ["da", "rahmandb", "shenzhen"]
     loso_run, within_run = report["runs"]
     assert loso_run["kind"] == "loso" and loso_run["holdout"] == "da"
-    assert loso_run["test"]["da"]["n"] == 16 and loso_run["test"]["da"]["n_tb"] == 8
-    assert loso_run["train_images"] + loso_run["val_images"] <= 80 - 16
+    assert loso_run["test"]["da"]["n"] == 20 and loso_run["test"]["da"]["n_tb"] == 10
+    assert loso_run["train_images"] + loso_run["val_images"] <= 92 - 20
     assert set(within_run["test"]) == {"da", "rahmandb", "shenzhen"}
     assert 0.0 <= report["summary"]["loso"]["da"]["roc_auc"]["mean"] <= 1.0
     assert np.isfinite(loso_run["threshold"])
