@@ -17,11 +17,22 @@ from pathlib import Path
 from cxr_core.errors import CxrError, os_error_message
 from cxr_core.settings import Layout
 
-PREDICT_FIELDS = ["file", "ok", "probability", "label", "threshold", "model_version", "error", "warning"]
+PREDICT_FIELDS = [
+    "file",
+    "ok",
+    "probability",
+    "label",
+    "threshold",
+    "model_version",
+    "site",
+    "error",
+    "warning",
+]
 
 
 def _predict(args) -> int:
     from cxr_core.modelling.predictor import Predictor, predict_paths, spreadsheet_safe
+    from cxr_core.registry.sites import SiteProfiles
     from cxr_core.registry.store import Registry
 
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -33,6 +44,16 @@ def _predict(args) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     predictor = Predictor(model_dir)
+    sites = SiteProfiles(registry.root)
+    if args.site:
+        predictor.use_site(sites.load(args.site))
+    elif (active := sites.active()) is not None:
+        try:
+            predictor.use_site(active)
+        except CxrError as error:  # the active profile belongs to another model: say so, use the model's own
+            print(f"warning: {error}", file=sys.stderr)
+    if predictor.site:
+        print(f"site profile in use: {predictor.site} (threshold {predictor.threshold:.4f})", file=sys.stderr)
     try:
         out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     except OSError as error:
@@ -156,6 +177,51 @@ def _loso(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.local_validation import local_report, score_local_set
+    from cxr_core.registry.sites import OperatingRule, SiteProfiles, build_profile
+    from cxr_core.registry.store import Registry
+
+    registry = Registry()
+    model_dir, warning = registry.resolve_with_warning(None)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    predictor = Predictor(model_dir)
+    scored = score_local_set(allowed_dataset_path(args.data), predictor)
+    card = predictor.metadata.get("metrics") or {}
+    report = local_report(
+        scored["labels"], scored["scores"], predictor.model_threshold, card, n_boot=args.n_boot
+    )
+    rule = OperatingRule(
+        min_sensitivity=None if args.referrals_per_100 is not None else args.min_sensitivity,
+        referrals_per_100=args.referrals_per_100,
+    )
+    profile = build_profile(
+        args.name, predictor.version, scored["labels"], scored["scores"], rule,
+        calibration=args.calibration, card_auc=card.get("roc_auc"), n_boot=args.n_boot,
+    )  # fmt: skip
+    profile["evidence"]["skipped"] = len(scored["skipped"])
+    profile["evidence"]["at_model_threshold"] = {
+        key: report.get(key) for key in ("sensitivity", "specificity", "tp", "fp", "tn", "fn")
+    }
+    sites = SiteProfiles(registry.root)
+    sites.save(profile)
+    if args.activate:
+        sites.activate(profile["name"])
+    evidence = profile["evidence"]
+    print(json.dumps({
+        "site": profile["name"], "model_version": profile["model_version"], "threshold": profile["threshold"],
+        "rule": profile["rule"], "model_threshold": predictor.model_threshold, "films": evidence["films"],
+        "roc_auc": evidence["roc_auc"], "roc_auc_ci": evidence["roc_auc_ci"],
+        "cross_validated": {k: evidence["cross_validated"][k] for k in
+                            ("sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "referrals_per_100")},
+        "weak": evidence["weak"], "warning": report.get("warning"), "active": sites.active_name(),
+    }, indent=2))  # fmt: skip
+    return 0
+
+
 def _pipeline(args) -> int:
     from cxr_core.pipeline.run import run_pipeline
 
@@ -215,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry version, or a model folder whose metadata.json records the model's sha256 "
         "(default: the current version)",
     )
+    predict.add_argument("--site", default=None, help="decide at this site profile's threshold")
     predict.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     predict.add_argument("--output", "-o", default=None, help="write here instead of standard output")
     predict.set_defaults(handler=_predict)
@@ -276,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loso.add_argument("--no-within", action="store_true", help="skip the pooled within-source comparison")
     loso.set_defaults(handler=_loso)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="validate the model in use on a site's confirmed films and save its site profile"
+    )
+    calibrate.add_argument(
+        "--data", required=True, help="labelled local films (Kaggle folders, NLM, CSV, .zip)"
+    )
+    calibrate.add_argument("--name", required=True, help="the site profile to create or replace")
+    rule = calibrate.add_mutually_exclusive_group()
+    rule.add_argument("--min-sensitivity", type=float, default=0.90, help="sensitivity floor (default 0.90)")
+    rule.add_argument("--referrals-per-100", type=float, default=None, help="or: a referral budget")
+    calibrate.add_argument("--calibration", choices=["platt", "isotonic"], default=None)
+    calibrate.add_argument("--activate", action="store_true", help="make it the profile in use")
+    calibrate.add_argument("--n-boot", type=int, default=1000)
+    calibrate.set_defaults(handler=_calibrate)
 
     pipeline = commands.add_parser("pipeline", help="ingest >> train >> evaluate, then register")
     settings_options(pipeline)

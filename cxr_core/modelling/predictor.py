@@ -91,10 +91,27 @@ class Predictor:
             raise ModelError(f"model file in {self.model_dir} cannot be loaded: it is damaged") from error
         self.version = self.metadata.get("version") or self.model_dir.name
         self.threshold = float(self.metadata["threshold"])
+        self.model_threshold = self.threshold
+        self.site: str | None = None
         self.side = int(self.model.input_shape[1])
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
         self.cam_scale = self.metadata.get("cam_scale")
         self._cam = GradCam(self.model, scale=self.cam_scale)
+
+    def use_site(self, profile: dict | None) -> None:
+        """Decide at a site profile's threshold (None: the model's own, chosen on development data).
+
+        A profile was measured with one model version; on another its threshold means nothing.
+        """
+        if profile is None:
+            self.threshold, self.site = self.model_threshold, None
+            return
+        if profile.get("model_version") != self.version:
+            raise ModelError(
+                f"The site profile {profile.get('name')!r} was set for model {profile.get('model_version')}, "
+                f"but this is {self.version}: validate the new model on the site's films again."
+            )
+        self.threshold, self.site = float(profile["threshold"]), profile["name"]
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """Score preprocessed uint8 images ``(n, side, side[, 1])`` in batches."""
@@ -215,6 +232,7 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
         "label": None if prediction is None else prediction.label,
         "threshold": predictor.threshold,
         "model_version": predictor.version,
+        "site": predictor.site,
         "error": item.error,
         "warning": "; ".join(item.warnings) or None,
     }

@@ -20,7 +20,10 @@ from pathlib import Path
 from cxr_core.settings import models_dir
 
 AUDIT_FILE = "audit.jsonl"
-ACTIONS = ("retrain_start", "retrain_cancel", "gate_verdict", "promote", "rollback", "register")
+ACTIONS = (
+    "retrain_start", "retrain_cancel", "gate_verdict", "promote", "rollback", "register",
+    "site_profile", "site_activate", "outcome_recorded",
+)  # fmt: skip
 
 
 def audit_path(root: str | Path | None = None) -> Path:

@@ -1,0 +1,149 @@
+"""Site profiles: a clinic's own threshold, with honest (cross-validated) evidence, audited."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_records
+
+from cxr_core.errors import CxrError
+from cxr_core.registry import audit
+from cxr_core.registry.sites import (
+    OperatingRule,
+    SiteProfiles,
+    apply_calibration,
+    build_profile,
+    cross_validated_operating_point,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scores(n_per_class=120, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n_per_class, int), np.ones(n_per_class, int)]
+    scores = np.r_[rng.beta(2, 5, n_per_class), rng.beta(5, 2, n_per_class)]
+    return labels, scores
+
+
+def test_the_threshold_is_counted_only_on_films_that_did_not_choose_it():
+    labels, scores = _scores()
+    rule = OperatingRule(min_sensitivity=0.9)
+    cv = cross_validated_operating_point(labels, scores, rule, folds=2, seed=0)
+    from sklearn.model_selection import StratifiedKFold
+
+    tp = fn = 0
+    for choose, count in StratifiedKFold(2, shuffle=True, random_state=0).split(scores, labels):
+        threshold = rule.choose(labels[choose], scores[choose])
+        positives = count[labels[count] == 1]
+        tp += int(np.sum(scores[positives] >= threshold))
+        fn += int(np.sum(scores[positives] < threshold))
+    assert cv["sensitivity"] == tp / (tp + fn)
+    assert cv["sensitivity_ci"][0] <= cv["sensitivity"] <= cv["sensitivity_ci"][1]
+    assert cv["sensitivity"] >= 0.85  # the floor, give or take what one half can show about the other
+
+
+def test_a_referral_budget_sets_the_share_of_films_referred():
+    labels, scores = _scores()
+    threshold = OperatingRule(min_sensitivity=None, referrals_per_100=30).choose(labels, scores)
+    assert np.mean(scores >= threshold) == pytest.approx(0.30, abs=0.01)
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_a_calibration_fitted_on_the_site_maps_scores_to_observed_risk(method):
+    labels, scores = _scores(400)
+    profile = build_profile(
+        "clinic-a", "v1", labels, scores, OperatingRule(0.9), calibration=method, n_boot=50
+    )
+    calibrated = np.array([apply_calibration(profile["calibration"], s) for s in scores])
+    assert np.all(np.diff(calibrated[np.argsort(scores)]) >= -1e-9)  # monotone: the ranking is kept
+    for low, high in ((0.0, 0.3), (0.7, 1.0)):
+        inside = (scores >= low) & (scores < high)
+        assert abs(calibrated[inside].mean() - labels[inside].mean()) < 0.08
+
+
+def test_weak_evidence_is_named_and_bad_sets_refused():
+    labels, scores = _scores(20)
+    profile = build_profile("small", "v1", labels, scores, OperatingRule(0.9), n_boot=50)
+    assert profile["evidence"]["weak"] == [
+        "only 20 TB films (at least 50 give a usable estimate)",
+        "only 20 normal films (at least 50 give a usable estimate)",
+    ]
+    with pytest.raises(CxrError, match="both classes"):
+        build_profile("one-class", "v1", np.ones(10, int), np.linspace(0, 1, 10), OperatingRule(0.9))
+    with pytest.raises(CxrError, match="site name"):
+        build_profile("../etc", "v1", labels, scores, OperatingRule(0.9))
+
+
+def test_profiles_are_saved_activated_reverted_and_audited(tmp_path):
+    labels, scores = _scores()
+    sites = SiteProfiles(tmp_path)
+    sites.save(build_profile("clinic-a", "v1", labels, scores, OperatingRule(0.9), n_boot=50), actor="t")
+    sites.save(build_profile("clinic-b", "v1", labels, scores, OperatingRule(0.95), n_boot=50), actor="t")
+    assert sites.names() == ["clinic-a", "clinic-b"] and sites.active() is None
+    sites.activate("clinic-a", actor="admin")
+    sites.activate("clinic-b", actor="admin")
+    assert sites.active()["name"] == "clinic-b"
+    sites.activate(None, actor="admin")  # revert to the model's own threshold
+    assert sites.active() is None
+    with pytest.raises(CxrError):
+        sites.activate("nowhere")
+    actions = [(e["action"], e.get("site")) for e in audit.read(tmp_path)]
+    assert actions == [("site_activate", None), ("site_activate", "clinic-b"), ("site_activate", "clinic-a"),
+                       ("site_profile", "clinic-b"), ("site_profile", "clinic-a")]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_calibrate_and_predict_at_the_site_threshold_on_real_films(tmp_path, shared_cxr):
+    """DA (an Indian hospital) stands in for a clinic: its own threshold, used by predict --site."""
+    local = tmp_path / "clinic"
+    rows = shared_records("da")
+    with open(local.mkdir() or local / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for row in rows:
+            name = Path(row["path"]).name
+            shutil.copy(shared_cxr / row["path"], local / name)
+            writer.writerow([name, row["label"]])
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    env = {**os.environ, "CXR_MODELS_DIR": str(models)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cxr_core", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    done = cli(
+        "calibrate",
+        "--data",
+        str(local),
+        "--name",
+        "india-da",
+        "--min-sensitivity",
+        "0.90",
+        "--n-boot",
+        "200",
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    profile = json.loads((models / "sites" / "india-da.json").read_text())
+    assert shown["threshold"] == profile["threshold"] != pytest.approx(shown["model_threshold"], abs=1e-4)
+    assert shown["films"] == len(rows) and profile["evidence"]["cross_validated"]["folds"] >= 2
+    assert shown["active"] is None  # created, not switched on
+
+    scored = cli("predict", str(local), "--site", "india-da")
+    assert scored.returncode == 0, scored.stderr
+    assert "site profile in use: india-da" in scored.stderr
+    results = [json.loads(line) for line in scored.stdout.splitlines()]
+    assert {r["threshold"] for r in results if r["ok"]} == {profile["threshold"]}
+    assert {r["site"] for r in results} == {"india-da"}, results[:2]
+    assert all(
+        (r["probability"] >= r["threshold"]) == (r["label"] == "Tuberculosis") for r in results if r["ok"]
+    )
+    assert [e["action"] for e in audit.read(models)][:1] == ["site_profile"]
