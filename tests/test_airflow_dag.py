@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -177,6 +178,7 @@ def airflow_env(tmp: Path, **extra: str) -> dict:
         AIRFLOW__CORE__PARALLELISM="2",
         TF_CPP_MIN_LOG_LEVEL="2",
         CXR_PROJECT_PYTHON=sys.executable,
+        CXR_DATASET_ROOTS=tempfile.gettempdir(),  # this deployment reads datasets from the test's tmp folders
     )
     env.update(extra)
     return env
@@ -238,6 +240,7 @@ def run_dag(
     lines = [line for line in done.stdout.splitlines() if line.startswith(SUMMARY_PREFIX)]
     assert done.returncode == 0 and lines, f"dag.test() failed (exit {done.returncode}):\n{output[-6000:]}"
     summary = json.loads(lines[-1][len(SUMMARY_PREFIX) :])
+    summary["output_tail"] = output[-6000:]  # for the message when a task failed
     xcom = {key.removesuffix(".return_value"): item["value"] for key, item in summary["xcom"].items()}
     return summary, xcom, env
 
@@ -311,7 +314,7 @@ def test_dag_file_parses_quickly_without_heavy_imports(tmp_path):
 def test_dag_runs_end_to_end_and_promotes_through_the_gate(tmp_path, kaggle_tree, tiny_params):
     summary, xcom, env = run_dag(tmp_path, kaggle_tree, tiny_params, {"train.epochs": 2, "ingest.workers": 2})
 
-    assert summary["state"] == "success"
+    assert summary["state"] == "success", summary["output_tail"]
     assert {task: info["state"] for task, info in summary["tasks"].items()} == dict.fromkeys(TASKS, "success")
     assert all(info["try_number"] == 1 for info in summary["tasks"].values())
     assert_small_json_xcoms(summary)

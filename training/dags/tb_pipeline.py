@@ -274,7 +274,7 @@ def model_testing(ingest: dict, model: dict) -> dict:
     execution_timeout=timedelta(minutes=30),
 )
 def register_model(
-    project_root: str, ingest: dict, model: dict, evaluation: dict, promote: str, run_id: str
+    project_root: str, ingest: dict, model: dict, evaluation: dict, promote: str, run_name: str
 ) -> dict:
     """Register the candidate; promote it only if the quality gate passes (runs in the project venv).
 
@@ -292,7 +292,7 @@ def register_model(
 
     params = load_params(ingest["params_file"])
     outcome = register_candidate(
-        Path(ingest["work_dir"]), params, Registry(), promote=promote, actor=f"airflow:{run_id}"
+        Path(ingest["work_dir"]), params, Registry(), promote=promote, actor=f"airflow:{run_name}"
     )
     registry = Registry()
     if registry.metadata(outcome["version"]).get("model_sha256") != model["model_sha256"]:
