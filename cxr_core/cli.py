@@ -1,4 +1,4 @@
-"""The one command line: ``python -m cxr_core ingest|train|evaluate|loso|pipeline|predict|models|params``.
+"""The one command line: ``python -m cxr_core ingest|train|evaluate|loso|pipeline|predict|lungs|lungs-train|calibrate|models|params``.
 
 ``predict`` is the batch scorer: one row per file, a bad file gets ``ok: false`` and its message and
 the batch goes on; the exit code is non-zero only when the command itself is misused (no such model,
@@ -222,6 +222,61 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _lungs_train(args) -> int:
+    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.lung_training import run_lung_train
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import lung_models_dir
+
+    params = _params_of(args)
+    data = allowed_dataset_path(args.data or params["lungs"]["data"])
+    metadata = run_lung_train(data, args.out, params["lungs"])
+    summary = {key: metadata[key] for key in ("held_out", "cross_source", "parameters", "train_seconds")}
+    if args.register:
+        registry = Registry(lung_models_dir())
+        summary["version"] = registry.register(args.out)
+        if args.promote:
+            registry.promote(summary["version"])
+            summary["promoted"] = True
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _lungs(args) -> int:
+    """One 0/255 mask per readable input, at the input's own size; a bad file is reported, the rest go on."""
+    import cv2
+
+    from cxr_core.imaging.decode import read_image
+    from cxr_core.modelling.lungs import LungModel
+    from cxr_core.modelling.predictor import iter_image_files
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import lung_models_dir
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    registry = Registry(lung_models_dir())
+    model_dir, warning = registry.resolve_with_warning(args.model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    lungs = LungModel(model_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in iter_image_files(args.paths):
+        try:
+            result = lungs.segment(read_image(path).pixels)
+        except CxrError as error:
+            print(f"{path}: not segmented: {error}", file=sys.stderr)
+            continue
+        target = out / f"{path.stem}.png"
+        if not cv2.imwrite(str(target), result["mask"]):
+            raise OSError(f"cannot write {target}")
+        note = "" if result["ok"] else f" (not a plausible pair of lung fields: {result['reason']})"
+        print(f"{path} -> {target}{note}")
+    return 0
+
+
 def _pipeline(args) -> int:
     from cxr_core.pipeline.run import run_pipeline
 
@@ -358,6 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--activate", action="store_true", help="make it the profile in use")
     calibrate.add_argument("--n-boot", type=int, default=1000)
     calibrate.set_defaults(handler=_calibrate)
+
+    lungs = commands.add_parser("lungs", help="lung-field masks (0/255 PNG, the input's own size) for files")
+    lungs.add_argument("paths", nargs="+", metavar="PATH")
+    lungs.add_argument("--out", required=True, help="folder for <stem>.png masks")
+    lungs.add_argument("--model", default=None, help="lung model version or folder (default: current)")
+    lungs.set_defaults(handler=_lungs)
+
+    lungs_train = commands.add_parser("lungs-train", help="train and measure the lung U-Net on a mask set")
+    settings_options(lungs_train)
+    lungs_train.add_argument("--data", default=None, help="folder with manifest.csv (default: lungs.data)")
+    lungs_train.add_argument("--out", default="work/lungs")
+    lungs_train.add_argument("--register", action="store_true", help="register it as a lung model version")
+    lungs_train.add_argument("--promote", action="store_true", help="with --register: make it current")
+    lungs_train.set_defaults(handler=_lungs_train)
 
     pipeline = commands.add_parser("pipeline", help="ingest >> train >> evaluate, then register")
     settings_options(pipeline)

@@ -44,6 +44,11 @@ class IngestSettings:
     chunk_size: int = 64  # images per shard; bounds peak memory
     near_duplicate_bits: int = 4  # perceptual hashes this close make a candidate pair...
     near_duplicate_correlation: float = 0.95  # ...confirmed when the preprocessed pixels correlate this much
+    # The lung model (see lungs-train) checks every film for a plausible pair of lung fields, in training
+    # as in the clinic; with lung_crop the network sees the lungs' box (+ lung_margin), not the framing.
+    lung_check: bool = True
+    lung_crop: bool = False
+    lung_margin: float = 0.08
 
 
 @dataclass
@@ -121,12 +126,29 @@ class GateSettings:
 
 
 @dataclass
+class LungSettings:
+    data: str = "data/lungs"  # a folder with manifest.csv (source,image,mask), like the shared lungs/
+    side: int = 128
+    mode: str = "letterbox"  # the whole trimmed film, padded to a square
+    base_filters: int = 8
+    depth: int = 4
+    epochs: int = 60
+    batch_size: int = 16
+    learning_rate: float = 0.002
+    patience: int = 10
+    max_minutes: float = 12.0  # a training run stops here whatever the epoch
+    seed: int = 0
+    cross_source: bool = False  # also train per source on the other source only (two more runs)
+
+
+@dataclass
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    lungs: LungSettings = field(default_factory=LungSettings)
 
 
 # Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.
@@ -325,6 +347,15 @@ class Layout:
 def models_dir() -> Path:
     """The model registry root; ``CXR_MODELS_DIR`` points it elsewhere (a Docker volume, a test's tmp dir)."""
     return Path(os.environ.get("CXR_MODELS_DIR", PROJECT_ROOT / "models"))
+
+
+def lung_models_dir() -> Path:
+    """The lung models' own registry (``CXR_LUNG_MODELS_DIR``, by default the shipped ``models/lungs``).
+
+    Apart from ``CXR_MODELS_DIR`` on purpose: a deployment or a test that keeps its classifiers
+    elsewhere still checks films with the shipped lung model.
+    """
+    return Path(os.environ.get("CXR_LUNG_MODELS_DIR", PROJECT_ROOT / "models" / "lungs"))
 
 
 def jobs_dir() -> Path:

@@ -21,7 +21,7 @@ ALLOWED = {
     "cxr_core.metrics": FOUNDATION,
     "cxr_core.auth": FOUNDATION,
     "cxr_core.imaging": FOUNDATION,
-    "cxr_core.modelling": FOUNDATION | {"cxr_core.imaging"},
+    "cxr_core.modelling": FOUNDATION | {"cxr_core.imaging", "cxr_core.registry"},
     "cxr_core.registry": FOUNDATION | {"cxr_core.metrics"},
     "cxr_core.pipeline": FOUNDATION
     | {"cxr_core.metrics", "cxr_core.imaging", "cxr_core.modelling", "cxr_core.registry"},

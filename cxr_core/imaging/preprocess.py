@@ -30,6 +30,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from cxr_core.errors import ImageError
 from cxr_core.imaging.decode import DecodedImage, check_plausible_radiograph, read_image
 
 MODEL_SIDE = 128
@@ -57,18 +58,73 @@ class ModelInput:
     image: DecodedImage
     pixels: np.ndarray  # (side, side) uint8, exactly what training shards hold
     box: CropBox
+    lungs: dict | None = None  # the lung model's result: mask (original size, 0/255), box, ok, reason
 
 
-def to_model_input(source: bytes | str | os.PathLike, side: int = MODEL_SIDE, **read_options) -> ModelInput:
-    """Decode -> plausibility check -> preprocess: the one path from a file to the network's input.
+NOT_A_CHEST = "this does not look like a frontal chest X-ray: no plausible pair of lung fields was found"
+
+
+def to_model_input(
+    source: bytes | str | os.PathLike,
+    side: int = MODEL_SIDE,
+    *,
+    lungs=None,
+    crop_to_lungs: bool = False,
+    lung_margin: float = 0.08,
+    **read_options,
+) -> ModelInput:
+    """Decode -> plausibility check -> (lung fields) -> preprocess: the one path from a file to the network.
 
     Ingest, serving and the benchmarks all call this, so a check added here applies to training and
     to the clinic alike; raises :class:`cxr_core.errors.ImageError` with a clinician-readable reason.
+    ``lungs`` (an object with ``segment(gray)``, the lung model) adds the anatomical check: a film
+    without a plausible pair of lung fields (a gradient, a page of text, a photo) is refused, not
+    scored; with ``crop_to_lungs`` the network sees the lungs' box (plus ``lung_margin``) instead of the
+    whole film, which leaves the hospital's framing outside.
     """
     image = read_image(source, **read_options)
     check_plausible_radiograph(image)
-    pixels, box = preprocess_with_box(image.pixels, side)
-    return ModelInput(image=image, pixels=pixels, box=box)
+    return model_input_from_image(
+        image, side, lungs=lungs, crop_to_lungs=crop_to_lungs, lung_margin=lung_margin
+    )
+
+
+def model_input_from_image(
+    image: DecodedImage, side: int = MODEL_SIDE, *, lungs=None, crop_to_lungs: bool = False, lung_margin=0.08
+) -> ModelInput:
+    """The steps of :func:`to_model_input` after decoding, for a picture already in memory (a framing test)."""
+    found = None
+    if lungs is not None:
+        found = lungs.segment(image.pixels)
+        if not found["ok"]:
+            raise ImageError(f"{NOT_A_CHEST} ({found['reason']})")
+    if crop_to_lungs and found is not None:
+        pixels, box = preprocess_lung_box(image.pixels, found["box"], side, lung_margin)
+    else:
+        pixels, box = preprocess_with_box(image.pixels, side)
+    return ModelInput(image=image, pixels=pixels, box=box, lungs=found)
+
+
+def preprocess_lung_box(
+    gray: np.ndarray, lung_box: tuple[int, int, int, int], side: int = MODEL_SIDE, margin: float = 0.08
+) -> tuple[np.ndarray, CropBox]:
+    """The square around the lung fields (grown by ``margin`` of their size), area-resized and equalised.
+
+    The square is centred on the lungs and kept inside the picture; a box too small to be lungs falls
+    back to the whole-film path.
+    """
+    height, width = gray.shape
+    top, left, bottom, right = (int(v) for v in lung_box)
+    if bottom - top < 0.2 * height or right - left < 0.2 * width:
+        return preprocess_with_box(gray, side)
+    centre_y, centre_x = (top + bottom) / 2.0, (left + right) / 2.0
+    half = max(bottom - top, right - left) * (1.0 + 2.0 * margin) / 2.0
+    half_y, half_x = min(half, height / 2.0), min(half, width / 2.0)
+    y0 = int(round(min(max(centre_y - half_y, 0), height - 2 * half_y)))
+    x0 = int(round(min(max(centre_x - half_x, 0), width - 2 * half_x)))
+    y1, x1 = min(height, y0 + int(round(2 * half_y))), min(width, x0 + int(round(2 * half_x)))
+    small = cv2.resize(gray[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.equalizeHist(small), CropBox(y0, x0, y1, x1)
 
 
 def preprocess(gray: np.ndarray, side: int = MODEL_SIDE) -> np.ndarray:

@@ -18,9 +18,9 @@ import numpy as np
 
 from cxr_core.errors import CxrError, ModelError
 from cxr_core.imaging.decode import IMAGE_EXTENSIONS, DecodedImage
-from cxr_core.imaging.preprocess import CropBox, to_model_input
+from cxr_core.imaging.preprocess import CropBox, model_input_from_image, to_model_input
 from cxr_core.modelling import ood
-from cxr_core.modelling.evidence import outer_band_share
+from cxr_core.modelling.evidence import outer_band_share, share_inside
 from cxr_core.settings import Layout
 
 TB = "Tuberculosis"
@@ -56,6 +56,20 @@ class ScreenedImage:
     box: CropBox | None = None
     prediction: Prediction | None = None
     model_input: np.ndarray | None = field(default=None, repr=False)
+    lungs: dict | None = field(default=None, repr=False)  # lung mask at the picture's size, box, plausibility
+
+    @property
+    def lung_mask(self) -> np.ndarray | None:
+        return None if self.lungs is None else self.lungs["mask"]
+
+    @property
+    def evidence_in_lungs(self) -> float | None:
+        """Share of the Grad-CAM mass that lies inside the lung fields (None without a lung model)."""
+        if self.lungs is None or self.prediction is None or self.prediction.raw_heatmap is None:
+            return None
+        box = self.box
+        region = self.lungs["mask"][box.top : box.bottom, box.left : box.right]
+        return share_inside(self.prediction.raw_heatmap, region) if region.size else None
 
     @property
     def warnings(self) -> list[str]:
@@ -97,6 +111,20 @@ class Predictor:
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
         self.cam_scale = self.metadata.get("cam_scale")
         self._cam = GradCam(self.model, scale=self.cam_scale)
+        self.preprocessing = self.metadata.get("preprocessing") or {}
+        self.lungs = _lung_model_for(self.preprocessing)
+        self.crop_to_lungs = bool(self.preprocessing.get("lung_crop")) and self.lungs is not None
+        self.lung_margin = float(self.preprocessing.get("lung_margin", 0.08))
+
+    def model_input(self, source, **read_options):
+        """:func:`to_model_input` exactly as this model was trained: same lung check, same crop."""
+        return to_model_input(source, self.side, **self._lung_options(), **read_options)
+
+    def model_input_from_image(self, image: DecodedImage):
+        return model_input_from_image(image, self.side, **self._lung_options())
+
+    def _lung_options(self) -> dict:
+        return {"lungs": self.lungs, "crop_to_lungs": self.crop_to_lungs, "lung_margin": self.lung_margin}
 
     def use_site(self, profile: dict | None) -> None:
         """Decide at a site profile's threshold (None: the model's own, chosen on development data).
@@ -145,7 +173,7 @@ class Predictor:
         self, items: Iterable[tuple[str, bytes | str | os.PathLike]], **read_options
     ) -> list[ScreenedImage]:
         """Decode, check, preprocess and score named inputs; a bad one gets its message, the rest go on."""
-        screened = [_decode(name, source, self.side, read_options) for name, source in items]
+        screened = [_decode(name, source, self, read_options) for name, source in items]
         self.attach_predictions(screened)
         return screened
 
@@ -158,14 +186,32 @@ class Predictor:
                 item.prediction = prediction
 
 
-def _decode(name: str, source, side: int, read_options: dict) -> ScreenedImage:
+def _lung_model_for(preprocessing: dict):
+    """The lung model the classifier was trained with (checked by checksum), else the current one.
+
+    Without any registered lung model the screening still works, without outline, lung evidence and
+    the anatomical check; a classifier trained on lung crops cannot, and says so.
+    """
+    from cxr_core.modelling.lungs import load_lung_model
+
+    recorded = preprocessing.get("lung_model") or {}
+    if recorded:
+        return load_lung_model(recorded.get("version"), recorded.get("sha256"))
     try:
-        prepared = to_model_input(source, side, **read_options)
+        return load_lung_model()
+    except (CxrError, OSError):
+        return None
+
+
+def _decode(name: str, source, predictor: "Predictor", read_options: dict) -> ScreenedImage:
+    try:
+        prepared = predictor.model_input(source, **read_options)
     except CxrError as error:
         return ScreenedImage(name=name, ok=False, error=str(error))
     return ScreenedImage(
-        name=name, ok=True, image=prepared.image, box=prepared.box, model_input=prepared.pixels
-    )
+        name=name, ok=True, image=prepared.image, box=prepared.box, model_input=prepared.pixels,
+        lungs=prepared.lungs,
+    )  # fmt: skip
 
 
 def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -199,7 +245,7 @@ def predict_paths(
     with ThreadPoolExecutor(max_workers=workers) as pool:
 
         def submit(path: Path):
-            return pool.submit(_decode, str(path), path, predictor.side, {})
+            return pool.submit(_decode, str(path), path, predictor, {})
 
         pending = deque(submit(path) for path in islice(files, DECODE_AHEAD))
         chunk: list[ScreenedImage] = []
@@ -233,6 +279,7 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
         "threshold": predictor.threshold,
         "model_version": predictor.version,
         "site": predictor.site,
+        "evidence_in_lungs": None if item.evidence_in_lungs is None else round(item.evidence_in_lungs, 3),
         "error": item.error,
         "warning": "; ".join(item.warnings) or None,
     }

@@ -51,8 +51,15 @@ def run_evaluate(
         for source in sorted(set(sources))
     }
     report["evidence"] = evidence_by_source(y_test, sources, predictions)
-    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
-    report["framing"] = framing_check(rows, y_test, probabilities, predictor, summary["data_path"])
+    reread = reread_test_films(rows, y_test, probabilities, predictions, predictor)
+    report["framing"] = reread["framing"]
+    for source, shares in reread["lung_shares"].items():
+        report["evidence"].setdefault(source, {"tb_films": len(shares)})["lung_share"] = round(
+            float(np.mean(shares)), 4
+        )
+    every = [share for shares in reread["lung_shares"].values() for share in shares]
+    if every and "all" in report["evidence"]:
+        report["evidence"]["all"]["lung_share"] = round(float(np.mean(every)), 4)
 
     with atomic_directory(out_dir) as staging:
         write_json_atomic(staging / Layout.METRICS, report)
@@ -133,32 +140,48 @@ def pad_bars(gray: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def framing_check(rows: list[dict], labels, probabilities, predictor, data_path: str) -> dict:
-    """Share of test decisions that flip when TB films are cropped wide and normals padded with bars.
+def reread_test_films(rows: list[dict], labels, probabilities, predictions, predictor) -> dict:
+    """What only the original films can tell: framing robustness, and evidence inside the lungs.
 
-    A decision that changes with the framing was taken on the framing. Target: at most 5 % flip.
+    Framing: TB films cropped wide and normals padded with bars go through the same path as any film;
+    a decision that changes was taken on the framing (target: at most 5 % flip). Lungs: the share of
+    each TB film's Grad-CAM mass inside its lung fields, when a lung model is in use.
     """
+    from dataclasses import replace
+
     from cxr_core.errors import CxrError
     from cxr_core.imaging.decode import read_image
-    from cxr_core.imaging.preprocess import preprocess
+    from cxr_core.modelling.evidence import share_inside
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
-    perturbed, before = [], []
-    for row, label, probability in zip(rows, labels, probabilities, strict=True):
+    perturbed, before, lung_shares = [], [], {}
+    for row, label, probability, prediction in zip(rows, labels, probabilities, predictions, strict=True):
         record = Record(row["path"], int(label), row["source"], row.get("member") or None)
         try:
-            gray = read_image(read_record_bytes(record)).pixels
+            image = read_image(read_record_bytes(record))
+            if label == 1 and predictor.lungs is not None and prediction.raw_heatmap is not None:
+                found = predictor.model_input_from_image(image)
+                region = found.lungs["mask"][
+                    found.box.top : found.box.bottom, found.box.left : found.box.right
+                ]
+                share = share_inside(prediction.raw_heatmap, region)
+                if share is not None:
+                    lung_shares.setdefault(row["source"], []).append(share)
+            changed = crop_wide(image.pixels) if label == 1 else pad_bars(image.pixels)
+            moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
+            perturbed.append(predictor.model_input_from_image(moved).pixels)
         except (CxrError, OSError):
-            continue  # the dataset moved since ingest: measure what can still be read
-        changed = crop_wide(gray) if label == 1 else pad_bars(gray)
-        perturbed.append(preprocess(changed, predictor.side))
+            continue  # moved since ingest, or no plausible lungs once reframed: measure what can be read
         before.append(probability >= predictor.threshold)
-    if not perturbed:
-        return {"films": 0}
-    after = [p.probability >= predictor.threshold for p in predictor.predict(np.stack(perturbed)[..., None])]
-    flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
-    return {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
-            "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
+    framing = {"films": 0}
+    if perturbed:
+        after = [
+            p.probability >= predictor.threshold for p in predictor.predict(np.stack(perturbed)[..., None])
+        ]
+        flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
+        framing = {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
+                   "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
+    return {"framing": framing, "lung_shares": lung_shares}
 
 
 def dataset_root(data_path: str | Path) -> Path:

@@ -62,6 +62,7 @@ def run_ingest(
     ]
     rows: list[dict] = []
     skipped = [{"path": path, "reason": reason} for path, reason in found.skipped]
+    prepare, preprocessing = model_input_maker(params)
 
     with atomic_directory(out_dir) as staging:
         (staging / Layout.SHARDS).mkdir()
@@ -71,7 +72,7 @@ def run_ingest(
             done_images = 0
             while next_chunk < len(chunks) or pending:
                 while next_chunk < len(chunks) and len(pending) < 2 * workers:
-                    future = pool.submit(_process_chunk, chunks[next_chunk], side)
+                    future = pool.submit(_process_chunk, chunks[next_chunk], side, prepare)
                     pending[future] = next_chunk
                     next_chunk += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -116,6 +117,7 @@ def run_ingest(
             "data_path": str(data_path),
             "data_name": Path(data_path).name,
             "layout": found.layout,
+            "preprocessing": preprocessing,
             "data_fingerprint": dataset_fingerprint(found.records),
             "side": side,
             "images": len(rows),
@@ -129,19 +131,51 @@ def run_ingest(
     return summary
 
 
-def _process_chunk(records: list[Record], side: int) -> tuple[np.ndarray, list[dict], list[dict]]:
+def model_input_maker(params: dict):
+    """The ingest's ``to_model_input`` with this run's lung settings, and what to record about them."""
+    from functools import partial
+
+    from cxr_core.imaging.preprocess import to_model_input
+
+    lungs = None
+    if params["lung_check"] or params["lung_crop"]:
+        from cxr_core.modelling.lungs import load_lung_model
+
+        lungs = load_lung_model()
+        if lungs is None:
+            raise DatasetError(
+                "no lung model is registered, but the settings ask for the lung check or crop: train one "
+                "(python -m cxr_core lungs-train --register --promote) or set ingest.lung_check false"
+            )
+    preprocessing = {
+        "lung_check": bool(lungs),
+        "lung_crop": bool(params["lung_crop"]),
+        "lung_margin": float(params["lung_margin"]),
+        "lung_model": {"version": lungs.version, "sha256": lungs.sha256} if lungs else None,
+    }
+    prepare = partial(
+        to_model_input, side=int(params["side"]), lungs=lungs, crop_to_lungs=bool(params["lung_crop"]),
+        lung_margin=float(params["lung_margin"]),
+    )  # fmt: skip
+    return prepare, preprocessing
+
+
+def _process_chunk(
+    records: list[Record], side: int, prepare=None
+) -> tuple[np.ndarray, list[dict], list[dict]]:
     """Worker: read, check and preprocess one chunk; a bad file becomes a skipped row, never an exception."""
     import imagehash
     from PIL import Image
 
     from cxr_core.imaging.preprocess import to_model_input
 
+    prepare = prepare or (lambda data: to_model_input(data, side))
     images, good, bad = [], [], []
     for record in records:
         name = record.path if record.member is None else f"{record.path}::{record.member}"
         try:
             data = read_record_bytes(record)
-            prepared = to_model_input(data, side)
+            prepared = prepare(data)
             decoded, small = prepared.image, prepared.pixels
         except CxrError as error:
             bad.append({"path": name, "reason": str(error)})

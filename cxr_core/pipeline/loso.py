@@ -133,7 +133,10 @@ def _fit_and_score(
 
 
 def _predict(model, images: np.ndarray) -> np.ndarray:
-    return model.predict(images.astype(np.float32), batch_size=256, verbose=0)[:, 0]
+    """Eager batches: ``model.predict`` would retrace its function for every fold's last batch size."""
+    parts = [model(images[i : i + 256].astype(np.float32), training=False).numpy()[:, 0]
+             for i in range(0, len(images), 256)]  # fmt: skip
+    return np.concatenate(parts) if parts else np.empty(0, np.float32)
 
 
 def run_loso(

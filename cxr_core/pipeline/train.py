@@ -162,6 +162,7 @@ def run_train(
             "data_path": settings.project_relative(ingest_summary["data_path"]),
             "data_layout": ingest_summary.get("layout"),
             "input_side": x_train.shape[1],
+            "preprocessing": ingest_summary.get("preprocessing") or {},  # serving repeats it exactly
             "architecture": params["model"]["architecture"],
             "parameters": int(model.count_params()),
             "train_images": len(y_train),

@@ -45,7 +45,7 @@ LOCK_TIMEOUT_S = 120.0
 
 
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-_RESERVED = {"current", "candidates"}
+_RESERVED = {"current", "candidates", "lungs", "sites"}  # sub-registries and site profiles live beside
 
 
 def _now() -> datetime:

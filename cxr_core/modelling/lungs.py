@@ -1,0 +1,366 @@
+"""Lung-field segmentation: a compact U-Net plus the pre/post-processing around it.
+
+numpy + OpenCV at import time; Keras/TensorFlow only inside the functions that need them. Decoding is
+the project's (:func:`cxr_core.imaging.decode.read_image`, 2-D uint8) and the border
+handling is the classifier's (``cxr_core.preprocess._downscale`` + ``_trim_uniform_borders``), so the
+lung model and the classifier look at the same region of the picture. Unlike the classifier, the
+segmenter must see the whole trimmed frame, so instead of a centre-square crop the trimmed frame is
+letterboxed (zero-padded to a square, ``mode="letterbox"``, the default and the mode lungs.keras was
+trained with) or resized to the square ignoring its aspect ratio (``mode="stretch"``; lungs_stretch.keras).
+Stretch measured marginally better Dice but refused fewer synthetic non-chest images: see RESULTS.md. The content is histogram-equalised like the classifier's input (the padding is
+excluded from the histogram and stays 0).
+
+Typical use: :class:`LungModel` (a registered lung model, loaded once) ``.segment(gray)`` gives the
+mask at the picture's own size, its box, and whether it is a plausible pair of lung fields.
+
+Licence of the training masks (see RESULTS.md): Shenzhen masks CC BY-NC-SA 4.0 (non-commercial),
+JSRT/SCR research use only. A model trained on them is for non-commercial research use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from cxr_core.imaging.preprocess import _downscale, _trim_uniform_borders
+
+SIDE = 128
+THRESHOLD = 0.5
+
+
+# --------------------------------------------------------------------------------------------- model
+def build_unet(side: int = SIDE, base_filters: int = 8, depth: int = 4, name: str = "lung_unet"):
+    """Compact U-Net: uint8 (side, side, 1) in, sigmoid (side, side, 1) out.
+
+    ``depth`` down-sampling levels with ``base_filters * 2**i`` filters each, a bottleneck of
+    ``base_filters * 2**depth``; two 3x3 conv + BatchNorm + ReLU per block; transposed-conv up-sampling
+    and skip concatenation. base 8 / depth 4 is ~0.47 M parameters.
+    """
+    import keras
+    from keras import layers
+
+    if side % (2**depth):
+        raise ValueError(f"side {side} must be divisible by 2**depth = {2**depth}")
+
+    def block(x, filters):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inputs = keras.Input((side, side, 1), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    skips = []
+    for i in range(depth):
+        x = block(x, base_filters * 2**i)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = block(x, base_filters * 2**depth)
+    for i in reversed(range(depth)):
+        x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[i]])
+        x = block(x, base_filters * 2**i)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lungs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def load_model(path):
+    """Inference only: no compile step, safe mode (a model file cannot run code)."""
+    import keras
+
+    return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+
+
+# ------------------------------------------------------------------------------------- input/output
+class Frame(NamedTuple):
+    """What :func:`mask_to_original` needs to put a small prediction back onto the original picture."""
+
+    shape: tuple  # original (height, width)
+    top: int  # trimmed region in ORIGINAL pixels, end exclusive
+    left: int
+    bottom: int
+    right: int
+    y0: int  # content region inside the side x side model input (letterbox padding excluded)
+    x0: int
+    ch: int
+    cw: int
+    side: int
+    mode: str
+
+
+def lung_input(gray: np.ndarray, side: int = SIDE, mode: str = "letterbox") -> tuple[np.ndarray, Frame]:
+    """2-D uint8 radiograph -> (side x side uint8 model input, Frame).
+
+    Same downscale and uniform-border trim as the classifier's ``preprocess``; then the whole trimmed
+    frame is kept: letterboxed into the square (``mode="letterbox"``) or resized to it ignoring the
+    aspect ratio (``mode="stretch"``); then histogram equalisation of the content.
+    """
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"lung_input expects a 2-D uint8 image, got {gray.dtype} {gray.shape}")
+    work, scale = _downscale(gray, 4 * side)
+    work, (top, left) = _trim_uniform_borders(work)
+    h, w = work.shape
+    H, W = gray.shape
+    otop, oleft = round(top / scale), round(left / scale)
+    obottom, oright = min(H, round((top + h) / scale)), min(W, round((left + w) / scale))
+    if mode == "stretch":
+        small = cv2.equalizeHist(cv2.resize(work, (side, side), interpolation=cv2.INTER_AREA))
+        y0, x0, ch, cw = 0, 0, side, side
+    elif mode == "letterbox":
+        f = side / max(h, w)
+        ch, cw = max(1, min(side, round(h * f))), max(1, min(side, round(w * f)))
+        content = cv2.equalizeHist(cv2.resize(work, (cw, ch), interpolation=cv2.INTER_AREA))
+        small = np.zeros((side, side), np.uint8)
+        y0, x0 = (side - ch) // 2, (side - cw) // 2
+        small[y0 : y0 + ch, x0 : x0 + cw] = content
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return small, Frame((H, W), otop, oleft, obottom, oright, y0, x0, ch, cw, side, mode)
+
+
+def mask_to_original(
+    prob_small: np.ndarray, frame: Frame, shape=None, threshold: float = THRESHOLD
+) -> np.ndarray:
+    """Small probability (or 0/1 mask) map -> uint8 0/255 mask of exactly the original height x width.
+
+    The content region is resized (bilinear on the probabilities, then thresholded) onto the trimmed
+    region of the original; the trimmed borders are 0.
+    """
+    shape = tuple(shape) if shape is not None else tuple(frame.shape)
+    prob = np.asarray(prob_small, dtype=np.float32).reshape(frame.side, frame.side)
+    content = prob[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw]
+    # scale the trimmed region if the caller asks for a different output size than the frame's
+    sy, sx = shape[0] / frame.shape[0], shape[1] / frame.shape[1]
+    top, bottom = round(frame.top * sy), round(frame.bottom * sy)
+    left, right = round(frame.left * sx), round(frame.right * sx)
+    out = np.zeros(shape, np.uint8)
+    if bottom > top and right > left:
+        big = cv2.resize(content, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+        out[top:bottom, left:right] = np.where(big >= threshold, 255, 0).astype(np.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------------- post-processing
+MIN_COMPONENT_FRACTION = 0.005  # of the image: smaller blobs are noise
+
+
+def postprocess(mask: np.ndarray, keep: int = 2) -> np.ndarray:
+    """Keep the ``keep`` largest connected components (ignoring specks), fill their holes. 0/255 out."""
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return np.zeros_like(binary)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    min_area = MIN_COMPONENT_FRACTION * binary.size
+    order = [i + 1 for i in np.argsort(-areas)[:keep] if areas[i] >= min_area]
+    out = np.zeros_like(binary)
+    for lab in order:
+        comp = (labels == lab).astype(np.uint8)
+        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)  # fills holes
+    return out * 255
+
+
+# Thresholds: see RESULTS.md. A first version also required the two lungs to be of similar size
+# (smaller/larger >= 0.25) and area >= 0.08; on the 2,332 real X-rays every one of its 17 refusals was
+# a TB image (destroyed / consolidated lung), so the gate now leans on the model's confidence instead
+# and accepts one lung-sized region.
+AREA_MIN, AREA_MAX = 0.04, 0.65  # lung area / analysed frame area (real X-rays: min 0.065, max 0.56)
+CENTROID_MAX_Y = 0.70  # every lung centroid in the upper part of the frame (real X-rays: max 0.64)
+MIN_TALLEST = 0.30  # the tallest region, fraction of frame height (real X-rays: min 0.34)
+MIN_HEIGHT = 0.06  # every region (a fragment of a destroyed lung can be short; real X-rays: min 0.08)
+SINGLE_OFF_CENTRE = 0.08  # a lone region must be a lung: centroid at least this far from the midline
+MIN_CONFIDENCE = 0.85  # mean |2p-1| inside the lung fields (real X-rays: min 0.87)
+
+
+def lung_features(mask: np.ndarray, prob: np.ndarray | None = None) -> dict:
+    """Measurements of a (post-processed) lung mask that :func:`plausible_lungs` judges."""
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    H, W = binary.shape
+    n, _, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    big = sorted(
+        (i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_COMPONENT_FRACTION * binary.size),
+        key=lambda i: cents[i][0],
+    )
+    areas = [int(stats[i, cv2.CC_STAT_AREA]) for i in big]
+    f = {
+        "area": float(binary.mean()),
+        "regions": len(big),
+        "ratio": float(min(areas) / max(areas)) if areas else 0.0,
+        "centroid_x": [float(cents[i][0] / W) for i in big],
+        "centroid_y": [float(cents[i][1] / H) for i in big],
+        "height": [float(stats[i, cv2.CC_STAT_HEIGHT] / H) for i in big],
+        "confidence": None,
+    }
+    if prob is not None:
+        inside = np.asarray(prob, np.float32)[binary > 0]
+        f["confidence"] = float(np.abs(2 * inside - 1).mean()) if inside.size else 0.0
+    return f
+
+
+def plausible_lungs(mask: np.ndarray, prob: np.ndarray | None = None) -> tuple[bool, str]:
+    """Does ``mask`` (0/255, post-processed, any size; ideally the analysed frame) look like lungs?
+
+    Total area a plausible fraction of the frame; one or two lung-sized regions (one lung can be
+    wholly opacified in TB): two lying one left and one right of the centre, or one clearly off the
+    midline; centroids in the upper 70 %; the tallest region at least 30 % of the height; with ``prob`` (the model's probabilities, same shape) the
+    model must also be confident inside the fields. Returns (ok, reason).
+    """
+    f = lung_features(mask, prob)
+    if f["area"] < AREA_MIN:
+        return False, f"lung area {f['area']:.3f} of the frame is below {AREA_MIN}"
+    if f["area"] > AREA_MAX:
+        return False, f"lung area {f['area']:.3f} of the frame is above {AREA_MAX}"
+    if f["regions"] not in (1, 2):
+        return False, f"{f['regions']} lung-sized regions, expected 1 or 2"
+    if f["regions"] == 2 and not (f["centroid_x"][0] < 0.5 < f["centroid_x"][1]):
+        return False, "regions are not one left and one right of the centre"
+    if f["regions"] == 1 and abs(f["centroid_x"][0] - 0.5) < SINGLE_OFF_CENTRE:
+        return False, "single region in the middle, not a lung"
+    if max(f["centroid_y"]) > CENTROID_MAX_Y:
+        return False, f"region centroid at {max(f['centroid_y']):.2f} of the height, below {CENTROID_MAX_Y}"
+    if max(f["height"]) < MIN_TALLEST or min(f["height"]) < MIN_HEIGHT:
+        return False, f"regions too short ({max(f['height']):.2f}/{min(f['height']):.2f} of the height)"
+    if f["confidence"] is not None and f["confidence"] < MIN_CONFIDENCE:
+        return False, f"low segmentation confidence {f['confidence']:.2f}"
+    return True, "ok"
+
+
+def clean_probabilities(prob: np.ndarray, clean: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """Apply a post-processed small mask to the probabilities, keeping their sub-pixel boundary.
+
+    Inside kept regions (holes filled) the probability is raised to at least ``threshold``; a
+    1-pixel ring around them keeps the raw probability (so bilinear up-sampling in
+    :func:`mask_to_original` gives the same smooth edge as the raw map); everything else is 0.
+    """
+    keep = np.asarray(clean) > 0
+    ring = cv2.dilate(keep.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    prob = np.asarray(prob, np.float32)
+    return np.where(
+        keep, np.maximum(prob, threshold), np.where(ring, np.minimum(prob, threshold - 1e-3), 0.0)
+    ).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+_PREDICTORS: dict = {}
+
+
+def make_predictor(model, jit_compile: bool = False):
+    """A compiled batch-of-1 forward pass (a graph call is several times faster than eager ``model(x)``)."""
+    import tensorflow as tf
+
+    side = model.input_shape[1]
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        jit_compile=jit_compile,
+        input_signature=[tf.TensorSpec((1, side, side, 1), tf.uint8)],
+    )
+    return lambda small: fn(small[None, :, :, None]).numpy()[0, :, :, 0]
+
+
+def predict_small(model, small: np.ndarray) -> np.ndarray:
+    """Model probabilities (side x side float32) for one side x side uint8 input, batch of 1."""
+    key = id(model)
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = (model, make_predictor(model))  # keep model alive so id() stays unique
+    return _PREDICTORS[key][1](np.ascontiguousarray(small, dtype=np.uint8))
+
+
+def segment(model, gray: np.ndarray, side: int = SIDE, mode: str = "letterbox") -> dict:
+    """Full path: lung_input -> predict -> postprocess -> mask_to_original -> plausibility, box, area."""
+    return segment_with(lambda small: predict_small(model, small), gray, side, mode)
+
+
+def segment_with(forward, gray: np.ndarray, side: int = SIDE, mode: str = "letterbox") -> dict:
+    small, frame = lung_input(gray, side, mode)
+    prob = forward(small)
+    clean_small = postprocess(prob >= THRESHOLD)
+    # judge plausibility on the analysed content region (letterbox padding excluded)
+    content = clean_small[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw]
+    cprob = prob[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw]
+    ok, reason = plausible_lungs(content, cprob)
+    mask = mask_to_original(clean_probabilities(prob, clean_small), frame, gray.shape)
+    ys, xs = np.nonzero(mask)
+    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if ys.size else (0, 0, 0, 0)
+    return {
+        "mask": mask,
+        "box": box,
+        "area_fraction": float(content.mean() / 255.0),
+        "ok": ok,
+        "reason": reason,
+    }
+
+
+class LungModel:
+    """A registered lung model, loaded once per process, with its compiled batch-of-1 forward pass."""
+
+    def __init__(self, model_dir: str | Path):
+        import json
+
+        from cxr_core.errors import ModelError
+        from cxr_core.settings import Layout
+
+        self.model_dir = Path(model_dir)
+        try:
+            self.metadata = json.loads((self.model_dir / Layout.METADATA).read_text())
+            self.model = load_model(self.model_dir / Layout.MODEL)
+        except Exception as error:  # Keras raises many types for a damaged archive
+            raise ModelError(f"the lung model in {self.model_dir} cannot be loaded: {error}") from error
+        self.version = self.metadata.get("version") or self.model_dir.name
+        self.sha256 = self.metadata.get("model_sha256")
+        self.side = int(self.model.input_shape[1])
+        self.mode = self.metadata.get("mode", "letterbox")
+        self._forward = make_predictor(self.model)
+
+    def segment(self, gray: np.ndarray) -> dict:
+        """Mask at the picture's own size (0/255), its box, the share of the frame, and plausibility."""
+        return segment_with(self._forward, gray, self.side, self.mode)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    u = np.logical_or(a, b).sum()
+    return 1.0 if u == 0 else float(np.logical_and(a, b).sum() / u)
+
+
+_LOADED: dict[str, LungModel] = {}
+
+
+def load_lung_model(version: str | None = None, expected_sha256: str | None = None) -> LungModel | None:
+    """The lung model a classifier was trained with (``version``), else the current one; None if none.
+
+    A recorded checksum must match: a classifier trained on lung-cropped films must see the same crop.
+    Loaded once per process and version.
+    """
+    from cxr_core.errors import ModelError
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import lung_models_dir
+
+    registry = Registry(lung_models_dir())
+    if version is None:
+        try:
+            version = registry.current_version()
+        except ModelError:
+            version = None
+        if version is None:
+            return None
+    if version not in _LOADED:
+        registry.verify(version)
+        _LOADED[version] = LungModel(registry.version_dir(version))
+    model = _LOADED[version]
+    if expected_sha256 and model.sha256 != expected_sha256:
+        raise ModelError(
+            f"lung model {version} is not the one the classifier was trained with (checksum differs)"
+        )
+    return model

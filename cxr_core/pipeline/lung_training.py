@@ -1,0 +1,362 @@
+"""Training the lung-field U-Net on the shared masks (Shenzhen, JSRT), and measuring it.
+
+The masks: ``<lungs>/manifest.csv`` pairs each image with its 0/255 mask (same size). Splits are fixed
+and seeded per source (70/10/20 by image), so a source's held-out test films never reach training or
+early stopping; quality is measured at each input's full original size (the mask mapped back with
+:func:`cxr_core.modelling.lungs.mask_to_original`), per source, and across sources (train on one,
+test on the other), because a lung model must hold up on hospitals it has not seen.
+
+Licence of the masks: Shenzhen (Stirenko et al. 2018) CC BY-NC-SA 4.0, JSRT/SCR (Shiraishi et al. 2000,
+van Ginneken et al. 2006) research use only: a model trained on them is for non-commercial research.
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from cxr_core.modelling.lungs import (
+    SIDE,
+    Frame,
+    build_unet,
+    lung_input,
+)
+
+
+def load_records(manifest, sources=None):
+    """Rows of the lung-mask manifest as dicts with absolute ``image_path``/``mask_path``."""
+    import csv
+    import os
+
+    root = os.path.dirname(os.path.abspath(manifest))
+    out = []
+    with open(manifest, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if sources and row["source"] not in sources:
+                continue
+            row = dict(row)
+            row["image_path"] = os.path.normpath(os.path.join(root, row["image"]))
+            row["mask_path"] = os.path.normpath(os.path.join(root, row["mask"]))
+            out.append(row)
+    return out
+
+
+def split_records(records, seed: int = 0, fractions=(0.7, 0.1, 0.2)):
+    """Fixed seeded split by image, per source: {'train': [...], 'val': [...], 'test': [...]}."""
+    out = {"train": [], "val": [], "test": []}
+    for source in sorted({r["source"] for r in records}):
+        rows = sorted((r for r in records if r["source"] == source), key=lambda r: r["image"])
+        idx = np.random.default_rng(seed).permutation(len(rows))
+        n_train = round(fractions[0] * len(rows))
+        n_val = round(fractions[1] * len(rows))
+        for k, i in enumerate(idx):
+            part = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+            out[part].append(rows[i])
+    return out
+
+
+def prepare_pairs(records, side: int = SIDE, mode: str = "letterbox"):
+    """Decode each record with the project's reader -> (X uint8 (n,side,side,1), Y float32 (n,side,side,1))."""
+    from cxr_core.imaging.decode import read_image
+
+    X = np.zeros((len(records), side, side, 1), np.uint8)
+    Y = np.zeros((len(records), side, side, 1), np.float32)
+    for i, r in enumerate(records):
+        gray = read_image(r["image_path"]).pixels
+        X[i, :, :, 0], frame = lung_input(gray, side, mode)
+        Y[i, :, :, 0] = mask_to_frame(read_mask(r["mask_path"], gray.shape), frame)
+    return X, Y
+
+
+def read_mask(path, shape=None) -> np.ndarray:
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ValueError(f"cannot read mask {path}")
+    if shape is not None and m.shape != tuple(shape):
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return (m > 127).astype(np.uint8) * 255
+
+
+def mask_to_frame(mask: np.ndarray, frame: Frame) -> np.ndarray:
+    """Original-size 0/255 mask -> 0/1 float mask in the model-input geometry (inverse of mask_to_original)."""
+    region = (mask[frame.top : frame.bottom, frame.left : frame.right] > 0).astype(np.float32)
+    small = np.zeros((frame.side, frame.side), np.float32)
+    content = cv2.resize(region, (frame.cw, frame.ch), interpolation=cv2.INTER_AREA)
+    small[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw] = (content >= 0.5).astype(
+        np.float32
+    )
+    return small
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+    """One sample: same small rotation/shift/zoom on image and mask; brightness/contrast/gamma on the image."""
+    side = x.shape[0]
+    angle = rng.uniform(-10, 10)
+    zoom = rng.uniform(0.9, 1.1)
+    tx, ty = rng.uniform(-0.08, 0.08, size=2) * side
+    M = cv2.getRotationMatrix2D((side / 2, side / 2), angle, zoom)
+    M[:, 2] += (tx, ty)
+    xi = cv2.warpAffine(
+        x, M, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    yi = cv2.warpAffine(
+        y, M, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    yi = (yi >= 0.5).astype(np.float32)
+    f = xi.astype(np.float32) / 255.0
+    f = np.power(f, rng.uniform(0.7, 1.4))  # gamma
+    f = (f - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.1, 0.1)  # contrast, brightness
+    if rng.random() < 0.3:
+        f = cv2.GaussianBlur(f, (3, 3), rng.uniform(0.3, 1.0))
+    xi = np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return xi, yi
+
+
+def dice_bce_loss(y_true, y_pred):
+    from keras import ops
+
+    eps = 1e-6
+    y_pred = ops.clip(y_pred, eps, 1 - eps)
+    bce = -ops.mean(y_true * ops.log(y_pred) + (1 - y_true) * ops.log(1 - y_pred))
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    denom = ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3))
+    soft_dice = ops.mean((2 * inter + 1.0) / (denom + 1.0))
+    return bce + (1 - soft_dice)
+
+
+def _dice_metric(y_true, y_pred):
+    from keras import ops
+
+    p = ops.cast(y_pred >= 0.5, "float32")
+    inter = ops.sum(y_true * p, axis=(1, 2, 3))
+    denom = ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(p, axis=(1, 2, 3))
+    return ops.mean((2 * inter + 1.0) / (denom + 1.0))
+
+
+def train_unet(
+    records,
+    out_path,
+    side: int = SIDE,
+    epochs: int = 60,
+    seed: int = 0,
+    val_records=None,
+    batch_size: int = 16,
+    base_filters: int = 8,
+    depth: int = 4,
+    lr: float = 2e-3,
+    patience: int = 10,
+    mode: str = "letterbox",
+    max_minutes: float | None = None,
+    verbose: int = 2,
+    data=None,
+):
+    """Train the U-Net on ``records`` (lung-manifest rows), early-stopping on ``val_records``.
+
+    If ``val_records`` is None a seeded 12.5 % of ``records`` is held out. ``data`` may pass
+    pre-decoded ((Xtr, Ytr), (Xva, Yva)) arrays. Saves the best-val model to ``out_path`` and returns
+    a dict with history, params and wall time.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if data is None:
+        if val_records is None:
+            idx = np.random.default_rng(seed).permutation(len(records))
+            n_val = max(1, len(records) // 8)
+            val_records = [records[i] for i in idx[:n_val]]
+            records = [records[i] for i in idx[n_val:]]
+        Xtr, Ytr = prepare_pairs(records, side, mode)
+        Xva, Yva = prepare_pairs(val_records, side, mode)
+    else:
+        (Xtr, Ytr), (Xva, Yva) = data
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(Xtr))
+
+        def __len__(self):
+            return max(1, int(np.ceil(len(Xtr) / batch_size)))
+
+        def __getitem__(self, i):
+            sel = self.order[i * batch_size : (i + 1) * batch_size]
+            xb = np.empty((len(sel), side, side, 1), np.uint8)
+            yb = np.empty((len(sel), side, side, 1), np.float32)
+            for k, j in enumerate(sel):
+                xa, ya = augment(Xtr[j, :, :, 0], Ytr[j, :, :, 0], self.rng)
+                xb[k, :, :, 0], yb[k, :, :, 0] = xa, ya
+            return xb, yb
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(Xtr))
+
+    class TimeLimit(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if max_minutes and time.time() - self.t0 > 60 * max_minutes:
+                self.model.stop_training = True
+
+    model = build_unet(side, base_filters, depth)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=dice_bce_loss, metrics=[_dice_metric])
+    callbacks = [
+        keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(
+            "val_loss", factor=0.5, patience=max(2, patience // 3), min_lr=1e-5
+        ),
+        TimeLimit(),
+    ]
+    t0 = time.time()
+    hist = model.fit(
+        Batches(), validation_data=(Xva, Yva), epochs=epochs, callbacks=callbacks, verbose=verbose
+    )
+    seconds = time.time() - t0
+    from cxr_core.modelling.networks import save_model
+
+    save_model(model, out_path)
+    return {
+        "seconds": seconds,
+        "epochs_run": len(hist.history["loss"]),
+        "best_val_loss": float(min(hist.history["val_loss"])),
+        "params": int(model.count_params()),
+        "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
+        "model": model,
+    }
+
+
+def evaluate_lungs(model, records, side: int = SIDE, mode: str = "letterbox") -> dict:
+    """Dice and IoU per source, each film scored at its own full size (mask mapped back), mean and 5th pct."""
+    from cxr_core.imaging.decode import read_image
+    from cxr_core.modelling.lungs import dice, iou, segment
+
+    by_source: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        gray = read_image(record["image_path"]).pixels
+        predicted = segment(model, gray, side, mode)["mask"]
+        truth = read_mask(record["mask_path"], gray.shape)
+        scores = by_source.setdefault(record["source"], {"dice": [], "iou": []})
+        scores["dice"].append(dice(predicted, truth))
+        scores["iou"].append(iou(predicted, truth))
+    return {
+        source: {"films": len(values["dice"]),
+                 **{f"{name}_mean": round(float(np.mean(v)), 4) for name, v in values.items()},
+                 **{f"{name}_p5": round(float(np.percentile(v, 5)), 4) for name, v in values.items()}}
+        for source, values in sorted(by_source.items())
+    }  # fmt: skip
+
+
+def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None) -> dict:
+    """Train on the train splits of every source, measure on the held-out splits, write a model folder.
+
+    With ``cross_source``, one more model per source is trained on the *other* source only and tested
+    on all of this one: the estimate for a hospital the lung model never saw.
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from cxr_core import settings
+    from cxr_core.fsutil import atomic_directory, write_json_atomic
+    from cxr_core.pipeline.datasets import Record, dataset_fingerprint
+    from cxr_core.registry.store import sha256_file
+    from cxr_core.settings import Layout
+
+    params = settings.section("lungs", params)
+    data_root = Path(data_root)
+    records = load_records(data_root / "manifest.csv")
+    if not records:
+        from cxr_core.errors import DatasetError
+
+        raise DatasetError(f"no lung masks listed in {data_root.name}/manifest.csv")
+    splits = split_records(records, seed=int(params["seed"]))
+    common = {key: params[key] for key in ("side", "epochs", "batch_size", "base_filters", "depth", "patience",
+                                           "mode", "max_minutes")}  # fmt: skip
+    common["lr"] = params["learning_rate"]
+    started = time.perf_counter()
+    with atomic_directory(out_dir) as staging:
+        trained = train_unet(splits["train"], str(staging / Layout.MODEL), seed=int(params["seed"]),
+                             val_records=splits["val"], verbose=0, **common)  # fmt: skip
+        model = trained.pop("model")
+        held_out = evaluate_lungs(model, splits["test"], params["side"], params["mode"])
+        cross = {}
+        if params["cross_source"]:
+            sources = sorted({r["source"] for r in records})
+            for target in sources:
+                others = [r for r in splits["train"] if r["source"] != target]
+                others_val = [r for r in splits["val"] if r["source"] != target]
+                if not others:
+                    continue
+                extra = train_unet(others, str(staging / f".cross-{target}.keras"), seed=int(params["seed"]),
+                                   val_records=others_val, verbose=0, **common)  # fmt: skip
+                cross[target] = evaluate_lungs(
+                    extra["model"],
+                    [r for r in records if r["source"] == target],
+                    params["side"],
+                    params["mode"],
+                )[target]
+                (staging / f".cross-{target}.keras").unlink(missing_ok=True)
+        fingerprint = dataset_fingerprint([Record(r["mask_path"], 1, r["source"]) for r in records])
+        metadata = {
+            "version": None,
+            "kind": "lung segmentation",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": params["mode"],
+            "input_side": params["side"],
+            "params": params,
+            "parameters": trained["params"],
+            "epochs_run": trained["epochs_run"],
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "data_name": data_root.name,
+            "data_fingerprint": fingerprint,
+            "split": {part: len(rows) for part, rows in splits.items()},
+            "held_out": held_out,
+            "cross_source": cross,
+            "licence": LICENCE,
+            "model_sha256": sha256_file(staging / Layout.MODEL),
+        }
+        write_json_atomic(staging / Layout.METADATA, metadata)
+        write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
+        (staging / Layout.CARD).write_text(render_lung_card(metadata))
+    return metadata
+
+
+LICENCE = (
+    "Trained on the Shenzhen lung masks (Stirenko et al. 2018, CC BY-NC-SA 4.0) and the JSRT images "
+    "(Shiraishi et al. 2000) with SCR masks (van Ginneken et al. 2006, research use only): this model is "
+    "for non-commercial research use, and derived models must carry the same terms."
+)
+
+
+def render_lung_card(metadata: dict) -> str:
+    def row(source: str, values: dict) -> str:
+        return (f"| {source} | {values['films']} | {values['dice_mean']:.3f} | {values['dice_p5']:.3f} | "
+                f"{values['iou_mean']:.3f} |")  # fmt: skip
+
+    lines = [
+        f"# Lung model card {metadata.get('version') or '(candidate)'}",
+        "",
+        f"Compact U-Net ({metadata['parameters']:,} parameters), input {metadata['input_side']} px "
+        f"({metadata['mode']}: the whole border-trimmed film, padded to a square), trained "
+        f"{metadata['epochs_run']} epochs in {metadata['train_seconds']:.0f} s on `{metadata['data_name']}` "
+        f"(fingerprint `{metadata['data_fingerprint'][:16]}`; split per source 70/10/20, seeded: "
+        f"{metadata['split']}).",
+        "",
+        "Used to draw the lung outline, to measure how much of the classifier's evidence lies in the lungs, "
+        "and to refuse films with no plausible pair of lung fields.",
+        "",
+        "## Held-out films (each at its own full size)",
+        "",
+        "| source | films | Dice | Dice (5th percentile) | IoU |",
+        "|---|---|---|---|---|",
+        *[row(source, values) for source, values in metadata["held_out"].items()],
+    ]
+    if metadata.get("cross_source"):
+        lines += ["", "## A source it never saw (trained on the other source only)", "",
+                  "| source | films | Dice | Dice (5th percentile) | IoU |", "|---|---|---|---|---|",
+                  *[row(source, values) for source, values in metadata["cross_source"].items()]]  # fmt: skip
+    lines += ["", "## Terms", metadata["licence"], ""]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Lung fields: the shipped U-Net's quality on real masks, the `lungs` command, and refusal of non-chest images."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from builders import make_dicom
+
+from cxr_core.modelling import lungs
+from cxr_core.pipeline import lung_training
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_LUNGS = ROOT.parent / "shared" / "data" / "lungs"
+
+
+@pytest.fixture(scope="module")
+def lung_model():
+    model = lungs.load_lung_model()
+    assert model is not None, "the project ships a lung model in models/lungs"
+    return model
+
+
+@pytest.fixture(scope="module")
+def mask_records(shared_cxr):
+    records = lung_training.load_records(SHARED_LUNGS / "manifest.csv")
+    test = lung_training.split_records(records, seed=0)["test"]
+    by_source = {}
+    for record in test:
+        by_source.setdefault(record["source"], []).append(record)
+    return {source: rows[:12] for source, rows in by_source.items()}  # a fixed set, held out in training
+
+
+def test_geometry_round_trip_and_plausibility_of_a_drawn_pair_of_lungs():
+    gray = np.zeros((300, 200), np.uint8)
+    gray[20:280, 10:190] = np.random.default_rng(0).integers(30, 220, (260, 180))
+    small, frame = lungs.lung_input(gray, 64)
+    assert small.shape == (64, 64)
+    drawn = np.zeros((300, 200), np.uint8)
+    drawn[60:200, 30:90] = 255
+    drawn[60:200, 110:170] = 255
+    back = lungs.mask_to_original(lung_training.mask_to_frame(drawn, frame), frame, gray.shape)
+    assert back.shape == gray.shape and lungs.dice(back, drawn) > 0.9
+    assert lungs.plausible_lungs(lungs.postprocess(drawn))[0]
+    middle = np.zeros((300, 200), np.uint8)
+    middle[100:200, 80:120] = 255  # one region on the midline: not a lung
+    assert not lungs.plausible_lungs(lungs.postprocess(middle))[0]
+
+
+@pytest.mark.slow
+def test_the_shipped_lung_model_on_held_out_masks_of_both_sources(lung_model, mask_records):
+    from cxr_core.imaging.decode import read_image
+
+    for source, records in mask_records.items():
+        scores = []
+        for record in records:
+            gray = read_image(record["image_path"]).pixels
+            result = lung_model.segment(gray)
+            truth = lung_training.read_mask(record["mask_path"], gray.shape)
+            assert result["mask"].shape == gray.shape and result["ok"], (record["image"], result["reason"])
+            scores.append(lungs.dice(result["mask"], truth))
+        assert np.mean(scores) >= 0.94, (source, np.mean(scores))
+        assert min(scores) >= 0.80, (source, min(scores))
+
+
+def _negatives() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (512, 1)).astype(np.uint8)
+    noise = np.clip(128 + rng.normal(0, 40, (512, 512)), 0, 255).astype(np.uint8)
+    page = np.full((700, 500), 235, np.uint8)
+    for line in range(24):
+        cv2.putText(page, "Lorem ipsum dolor sit amet, consectetur", (20, 40 + 26 * line),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.55, 20, 1)  # fmt: skip
+    blobs = cv2.GaussianBlur(rng.integers(0, 255, (480, 640)).astype(np.uint8), (0, 0), 25)
+    photo = cv2.normalize(blobs, None, 0, 255, cv2.NORM_MINMAX)
+    return {"gradient": ramp, "noise": noise, "text page": page, "photo": photo}
+
+
+@pytest.mark.parametrize("kind", ["gradient", "noise", "text page", "photo"])
+def test_images_with_no_plausible_lungs_are_refused_not_scored(kind, lung_model):
+    from cxr_core.errors import ImageError
+    from cxr_core.imaging.preprocess import NOT_A_CHEST, to_model_input
+
+    data = cv2.imencode(".png", _negatives()[kind])[1].tobytes()
+    with pytest.raises(ImageError) as refused:
+        to_model_input(data, lungs=lung_model)
+    message = str(refused.value)
+    assert message.startswith(NOT_A_CHEST) or "blank" in message or "flat" in message, message
+
+
+def test_real_xrays_of_every_source_pass_the_lung_check(lung_model, shared_cxr):
+    from conftest import shared_records
+
+    from cxr_core.imaging.preprocess import to_model_input
+
+    for source in ("tbx11k", "openist", "shenzhen", "da", "rahmandb"):
+        for row in shared_records(source)[:4]:
+            found = to_model_input(shared_cxr / row["path"], lungs=lung_model).lungs
+            assert found["ok"] and 0.05 < found["area_fraction"] < 0.65, (row["path"], found["reason"])
+
+
+def _write(kind: str, gray: np.ndarray, folder: Path) -> Path:
+    if kind == "dicom-monochrome1":
+        path = folder / "inverted.dcm"
+        path.write_bytes(make_dicom((255 - gray).astype(np.uint16) * 16, photometric="MONOCHROME1"))
+    else:
+        path = folder / f"film.{'jpg' if kind == 'jpeg' else 'png'}"
+        cv2.imwrite(str(path), gray)
+    return path
+
+
+@pytest.mark.slow
+def test_lungs_command_writes_masks_of_each_inputs_own_size(tmp_path, shared_cxr, lung_model):
+    from conftest import shared_records
+
+    from cxr_core.imaging.decode import read_image
+
+    original = read_image(shared_cxr / shared_records("da", "Tuberculosis")[0]["path"]).pixels
+    wide = original[: original.shape[0] * 3 // 4]  # non-square
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    paths = [
+        _write(kind, wide if kind == "png" else original, inputs)
+        for kind in ("png", "jpeg", "dicom-monochrome1")
+    ]
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "masks"
+    done = subprocess.run([sys.executable, "-m", "cxr_core", "lungs", str(inputs), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "broken.png: not segmented" in done.stderr and "Traceback" not in done.stderr
+    masks = {}
+    for path in paths:
+        mask = cv2.imread(str(out / f"{path.stem}.png"), cv2.IMREAD_GRAYSCALE)
+        source = read_image(path).pixels
+        assert mask.shape == source.shape, path.name
+        assert set(np.unique(mask)) <= {0, 255} and 0.08 < (mask > 0).mean() < 0.6, path.name
+        masks[path.suffix] = mask
+    # MONOCHROME1 is inverted on reading: its mask matches the MONOCHROME2 JPEG's
+    assert lungs.dice(masks[".dcm"], masks[".jpg"]) > 0.9
+
+
+def test_a_tiny_unet_trains_for_one_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (8, 64, 64, 1), dtype=np.uint8)
+    y = np.zeros((8, 64, 64, 1), np.float32)
+    y[:, 16:48, 8:24] = 1
+    y[:, 16:48, 40:56] = 1
+    out = lung_training.train_unet(None, str(tmp_path / "tiny.keras"), side=64, epochs=1, batch_size=4,
+                                   base_filters=4, depth=3, verbose=0, data=((x, y), (x[:2], y[:2])))  # fmt: skip
+    assert out["epochs_run"] == 1 and (tmp_path / "tiny.keras").exists()
+    probabilities = lungs.predict_small(out["model"], x[0, :, :, 0])
+    assert probabilities.shape == (64, 64) and np.isfinite(probabilities).all()
