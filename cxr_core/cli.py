@@ -263,13 +263,19 @@ def _lungs(args) -> int:
     lungs = LungModel(model_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     for path in iter_image_files(args.paths):
         try:
             result = lungs.segment(read_image(path).pixels)
         except CxrError as error:
             print(f"{path}: not segmented: {error}", file=sys.stderr)
             continue
-        target = out / f"{path.stem}.png"
+        name, copy = path.stem, 1
+        while name in taken:  # two inputs with one stem (scan.png, scan.dcm) must not overwrite each other
+            copy += 1
+            name = f"{path.stem}-{copy}"
+        taken.add(name)
+        target = out / f"{name}.png"
         if not cv2.imwrite(str(target), result["mask"]):
             raise OSError(f"cannot write {target}")
         note = "" if result["ok"] else f" (not a plausible pair of lung fields: {result['reason']})"

@@ -106,7 +106,7 @@ def _write(kind: str, gray: np.ndarray, folder: Path) -> Path:
         path = folder / "inverted.dcm"
         path.write_bytes(make_dicom((255 - gray).astype(np.uint16) * 16, photometric="MONOCHROME1"))
     else:
-        path = folder / f"film.{'jpg' if kind == 'jpeg' else 'png'}"
+        path = folder / (f"film-{kind}.jpg" if kind == "jpeg" else f"film-{kind}.png")
         cv2.imwrite(str(path), gray)
     return path
 
@@ -140,6 +140,11 @@ def test_lungs_command_writes_masks_of_each_inputs_own_size(tmp_path, shared_cxr
         masks[path.suffix] = mask
     # MONOCHROME1 is inverted on reading: its mask matches the MONOCHROME2 JPEG's
     assert lungs.dice(masks[".dcm"], masks[".jpg"]) > 0.9
+    twin = inputs / "film-png.jpg"  # the same stem as film-png.png: its mask must not overwrite the other
+    cv2.imwrite(str(twin), original)
+    again = subprocess.run([sys.executable, "-m", "cxr_core", "lungs", str(inputs / "film-png.png"), str(twin),
+                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0 and (out / "film-png-2.png").is_file(), again.stdout + again.stderr
 
 
 def test_a_tiny_unet_trains_for_one_epoch(tmp_path):
