@@ -201,6 +201,51 @@ def portable_path(path: str, data_root: Path) -> str:
         return path
 
 
+def score_films_through_own_path(ingest_dir: str | Path, predictor, split: str = "test"):
+    """Labels and probabilities of a split's films read again from disk through ``predictor``'s own path.
+
+    For comparing a model whose preprocessing differs from the ingest's (a whole-film model against
+    lung-cropped shards): each model must see the films the way it was trained to. Films the model
+    refuses (no plausible lungs, unreadable since) are left out of both lists.
+    """
+    from cxr_core.errors import CxrError
+    from cxr_core.pipeline.datasets import Record, read_record_bytes
+
+    _, labels, rows = load_split(ingest_dir, split)
+    kept_labels, pixels = [], []
+    for row, label in zip(rows, labels, strict=True):
+        record = Record(row["path"], int(label), row["source"], row.get("member") or None)
+        try:
+            pixels.append(predictor.model_input(read_record_bytes(record)).pixels)
+        except (CxrError, OSError):
+            continue
+        kept_labels.append(int(label))
+    if not pixels:
+        return np.array([], np.int32), np.array([], np.float64)
+    predictions = predictor.predict(np.stack(pixels)[..., None])
+    return np.array(kept_labels, np.int32), np.array([p.probability for p in predictions], np.float64)
+
+
+def same_preprocessing(predictor, ingest_dir: str | Path) -> bool:
+    """Whether ``predictor`` was trained on inputs made the way this ingest made its shards."""
+    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
+    return predictor.side == summary.get("side") and _input_recipe(predictor.preprocessing) == _input_recipe(
+        summary.get("preprocessing")
+    )
+
+
+def _input_recipe(preprocessing: dict | None) -> tuple:
+    """What decides the pixels a network sees: whole film, or the lungs' box by one lung model and margin."""
+    preprocessing = preprocessing or {}
+    if not preprocessing.get("lung_crop"):
+        return ("whole film",)
+    return (
+        "lung box",
+        preprocessing.get("lung_margin"),
+        (preprocessing.get("lung_model") or {}).get("sha256"),
+    )
+
+
 def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "test", keep_predictions=False):
     """Labels, probabilities, manifest rows and the predictor, for one split scored by one model.
 

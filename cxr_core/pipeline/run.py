@@ -66,10 +66,19 @@ def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict:
     """
     from cxr_core import metrics
     from cxr_core.errors import CxrError
-    from cxr_core.pipeline.evaluate import score_split
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.evaluate import same_preprocessing, score_films_through_own_path, score_split
 
     try:
-        labels, probabilities, _, predictor = score_split(ingest_dir, registry.version_dir(version), "test")
+        predictor = Predictor(registry.version_dir(version))
+        if same_preprocessing(predictor, ingest_dir):
+            labels, probabilities, _, predictor = score_split(
+                ingest_dir, registry.version_dir(version), "test"
+            )
+        else:  # another input path (say whole film vs lung crop): each model sees the films its own way
+            labels, probabilities = score_films_through_own_path(ingest_dir, predictor)
+            if len(labels) == 0:
+                raise CxrError("it could read none of the test films")
     except (ValueError, OSError, CxrError) as error:
         raise CxrError(
             f"the model in use ({version}) could not be scored on the candidate's test films: {error}"

@@ -181,12 +181,20 @@ def _document() -> np.ndarray:
 
 
 @pytest.mark.parametrize("make", [_texture, _document], ids=["texture", "document"])
-def test_ood_warning_for_grayscale_non_chest_images(predictor, make):
-    pixels = make()
-    (item,) = predictor.screen([("picture.png", _png(pixels))])
-    assert item.ok, f"precondition: the cheap checks must let it through ({item.error})"
-    assert item.prediction.ood_distance > float(predictor.ood_stats["alarm"])
-    assert any("does not resemble the chest X-rays" in w for w in item.warnings)
+def test_grayscale_non_chest_images_are_refused_for_want_of_lungs(predictor, make):
+    from cxr_core.imaging.preprocess import NOT_A_CHEST
+
+    (item,) = predictor.screen([("picture.png", _png(make()))])
+    assert not item.ok and item.prediction is None
+    assert item.error.startswith(NOT_A_CHEST), item.error
+
+
+@pytest.mark.parametrize("make", [_texture, _document], ids=["texture", "document"])
+def test_ood_warning_behind_the_lung_check(predictor, make):
+    """Second line of defence: what passes the anatomy check but is unlike the training films is flagged."""
+    (prediction,) = predictor.predict(preprocess(make())[None, :, :, None])
+    assert prediction.ood_distance > float(predictor.ood_stats["alarm"])
+    assert any("does not resemble the chest X-rays" in w for w in prediction.warnings)
 
 
 def test_no_ood_warning_for_real_xrays_from_every_source(predictor, test_split):
