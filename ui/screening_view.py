@@ -166,7 +166,7 @@ def person_name(value: object) -> str:
 
 def _people_case(text: str) -> str:
     if text.isupper() or text.islower():
-        return re.sub(r"[A-Za-z]+('[A-Za-z]+)?", lambda m: m.group(0).capitalize(), text)
+        return re.sub(r"[^\W\d_]+", lambda m: m.group(0).capitalize(), text)
     return text
 
 
