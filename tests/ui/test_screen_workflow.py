@@ -165,3 +165,37 @@ def test_export_names_are_safe():
     assert screening_view.report_stem("../../etc/pa ss.wd.png") == "pa_ss.wd"
     assert screening_view.report_stem("=cmd|x") == "cmd_x"
     assert screening_view.report_stem(".png") == "png"
+
+
+# ------------------------------------------------------------------------------ evaluation: honest figures
+
+
+def test_percentages_never_round_to_a_false_certainty():
+    from ui.evaluation_view import fmt_count, fmt_pct
+
+    assert fmt_pct(0.9996) == "> 99.9%" and fmt_pct(0.99951) == "> 99.9%"
+    assert fmt_pct(0.0004) == "< 0.1%" and fmt_pct(0.00049) == "< 0.1%"
+    assert fmt_pct(1.0) == "100%" and fmt_pct(0.0) == "0%"
+    assert fmt_pct(0.912) == "91.2%" and fmt_pct(None) == "n/a"
+    assert fmt_count(0) == "0" and fmt_count(0.04) == "< 0.1" and fmt_count(0.4) == "0.4"
+    assert fmt_count(9.96) == "10.0" and fmt_count(123.4) == "123"
+
+
+def test_tiny_test_split_withholds_figures():
+    from types import SimpleNamespace
+
+    from ui import evaluation_view
+
+    def ev(n, tb):
+        labels = [1] * tb + [0] * (n - tb)
+        return SimpleNamespace(
+            predictions=[{"label": x} for x in labels],
+            labels=np.array(labels),
+            metrics={"who_minimum_met": True, "per_source": {}},
+        )
+
+    assert evaluation_view.too_few_test_films(ev(4, 1)) == "too few test films (n=4)"
+    assert evaluation_view.too_few_test_films(ev(100, 9)) == "too few test films (n=100)"
+    assert evaluation_view.too_few_test_films(ev(30, 10)) is None
+    assert evaluation_view.who_badge(ev(4, 1)) is None
+    assert evaluation_view.who_badge(ev(40, 20)) == ("met", "for a TB screening test")
