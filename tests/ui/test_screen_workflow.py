@@ -199,3 +199,49 @@ def test_tiny_test_split_withholds_figures():
     assert evaluation_view.too_few_test_films(ev(30, 10)) is None
     assert evaluation_view.who_badge(ev(4, 1)) is None
     assert evaluation_view.who_badge(ev(40, 20)) == ("met", "for a TB screening test")
+
+
+# ------------------------------------------------------------------------------ retrain: one state per job
+
+
+def test_job_states_have_one_label_and_no_time_left_after_the_end():
+    from ui import retrain_view
+
+    assert retrain_view.job_view({"state": "running", "created_ts": 0})["label"] == "Starting"
+    assert retrain_view.job_view({"state": "starting"})["label"] == "Starting"
+    training = {
+        "state": "running",
+        "stage": "train",
+        "progress": {"epoch": 1, "epochs": 4, "eta_seconds": 90},
+    }
+    view = retrain_view.job_view(training)
+    assert view["label"] == "Training" and view["eta"] == "1 min 30 s"
+    cancelled = retrain_view.job_view(dict(training, state="cancelled"))
+    assert cancelled["label"] == "Cancelled" and cancelled["eta"] is None and cancelled["epoch"] == 1
+    assert retrain_view.show_gate(active=True) is False and retrain_view.show_gate(active=False) is True
+
+
+def test_progress_log_keeps_the_pipeline_lines_only():
+    from ui import retrain_view
+
+    log = "\n".join(
+        [
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+            "I0000 00:00:1796012721.921887   32663 port.cc:153] oneDNN custom operations are on.",
+            "E0000 00:00:1796012721.9 cuda_dnn.cc:8310] Unable to register cuDNN factory",
+            "WARNING:absl:Compiled the loaded model, but the compiled metrics have yet to be built.",
+            "epoch 1/2 loss=0.7461 val_loss=0.7037 val_auc=0.7365 eta=12.0s",
+            "",
+            "Traceback (most recent call last):",
+            "cxr_core.errors.DatasetError: no images found",
+        ]
+    )
+    assert retrain_view.progress_log(log).splitlines() == [
+        "epoch 1/2 loss=0.7461 val_loss=0.7037 val_auc=0.7365 eta=12.0s",
+        "Traceback (most recent call last):",
+        "cxr_core.errors.DatasetError: no images found",
+    ]
+    assert (
+        retrain_view.progress_log("\n".join(f"line {i}" for i in range(50)), lines=3)
+        == "line 47\nline 48\nline 49"
+    )
