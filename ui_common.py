@@ -41,9 +41,13 @@ def serving_model_or_none() -> tuple[screening_view.ServingModel | None, str | N
         return None, str(error)
 
 
-def sidebar() -> None:
+def sidebar(pages=()) -> None:
     serving, problem = serving_model_or_none()
     with st.sidebar:
+        for page in pages:
+            st.page_link(page)
+        if pages:
+            st.divider()
         st.markdown("### Model in use")
         if serving is None:
             st.error(problem)
