@@ -203,7 +203,7 @@ def film_card(item) -> None:
         prediction = item.prediction
         col_view, col_result = st.columns([3, 1])
         with col_view:
-            c1, c2, c3, c4, c5 = st.columns([1, 2, 2, 2, 1])
+            c1, c2, c3, c4, c5 = st.columns([1.5, 2, 2, 2, 1])
             show_heatmap = c1.toggle("Heatmap", value=True, key="show_heatmap")
             alpha = c2.slider(
                 "Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="alpha", disabled=not show_heatmap,
