@@ -99,6 +99,10 @@ def viewer_pictures(at: AppTest) -> list[np.ndarray]:
     return found
 
 
+def download_labels(at: AppTest) -> list[str]:
+    return [element.proto.label for element in at.get("download_button")]
+
+
 def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
     probability = [m for m in at.metric if m.label == "TB probability"]
@@ -106,6 +110,9 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert 0.0 <= float(probability[0].value) <= 1.0
     assert len(decisions(at)) == 1
     assert len(viewer_pictures(at)) == 1  # the film with its Grad-CAM overlay, in the zoomable viewer
+    assert {"Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"} <= set(
+        download_labels(at)
+    )
     assert any("Heatmap: red = strongest evidence for TB" in c.value for c in at.caption)
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
@@ -321,9 +328,11 @@ def test_dicom_identity_on_card_table_and_exports_only_when_switched_on(dashboar
     at = upload(open_screen(), ("study.dcm", study))
     page = " ".join(m.value for m in at.markdown)
     assert "Doe" not in page and "ACC-7" not in page
-    assert "download_dicom" not in [b.key for b in at.get("download_button") if hasattr(b, "key")]
+    assert "Result for PACS (DICOM)" not in download_labels(at)
+    assert any("Switch on patient identity to export the result as DICOM" in c.value for c in at.caption)
     at.checkbox(key="include_ids").check()
     at.run()
+    assert "Result for PACS (DICOM)" in download_labels(at)
     card = " ".join(m.value.replace("\\", "") for m in at.markdown)
     assert "**Patient:** Doe, Jane" in card and "**Accession number:** ACC-7" in card
     assert "**Study date:** 2024-01-31" in card
@@ -339,3 +348,33 @@ def test_a_promotion_between_runs_is_announced(dashboard):
     at.run()
     notice = [w.value for w in at.warning if "model in use changed" in w.value]
     assert notice and before in notice[0] and "v-copy" in notice[0]
+
+
+def test_a_lung_mask_gets_an_outline_toggle_over_the_film(dashboard, monkeypatch):
+    """The hook for lung segmentation: an item with ``lung_mask`` gets its outline drawn in the viewer."""
+    import json
+
+    from cxr_core.modelling.predictor import Predictor
+
+    real = Predictor.screen
+
+    def screen(self, items, **options):
+        screened = real(self, items, **options)
+        for item in screened:
+            mask = np.zeros(item.image.pixels.shape, np.uint8)
+            mask[50:400, 60:230] = 1
+            item.lung_mask = mask
+        return screened
+
+    monkeypatch.setattr(Predictor, "screen", screen)
+    at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
+    assert at.toggle(key="show_lungs").value is True
+
+    def outlines() -> int:
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        return sum(1 for trace in spec["data"] if trace.get("type") == "scatter")
+
+    assert outlines() == 1
+    at.toggle(key="show_lungs").set_value(False)
+    at.run()
+    assert outlines() == 0
