@@ -245,3 +245,26 @@ def test_progress_log_keeps_the_pipeline_lines_only():
         retrain_view.progress_log("\n".join(f"line {i}" for i in range(50)), lines=3)
         == "line 47\nline 48\nline 49"
     )
+
+
+def test_version_comparison_withholds_figures_of_a_tiny_split():
+    from types import SimpleNamespace
+
+    from ui import versions_view
+
+    labels = [1, 0, 0, 0]
+    tiny = SimpleNamespace(
+        version="v-tiny",
+        metadata={"created": "2026-11-30T00:00:00"},
+        metrics={"roc_auc": 1.0, "roc_auc_ci": [1.0, 1.0], "n": 4, "n_positive": 1, "who_minimum_met": True},
+        operating_point={"sensitivity": 1.0},
+        predictions=[{"label": x} for x in labels],
+        labels=np.array(labels),
+        threshold=0.5,
+    )
+    rows = {row[""]: row["v-tiny"] for row in versions_view.compare_rows([tiny])}
+    assert (
+        rows["ROC AUC"] == "too few test films (n=4)"
+        and rows["WHO minimum met"] == "too few test films (n=4)"
+    )
+    assert rows["Operating threshold"] == "0.5000"
