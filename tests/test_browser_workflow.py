@@ -8,6 +8,7 @@ dashboard's own host, and a cold load never shows raw page names.
 import io
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,15 @@ def test_pdf_report_downloads_and_reads_back(server, browser):
     assert Path(film).name in text and "TB probability" in text and "Model version" in text
     assert screening_view.DECISION_TB in text or screening_view.DECISION_NORMAL in text
     assert "Not a medical device" in text
+
+    with page.expect_download(timeout=120_000) as batch:
+        page.get_by_role("button", name="Download all reports (PDF, zip)").click()
+    with zipfile.ZipFile(Path(batch.value.path())) as archive:
+        names = archive.namelist()
+        assert names == [f"{Path(film).stem}_tb_report.pdf", "tb_screening_results.csv"]
+        zipped = PdfReader(io.BytesIO(archive.read(names[0]))).pages[0].extract_text()
+        assert Path(film).name in zipped and "Not a medical device" in zipped
+        assert Path(film).name in archive.read(names[1]).decode("utf-8-sig")
 
 
 def test_nothing_leaves_the_server_and_no_raw_page_names_show(server, browser):
