@@ -3,15 +3,17 @@
 This file only sets up the pages and the sidebar; each page is a thin layout over ``cxr_core``.
 """
 
+from pathlib import Path
+
 import streamlit as st
+from PIL import Image
 
 import ui_common
 
-st.set_page_config(
-    page_title="TB chest X-ray screening",
-    page_icon=":material/radiology:",
-    layout="wide",
-)
+# A bundled PNG: a Material-icon favicon would be fetched from a font server, and a clinic may be offline.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+
+st.set_page_config(page_title="TB chest X-ray screening", page_icon=Image.open(FAVICON), layout="wide")
 
 pages = [
     st.Page("pages/screen.py", title="Screen X-rays", icon=":material/radiology:", default=True),
@@ -19,6 +21,8 @@ pages = [
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
     st.Page("pages/model.py", title="Model", icon=":material/description:"),
 ]
-page = st.navigation(pages)
-ui_common.sidebar()
+# The sidebar's page links are drawn by ui_common.sidebar (client.showSidebarNavigation is off in
+# .streamlit/config.toml): Streamlit's own menu would first flash the raw file names of pages/.
+page = st.navigation(pages, position="hidden")
+ui_common.sidebar(pages)
 page.run()

@@ -43,9 +43,13 @@ def serving_model_or_none() -> tuple[screening_view.ServingModel | None, str | N
         return None, str(error)
 
 
-def sidebar() -> None:
+def sidebar(pages=()) -> None:
     serving, problem = serving_model_or_none()
     with st.sidebar:
+        for page in pages:
+            st.page_link(page)
+        if pages:
+            st.divider()
         st.markdown("### Model in use")
         if serving is None:
             st.error(problem)
@@ -222,3 +226,45 @@ def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
         order="order", color=_bottom_legend("version", domain=versions, range=["#1f6f8b", "#c26d1b"])
     )
     return alt.layer(_chance_line(), curves).properties(height=360)
+
+
+# ------------------------------------------------------------------------------------------ viewer
+
+
+def film_figure(picture, contours=None, height: int = 720):
+    """A zoomable, pannable view of one film (gray or RGB uint8) with an optional lung outline.
+
+    Plotly's own tools do the work: scroll or drag to zoom, the pan tool to move, double-click to
+    reset. The picture is sent as one PNG (``binary_string``), so a 2048-px film stays light.
+    """
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    figure = px.imshow(picture, binary_string=True, binary_compression_level=1, contrast_rescaling="infer")
+    figure.update_traces(hovertemplate="x %{x}, y %{y}<extra></extra>")
+    for points in contours or []:
+        closed = list(points) + [points[0]]
+        figure.add_trace(
+            go.Scatter(
+                x=[p[0] for p in closed],
+                y=[p[1] for p in closed],
+                mode="lines",
+                line={"color": "#39d353", "width": 2},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor="x")
+    figure.update_layout(
+        height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="zoom", uirevision="film"
+    )
+    return figure
+
+
+VIEWER_CONFIG = {
+    "scrollZoom": True,
+    "displaylogo": False,
+    "modeBarButtonsToRemove": ["select2d", "lasso2d", "toImage"],
+    "modeBarButtonsToAdd": [],
+}

@@ -2,8 +2,8 @@
 
 A fresh ``streamlit run app.py`` (its own process group, killed at the end) serves a copy of the
 registry; Debian's chromium, driven by Playwright, opens the page and puts a real 512x512 PNG into
-the uploader's file input. "Shown" means the Grad-CAM caption is on the page and the original and
-its overlay have both loaded as images. Cold: the first upload after the server started (the model
+the uploader's file input. "Shown" means the viewer's heatmap caption is on the page and the film
+with its overlay has reached the viewer (a Plotly image). Cold: the first upload after the server started (the model
 is loaded then). Warm: each further upload in a freshly loaded page, the model already cached.
 Baselines, in the same run: for cold, the first-request work outside any page (a process with
 TensorFlow already imported loads the Predictor and scores one image with its overlay); for warm,
@@ -27,10 +27,10 @@ from _common import PYTHON, ROOT, emit, log, machine, median, parser, pct, pngs_
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 
-CAPTION = "Grad-CAM: red = strongest evidence for TB"
+CAPTION = "Heatmap: red = strongest evidence for TB"
 SHOWN = (
-    f"() => document.body.innerText.includes({json.dumps(CAPTION)}) && [...document.querySelectorAll('img')]"
-    ".filter(i => i.complete && i.naturalWidth > 100).length >= 2"
+    f"() => document.body.innerText.includes({json.dumps(CAPTION)})"
+    " && document.querySelector('.js-plotly-plot image') !== null"
 )
 FIRST_REQUEST = """
 import sys, time

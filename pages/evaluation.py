@@ -53,25 +53,38 @@ tab_report, tab_curves, tab_threshold, tab_errors, tab_compare = st.tabs(
     ["Report", "ROC, PR and calibration", "Threshold explorer", "Errors with Grad-CAM", "Compare versions"]
 )
 
-with tab_report:
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric(
-        "ROC AUC", ui_common.num(m.get("roc_auc")), help="Area under the ROC curve: 0.5 is chance, 1 perfect."
-    )
-    c1.caption(evaluation_view.fmt_interval(m.get("roc_auc_ci")))
-    c2.metric("Sensitivity", ui_common.pct(op.get("sensitivity")), help="Share of TB cases the model flags.")
-    c2.caption(evaluation_view.fmt_interval(op.get("sensitivity_ci"), percent=True))
-    c3.metric(
-        "Specificity", ui_common.pct(op.get("specificity")), help="Share of normal films the model clears."
-    )
-    c3.caption(evaluation_view.fmt_interval(op.get("specificity_ci"), percent=True))
-    who = m.get("who_minimum_met")
-    c4.metric("WHO minimum", "met" if who else "not met", help="Sensitivity ≥ 90% with specificity ≥ 70%.")
-    c4.caption("for a TB screening test")
+few = evaluation_view.too_few_test_films(ev)
 
-    confound = evaluation_view.site_confound_warning(ev)
-    if confound:
-        st.warning(confound, icon=":material/warning:")
+with tab_report:
+    # What limits these figures comes first: no verdict badge stands above a warning that undoes it.
+    for warning in evaluation_view.trust_warnings(ev):
+        st.warning(warning, icon=":material/warning:")
+    if few:
+        st.markdown(f"**ROC AUC, sensitivity, specificity, WHO minimum:** {few}.")
+    else:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric(
+            "ROC AUC",
+            ui_common.num(m.get("roc_auc")),
+            help="Area under the ROC curve: 0.5 is chance, 1 perfect.",
+        )
+        c1.caption(evaluation_view.fmt_interval(m.get("roc_auc_ci")))
+        c2.metric(
+            "Sensitivity", evaluation_view.fmt_pct(op.get("sensitivity")), help="Share of TB cases flagged."
+        )
+        c2.caption(evaluation_view.fmt_interval(op.get("sensitivity_ci"), percent=True))
+        c3.metric(
+            "Specificity",
+            evaluation_view.fmt_pct(op.get("specificity")),
+            help="Share of normal films the model clears.",
+        )
+        c3.caption(evaluation_view.fmt_interval(op.get("specificity_ci"), percent=True))
+        badge = evaluation_view.who_badge(ev)
+        if badge:
+            c4.metric("WHO minimum", badge[0], help="Sensitivity ≥ 90% with specificity ≥ 70%.")
+            c4.caption(badge[1])
+        else:
+            c4.metric("WHO minimum", "not assessable", help="The warning above: these data cannot show it.")
 
     st.markdown("**At a hospital it never saw** (leave-one-source-out)")
     unseen = evaluation_view.unseen_hospital_rows(ev)
@@ -132,7 +145,8 @@ with tab_report:
 with tab_curves:
     col_roc, col_pr, col_cal = st.columns(3)
     with col_roc:
-        st.markdown(f"**ROC curve** — AUC {evaluation_view.fmt_ci(m.get('roc_auc'), m.get('roc_auc_ci'))}")
+        auc = few or evaluation_view.fmt_ci(m.get("roc_auc"), m.get("roc_auc_ci"))
+        st.markdown(f"**ROC curve** — AUC {auc}")
         if ev.plots["roc"]:
             operating = (op.get("sensitivity"), op.get("specificity"))
             chart = ui_common.roc_chart(ev.plots["roc"], operating if None not in operating else None)
@@ -140,14 +154,15 @@ with tab_curves:
         else:
             st.info("No ROC curve: the test split lacks one of the classes.")
     with col_pr:
-        st.markdown(
-            f"**Precision–recall curve** — AUC {evaluation_view.fmt_ci(m.get('pr_auc'), m.get('pr_auc_ci'))}"
-        )
+        pr_auc = few or evaluation_view.fmt_ci(m.get("pr_auc"), m.get("pr_auc_ci"))
+        st.markdown(f"**Precision–recall curve** — AUC {pr_auc}")
         if ev.plots["pr"]:
             st.altair_chart(ui_common.pr_chart(ev.plots["pr"]), width="stretch")
     with col_cal:
         st.markdown(
-            f"**Calibration** — expected calibration error {ui_common.num(m.get('ece'))}, "
+            f"**Calibration** — {few}"
+            if few
+            else f"**Calibration** — expected calibration error {ui_common.num(m.get('ece'))}, "
             f"Brier score {ui_common.num(m.get('brier'))}"
         )
         if ev.plots["calibration"]:
@@ -168,17 +183,14 @@ def threshold_explorer(ev: evaluation_view.Evaluation) -> None:
     if not ev.predictions:
         st.info("This version has no stored test predictions, so the threshold cannot be explored.")
         return
+    few = evaluation_view.too_few_test_films(ev)
+    if few:
+        st.warning(f"Threshold explorer withheld: {few}.", icon=":material/warning:")
+        return
     key = f"threshold_{ev.version}"
     table = evaluation_view.threshold_table(ev)
-    col_t, col_p = st.columns([3, 2])
-    threshold = col_t.slider(
-        "Threshold on TB probability", 0.0, 1.0, float(ev.threshold), 0.001, format="%.3f", key=key
-    )
-    col_t.button(
-        f"Back to the model's operating point ({ev.threshold:.3f})",
-        on_click=_reset_threshold,
-        args=(key, float(ev.threshold)),
-    )
+    # The clinic's own prevalence leads: PPV and NPV depend on it, and it is what a programme plans with.
+    col_p, col_t = st.columns([2, 3])
     prevalence = col_p.number_input(
         "TB prevalence among the people you screen (%)",
         min_value=0.1,
@@ -188,35 +200,58 @@ def threshold_explorer(ev: evaluation_view.Evaluation) -> None:
         key="prevalence_pct",
         help="Typical screening programmes see 0.5–10%. PPV depends strongly on it; sensitivity does not.",
     )
+    threshold = col_t.slider(
+        "Threshold on TB probability", 0.0, 1.0, float(ev.threshold), 0.001, format="%.3f", key=key
+    )
+    col_t.button(
+        f"Back to the model's operating point ({ev.threshold:.3f})",
+        on_click=_reset_threshold,
+        args=(key, float(ev.threshold)),
+    )
     result = evaluation_view.explore_threshold(ev, threshold, prevalence / 100.0, table)
+    pct = evaluation_view.fmt_pct
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Sensitivity", ui_common.pct(result["sensitivity"]))
-    c2.metric("Specificity", ui_common.pct(result["specificity"]))
-    c3.metric("PPV (test set)", ui_common.pct(result["ppv"]))
-    c4.metric("NPV (test set)", ui_common.pct(result["npv"]))
+    c1.metric(
+        f"PPV in your clinic ({prevalence:g}% TB)",
+        pct(result["clinic_ppv"]),
+        help="Of everyone flagged, how many have TB.",
+    )
+    c2.metric(
+        f"NPV in your clinic ({prevalence:g}% TB)",
+        pct(result["clinic_npv"]),
+        help="Of everyone cleared, how many are free of TB.",
+    )
+    c3.metric("Sensitivity", pct(result["sensitivity"]))
+    c4.metric("Specificity", pct(result["specificity"]))
+    per = result["per_1000"]
+    if per is not None:
+        count = evaluation_view.fmt_count
+        st.markdown(
+            f"**In a clinic where {prevalence:g}% of those screened have TB**, per 1,000 people screened: "
+            f"about {count(per['referred'])} referred for confirmatory testing, {count(per['detected'])} of the "
+            f"{count(per['with_tb'])} with TB found, {count(per['missed'])} missed, "
+            f"{count(per['false_alarms'])} false alarms."
+        )
     st.caption(
         f"On the test images at {threshold:.3f}: {result['tp']} TB found, {result['fn']} TB missed, "
-        f"{result['fp']} false alarms, {result['tn']} normal films cleared "
-        f"(test-set TB prevalence {ui_common.pct(result['test_prevalence'])})."
+        f"{result['fp']} false alarms, {result['tn']} normal films cleared. Test-set PPV {pct(result['ppv'])} "
+        f"and NPV {pct(result['npv'])} hold only at the test set's own TB prevalence "
+        f"({pct(result['test_prevalence'])}), not your clinic's."
     )
-    if result["who_minimum_met"]:
+    trusted = not evaluation_view.trust_warnings(ev)
+    if result["who_minimum_met"] and trusted:
         st.success(
             "Meets the WHO minimum for a TB screening test (sensitivity ≥ 90% with specificity ≥ 70%).",
             icon=":material/verified:",
+        )
+    elif result["who_minimum_met"]:
+        st.caption(
+            "Reaches the WHO minimum on this test split, which cannot be trusted (see the Report tab)."
         )
     else:
         st.warning(
             "Below the WHO minimum for a TB screening test (sensitivity ≥ 90% with specificity ≥ 70%).",
             icon=":material/warning:",
-        )
-    per = result["per_1000"]
-    if per is not None:
-        st.markdown(
-            f"**In a clinic where {prevalence:g}% of those screened have TB**: of everyone flagged, "
-            f"**{ui_common.pct(result['clinic_ppv'])}** will have TB (PPV); of everyone cleared, "
-            f"**{ui_common.pct(result['clinic_npv'])}** will be free of TB (NPV). Per 1,000 people screened: "
-            f"about {per['referred']:.0f} referred for confirmatory testing, {per['detected']:.0f} of the "
-            f"{per['with_tb']:.0f} with TB found, {per['missed']:.0f} missed, {per['false_alarms']:.0f} false alarms."
         )
     st.altair_chart(
         ui_common.threshold_chart(evaluation_view.threshold_curve_rows(table), threshold), width="stretch"

@@ -112,17 +112,19 @@ def progress_panel() -> None:
         return
     status = listed[0]
     view = retrain_view.job_view(status)
-    st.markdown(f"**Latest job** `{view['id']}` — {view['state_label']}")
-    label = view["stage_label"] if view["active"] else view["state_label"].capitalize()
-    st.progress(view["fraction"], text=label)
+    st.markdown(f"**Latest job** `{view['id']}`")
+    st.progress(view["fraction"], text=view["label"])  # the one state label of this job
     if view["epoch"] is not None:
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Epoch", f"{view['epoch']} / {view['epochs']}")
         c2.metric("Training loss", ui_common.num(view["loss"]))
         c3.metric("Validation AUC", ui_common.num(view["val_auc"]))
-        c4.metric("Time left (training)", view["eta"] or "–")
+        if view["eta"]:
+            c4.metric("Time left (training)", view["eta"])
+        elif view["elapsed"]:
+            c4.metric("Ran for", view["elapsed"])
     elif view["active"]:
-        st.caption(f"{view['detail'] or view['stage_label']} — running for {view['elapsed'] or 'a moment'}.")
+        st.caption(f"{view['detail'] or view['label']} — running for {view['elapsed'] or 'a moment'}.")
     elif view["elapsed"]:
         st.caption(f"Ran for {view['elapsed']}.")
     if view["state"] == "failed":
@@ -132,8 +134,9 @@ def progress_panel() -> None:
     if view["active"] and st.button("Cancel this job", key="cancel_job"):
         jobs.cancel_job(view["id"], actor=ui_common.actor())
         st.rerun()
-    with st.expander("Log (last lines)", expanded=view["state"] == "failed"):
-        st.code(jobs.log_tail(view["id"], lines=30) or "(empty)", language=None)
+    with st.expander("Progress log (last lines)", expanded=view["state"] == "failed"):
+        log = retrain_view.progress_log(jobs.log_tail(view["id"], lines=400), lines=30)
+        st.code(log or "(no progress yet)", language=None)
     if active and not view["active"]:
         st.rerun()  # the job just ended: redraw the whole page to show the quality gate's verdict
 
@@ -149,7 +152,9 @@ except CxrError:
 
 finished = next((j for j in job_list if retrain_view.gate_view(j)), None)
 gate = retrain_view.gate_view(finished) if finished else None
-if gate:
+if gate and not retrain_view.show_gate(active):
+    st.caption(f"The verdict on the previous candidate ({gate['version']}) is hidden while a new job runs.")
+elif gate:
     st.subheader(f"Candidate {gate['version']}")
     candidate_versions = {m["version"] for m in registry.versions()}
     if gate["version"] not in candidate_versions:

@@ -25,6 +25,7 @@ def make_dicom(
     pixel_data=None,
     frames=None,
     samples=1,
+    study=False,
 ) -> bytes:
     """A Part 10 DICOM file (preamble + DICM + file meta) with the tags a chest DX export carries."""
     meta = FileMetaDataset()
@@ -41,6 +42,10 @@ def make_dicom(
     ds.Modality = "DX"
     ds.ViewPosition = "PA"
     ds.BodyPartExamined = "CHEST"
+    if study:  # the study's identity, as a PACS export carries it
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+        ds.StudyDate = "20240131"
+        ds.AccessionNumber = "ACC-7"
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape[-3:-1] if samples > 1 else pixels.shape[-2:]
         ds.SamplesPerPixel = samples

@@ -256,3 +256,80 @@ def test_dead_job_is_shown_as_failed_and_cancel_stops_a_running_one(admin):
         psutil.Process(pid).wait(timeout=30)
     assert not psutil.pid_exists(pid)
     assert any("cancelled" in w.value for w in at.warning)
+
+
+# ------------------------------------------------------------------------------ issue 12: consistent states
+
+
+def fake_job(job_id: str, **status) -> None:
+    write_json_atomic(
+        jobs.jobs_dir() / job_id / "status.json",
+        {"id": job_id, "created": "2026-01-01T00:00:00+00:00", "data_path": "data/sample", **status},
+    )
+
+
+def finished_candidate(admin) -> None:
+    fake_job(
+        "20260101-000000-000001",
+        state="succeeded",
+        finished="2026-01-01T00:05:00+00:00",
+        result={
+            "version": "v-copy",
+            "compared_with": admin.registry.current_version(),
+            "promoted": False,
+            "gate": {"passed": True, "reasons": []},
+        },
+    )
+
+
+def test_a_new_job_has_one_state_label_and_hides_the_previous_verdict(admin):
+    finished_candidate(admin)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fake_job(
+            "20260101-000100-000002",
+            state="running",
+            pid=sleeper.pid,
+            process_started=psutil.Process(sleeper.pid).create_time(),
+            created_ts=time.time(),
+        )
+        (jobs.jobs_dir() / "20260101-000100-000002" / "log.txt").write_text(
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1796012721.921887   32663 port.cc:153] oneDNN custom operations are on.\n"
+            "ingest: 12 of 20 images read\n"
+        )
+        at = unlock(open_retrain(), PASSWORD)
+        bar = at.get("progress")[0]
+        assert bar.proto.text == "Starting"  # not "running" beside "waiting to start"
+        latest = next(m.value for m in at.markdown if m.value.startswith("**Latest job**"))
+        assert "running" not in latest and "waiting" not in " ".join(m.value for m in at.markdown)
+        assert not any("Quality gate passed" in s.value for s in at.success)
+        assert any("hidden while a new job runs" in c.value for c in at.caption)
+        log = at.code[0].value
+        assert log == "ingest: 12 of 20 images read"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_cancelled_job_shows_no_time_left(admin):
+    fake_job(
+        "20260101-000200-000003",
+        state="cancelled",
+        finished="2026-01-01T00:03:00+00:00",
+        elapsed_seconds=180,
+        stage="train",
+        progress={
+            "stage": "train",
+            "epoch": 2,
+            "epochs": 10,
+            "loss": 0.5,
+            "val_auc": 0.7,
+            "eta_seconds": 400,
+        },
+    )
+    at = unlock(open_retrain(), PASSWORD)
+    labels = [m.label for m in at.metric]
+    assert "Epoch" in labels and "Time left (training)" not in labels
+    assert at.get("progress")[0].proto.text == "Cancelled"
+    assert any("cancelled" in w.value for w in at.warning)

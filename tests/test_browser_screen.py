@@ -9,7 +9,7 @@ import time
 
 import pytest
 import test_app_screen as shared
-from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
+from servers import CHROMIUM_ARGS, running_dashboard
 from test_app_screen import NORMAL_XRAY, PROJECT_ROOT, TB_XRAY
 from tools import need_chromium
 
@@ -36,13 +36,17 @@ def server(seed, tmp_path):
         yield url
 
 
-def test_upload_in_a_real_browser(server):
-    need_chromium()
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return need_chromium()
+
+
+def test_upload_in_a_real_browser(server, chromium):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server)
@@ -55,18 +59,18 @@ def test_upload_in_a_real_browser(server):
                 page.get_by_text("No TB signs detected")
             )
             expect(decision.first).to_be_visible()
-            page.wait_for_function(  # the original and its Grad-CAM overlay, both actually loaded
-                "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 100)"
-                ".length >= 2",
+            page.wait_for_function(  # the film with its Grad-CAM overlay, drawn in the viewer
+                "() => document.querySelector('.js-plotly-plot')?.data?.[0]?.source?.length > 1000",
                 timeout=30_000,
             )
-            expect(page.get_by_text("Grad-CAM: red = strongest evidence for TB")).to_be_visible()
+            expect(page.get_by_text("Heatmap: red = strongest evidence for TB")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-screen.png"), full_page=True)
 
             # With the model now loaded, a further upload is answered quickly.
             started = time.perf_counter()
             page.locator("input[type=file]").set_input_files(str(NORMAL_XRAY))
-            expect(results).to_have_count(2, timeout=30_000)
+            rows = page.locator("[data-testid=stDataFrame] table tbody tr")
+            expect(rows).to_have_count(2, timeout=30_000)  # both films on the worklist, one card open
             warm = time.perf_counter() - started
             print(f"warm upload to result in the browser: {warm:.2f} s (measured by bench/page.py)")
         finally:

@@ -246,7 +246,7 @@ def test_everything_the_images_copy_exists_and_is_in_the_build_context():
                 assert not dockerignore_excludes(source), f"COPY {source}: excluded by .dockerignore"
     # `COPY . /app` brings the code: what the services start must be in the build context ...
     needed = [
-        "app.py", "ui_common.py", "pages/screen.py", ".streamlit/config.toml", "cxr_core/__init__.py",
+        "app.py", "ui_common.py", "assets/favicon.png", "pages/screen.py", ".streamlit/config.toml", "cxr_core/__init__.py",
         "cxr_core/cli.py", "cxr_core/settings.py", "ui/__init__.py", "training/dags/tb_pipeline.py",
         "params.yaml", "data/sample/README.md", "models/current.json",
     ]  # fmt: skip

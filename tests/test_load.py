@@ -156,9 +156,9 @@ def test_eight_concurrent_sessions_each_screening_ten_real_xrays(models, shared_
     for index, outcome in sorted(outcomes.items()):
         assert "crash" not in outcome, (index, outcome)
         assert outcome["exceptions"] == [] and outcome["errors"] == [], (index, outcome)
-        assert outcome["metrics"] == PER_SESSION, (index, outcome["metrics"])
-        rows = outcome["rows"]
-        assert [row["file"] for row in rows] == [name for name, _ in batches[index]], index
+        assert outcome["metrics"] == 1, (index, outcome["metrics"])  # the worklist's first film is open
+        rows = outcome["rows"]  # the worklist, in order of risk
+        assert sorted(row["file"] for row in rows) == sorted(name for name, _ in batches[index]), index
         for row in rows:
             assert row["ok"] and row["decision"] and not row["error"], (index, row)
             assert abs(row["tb_probability"] - expected[row["file"]]) < 1e-4, (index, row)

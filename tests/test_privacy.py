@@ -118,12 +118,12 @@ def test_dashboard_export_holds_identifiers_only_after_opting_in(registry, monke
     assert "patient" not in header and "patient" not in " ".join(at.dataframe[0].value.columns)
     assert leaks(json.dumps(at.session_state["screen_memo"]["items"][0].image.metadata)) == []
 
-    optin = next(c for c in at.checkbox if c.label.startswith("Show patient name and ID"))
+    optin = next(c for c in at.checkbox if c.label.startswith("Show patient identity"))
     assert optin.value is False, "identifiers must be off by default"
     optin.check()
     at.run()
     exported = list(csv.DictReader(io.StringIO(offered[-1].decode("utf-8-sig"))))
-    assert exported[0]["patient_name"] == "Doe^Jane" and exported[0]["patient_id"] == "MRN-0042"
+    assert exported[0]["patient_name"] == "Doe, Jane" and exported[0]["patient_id"] == "MRN-0042"
 
 
 def test_job_logs_and_training_artifacts_hold_no_patient_identifiers(registry, tmp_path):

@@ -444,3 +444,89 @@ def error_gallery(
             entry.image = display_gray(item.image.pixels)
             entry.overlay = overlay(item.image.pixels, item.prediction.heatmap, item.box, alpha)
     return entries
+
+
+# --------------------------------------------------------------------------------- can it be trusted?
+
+MIN_TEST_FILMS = 30
+MIN_PER_CLASS = 10
+
+
+def test_counts(evaluation: Evaluation) -> tuple[int | None, int | None]:
+    """(films, films with TB) in the test split: from the stored predictions, else the recorded summary."""
+    if evaluation.predictions:
+        return len(evaluation.predictions), int(evaluation.labels.sum())
+    n, tb = evaluation.metrics.get("n"), evaluation.metrics.get("n_positive")
+    return (int(n) if n is not None else None), (int(tb) if tb is not None else None)
+
+
+def too_few_test_films(evaluation: Evaluation) -> str | None:
+    """'too few test films (n=4)' when the split cannot support any figure; None when it is big enough.
+
+    Below 30 films, or 10 of either class, a sensitivity moves by 10 points per film and a bootstrap
+    interval collapses onto the point estimate ("AUC 1.000 (95% CI 1.000–1.000)" from 4 films).
+    """
+    n, tb = test_counts(evaluation)
+    if n is None:
+        return None
+    normal = n - tb if tb is not None else None
+    if n < MIN_TEST_FILMS or (tb is not None and min(tb, normal) < MIN_PER_CLASS):
+        return f"too few test films (n={n})"
+    return None
+
+
+def trust_warnings(evaluation: Evaluation) -> list[str]:
+    """Why the figures of this version cannot be taken at face value, most serious first."""
+    found = []
+    few = too_few_test_films(evaluation)
+    if few:
+        n, tb = test_counts(evaluation)
+        classes = f": {tb} with TB, {n - tb} without" if tb is not None else ""
+        found.append(
+            f"Figures withheld: {few}{classes}. At least {MIN_TEST_FILMS} test films with "
+            f"{MIN_PER_CLASS} of each class are needed before sensitivity, specificity or AUC mean anything."
+        )
+    confound = site_confound_warning(evaluation)
+    if confound:
+        found.append(confound)
+    return found
+
+
+def who_badge(evaluation: Evaluation) -> tuple[str, str] | None:
+    """('met'|'not met', caption) for the WHO minimum, or None when the data cannot support a verdict."""
+    if trust_warnings(evaluation):
+        return None
+    met = evaluation.metrics.get("who_minimum_met")
+    return ("met" if met else "not met"), "for a TB screening test"
+
+
+# --------------------------------------------------------------------------------- honest numbers
+
+
+def fmt_pct(value: float | None, digits: int = 1) -> str:
+    """A percentage that never rounds to a certainty it is not: 0.9996 -> '> 99.9%', 0.0004 -> '< 0.1%'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    step = 10.0**-digits
+    pct = value * 100.0
+    if pct == 0.0 or pct == 100.0:
+        return f"{pct:.0f}%"
+    if pct < step:
+        return f"< {step:.{digits}f}%"
+    if pct > 100.0 - step:
+        return f"> {100.0 - step:.{digits}f}%"
+    shown = f"{pct:.{digits}f}"
+    if float(shown) in (0.0, 100.0):  # e.g. 99.96 -> '100.0'
+        return f"> {100.0 - step:.{digits}f}%" if pct > 50 else f"< {step:.{digits}f}%"
+    return f"{shown}%"
+
+
+def fmt_count(value: float) -> str:
+    """An expected count per 1,000 people: whole numbers from 10 up, one decimal below, never a false 0."""
+    if value == 0:
+        return "0"
+    if value < 0.1:
+        return "< 0.1"
+    if value < 10:
+        return f"{value:.1f}"
+    return f"{value:.0f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -74,19 +75,25 @@ def job_view(status: dict, now: float | None = None) -> dict:
         detail = f"{progress.get('done') or 0} of {progress['total']} images read"
     elif stage == "train" and not train_event:
         detail = "first epoch under way"
+    if active:  # one label per job: what it is doing now
+        label = STAGE_LABELS.get(stage, stage) if stage else "Starting"
+    else:
+        label = STATE_LABELS.get(state, state).capitalize()
     return {
         "id": status.get("id"),
+        "label": label,
         "state": state,
         "state_label": STATE_LABELS.get(state, state),
         "active": active,
         "stage": stage,
-        "stage_label": STAGE_LABELS.get(stage, stage or "waiting to start"),
+        "stage_label": STAGE_LABELS.get(stage, stage or "Starting"),
         "fraction": round(fraction, 3),
         "epoch": progress.get("epoch") if train_event else None,
         "epochs": progress.get("epochs") if train_event else None,
         "loss": progress.get("loss") if train_event else None,
         "val_auc": progress.get("val_auc") if train_event else None,
-        "eta": fmt_duration(progress.get("eta_seconds")) if train_event else None,
+        # only a running job has time left; a cancelled or failed one keeps its last epoch, not its ETA
+        "eta": fmt_duration(progress.get("eta_seconds")) if train_event and active else None,
         "detail": detail,
         "elapsed": fmt_duration(elapsed) if elapsed is not None else None,
         "error": status.get("error"),
@@ -94,6 +101,30 @@ def job_view(status: dict, now: float | None = None) -> dict:
         "finished": status.get("finished"),
         "data_path": status.get("data_path"),
     }
+
+
+# What TensorFlow, absl and CUDA write at start-up: true, but not the pipeline's progress.
+_NOISE = re.compile(
+    r"^\s*$"
+    r"|^[IWEF]\d{4} \d\d:\d\d:\d\d"  # absl/glog lines: I0000 00:00:1796012721.921887 ...
+    r"|^WARNING: All log messages before absl::InitializeLog"
+    r"|oneDNN custom operations|TF_ENABLE_ONEDNN_OPTS"
+    r"|^WARNING:tensorflow:|^WARNING:absl:"
+    r"|This TensorFlow binary is optimized|To enable the following instructions|rebuild TensorFlow"
+    r"|Unable to register cu(DNN|FFT|BLAS)|computation placer already registered|TF-TRT Warning"
+    r"|cuda_(executor|dnn|blas|fft|driver)|could not open file to read NUMA node"
+)
+
+
+def progress_log(text: str, lines: int = 30) -> str:
+    """The pipeline's own progress lines from a job log, TensorFlow's start-up noise left out."""
+    kept = [line for line in (text or "").splitlines() if not _NOISE.search(line)]
+    return "\n".join(kept[-lines:])
+
+
+def show_gate(active: bool) -> bool:
+    """The last candidate's verdict belongs to the last finished job; while a new one runs it is stale."""
+    return not active
 
 
 def gate_view(status: dict) -> dict | None:

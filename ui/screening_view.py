@@ -7,13 +7,17 @@ formula-safe because file names are user-controlled.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cxr_core.errors import ModelError
 from cxr_core.fsutil import read_json_or_empty
-from cxr_core.imaging.display import DISPLAY_SIDE, display_gray
+from cxr_core.imaging.display import VIEWER_SIDE, display_gray
 from cxr_core.modelling.predictor import TB, ScreenedImage, result_row, spreadsheet_safe
 from cxr_core.registry.store import Registry, sha256_file
 from cxr_core.settings import Layout
@@ -101,11 +105,12 @@ def is_borderline(item: ScreenedImage, margin: float = BORDERLINE_MARGIN) -> boo
     return abs(item.prediction.probability - item.prediction.threshold) < margin
 
 
-def shrink_for_display(item: ScreenedImage, max_side: int = DISPLAY_SIDE) -> ScreenedImage:
-    """Keep only what the page redraws: the picture at screen size and the crop box scaled with it.
+def shrink_for_display(item: ScreenedImage, max_side: int = VIEWER_SIDE) -> ScreenedImage:
+    """Keep only what the page redraws: the picture at viewer size and the crop box scaled with it.
 
-    A batch of full-resolution radiographs would otherwise sit in the session's memory (tens of MB
-    each) just so the heatmap opacity can be changed. ``width``/``height`` keep the original size.
+    The viewer zooms, so films are kept up to ``VIEWER_SIDE`` (2048 px, the full resolution of most
+    digital chest films); only larger ones are shrunk, and the network's input is dropped, so a batch
+    does not keep tens of MB per film in the session. ``width``/``height`` keep the original size.
     """
     if not item.ok or item.image is None:
         return item
@@ -125,11 +130,80 @@ def shrink_for_display(item: ScreenedImage, max_side: int = DISPLAY_SIDE) -> Scr
     return item
 
 
+# DICOM identifier -> (column in the table and CSV, label for people). Shown only when switched on.
 IDENTIFIER_FIELDS = {
     "PatientName": "patient_name",
     "PatientID": "patient_id",
     "PatientBirthDate": "patient_birth_date",
+    "StudyDate": "study_date",
+    "AccessionNumber": "accession_number",
 }
+IDENTIFIER_LABELS = {
+    "patient_name": "Patient",
+    "patient_id": "Patient ID",
+    "patient_birth_date": "Birth date",
+    "study_date": "Study date",
+    "accession_number": "Accession number",
+}
+_DATE_FIELDS = {"PatientBirthDate", "StudyDate"}
+
+
+def person_name(value: object) -> str:
+    """A DICOM person name (PN) as people write it: ``DOE^JOHN^A`` -> ``Doe, John A``.
+
+    PN is ``family^given^middle^prefix^suffix``; names recorded in capitals are title-cased, names
+    already in mixed case are kept as written (``McDonald`` stays ``McDonald``).
+    """
+    text = str(value or "").split("=")[0].strip()  # the alphabetic representation only
+    if "^" not in text:
+        return _people_case(text)
+    parts = [p.strip() for p in text.split("^")] + [""] * 5
+    family, given, middle, prefix, suffix = (_people_case(p) for p in parts[:5])
+    first = " ".join(p for p in (prefix, given, middle) if p)
+    name = ", ".join(p for p in (family, first) if p)
+    return f"{name}, {suffix}" if suffix else name
+
+
+def _people_case(text: str) -> str:
+    if text.isupper() or text.islower():
+        return re.sub(r"[^\W\d_]+", lambda m: m.group(0).capitalize(), text)
+    return text
+
+
+def dicom_date(value: object) -> str:
+    """A DICOM DA value (``20240131``) as ``2024-01-31``; anything else is shown as it is."""
+    text = str(value or "").strip()
+    if re.fullmatch(r"\d{8}", text):
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text
+
+
+def identity(item: ScreenedImage) -> dict[str, str]:
+    """The film's patient and study identity for people (column name -> text); empty for non-DICOM.
+
+    The items only hold identifiers when they were read with ``include_identifiers=True``, which the
+    page does only when the user switched identity on.
+    """
+    metadata = item.image.metadata if item.image else {}
+    found = {}
+    for key, column in IDENTIFIER_FIELDS.items():
+        value = metadata.get(key)
+        if value in (None, ""):
+            continue
+        if key == "PatientName":
+            found[column] = person_name(value)
+        elif key in _DATE_FIELDS:
+            found[column] = dicom_date(value)
+        else:
+            found[column] = _text(value)
+    return found
+
+
+def identity_lines(item: ScreenedImage) -> list[tuple[str, str]]:
+    """(label, value) pairs for the card and the PDF."""
+    return [(IDENTIFIER_LABELS[column], value) for column, value in identity(item).items()]
+
+
 _DICOM_LABELS = {
     "Modality": "Modality",
     "ViewPosition": "View",
@@ -161,9 +235,7 @@ def image_details(item: ScreenedImage, include_identifiers: bool = False) -> lis
         if key in image.metadata and image.metadata[key] not in (None, ""):
             rows.append((label, _text(image.metadata[key])))
     if include_identifiers:
-        for key, name in IDENTIFIER_FIELDS.items():
-            if image.metadata.get(key):
-                rows.append((name.replace("_", " ").capitalize(), _text(image.metadata[key])))
+        rows += identity_lines(item)
     return rows
 
 
@@ -177,6 +249,7 @@ def _text(value) -> str:
 
 SUMMARY_FIELDS = [
     "file",
+    "priority",
     "decision",
     "tb_probability",
     "threshold",
@@ -195,6 +268,7 @@ def summary_rows(items: list[ScreenedImage], predictor, include_identifiers: boo
         base = result_row(item, predictor)
         row = {
             "file": base["file"],
+            "priority": risk_group(item),
             "decision": decision_text(item),
             "tb_probability": base["probability"],
             "threshold": round(float(base["threshold"]), 4),
@@ -205,9 +279,9 @@ def summary_rows(items: list[ScreenedImage], predictor, include_identifiers: boo
             "model_version": base["model_version"],
         }
         if include_identifiers:
-            metadata = item.image.metadata if item.image else {}
-            for key, name in IDENTIFIER_FIELDS.items():
-                row[name] = _text(metadata[key]) if metadata.get(key) else ""
+            found = identity(item)
+            for column in IDENTIFIER_FIELDS.values():
+                row[column] = found.get(column, "")
         rows.append(row)
     return rows
 
@@ -233,3 +307,138 @@ def batch_counts(items: list[ScreenedImage]) -> dict[str, int]:
         "failed": sum(1 for item in items if not item.ok),
         "with_warnings": sum(1 for item in items if item.ok and item.warnings),
     }
+
+
+# --------------------------------------------------------------------------------- the worklist
+
+GROUP_TB = "TB suspected"
+GROUP_BORDERLINE = "Borderline"
+GROUP_NORMAL = "No TB signs"
+GROUP_FAILED = "Unreadable"
+RISK_ORDER = (GROUP_TB, GROUP_BORDERLINE, GROUP_NORMAL, GROUP_FAILED)
+
+
+def risk_group(item: ScreenedImage) -> str:
+    """Where a film goes on the worklist: clear TB first, then films near the threshold (either side)."""
+    if not item.ok or item.prediction is None:
+        return GROUP_FAILED
+    if is_borderline(item):
+        return GROUP_BORDERLINE
+    return GROUP_TB if is_tb(item) else GROUP_NORMAL
+
+
+def risk_order(items: list[ScreenedImage]) -> list[int]:
+    """Indices of ``items`` in worklist order: by group, then highest probability first, then upload order."""
+
+    def key(index: int):
+        item = items[index]
+        probability = item.prediction.probability if item.ok and item.prediction else 0.0
+        return (RISK_ORDER.index(risk_group(item)), -probability, index)
+
+    return sorted(range(len(items)), key=key)
+
+
+def worklist(rows: list[dict], items: list[ScreenedImage], groups: list[str] | None = None) -> list[dict]:
+    """The batch table in risk order, kept to the chosen result groups; ``film`` is the index in ``items``."""
+    chosen = set(groups) if groups is not None else set(RISK_ORDER)
+    return [dict(rows[i], film=i) for i in risk_order(items) if risk_group(items[i]) in chosen]
+
+
+def group_counts(items: list[ScreenedImage]) -> dict[str, int]:
+    return {group: sum(1 for item in items if risk_group(item) == group) for group in RISK_ORDER}
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+    sha256: str
+
+
+def dedupe_uploads(files: list[tuple[str, bytes]]) -> tuple[list[Upload], list[tuple[str, str]]]:
+    """One entry per distinct content (the first name wins) and the (dropped, kept) name pairs.
+
+    The same film dropped twice, or under two names, must not be counted twice in the batch.
+    """
+    kept: dict[str, Upload] = {}
+    duplicates = []
+    for name, data in files:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in kept:
+            duplicates.append((name, kept[digest].name))
+        else:
+            kept[digest] = Upload(name, data, digest)
+    return list(kept.values()), duplicates
+
+
+def duplicate_notice(duplicates: list[tuple[str, str]]) -> str | None:
+    if not duplicates:
+        return None
+    pairs = "; ".join(
+        f"{dropped} is the same file as {kept}" if dropped != kept else f"{dropped} was dropped twice"
+        for dropped, kept in duplicates
+    )
+    n = len(duplicates)
+    return f"{n} duplicate file{'s' if n > 1 else ''} counted once ({pairs})."
+
+
+def model_change_notice(previous_version: str | None, version: str) -> str | None:
+    """Said when the films on screen were scored by another model than the one now in use."""
+    if previous_version is None or previous_version == version:
+        return None
+    return (
+        f"The model in use changed from {previous_version} to {version} since these films were scored; "
+        f"they have been scored again with {version}, and the results below are {version}'s."
+    )
+
+
+def film_label(item: ScreenedImage) -> str:
+    """How a film is named in the film chooser: its priority group, its file name and its probability."""
+    group = risk_group(item)
+    if item.ok and item.prediction is not None:
+        return f"{group} · {item.name} · {item.prediction.probability:.3f}"
+    return f"{group} · {item.name}"
+
+
+# --------------------------------------------------------------------------------- the viewer
+
+
+def lung_contours(item: ScreenedImage, shape: tuple[int, int]) -> list[np.ndarray] | None:
+    """The outline of the lungs as (n, 2) x/y point arrays in the picture's pixels, or None.
+
+    A hook for lung segmentation: a ScreenedImage that carries a ``lung_mask`` (2-D, any size, non-zero
+    inside the lungs) gets its outline drawn; without one the viewer hides the toggle.
+    """
+    import cv2
+
+    mask = getattr(item, "lung_mask", None)
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or not mask.any():
+        return None
+    binary = (mask > 0).astype(np.uint8)
+    height, width = shape
+    if binary.shape != (height, width):
+        binary = cv2.resize(binary, (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2) for c in contours if len(c) >= 3]
+
+
+def report_stem(name: str) -> str:
+    """A file-name-safe stem for a film's exports (user-controlled names lose path and odd characters)."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "film"
+    return stem[:80]
+
+
+def result_text(item: ScreenedImage, version: str) -> str:
+    """The result in one line, for the DICOM header and the report."""
+    if not item.ok or item.prediction is None:
+        return f"{DECISION_FAILED}: {item.error}"
+    shown, limit = fmt_probability(item.prediction.probability, item.prediction.threshold)
+    return (
+        f"{decision_text(item)}. TB probability {shown} (called TB suspected at {limit} or above), "
+        f"model {version}. {DISCLAIMER}"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cxr_core.errors import ModelError
 from cxr_core.registry.store import Registry
-from ui.evaluation_view import Evaluation, fmt_ci
+from ui.evaluation_view import Evaluation, fmt_ci, too_few_test_films
 
 # --------------------------------------------------------------------------------- versions
 
@@ -47,9 +47,21 @@ def _yes_no(value) -> str:
     return "n/a" if value is None else ("yes" if value else "no")
 
 
+# Measured on the test split: withheld, like on the Evaluation page, when the split is too small.
+_FIGURES = {
+    "ROC AUC", "PR AUC", "Sensitivity", "Specificity", "PPV (test set)", "NPV (test set)", "Accuracy",
+    "WHO minimum met", "Brier score", "Calibration error (ECE)",
+}  # fmt: skip
+
+
 def compare_rows(evaluations: list[Evaluation]) -> list[dict]:
     """One row per figure, one column per version, for a side-by-side table."""
-    return [{"": label, **{e.version: getter(e) for e in evaluations}} for label, getter in _COMPARE]
+
+    def cell(label, getter, evaluation):
+        few = too_few_test_films(evaluation) if label in _FIGURES else None
+        return few or getter(evaluation)
+
+    return [{"": label, **{e.version: cell(label, g, e) for e in evaluations}} for label, g in _COMPARE]
 
 
 def version_rows(registry: Registry) -> list[dict]:

@@ -70,7 +70,20 @@ _DICOM_FIELDS = (
     "PixelSpacing",
     "ImagerPixelSpacing",
 )
-_DICOM_IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate")
+# Read only with include_identifiers=True: who the film belongs to and which study it is part of (the
+# study fields let a result be filed back with the study in a PACS, see dicom_out).
+_DICOM_IDENTIFIERS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 
 
 def _compression_name(uid: Any) -> str:

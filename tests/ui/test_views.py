@@ -106,9 +106,9 @@ def test_identifiers_stay_out_unless_opted_in():
         screening_view.summary_rows([item], PREDICTOR, include_identifiers=True)
     )
     row = next(csv.DictReader(io.StringIO(with_ids.decode("utf-8-sig"))))
-    assert row["patient_name"] == "Doe^Jane" and row["patient_id"] == "123456"
+    assert row["patient_name"] == "Doe, Jane" and row["patient_id"] == "123456"
     details = dict(screening_view.image_details(item, include_identifiers=True))
-    assert details["Patient name"] == "Doe^Jane"
+    assert details["Patient"] == "Doe, Jane"
     assert details["Modality"] == "DX"
 
 
@@ -117,14 +117,15 @@ def test_shrunk_item_draws_the_same_overlay():
     from cxr_core.modelling.gradcam import overlay
 
     rng = np.random.default_rng(1)
-    pixels = rng.integers(0, 255, (1500, 1200), dtype=np.uint8)
+    side = screening_view.VIEWER_SIDE  # the viewer keeps films up to this size
+    pixels = rng.integers(0, 255, (3000, 2400), dtype=np.uint8)
     item = screened("big.png", 0.7)
-    item.image.pixels, item.box = pixels, CropBox(100, 0, 1300, 1200)
+    item.image.pixels, item.box = pixels, CropBox(200, 0, 2600, 2400)
     item.prediction.heatmap = rng.random((28, 28)).astype(np.float32)
-    expected = overlay(pixels, item.prediction.heatmap, item.box, 0.5)
+    expected = overlay(pixels, item.prediction.heatmap, item.box, 0.5, max_side=side)
     screening_view.shrink_for_display(item)
-    assert max(item.image.pixels.shape) == screening_view.DISPLAY_SIDE and item.image.width == 300
-    got = overlay(item.image.pixels, item.prediction.heatmap, item.box, 0.5)
+    assert max(item.image.pixels.shape) == side and item.image.width == 300
+    got = overlay(item.image.pixels, item.prediction.heatmap, item.box, 0.5, max_side=side)
     assert got.shape == expected.shape
     assert np.abs(got.astype(int) - expected.astype(int)).mean() < 1.0
 
