@@ -28,7 +28,9 @@ def load_predictor(model_dir: str, sha256: str):
 
 
 def predictor_for(serving: screening_view.ServingModel):
-    return load_predictor(str(serving.model_dir), serving.sha256)
+    predictor = load_predictor(str(serving.model_dir), serving.sha256)
+    predictor.use_site(serving.site)  # the server-wide site profile; cheap, and follows a switch at once
+    return predictor
 
 
 def registry() -> Registry:
@@ -84,7 +86,7 @@ def client_keys() -> tuple[str, ...]:
     token = st.session_state.setdefault("_client_token", uuid.uuid4().hex)
     keys = [f"session:{token}"]
     address = getattr(st.context, "ip_address", None)
-    if address:
+    if isinstance(address, str) and address:  # None behind some proxies, and in AppTest
         keys.append(f"address:{address}")
     return tuple(keys)
 

@@ -7,6 +7,7 @@ import ui_common
 from cxr_core.errors import CxrError
 from cxr_core.imaging.display import VIEWER_SIDE, apply_window
 from cxr_core.modelling.gradcam import overlay
+from cxr_core.pipeline.outcomes import record_outcome, recorded_outcome
 from ui import report_pdf, screening_view
 
 st.title("Screen chest X-rays for tuberculosis")
@@ -34,8 +35,15 @@ include_ids = st.checkbox(
 if not uploads:
     st.info(
         f"Results use model **{serving.version}**: an image is called *TB suspected* when its TB "
-        f"probability is at least **{serving.threshold:.3f}**, the operating point chosen on validation "
-        "images for high sensitivity. The heatmap shows where the model found evidence for TB."
+        f"probability is at least **{serving.threshold:.3f}**, "
+        + (
+            f"the operating point of the site profile **{serving.site['name']}**, chosen on this site's own "
+            "confirmed films."
+            if serving.site
+            else "the operating point chosen on validation images for high sensitivity."
+        )
+        + " The heatmap shows where the model found evidence for TB; films without a plausible pair of "
+        "lung fields are refused, not scored."
     )
     st.stop()
 
@@ -246,7 +254,12 @@ def film_card(item) -> None:
                     else ""
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "
-                + ("Heatmap: red = strongest evidence for TB." if show_heatmap else "")
+                + (
+                    "Heatmap on a fixed scale: red = evidence for TB as strong as in a typical TB film, blue or "
+                    "no colour = little or none (a film with little evidence stays mostly uncoloured)."
+                    if show_heatmap
+                    else ""
+                )
             )
         with col_result:
             if screening_view.is_tb(item):
@@ -258,6 +271,28 @@ def film_card(item) -> None:
             st.caption(f"Called TB suspected at {limit} or above (model {serving.version}).")
             if screening_view.is_borderline(item):
                 st.info("Close to the threshold: read the film with particular care.", icon=":material/info:")
+            lung_text = screening_view.lung_evidence_text(item)
+            if lung_text and "outside the lungs" in lung_text:
+                st.warning(lung_text, icon=":material/visibility:")
+            elif lung_text:
+                st.caption(lung_text)
+            if serving.site:
+                st.caption(
+                    f"Site profile **{serving.site['name']}**: threshold chosen on this site's own films."
+                )
+            with st.expander("Record the confirmed outcome"):
+                known = recorded_outcome(item.image.pixels)
+                options = {"tb": "TB confirmed", "not_tb": "Not TB", "unknown": "Unknown (withdraw)"}
+                picked = st.radio(
+                    "This film turned out to be", list(options), format_func=options.get,
+                    index=list(options).index(known) if known else 2, key="outcome_choice",
+                )  # fmt: skip
+                if st.button("Save the outcome", key="outcome_save"):
+                    saved = record_outcome(item.image.pixels, picked, actor=ui_common.actor())
+                    st.success(f"Saved: the local set now holds {saved['films_in_set']} confirmed films.")
+                st.caption(
+                    "Kept as pixels only (no name, ID or DICOM header), for this clinic's own validation."
+                )
             for warning in item.warnings:
                 st.warning(warning, icon=":material/warning:")
             details = screening_view.image_details(item, include_identifiers=include_ids)

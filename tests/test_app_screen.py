@@ -113,7 +113,7 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert {"Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"} <= set(
         download_labels(at)
     )
-    assert any("Heatmap: red = strongest evidence for TB" in c.value for c in at.caption)
+    assert any("Heatmap on a fixed scale: red = evidence for TB" in c.value for c in at.caption)
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
     assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == TB_XRAY.name
@@ -319,7 +319,7 @@ def test_viewer_window_level_and_heatmap_toggle_change_the_picture(dashboard):
     at.button(key="wl_reset").click()
     at.run()
     assert at.slider(key="wl_width").value == 256 and at.slider(key="wl_level").value == 128
-    assert not any(t.startswith("Lung outline") for t in [w.label for w in at.toggle])  # no mask yet
+    assert any(t.startswith("Lung outline") for t in [w.label for w in at.toggle])  # the shipped lung model
 
 
 def test_dicom_identity_on_card_table_and_exports_only_when_switched_on(dashboard):

@@ -60,7 +60,7 @@ def test_form_defaults_and_params_round_trip():
     values.update(epochs=2, gate_min_sensitivity=0.5, gate_max_auc_drop=0.1, data_path="/data/kaggle", seed=7)
     merged = settings.params_from_form(params, values)
     assert merged["train"]["epochs"] == 2
-    assert merged["gate"] == {"min_sensitivity": 0.5, "min_specificity": 0.7, "max_auc_drop": 0.1}
+    assert merged["gate"] == {**settings.defaults("gate"), "min_sensitivity": 0.5, "max_auc_drop": 0.1}
     assert merged["data"]["path"] == "/data/kaggle"
     assert merged["ingest"]["seed"] == merged["train"]["seed"] == 7  # one seed for split and training
     assert merged["train"]["augment"] == params["train"]["augment"]  # untouched settings survive

@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from cxr_core.errors import ModelError
+from cxr_core.errors import CxrError, ModelError
 from cxr_core.fsutil import read_json_or_empty
 from cxr_core.imaging.display import VIEWER_SIDE, display_gray
 from cxr_core.modelling.predictor import TB, ScreenedImage, result_row, spreadsheet_safe
+from cxr_core.registry.sites import SiteProfiles
 from cxr_core.registry.store import Registry, sha256_file
 from cxr_core.settings import Layout
 
@@ -43,6 +45,7 @@ class ServingModel:
     sha256: str
     threshold: float
     warning: str | None = None
+    site: dict | None = None  # the active site profile, when it was set for this model version
 
 
 def serving_model(registry: Registry | None = None, version: str | None = None) -> ServingModel:
@@ -59,13 +62,36 @@ def serving_model(registry: Registry | None = None, version: str | None = None) 
         threshold = float(meta["threshold"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"model version {model_dir.name} has no operating threshold recorded") from error
+    version = str(meta.get("version") or model_dir.name)
+    site = None
+    try:
+        active = SiteProfiles(registry.root).active()
+    except CxrError:
+        active = None
+    if active and active.get("model_version") == version:
+        site, threshold = active, float(active["threshold"])
+    elif active:
+        note = (
+            f"The site profile {active['name']} was set for model {active.get('model_version')}; the model in "
+            f"use is {version}, so its own threshold applies until the site's films are validated again."
+        )
+        warning = f"{warning} {note}" if warning else note
     return ServingModel(
-        version=str(meta.get("version") or model_dir.name),
-        model_dir=model_dir,
-        sha256=sha,
-        threshold=threshold,
-        warning=warning,
+        version=version, model_dir=model_dir, sha256=sha, threshold=threshold, warning=warning, site=site
     )
+
+
+LUNG_EVIDENCE_FLOOR = 0.5
+
+
+def lung_evidence_text(item: ScreenedImage) -> str | None:
+    """Where the evidence lies, in words: a decision drawn from outside the lungs deserves a second look."""
+    share = item.evidence_in_lungs
+    if share is None:
+        return None
+    if share < LUNG_EVIDENCE_FLOOR:
+        return f"Most of the evidence ({1 - share:.0%}) lies outside the lungs: read with care."
+    return f"{share:.0%} of the evidence lies inside the lung fields."
 
 
 # --------------------------------------------------------------------------------- screening results
@@ -127,6 +153,11 @@ def shrink_for_display(item: ScreenedImage, max_side: int = VIEWER_SIDE) -> Scre
         )
     item.image.pixels = small
     item.model_input = None
+    if item.lungs is not None and scale != 1.0:  # the outline is drawn on the shrunk picture: shrink it too
+        mask = cv2.resize(
+            item.lungs["mask"], (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST
+        )
+        item.lungs = {**item.lungs, "mask": mask}
     return item
 
 

@@ -62,6 +62,10 @@ class ScreenedImage:
     def lung_mask(self) -> np.ndarray | None:
         return None if self.lungs is None else self.lungs["mask"]
 
+    @lung_mask.setter
+    def lung_mask(self, mask: np.ndarray | None) -> None:
+        self.lungs = None if mask is None else {**(self.lungs or {}), "mask": mask}
+
     @property
     def evidence_in_lungs(self) -> float | None:
         """Share of the Grad-CAM mass that lies inside the lung fields (None without a lung model)."""
@@ -278,7 +282,7 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
         "label": None if prediction is None else prediction.label,
         "threshold": predictor.threshold,
         "model_version": predictor.version,
-        "site": predictor.site,
+        "site": getattr(predictor, "site", None),
         "evidence_in_lungs": None if item.evidence_in_lungs is None else round(item.evidence_in_lungs, 3),
         "error": item.error,
         "warning": "; ".join(item.warnings) or None,
