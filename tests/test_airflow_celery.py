@@ -1,6 +1,8 @@
-"""``tb_batch_screening`` for real on the distributed engine: PostgreSQL metadata database, the
-CeleryExecutor with Redis as broker, a scheduler, a dag-processor, an api-server (Airflow 3 tasks talk
-to its execution API) and two ``airflow celery worker`` processes with distinct hostnames.
+"""The DAGs for real on the distributed engine: PostgreSQL metadata database, the CeleryExecutor with
+Redis as broker, a scheduler, a dag-processor, an api-server (Airflow 3 tasks talk to its execution
+API) and two ``airflow celery worker`` processes with distinct hostnames, started once for the module.
+``tb_batch_screening`` must spread its mapped shards over both workers; ``tb_pipeline`` trains one epoch
+on a tiny real dataset and registers into a copy of the project's registry (``models/`` is untouched).
 
 Everything runs on this machine against the local PostgreSQL (127.0.0.1:5432, trust auth, user
 postgres) and Redis (127.0.0.1:6379) services: the test creates a fresh database per run and drops it
@@ -15,6 +17,7 @@ Environment knobs: ``CXR_TEST_PG`` (``host:port``, default ``127.0.0.1:5432``), 
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,9 +28,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from test_airflow_dag import AIRFLOW_PYTHON
+import yaml
+from test_airflow_dag import AIRFLOW_PYTHON, write_params
 from test_batch_dag import check_merged_output, films_folder
 from tools import missing
+
+from cxr_core.registry.store import Registry, sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_BIN = AIRFLOW_PYTHON.parent / "airflow"
@@ -36,7 +42,7 @@ PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1
 REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
 REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11"))
 WORKERS = ("cxr-worker-1", "cxr-worker-2")
-RUN_TIMEOUT_S = 420
+RUN_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -126,7 +132,45 @@ def stop_group(process: subprocess.Popen) -> None:
         pass
 
 
-def test_batch_dag_runs_on_celery_workers_with_postgres(tmp_path, shared_cxr):
+class CeleryAirflow:
+    """A running stack: trigger a DAG and wait for its run (state and task instances, from PostgreSQL)."""
+
+    def __init__(self, env: dict, tmp: Path, dsn: str, started: list, diagnostics):
+        self.env, self.tmp, self.dsn, self.started, self.diagnostics = env, tmp, dsn, started, diagnostics
+
+    def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(AIRFLOW_BIN), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def run(self, dag_id: str, conf: dict, timeout: float) -> dict:
+        run_id = f"celery_test_{secrets.token_hex(4)}"
+        deadline = time.monotonic() + 180  # the DAG can be triggered once the dag-processor stored it
+        while True:
+            for name, process in self.started:
+                assert process.poll() is None, f"{name} exited early:\n{self.diagnostics()}"
+            triggered = self.airflow(
+                "dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf)
+            )
+            if triggered.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"could not trigger:\n{triggered.stderr[-2000:]}"
+            time.sleep(5)
+        began = time.monotonic()
+        waited = subprocess.run(
+            [str(AIRFLOW_PYTHON), "-c", WAIT_FOR_RUN, self.dsn, dag_id, run_id, str(timeout)],
+            capture_output=True, text=True, timeout=timeout + 60,
+        )  # fmt: skip
+        assert waited.returncode == 0, waited.stderr[-3000:]
+        result = json.loads(waited.stdout.strip().splitlines()[-1])
+        print(f"{dag_id} on Celery: {result['state']} after {time.monotonic() - began:.0f} s")
+        assert result["state"] == "success", f"{json.dumps(result, indent=1)}\n{self.diagnostics()}"
+        result["run_id"] = run_id
+        return result
+
+
+@pytest.fixture(scope="module")
+def celery_airflow(tmp_path_factory, shared_cxr):
     if not AIRFLOW_PYTHON.exists():
         missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh` (scripts/test.sh does it)")
     if not answers(PG_HOST, PG_PORT):
@@ -134,13 +178,24 @@ def test_batch_dag_runs_on_celery_workers_with_postgres(tmp_path, shared_cxr):
     if not answers(REDIS_HOST, REDIS_PORT):
         missing(f"Redis does not answer on {REDIS_HOST}:{REDIS_PORT}")
 
+    tmp = tmp_path_factory.mktemp("celery")
     database = f"cxr_airflow_test_{os.getpid()}_{secrets.token_hex(3)}"
     dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}"
-    home = tmp_path / "airflow-home"
-    logs = tmp_path / "logs"
+    home = tmp / "airflow-home"
+    logs = tmp / "logs"
     logs.mkdir()
-    (tmp_path / "hostmod").mkdir()
-    (tmp_path / "hostmod" / "cxr_test_hostname.py").write_text(HOSTNAME_MODULE)
+    (tmp / "hostmod").mkdir()
+    (tmp / "hostmod" / "cxr_test_hostname.py").write_text(HOSTNAME_MODULE)
+    # A registry of its own (a copy of the project's, so predict scores with the shipped model) that
+    # the training DAG may promote into without touching models/.
+    shutil.copytree(PROJECT_ROOT / "models", tmp / "models")
+    params = write_params(
+        tmp / "params.yaml", min_sensitivity=0.0, min_specificity=0.0, min_test_films=0, min_test_per_class=0
+    )
+    # This test is about the engine: no lung model needed (tests/test_airflow_dag.py covers the stages).
+    settings = yaml.safe_load(params.read_text())
+    settings.setdefault("ingest", {})["lung_check"] = False
+    params.write_text(yaml.safe_dump(settings, sort_keys=False))
     api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CXR_", "PYTHONPATH"))}
     env.update(
@@ -162,32 +217,13 @@ def test_batch_dag_runs_on_celery_workers_with_postgres(tmp_path, shared_cxr):
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(logs / "tasks"),
         CXR_PROJECT_PYTHON=sys.executable,
-        CXR_AIRFLOW_WORK_DIR=str(tmp_path / "work"),
-        CXR_DATASET_ROOTS=str(tmp_path),
+        CXR_AIRFLOW_WORK_DIR=str(tmp / "work"),
+        CXR_DATASET_ROOTS=str(tmp_path_factory.getbasetemp()),
+        CXR_MODELS_DIR=str(tmp / "models"),
+        CXR_PARAMS_FILE=str(params),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    folder = films_folder(tmp_path, shared_cxr, normals=3, tbs=2)
-    films = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
-
     started: list[tuple[str, subprocess.Popen]] = []
-
-    def start(name: str, *args: str, **extra: str) -> None:
-        log = open(logs / f"{name}.log", "w")  # noqa: SIM115 (closed by the ExitStack)
-        stack.callback(log.close)
-        process = subprocess.Popen(
-            [str(AIRFLOW_BIN), *args],
-            env={**env, **extra},
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped whole, with its children
-        )
-        started.append((name, process))
-
-    def airflow(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(AIRFLOW_BIN), *args], env=env, capture_output=True, text=True, timeout=timeout
-        )
 
     def diagnostics() -> str:
         parts = []
@@ -200,22 +236,33 @@ def test_batch_dag_runs_on_celery_workers_with_postgres(tmp_path, shared_cxr):
     with ExitStack() as stack:
         stack.callback(services, "drop", database)
         stack.callback(lambda: [stop_group(process) for _, process in reversed(started)])
-        began = time.monotonic()
-        migrated = airflow("db", "migrate", timeout=300)
-        assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
 
+        def start(name: str, *args: str, **extra: str) -> None:
+            log = open(logs / f"{name}.log", "w")  # noqa: SIM115 (closed by the ExitStack)
+            stack.callback(log.close)
+            process = subprocess.Popen(
+                [str(AIRFLOW_BIN), *args],
+                env={**env, **extra},
+                cwd=tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped whole, with its children
+            )
+            started.append((name, process))
+
+        stack_api = CeleryAirflow(env, tmp, dsn, started, diagnostics)
+        migrated = stack_api.airflow("db", "migrate", timeout=300)
+        assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
         start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
         start("scheduler", "scheduler")
         start("dag-processor", "dag-processor")
-        worker_path = f"{tmp_path / 'hostmod'}"
         for name in WORKERS:
             start(
                 name, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1",
                 AIRFLOW__CORE__HOSTNAME_CALLABLE="cxr_test_hostname.hostname",
                 CXR_TEST_WORKER_NAME=name,
-                PYTHONPATH=worker_path,
+                PYTHONPATH=str(tmp / "hostmod"),
             )  # fmt: skip
-
         # Both workers listen before anything is queued (else the first one could take every shard).
         deadline = time.monotonic() + 180
         while not all("ready." in (logs / f"{name}.log").read_text(errors="replace") for name in WORKERS):
@@ -223,38 +270,35 @@ def test_batch_dag_runs_on_celery_workers_with_postgres(tmp_path, shared_cxr):
                 assert process.poll() is None, f"{name} exited early:\n{diagnostics()}"
             assert time.monotonic() < deadline, f"the Celery workers did not start:\n{diagnostics()}"
             time.sleep(2)
+        yield stack_api
 
-        # The DAG can be triggered once the dag-processor has stored it.
-        conf = json.dumps({"source": str(folder), "shard_size": 3})
-        run_id = f"celery_test_{secrets.token_hex(4)}"
-        deadline = time.monotonic() + 180
-        while True:
-            for name, process in started:
-                assert process.poll() is None, f"{name} exited early:\n{diagnostics()}"
-            triggered = airflow("dags", "trigger", "tb_batch_screening", "--run-id", run_id, "--conf", conf)
-            if triggered.returncode == 0:
-                break
-            assert time.monotonic() < deadline, (
-                f"could not trigger:\n{triggered.stderr[-2000:]}\n{diagnostics()}"
-            )
-            time.sleep(5)
 
-        waited = subprocess.run(
-            [str(AIRFLOW_PYTHON), "-c", WAIT_FOR_RUN, dsn, "tb_batch_screening", run_id,
-             str(RUN_TIMEOUT_S)],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60,
-        )  # fmt: skip
-        assert waited.returncode == 0, waited.stderr[-3000:]
-        result = json.loads(waited.stdout.strip().splitlines()[-1])
-        print(f"Celery run: {result['state']} after {time.monotonic() - began:.0f} s")
-        assert result["state"] == "success", f"{json.dumps(result, indent=1)}\n{diagnostics()}"
+def test_batch_dag_runs_on_two_celery_workers(celery_airflow, tmp_path, shared_cxr):
+    folder = films_folder(tmp_path, shared_cxr, normals=3, tbs=2)
+    films = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    result = celery_airflow.run(
+        "tb_batch_screening", {"source": str(folder), "shard_size": 3}, timeout=RUN_TIMEOUT_S
+    )
+    mapped = [ti for ti in result["tis"] if ti["task_id"] == "predict_shard"]
+    assert [ti["map_index"] for ti in mapped] == [0, 1]
+    assert all(ti["state"] == "success" for ti in result["tis"])
+    hosts = {ti["hostname"] for ti in mapped}
+    assert hosts == set(WORKERS), f"mapped tasks ran on {hosts}, not on both workers"
+    assert {ti["hostname"] for ti in result["tis"]} <= set(WORKERS)
+    work = celery_airflow.tmp / "work" / result["run_id"]
+    check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])
 
-        mapped = [ti for ti in result["tis"] if ti["task_id"] == "predict_shard"]
-        assert [ti["map_index"] for ti in mapped] == [0, 1]
-        assert all(ti["state"] == "success" for ti in result["tis"])
-        hosts = {ti["hostname"] for ti in mapped}
-        assert hosts == set(WORKERS), f"mapped tasks ran on {hosts}, not on both workers"
-        assert {ti["hostname"] for ti in result["tis"]} <= set(WORKERS)
 
-        work = tmp_path / "work" / run_id
-        check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])
+def test_training_dag_runs_on_celery_workers(celery_airflow, kaggle_tree):
+    """tb_pipeline on the same engine: a tiny real dataset, one epoch, registered into the test's registry."""
+    result = celery_airflow.run(
+        "tb_pipeline", {"data.path": str(kaggle_tree), "train.epochs": 1, "ingest.workers": 2}, timeout=600
+    )
+    tasks = {ti["task_id"]: ti for ti in result["tis"]}
+    assert set(tasks) == {"data_ingestion", "model_trainer", "model_testing", "register_model"}
+    assert all(ti["state"] == "success" and ti["hostname"] in WORKERS for ti in tasks.values())
+    registry = Registry(celery_airflow.tmp / "models")
+    versions = registry.versions()
+    assert len(versions) == 2  # the shipped model and the one this run trained
+    work = celery_airflow.tmp / "work" / result["run_id"]
+    assert sha256_file(work / "model" / "model.keras") in {meta.get("model_sha256") for meta in versions}
