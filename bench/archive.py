@@ -104,7 +104,7 @@ def run_dag(folder: Path, shard_size: int, scratch_dir: Path) -> dict:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=400, help="films in the archive (real PNGs, repeated)")
-    p.add_argument("--shard-size", type=int, default=200, help="films per shard (the DAG's default)")
+    p.add_argument("--shard-size", type=int, default=200, help="films per shard (2 shards by default)")
     args = p.parse_args()
     if args.quick:
         args.size, args.shard_size = 48, 24  # above one CLI batch (32 rows): the steady rate needs two
