@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create airflow-venv/ (Airflow 3, pinned in requirements-airflow.txt) beside the project's .venv.
+# Create airflow-venv/ (Airflow 3 with the PostgreSQL driver and the Celery provider, celery and the redis
+# client, all pinned in requirements-airflow.txt) beside the project's .venv.
 # Airflow gets its own environment: the dashboard's .venv never sees it, and the DAG's tasks run the
 # project's stages in .venv (see training/dags/tb_pipeline.py). Re-running is cheap: pip is skipped
 # while requirements-airflow.txt is unchanged. The Docker image runs this same script.

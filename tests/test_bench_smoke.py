@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tools import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -92,3 +93,35 @@ def test_every_benchmark_runs_once_at_a_tiny_size_and_prints_its_figures(shared_
     )
     assert combined["benchmarks"]["batch_cli"]["figures"]["failed_rows"] == 0
     assert combined["benchmarks"]["score_one"]["baseline"]["max_probability_difference"] < 1e-4
+
+
+@pytest.mark.airflow
+def test_archive_benchmark_runs_once_at_a_tiny_size(shared_cxr, tmp_path):
+    """bench/archive.py apart from run_all's smoke run: it needs airflow-venv/ and takes about a minute
+    (two TensorFlow start-ups for the CLI and one per shard for the DAG)."""
+    if not (PROJECT_ROOT / "airflow-venv" / "bin" / "python").exists():
+        missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/archive.py",
+            "--quick",
+            "--data",
+            str(shared_cxr),
+            "-o",
+            str(tmp_path / "a.json"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    result = json.loads(run.stdout)
+    assert result["benchmark"] == "archive" and result["params"]["shards"] == 2
+    for key in ("dag_films_per_s", "dag_wall_s", "per_shard_startup_s", "per_film_ms", "shard_seconds"):
+        assert key in result["figures"], key
+    for key in ("cli_films_per_s", "cli_wall_s", "cli_startup_s"):
+        assert key in result["baseline"], key
+    assert set(result["ratios"]["projected_films_per_s"]) == {"1", "2", "4", "8"}
+    assert set(result["targets"]["dag_over_cli"]) == {"target", "value", "met"}

@@ -50,12 +50,12 @@ def compose_command() -> list[str]:
     return [standalone]
 
 
-def compose_config(env_file: Path) -> subprocess.CompletedProcess:
+def compose_config(env_file: Path, *options: str) -> subprocess.CompletedProcess:
     # A clean environment: variables of the caller's shell would otherwise win over the env file.
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     return subprocess.run(
         [*compose_command(), "--project-directory", str(PROJECT_ROOT), "-f", str(COMPOSE_FILE),
-         "--env-file", str(env_file), "config", "--format", "json"],
+         "--env-file", str(env_file), *options, "config", "--format", "json"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -123,6 +123,43 @@ def test_compose_config_is_valid_with_the_example_env(compose):
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
         assert "healthcheck" in services[name]
+
+
+def test_scale_profile_adds_celery_redis_and_two_workers(tmp_path):
+    """``--profile scale`` with ``AIRFLOW_EXECUTOR=CeleryExecutor`` (the two lines .env.example shows)."""
+    env_file = tmp_path / "scale.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\nAIRFLOW_EXECUTOR=CeleryExecutor\n")
+    done = compose_config(env_file, "--profile", "scale")
+    assert done.returncode == 0, f"docker compose --profile scale config failed:\n{done.stderr}"
+    services = json.loads(done.stdout)["services"]
+    workers = {"airflow-worker-1", "airflow-worker-2"}
+    assert set(services) == {"postgres", "dashboard", "redis"} | AIRFLOW_SERVICES | workers
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:") and ":latest" not in redis["image"]
+    assert "healthcheck" in redis and not redis.get("ports"), "the broker is not published on the host"
+    scheduler = services["airflow-scheduler"]
+    for name in AIRFLOW_SERVICES | workers:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert {services[name]["hostname"] for name in workers} == workers  # distinct Celery hostnames
+    for name in workers:
+        worker = services[name]
+        assert "airflow celery worker" in " ".join(worker["command"])
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert "healthcheck" in worker
+        # The tasks' files (models, datasets, the run folders with shards and outputs) are the
+        # scheduler's: a shard planned on one machine is scored and merged on others.
+        mounts = {(v["source"], v["target"]) for v in worker["volumes"]}
+        assert {(v["source"], v["target"]) for v in scheduler["volumes"]} <= mounts
+    # Without the profile nothing of it starts, and the executor stays local.
+    plain = compose_config(ENV_EXAMPLE)
+    assert plain.returncode == 0
+    plain_services = json.loads(plain.stdout)["services"]
+    assert not ({"redis"} | workers) & set(plain_services)
+    assert plain_services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
 
 
 def test_compose_refuses_to_start_without_secrets(tmp_path):

@@ -27,19 +27,18 @@ Environment (read at parse time, cheap):
 from __future__ import annotations
 
 import os
-import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-PROJECT_ROOT = Path(os.environ.get("CXR_PROJECT_ROOT") or Path(__file__).resolve().parents[2])
-PROJECT_PYTHON = os.environ.get("CXR_PROJECT_PYTHON") or str(PROJECT_ROOT / ".venv" / "bin" / "python")
-WORK_ROOT = Path(os.environ.get("CXR_AIRFLOW_WORK_DIR") or PROJECT_ROOT / "work" / "airflow")
-PARAMS_FILE = Path(os.environ.get("CXR_PARAMS_FILE") or PROJECT_ROOT / "params.yaml")
+if str(Path(__file__).resolve().parent) not in sys.path:  # the dags folder, when loaded by file path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LOG_TAIL_LINES = 40  # lines of a failed stage's output repeated in the error message
-LOG_LINE_CHARS = 2000  # longer lines are cut before they reach the task log
+from cxr_dag_support import PROJECT_PYTHON, PROJECT_ROOT, read_json, run_dir, run_project  # noqa: E402
+
+PARAMS_FILE = Path(os.environ.get("CXR_PARAMS_FILE") or PROJECT_ROOT / "params.yaml")
 
 
 def _base_params() -> dict:
@@ -93,11 +92,6 @@ DAG_PARAMS["promote"] = Param(
 # These run inside the task process (airflow-venv): standard library and PyYAML, no project imports.
 
 
-def _run_dir(run_id: str) -> Path:
-    """One folder per DAG run; a cleared and re-run task writes into the same place."""
-    return WORK_ROOT / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-
-
 def _clear_leftovers(work_dir: Path, name: str) -> None:
     """Remove staging folders of an earlier try that was killed before it could clean up after itself."""
     import shutil
@@ -107,75 +101,21 @@ def _clear_leftovers(work_dir: Path, name: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _run_stage(*args: str) -> None:
-    """Run ``python -m <stage> ...`` in the project environment, streaming its output to the task log.
-
-    The child stays in the task's process group, so when Airflow stops the task (timeout, mark failed)
-    it signals the whole group and the stage goes with it; an exception inside this process (e.g. the
-    execution timeout) stops the child explicitly.
-    """
-    import collections
-    import logging
-    import subprocess
-
-    log = logging.getLogger("airflow.task")
-    command = [PROJECT_PYTHON, "-m", *args]
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-    }
-    log.info("running in the project environment: %s", " ".join(command))
-    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()[:LOG_LINE_CHARS]
-            tail.append(line)
-            log.info("%s", line)
-        code = process.wait()
-    except BaseException:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise
-    if code != 0:
-        detail = "\n".join(tail)
-        raise RuntimeError(f"{' '.join(args[:2])} failed with exit code {code}; last output:\n{detail}")
-
-
 def _run_stage_into(ingest: dict, stage: str, folder: str, *args: str) -> Path:
     """``python -m cxr_core <stage> ... --out <run>/<folder>`` with the run's params, after removing what
     a killed earlier try of this task left behind."""
     work_dir = Path(ingest["work_dir"])
     _clear_leftovers(work_dir, folder)
     out = work_dir / folder
-    _run_stage("cxr_core", stage, *args, "--out", str(out), "--params", ingest["params_file"])
+    run_project("cxr_core", stage, *args, "--out", str(out), "--params", ingest["params_file"])
     return out
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 def _write_run_params(target: Path, settings: dict) -> None:
     """The run's own params file (kept for the record): the base file with the form's settings applied,
     written by the project's command line so that only ``cxr_core.settings`` knows how to merge them."""
     overrides = [f"{key}={value}" for key, value in settings.items() if key != "promote"]
-    _run_stage(
+    run_project(
         "cxr_core", "params", "--params", str(PARAMS_FILE), *(f"--set={item}" for item in overrides),
         "--out", str(target),
     )  # fmt: skip
@@ -193,17 +133,17 @@ def data_ingestion() -> dict:
     """Decode, check and preprocess the dataset into uint8 shards with duplicate-aware splits."""
     context = get_current_context()
     settings = dict(context["params"])
-    work_dir = _run_dir(context["run_id"])
+    work_dir = run_dir(context["run_id"])
     params_file = work_dir / "params.yaml"
     _write_run_params(params_file, settings)
     _clear_leftovers(work_dir, "ingest")
     ingest_dir = work_dir / "ingest"
     data = Path(settings["data.path"]).expanduser()
     data = data if data.is_absolute() else PROJECT_ROOT / data
-    _run_stage(
+    run_project(
         "cxr_core", "ingest", "--data", str(data), "--out", str(ingest_dir), "--params", str(params_file)
     )
-    summary = _read_json(ingest_dir / "summary.json")
+    summary = read_json(ingest_dir / "summary.json")
     split_sizes = {
         split: {label: sum(by_source.values()) for label, by_source in labels.items()}
         for split, labels in summary.get("counts", {}).items()
@@ -226,7 +166,7 @@ def data_ingestion() -> dict:
 def model_trainer(ingest: dict) -> dict:
     """Train the CNN on the shards and choose the decision threshold on the validation split."""
     model_dir = _run_stage_into(ingest, "train", "model", "--ingest", ingest["ingest_dir"])
-    metadata = _read_json(model_dir / "metadata.json")
+    metadata = read_json(model_dir / "metadata.json")
     if metadata.get("data_fingerprint") != ingest["data_fingerprint"]:
         raise RuntimeError(
             "the trained model does not come from this run's ingested data (fingerprint differs)"
@@ -250,7 +190,7 @@ def model_testing(ingest: dict, model: dict) -> dict:
     eval_dir = _run_stage_into(
         ingest, "evaluate", "evaluate", "--ingest", ingest["ingest_dir"], "--model", model["model_dir"]
     )
-    report = _read_json(eval_dir / "metrics.json")
+    report = read_json(eval_dir / "metrics.json")
     op = {**(report.get("operating_point") or {}), **report}  # operating-point keys, nested or top level
     ci = report.get("roc_auc_ci")
     return {

@@ -1,0 +1,195 @@
+"""Archive screening throughput: the ``tb_batch_screening`` DAG's mapped tasks against the plain batch CLI.
+
+Subject: one run of the DAG with ``dag.test()`` in airflow-venv/ (a throw-away ``AIRFLOW_HOME`` with
+SQLite; ``airflow db migrate`` is done first and not timed). ``dag.test()`` runs the mapped
+``predict_shard`` tasks one after another in one process, as a LocalExecutor with one slot would, so
+the figure is the single-worker throughput with the DAG's own costs: planning, one TensorFlow + model
+start-up per shard, the atomic shard outputs and the merge.
+Baseline, on the same films right before: ``python -m cxr_core predict FOLDER --format jsonl`` (one
+process, one start-up), timed end to end and split into start-up and steady per-film rate.
+
+From the two the script derives the per-shard start-up cost and the per-film cost, and the model for
+N workers that docs/airflow-docker.md explains: ``wall(N) = plan + ceil(shards / N) * (startup +
+shard_size * per_film) + merge`` (films per second = films / wall(N)).
+
+    .venv/bin/python bench/archive.py            # 400 films (real 512x512 PNGs), shards of 200
+    .venv/bin/python bench/archive.py --quick    # 48 films, shards of 24
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from _common import PYTHON, ROOT, emit, log, machine, parser, pngs_512, scratch, target
+from batch_cli import CLI_BATCH, run_cli
+
+AIRFLOW_PYTHON = ROOT / "airflow-venv" / "bin" / "python"
+DAG_FILE = ROOT / "training" / "dags" / "tb_batch_screening.py"
+PREFIX = "ARCHIVE_BENCH "
+
+RUNNER = textwrap.dedent(
+    """
+    import importlib.util, json, sys, time
+    spec = importlib.util.spec_from_file_location("tb_batch_bench", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from airflow import settings
+    settings.configure_orm()
+    started = time.perf_counter()
+    run = module.tb_batch_screening_dag.test(run_conf=json.loads(sys.argv[2]))
+    wall = time.perf_counter() - started
+    from sqlalchemy import select
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.run_id == run.run_id)).all()
+        tasks = [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+                  "seconds": (ti.end_date - ti.start_date).total_seconds()} for ti in tis]
+    print(sys.argv[3] + json.dumps({"state": str(run.state), "run_id": run.run_id, "wall_s": wall,
+                                    "tasks": tasks}), flush=True)
+    """
+)
+
+
+def airflow_env(home: Path, work: Path, data_root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CXR_AIRFLOW", "PYTHONPATH"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAG_FILE.parent),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        CXR_PROJECT_PYTHON=PYTHON,
+        CXR_AIRFLOW_WORK_DIR=str(work),
+        CXR_DATASET_ROOTS=str(data_root),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+def run_dag(folder: Path, shard_size: int, scratch_dir: Path) -> dict:
+    home, work = scratch_dir / "airflow-home", scratch_dir / "work"
+    env = airflow_env(home, work, folder.parent)
+    migrated = subprocess.run(
+        [str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    if migrated.returncode != 0:
+        raise SystemExit(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
+    conf = json.dumps({"source": str(folder), "shard_size": shard_size})
+    done = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", RUNNER, str(DAG_FILE), conf, PREFIX],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(PREFIX)]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"dag.test() failed: {(done.stdout + done.stderr)[-3000:]}")
+    result = json.loads(lines[-1][len(PREFIX) :])
+    if result["state"] != "success":
+        raise SystemExit(f"the DAG run ended {result['state']}: {(done.stdout + done.stderr)[-3000:]}")
+    summary = json.loads(next(work.iterdir()).joinpath("summary.json").read_text())
+    result["films"], result["unreadable"] = summary["films"], summary["unreadable"]
+    return result
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=400, help="films in the archive (real PNGs, repeated)")
+    p.add_argument("--shard-size", type=int, default=200, help="films per shard (2 shards by default)")
+    args = p.parse_args()
+    if args.quick:
+        args.size, args.shard_size = 48, 24  # above one CLI batch (32 rows): the steady rate needs two
+    if not AIRFLOW_PYTHON.exists():
+        raise SystemExit("airflow-venv/ is missing: run bash scripts/setup_airflow.sh")
+    started = time.perf_counter()
+    sources = pngs_512(args.data)
+
+    with scratch("archive") as root:
+        folder = root / "archive"
+        folder.mkdir()
+        for i in range(args.size):
+            source = sources[i % len(sources)]
+            shutil.copyfile(source, folder / f"{i:05d}-{source.name}")
+
+        # Warm the page cache (TensorFlow's libraries, the model) so that neither side pays a cold start.
+        subprocess.run(
+            [PYTHON, "-m", "cxr_core", "predict", str(folder / next(iter(sorted(os.listdir(folder)))))],
+            cwd=ROOT,
+            capture_output=True,
+        )
+        log(f"archive: plain CLI on {args.size} films ...")
+        cli = run_cli(folder, args.size, [])
+        log(f"archive: CLI {cli['wall_s']:.1f} s (start-up {cli['startup_s']:.1f} s)")
+        log(f"archive: DAG with shards of {args.shard_size} ...")
+        with tempfile.TemporaryDirectory(dir=root) as dag_dir:
+            dag = run_dag(folder, args.shard_size, Path(dag_dir))
+        log(f"archive: DAG {dag['wall_s']:.1f} s")
+
+    if dag["films"] != args.size or dag["unreadable"] or cli["failed_rows"]:
+        raise SystemExit(f"incomplete: DAG {dag['films']} films, CLI {cli['failed_rows']} failed rows")
+    shards = [t for t in dag["tasks"] if t["task_id"] == "predict_shard"]
+    other_s = sum(t["seconds"] for t in dag["tasks"] if t["task_id"] != "predict_shard")
+    # The CLI's first row arrives once its first batch is scored: what follows is the per-film cost.
+    per_film_s = (cli["wall_s"] - cli["startup_s"]) / (args.size - CLI_BATCH)
+    cli_startup_s = max(0.0, cli["startup_s"] - CLI_BATCH * per_film_s)
+    shard_s = [t["seconds"] for t in shards]
+    # A shard's time beyond scoring its films: process start, TensorFlow, the model, Airflow's task start.
+    startup_s = max(0.0, sum(shard_s) / len(shards) - args.shard_size * per_film_s)
+    dag_rate = args.size / dag["wall_s"]
+    cli_rate = args.size / cli["wall_s"]
+
+    def projected(workers: int) -> float:
+        waves = math.ceil(len(shards) / workers)
+        return args.size / (other_s + waves * (startup_s + args.shard_size * per_film_s))
+
+    emit(
+        {
+            "benchmark": "archive",
+            "machine": machine(),
+            "params": {
+                "films": args.size,
+                "shard_size": args.shard_size,
+                "shards": len(shards),
+                "executor": "dag.test(): mapped tasks one after another (one LocalExecutor slot)",
+            },
+            "figures": {
+                "dag_films_per_s": round(dag_rate, 2),
+                "dag_wall_s": round(dag["wall_s"], 1),
+                "shard_seconds": [round(s, 1) for s in shard_s],
+                "plan_and_merge_s": round(other_s, 1),
+                "per_shard_startup_s": round(startup_s, 1),
+                "per_film_ms": round(1000 * per_film_s, 1),
+            },
+            "baseline": {
+                "what": "python -m cxr_core predict FOLDER --format jsonl, one process",
+                "cli_films_per_s": round(cli_rate, 2),
+                "cli_wall_s": round(cli["wall_s"], 1),
+                "cli_first_row_s": round(cli["startup_s"], 1),
+                "cli_startup_s": round(cli_startup_s, 1),
+            },
+            "ratios": {
+                "dag_over_cli": round(dag_rate / cli_rate, 3),
+                "projected_films_per_s": {str(n): round(projected(n), 2) for n in (1, 2, 4, 8)},
+            },
+            "targets": {
+                "dag_over_cli": target(
+                    dag_rate / cli_rate, 0.5, ">=", ">= 50% of the plain CLI on one worker"
+                )
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        args.output,
+    )
+
+
+if __name__ == "__main__":
+    main()
