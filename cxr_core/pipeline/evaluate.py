@@ -60,6 +60,13 @@ def run_evaluate(
     every = [share for shares in reread["lung_shares"].values() for share in shares]
     if every and "all" in report["evidence"]:
         report["evidence"]["all"]["lung_share"] = round(float(np.mean(every)), 4)
+    for source, shares in reread["film_band_shares"].items():  # the film's own edges, not the input's
+        report["evidence"].setdefault(source, {"tb_films": len(shares)})["film_band_share"] = round(
+            float(np.mean(shares)), 4
+        )
+    bands = [share for shares in reread["film_band_shares"].values() for share in shares]
+    if bands and "all" in report["evidence"]:
+        report["evidence"]["all"]["film_band_share"] = round(float(np.mean(bands)), 4)
 
     with atomic_directory(out_dir) as staging:
         write_json_atomic(staging / Layout.METRICS, report)
@@ -151,22 +158,25 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
 
     from cxr_core.errors import CxrError
     from cxr_core.imaging.decode import read_image
-    from cxr_core.modelling.evidence import share_inside
+    from cxr_core.modelling.evidence import outer_band_share_in_film, share_inside
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
-    perturbed, before, lung_shares = [], [], {}
+    perturbed, before, lung_shares, band_shares = [], [], {}, {}
     for row, label, probability, prediction in zip(rows, labels, probabilities, predictions, strict=True):
         record = Record(row["path"], int(label), row["source"], row.get("member") or None)
         try:
             image = read_image(read_record_bytes(record))
-            if label == 1 and predictor.lungs is not None and prediction.raw_heatmap is not None:
+            if label == 1 and prediction.raw_heatmap is not None:
                 found = predictor.model_input_from_image(image)
-                region = found.lungs["mask"][
-                    found.box.top : found.box.bottom, found.box.left : found.box.right
-                ]
-                share = share_inside(prediction.raw_heatmap, region)
-                if share is not None:
-                    lung_shares.setdefault(row["source"], []).append(share)
+                band_shares.setdefault(row["source"], []).append(
+                    outer_band_share_in_film(prediction.raw_heatmap, found.box, image.pixels.shape)
+                )
+                if found.lungs is not None:
+                    box = found.box
+                    region = found.lungs["mask"][box.top : box.bottom, box.left : box.right]
+                    share = share_inside(prediction.raw_heatmap, region)
+                    if share is not None:
+                        lung_shares.setdefault(row["source"], []).append(share)
             changed = crop_wide(image.pixels) if label == 1 else pad_bars(image.pixels)
             moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
             perturbed.append(predictor.model_input_from_image(moved).pixels)
@@ -181,7 +191,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
         framing = {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
                    "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
-    return {"framing": framing, "lung_shares": lung_shares}
+    return {"framing": framing, "lung_shares": lung_shares, "film_band_shares": band_shares}
 
 
 def dataset_root(data_path: str | Path) -> Path:

@@ -341,7 +341,7 @@ class Registry:
                     version=name,
                     model_sha256=sha256_file(tmp / MODEL_FILE),
                     registered=_iso(moment),
-                    source_dir=str(source.resolve()),
+                    source_dir=settings.project_relative(source),
                 )
                 meta.setdefault("created", _iso(moment))
                 meta.setdefault("parent", parent)
