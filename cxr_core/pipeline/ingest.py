@@ -40,13 +40,15 @@ MANIFEST_FIELDS = [
     "shard", "offset", "width", "height", "format",
 ]  # fmt: skip
 SPLITS = ("train", "val", "test")
+ProgressSink = Callable[[dict], None] | None  # called with {"stage": "ingest", "done": n, "total": m}
 
 
 def run_ingest(
     data_path: str | Path,
     out_dir: str | Path,
     params: dict | None = None,
-    progress: Callable[[dict], None] | None = None,
+    *,
+    progress: ProgressSink = None,
 ) -> dict:
     """Ingest ``data_path`` (any layout :func:`cxr_core.pipeline.datasets.discover` knows) into ``out_dir``."""
     params = settings.section("ingest", params)

@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 PROJECT_ROOT = Path(os.environ.get("CXR_PROJECT_ROOT") or Path(__file__).resolve().parents[2])
 PROJECT_PYTHON = os.environ.get("CXR_PROJECT_PYTHON") or str(PROJECT_ROOT / ".venv" / "bin" / "python")
 WORK_ROOT = Path(os.environ.get("CXR_AIRFLOW_WORK_DIR") or PROJECT_ROOT / "work" / "airflow")
+
+# What both DAGs share: triggered on demand (never on a schedule), a day's bound, two retries a minute apart.
+ON_DEMAND = {
+    "schedule": None,
+    "catchup": False,
+    "dagrun_timeout": timedelta(hours=12),
+    "default_args": {"retries": 2, "retry_delay": timedelta(minutes=1)},
+}
 
 LOG_TAIL_LINES = 40  # lines of a failed stage's output repeated in the error message
 LOG_LINE_CHARS = 2000  # longer lines are cut before they reach the task log

@@ -41,7 +41,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 if str(Path(__file__).resolve().parent) not in sys.path:  # the dags folder, when loaded by file path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cxr_dag_support import PROJECT_ROOT, read_json, run_dir, run_project, write_atomically  # noqa: E402
+from cxr_dag_support import ON_DEMAND, PROJECT_ROOT, read_json, run_dir, run_project, write_atomically  # noqa: E402
 
 # The predict command's rule for what in a folder is a film (cxr_core.imaging.decode.IMAGE_EXTENSIONS;
 # tests/test_batch_dag.py checks that the two lists agree).
@@ -274,13 +274,10 @@ def merge_results(shard_files: list[str]) -> dict:
 
 @dag(
     dag_id="tb_batch_screening",
-    schedule=None,
-    catchup=False,
-    dagrun_timeout=timedelta(hours=12),
     params=DAG_PARAMS,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     tags=["cxr", "screening"],
     doc_md=__doc__,
+    **ON_DEMAND,
 )
 def tb_batch_screening():
     shards = plan_shards()

@@ -36,7 +36,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 if str(Path(__file__).resolve().parent) not in sys.path:  # the dags folder, when loaded by file path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cxr_dag_support import PROJECT_PYTHON, PROJECT_ROOT, read_json, run_dir, run_project  # noqa: E402
+from cxr_dag_support import ON_DEMAND, PROJECT_PYTHON, PROJECT_ROOT, read_json, run_dir, run_project  # noqa: E402
 
 PARAMS_FILE = Path(os.environ.get("CXR_PARAMS_FILE") or PROJECT_ROOT / "params.yaml")
 
@@ -257,14 +257,11 @@ def register_model(
 
 @dag(
     dag_id="tb_pipeline",
-    schedule=None,
-    catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=12),
     params=DAG_PARAMS,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     tags=["cxr", "training"],
     doc_md=__doc__,
+    **ON_DEMAND,
 )
 def tb_pipeline():
     ingest = data_ingestion()
