@@ -1,10 +1,10 @@
-"""Scoring one uploaded X-ray: decode a 512x512 PNG, check, preprocess, probability, Grad-CAM overlay.
+"""Scoring one uploaded X-ray: decode a 512x512 PNG, check, lung fields, preprocess, probability, Grad-CAM overlay.
 
 Subject: the serving path of the dashboard, a :class:`cxr_core.modelling.predictor.Predictor` loaded once, then
 ``Predictor.screen`` and the Grad-CAM overlay the page shows, per request.
 Baseline, in the same process and interleaved with the subject: the original serving path done
-honestly, i.e. the same decoding, preprocessing and overlay, but the model loaded from disk on every
-request, ``model.predict`` on the one image and an eager Grad-CAM tape.
+honestly, i.e. the same decoding, lung check and crop, preprocessing and overlay, but the models loaded
+from disk on every request, ``model.predict`` on the one image and an eager Grad-CAM tape.
 
     .venv/bin/python bench/score_one.py            # 300 images, 30 baseline requests
     .venv/bin/python bench/score_one.py --quick    # a few of each
@@ -57,6 +57,7 @@ def main() -> None:
 
     from cxr_core.imaging.preprocess import to_model_input
     from cxr_core.modelling.gradcam import overlay
+    from cxr_core.modelling.lungs import LungModel
     from cxr_core.modelling.networks import load_model
     from cxr_core.modelling.predictor import Predictor
     from cxr_core.registry.store import Registry
@@ -81,7 +82,11 @@ def main() -> None:
     def baseline(name: str, data: bytes) -> tuple[float, float]:
         t0 = time.perf_counter()
         model = load_model(model_dir / Layout.MODEL)
-        prepared = to_model_input(data)
+        # the same input path as the subject (lung check and crop), its lung model also loaded per request
+        lungs = LungModel(predictor.lungs.model_dir) if predictor.lungs is not None else None
+        prepared = to_model_input(
+            data, lungs=lungs, crop_to_lungs=predictor.crop_to_lungs, lung_margin=predictor.lung_margin
+        )
         image, box = prepared.image, prepared.box
         batch = prepared.pixels[None, :, :, None].astype(np.float32)
         probability = float(model.predict(batch, verbose=0)[0, 0])
@@ -123,7 +128,7 @@ def main() -> None:
                 "first_request_after_start_s": round(first_load_s, 3),
             },
             "baseline": {
-                "what": "model loaded from disk per request, model.predict on one image, eager Grad-CAM",
+                "what": "classifier and lung model loaded from disk per request, model.predict on one image, eager Grad-CAM",
                 "p50_ms": round(base_p50, 3),
                 "p95_ms": round(base_p95, 3),
                 "max_probability_difference": float(max(differences)),
