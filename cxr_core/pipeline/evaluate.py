@@ -156,12 +156,12 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     """
     from dataclasses import replace
 
-    from cxr_core.errors import CxrError
+    from cxr_core.errors import CxrError, ImageError
     from cxr_core.imaging.decode import read_image
     from cxr_core.modelling.evidence import outer_band_share_in_film, share_inside
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
-    perturbed, before, lung_shares, band_shares = [], [], {}, {}
+    perturbed, before, lung_shares, band_shares, refused = [], [], {}, {}, 0
     for row, label, probability, prediction in zip(rows, labels, probabilities, predictions, strict=True):
         record = Record(row["path"], int(label), row["source"], row.get("member") or None)
         try:
@@ -180,8 +180,11 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
             changed = crop_wide(image.pixels) if label == 1 else pad_bars(image.pixels)
             moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
             perturbed.append(predictor.model_input_from_image(moved).pixels)
+        except ImageError:
+            refused += 1  # no plausible lungs once reframed: not scored (a clinician reads it), counted apart
+            continue
         except (CxrError, OSError):
-            continue  # moved since ingest, or no plausible lungs once reframed: measure what can be read
+            continue  # moved or changed since ingest: measure what can still be read
         before.append(probability >= predictor.threshold)
     framing = {"films": 0}
     if perturbed:
@@ -190,6 +193,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         ]
         flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
         framing = {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
+                   "refused_after_reframing": refused,
                    "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
     return {"framing": framing, "lung_shares": lung_shares, "film_band_shares": band_shares}
 
