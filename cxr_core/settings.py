@@ -129,7 +129,7 @@ class GateSettings:
 
 @dataclass
 class LungSettings:
-    data: str = "data/lungs"  # a folder with manifest.csv (source,image,mask), like the shared lungs/
+    data: str = "data/sample/lungs"  # a folder with manifest.csv (source,image,mask), like the shared lungs/
     side: int = 128
     mode: str = "letterbox"  # the whole trimmed film, padded to a square
     base_filters: int = 8

@@ -51,6 +51,9 @@ def split_records(records, seed: int = 0, fractions=(0.7, 0.1, 0.2)):
         idx = np.random.default_rng(seed).permutation(len(rows))
         n_train = round(fractions[0] * len(rows))
         n_val = round(fractions[1] * len(rows))
+        if len(rows) >= 3:  # a tiny set still gets a film to stop on and one to measure
+            n_val = max(1, n_val)
+            n_train = min(n_train, len(rows) - n_val - 1)
         for k, i in enumerate(idx):
             part = "train" if k < n_train else "val" if k < n_train + n_val else "test"
             out[part].append(rows[i])

@@ -51,6 +51,25 @@ def _model_line(metadata: dict) -> str:
     )
 
 
+def _input_line(metadata: dict) -> list[str]:
+    pre = metadata.get("preprocessing") or {}
+    lung = pre.get("lung_model") or {}
+    if not lung:
+        return ["Input: the whole film (borders trimmed, centre square), 128 px, histogram-equalised."]
+    what = (
+        f"the lungs' box (grown by {pre.get('lung_margin', 0.08):.0%}, squared)"
+        if pre.get("lung_crop")
+        else "the whole film"
+    )
+    return [
+        "",
+        f"Input: {what}, 128 px, histogram-equalised; films without a plausible pair of lung fields are refused. "
+        f"Lung model {lung.get('version')} (sha256 `{str(lung.get('sha256'))[:16]}`), required at serving; "
+        "its training masks (Shenzhen, CC BY-NC-SA 4.0; JSRT/SCR, research only) make this model, too, "
+        "for non-commercial research use.",
+    ]
+
+
 def _loso_section(loso: dict | None, reference: dict | None) -> list[str]:
     if not loso:
         return [
@@ -109,6 +128,7 @@ def render_model_card(
         "",
         "## Model",
         _model_line(metadata),
+        *_input_line(metadata),
         "",
         "## Training data",
         f"Dataset `{data_name}` (layout: {ingest_summary.get('layout')}), "

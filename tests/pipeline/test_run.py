@@ -22,6 +22,7 @@ def quick_params():
     params = load_params()
     params["train"].update(epochs=2, patience=2)
     params["evaluate"]["n_boot"] = 50
+    params["lungs"].update(epochs=2, patience=1)
     return params
 
 
@@ -144,6 +145,7 @@ def _copy_project(target: Path) -> None:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["train"].update(epochs=2, patience=2)
     params["evaluate"]["n_boot"] = 50
+    params["lungs"].update(epochs=2, patience=1)
     (target / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -156,6 +158,9 @@ def test_dvc_repro_and_metrics_show_in_a_fresh_copy(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
         "CXR_MODELS_DIR": str(tmp_path / "models"),
+        "CXR_LUNG_MODELS_DIR": str(
+            PROJECT / "models" / "lungs"
+        ),  # the copy has no models/: use the shipped one
     }
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
@@ -164,6 +169,7 @@ def test_dvc_repro_and_metrics_show_in_a_fresh_copy(tmp_path):
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     assert (project / "dvc.lock").exists()
     assert (project / "work" / "model" / "model.keras").exists()
+    assert (project / "work" / "lungs" / "model.keras").exists()  # the lung stage, on the 5 sample masks
     shown = subprocess.run(
         [*dvc, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True
     )
