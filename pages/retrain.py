@@ -7,6 +7,7 @@ import ui_common
 from cxr_core import settings
 from cxr_core.errors import CxrError
 from cxr_core.pipeline import jobs
+from cxr_core.pipeline.datasets import save_uploaded_zip
 from cxr_core.settings import load_params
 from ui import evaluation_view, retrain_view, versions_view
 
@@ -34,7 +35,12 @@ with st.form("retrain_form"):
         key="data_path",
         help="The bundled sample is data/sample. For the Kaggle 'Tuberculosis (TB) Chest X-ray Database' "
         "give the folder holding Normal/ and Tuberculosis/. NLM file names (*_0.png, *_1.png) and a "
-        "manifest.csv (path,label) work too.",
+        "manifest.csv (path,label) work too. Only the configured dataset folders are read.",
+    )
+    dataset_zip = st.file_uploader(
+        "…or upload a dataset .zip (kept in the uploads folder, checked before use)",
+        type=["zip"],
+        key="dataset_zip",
     )
     c1, c2, c3, c4 = st.columns(4)
     epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"], key="epochs")
@@ -90,6 +96,9 @@ if start:
         "seed": seed,
     }
     try:
+        if dataset_zip is not None:
+            data_path = str(save_uploaded_zip(dataset_zip.getvalue(), dataset_zip.name))
+            values["data_path"] = data_path
         dataset = retrain_view.check_dataset_path(data_path)
         job_id = jobs.start_job(
             dataset, settings.params_from_form(params, values), models_root=registry.root, promote="never",

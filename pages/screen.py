@@ -56,7 +56,7 @@ except CxrError as error:
 # One entry per distinct file content; score each batch once (the viewer's controls only redraw).
 files, duplicates = screening_view.dedupe_uploads([(f.name, f.getvalue()) for f in uploads])
 films_key = (tuple(u.sha256 for u in files), include_ids)
-memo = st.session_state.get("screen_memo")
+memo = screening_view.valid_memo(st.session_state.get("screen_memo"))  # anything else counts as none
 if not memo or memo["films"] != films_key or memo["model"] != (serving.sha256, serving.version):
     previous = memo["version"] if memo and memo["films"] == films_key else None
     with st.spinner(f"Screening {len(files)} image(s)…"):
@@ -100,8 +100,10 @@ shown_films = [row["film"] for row in table]
 
 
 def _open_selected_row() -> None:
-    selected = st.session_state["worklist"].selection.rows
-    films = st.session_state.get("worklist_films") or []
+    state = st.session_state.get("worklist")
+    selected = list(getattr(getattr(state, "selection", None), "rows", None) or [])
+    films = st.session_state.get("worklist_films")
+    films = films if isinstance(films, list) else []
     if selected and selected[0] < len(films):
         st.session_state["film_choice"] = films[selected[0]]
 

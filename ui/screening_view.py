@@ -473,3 +473,13 @@ def result_text(item: ScreenedImage, version: str) -> str:
         f"{decision_text(item)}. TB probability {shown} (called TB suspected at {limit} or above), "
         f"model {version}. {DISCLAIMER}"
     )
+
+
+MEMO_KEYS = {"films", "model", "version", "items", "notice"}
+
+
+def valid_memo(memo) -> dict | None:
+    """The Screen page's remembered batch, or None when the session holds anything else under its key."""
+    if not isinstance(memo, dict) or set(memo) != MEMO_KEYS or not isinstance(memo["items"], list):
+        return None
+    return memo if all(isinstance(item, ScreenedImage) for item in memo["items"]) else None

@@ -77,3 +77,7 @@ def test_cancel_stops_the_process_group(job_env, kaggle_tree):
     else:
         raise AssertionError("cancelled job's process is still alive")
     assert jobs.job_status(job_id, root)["state"] == "cancelled"
+    from cxr_core.registry import audit
+
+    trail = [(e["action"], e.get("job"), e["outcome"]) for e in audit.read(models)]
+    assert trail[:2] == [("retrain_cancel", job_id, "ok"), ("retrain_start", job_id, "ok")]

@@ -203,3 +203,67 @@ def test_register_is_idempotent_and_rejudges_when_the_serving_model_changed(pipe
     rejudged = register_candidate(root / "work", quick_params, registry, promote="never")
     assert rejudged["compared_with"] == "v-other", "a verdict taken against an older model must not be reused"
     assert registry.current_version() == "v-other"
+
+
+def test_the_threshold_is_the_rule_applied_to_the_validation_scores(pipeline_run, quick_params):
+    """Recomputed from scratch: the model's validation scores and the configured rule give the stored threshold."""
+    from cxr_core import metrics
+    from cxr_core.modelling.networks import load_model
+    from cxr_core.pipeline.ingest import load_split
+
+    root, _, _ = pipeline_run
+    metadata = json.loads((root / "work" / "model" / "metadata.json").read_text())
+    model = load_model(root / "work" / "model" / "model.keras")
+    images, labels, _ = load_split(root / "work" / "ingest", "val")
+    scores = model(images.astype("float32"), training=False).numpy()[:, 0]
+    rule = quick_params["train"]["threshold"]
+    expected = metrics.select_threshold(
+        labels, scores, rule=rule["rule"], min_sensitivity=rule["min_sensitivity"]
+    )
+    assert metadata["threshold"] == pytest.approx(expected.threshold, abs=1e-6)
+    assert f"on the validation split ({len(labels)} images" in metadata["threshold_rule"]
+    test_images, _, _ = load_split(root / "work" / "ingest", "test")
+    assert not set(map(bytes, test_images)) & set(map(bytes, images)), "the test split chose nothing"
+
+
+def test_a_promotion_serves_the_new_weights(pipeline_run, tmp_path):
+    """Two really different models: after each promotion the served probabilities are the promoted model's."""
+    import keras
+    import numpy as np
+
+    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.modelling.networks import load_model, save_model
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.registry.store import sha256_file
+
+    root, result, _ = pipeline_run
+    first = root / "models" / result["version"]
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    model = load_model(first / "model.keras")
+    head = model.get_layer("tb_probability")
+    kernel, bias = head.get_weights()
+    head.set_weights([-kernel, bias + 1.0])  # another model: the opposite evidence, another offset
+    save_model(model, second / "model.keras")
+    metadata = json.loads((second / "metadata.json").read_text())
+    metadata["model_sha256"] = sha256_file(second / "model.keras")
+    (second / "metadata.json").write_text(json.dumps(metadata))
+
+    registry = Registry(tmp_path / "models")
+    a, b = registry.register(first), registry.register(second)
+    film = to_model_input(PROJECT / "data" / "sample" / "Tuberculosis" / "tb0063.png").pixels[
+        None, :, :, None
+    ]
+
+    def served() -> float:
+        model_dir, _ = registry.resolve_with_warning(None)
+        return Predictor(model_dir).predict(film)[0].probability
+
+    registry.promote(a)
+    from_a = served()
+    registry.promote(b)
+    from_b = served()
+    keras.backend.clear_session()
+    assert abs(from_a - from_b) > 0.05, (from_a, from_b)
+    expected_b = float(load_model(second / "model.keras")(film.astype(np.float32), training=False)[0, 0])
+    assert from_b == pytest.approx(expected_b, abs=1e-5)
