@@ -241,3 +241,26 @@ def test_nothing_leaves_the_server_and_no_raw_page_names_show(server, browser):
     assert not outside, f"requests left the server: {outside}"
     assert len(requests) > 10  # the log really recorded the page's traffic
     context.close()
+
+
+def test_the_lung_outline_is_drawn_over_the_film_and_can_be_hidden(server, browser):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    expect(page.get_by_text("Screen chest X-rays for tuberculosis")).to_be_visible(timeout=60_000)
+    upload_and_wait(page, films()[:1])
+    outline = "g.data.filter(t => t.type === 'scatter' && t.mode === 'lines').map(t => t.x.length)"
+    page.wait_for_function(
+        "() => document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter')", timeout=60_000
+    )
+    lungs = viewer(page, outline)
+    assert 1 <= len(lungs) <= 2 and min(lungs) >= 10, lungs  # one closed line per lung field
+    page.get_by_test_id("stCheckbox").filter(has_text="Lung outline").or_(
+        page.locator("label").filter(has_text="Lung outline")
+    ).first.click()
+    page.wait_for_function(
+        "() => !document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter')",
+        timeout=60_000,
+    )
+    assert viewer(page, outline) == []
