@@ -25,6 +25,7 @@ PREDICT_FIELDS = [
     "threshold",
     "model_version",
     "site",
+    "evidence_in_lungs",
     "error",
     "warning",
 ]

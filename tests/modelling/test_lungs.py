@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 from builders import make_dicom
+from conftest import SHARED_CXR
 
 from cxr_core.modelling import lungs
 from cxr_core.pipeline import lung_training
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_LUNGS = ROOT.parent / "shared" / "data" / "lungs"
+SHARED_LUNGS = SHARED_CXR.parent / "lungs"  # beside the shared X-rays (CXR_SHARED_DATA moves both)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ most tests; the rest run small ingests of their own (a failure mid-way, a one-cl
 import csv
 import hashlib
 import io
+import json
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,7 +33,12 @@ LOOKALIKE_NORMAL = "openist/Normal/263-272-500-500-100.png"
 LOOKALIKE_TB = "tbx11k/Tuberculosis/tb1022.png"
 
 # Small chunks so the dataset spans several shards and load_split must gather across them.
-PARAMS = {"seed": 42, "chunk_size": 16, "workers": 2}
+PARAMS = {
+    "seed": 42,
+    "chunk_size": 16,
+    "workers": 2,
+    "lung_crop": False,
+}  # whole films: the look-alike pair is about them
 BAD_FILES = {
     "Normal/corrupt.png": ("corrupt", "truncated"),
     "Normal/notes.png": ("not an image", "text"),
@@ -295,6 +301,15 @@ def test_shards_are_uint8_and_cover_every_manifest_row_once(ingested):
 
 
 def test_load_split_returns_the_right_pixels_and_labels(ingested):
+    """The shards hold exactly what the one input path makes of each file (lung check and crop included)."""
+    from functools import partial
+
+    from cxr_core.imaging.preprocess import model_input_from_image
+    from cxr_core.modelling.lungs import load_lung_model
+
+    settings_used = json.loads((ingested["out"] / "summary.json").read_text())["preprocessing"]
+    prepare = partial(model_input_from_image, lungs=load_lung_model(), crop_to_lungs=settings_used["lung_crop"],
+                      lung_margin=settings_used["lung_margin"])  # fmt: skip
     total = 0
     for split in ("train", "val", "test"):
         images, labels, rows = load_split(ingested["out"], split)
@@ -303,7 +318,7 @@ def test_load_split_returns_the_right_pixels_and_labels(ingested):
         assert labels.dtype == np.int32 and labels.tolist() == [int(r["label"]) for r in expected]
         assert [r["path"] for r in rows] == [r["path"] for r in expected]
         for image, row in zip(images, rows, strict=True):
-            np.testing.assert_array_equal(image[..., 0], preprocess(read_image(row["path"]).pixels, 128))
+            np.testing.assert_array_equal(image[..., 0], prepare(read_image(row["path"])).pixels)
         total += len(rows)
     assert total == len(ingested["rows"])
 
