@@ -90,7 +90,7 @@ def _loso_section(loso: dict | None, reference: dict | None) -> list[str]:
         rows = [("shipped", cell)]
         ref = ((reference or {}).get("summary") or {}).get("loso", {}).get(source)
         if ref:
-            rows.append(("reference CNN", ref))
+            rows.append(("original recipe, whole film", ref))
         for recipe, values in rows:
             lines.append(
                 f"| {source} | {values['n']} ({values['n_tb']}) | {recipe} | {_spread(values['roc_auc'])} | "
