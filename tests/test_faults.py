@@ -77,11 +77,11 @@ def quick_params(epochs: int = 1) -> dict:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file of the registry (except its lock) and its bytes."""
+    """Every file of the registry (except its lock and the audit trail, which records attempts) and its bytes."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
+        if p.is_file() and p.name not in (".lock", "audit.jsonl")
     }
 
 
@@ -137,6 +137,7 @@ def error_lines(stderr: str) -> list[str]:
 def test_sigkill_mid_epoch_keeps_the_current_model_serving_and_the_next_retrain_succeeds(env):
     registry = env
     current = registry.current_version()
+    versions_before = {m["version"] for m in registry.versions()}
     before = snapshot(registry.root)
 
     job_id = jobs.start_job(SAMPLE, quick_params(epochs=200), models_root=registry.root, promote="gate")
@@ -156,7 +157,7 @@ def test_sigkill_mid_epoch_keeps_the_current_model_serving_and_the_next_retrain_
     done = wait_for(again)
     assert done["state"] == "succeeded", jobs.log_tail(again)
     new_version = done["result"]["version"]
-    assert {m["version"] for m in registry.versions()} == {current, new_version}
+    assert {m["version"] for m in registry.versions()} == versions_before | {new_version}
     registry.verify(new_version)
     assert registry.current_version() == current
 
@@ -192,7 +193,7 @@ def test_cli_pipeline_on_a_missing_or_unreadable_dataset_says_so(env, tmp_path):
     before = snapshot(registry.root)
     missing = run_cli("pipeline", "--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w1"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert error_lines(missing.stderr) == [f"error: Dataset path {tmp_path / 'nowhere'} does not exist."]
+    assert error_lines(missing.stderr) == [f"error: There is no dataset at {tmp_path / 'nowhere'}."]
 
     junk = tmp_path / "junk"
     for folder in ("Normal", "Tuberculosis"):
@@ -213,7 +214,7 @@ def test_retrain_page_shows_a_failed_stage_with_its_message(env, full_disk, tmp_
     at.text_input(key="data_path").set_value(str(tmp_path / "nowhere"))
     button(at, "Start retraining").click()
     at.run()
-    assert any("There is no file or folder at" in e.value for e in at.error)
+    assert any("There is no dataset at" in e.value for e in at.error)
     assert jobs.list_jobs() == []
 
     # The job's child process inherits the environment, and with it the full-disk injection.
@@ -268,7 +269,9 @@ def test_a_damaged_current_model_is_refused_and_the_last_good_one_serves(env):
     assert [m.label for m in at.metric].count("TB probability") == 1
     assert at.dataframe[0].value.iloc[0]["model_version"] == good
 
-    damage(registry.version_dir(good) / "model.keras")  # no good version left: refuse, never guess
+    for meta in registry.versions():  # no good version left: refuse, never guess
+        if meta["version"] != "v-newer":
+            damage(registry.version_dir(meta["version"]) / "model.keras")
     result = run_cli("predict", str(XRAY))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = error_lines(result.stderr)
