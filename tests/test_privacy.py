@@ -29,6 +29,7 @@ from cxr_core.errors import ModelError
 from cxr_core.fsutil import write_json_atomic
 from cxr_core.modelling.predictor import Predictor
 from cxr_core.pipeline import jobs
+from cxr_core.registry.gate import policy_stamp
 from cxr_core.registry.store import Registry, sha256_file
 from cxr_core.settings import load_params
 from ui import screening_view
@@ -315,7 +316,13 @@ def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_giv
             "result": {
                 "version": "v-candidate",
                 "compared_with": "v-newer",
-                "gate": {"passed": True, "reasons": []},
+                # a verdict taken against the model in use, under the server's floors as they are now
+                "gate": {
+                    "passed": True,
+                    "reasons": [],
+                    "registry_stamp": registry.pointer_stamp(),
+                    "policy": policy_stamp(load_params()["gate"]),
+                },  # fmt: skip
                 "promoted": False,
             },
         },
