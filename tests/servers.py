@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-from tools import CHROMIUM  # noqa: E402,F401  (one lookup for every browser test)
+try:  # one lookup for every browser test
+    from tools import CHROMIUM  # noqa: F401
+except ModuleNotFoundError:  # imported as tests.servers (bench/page.py runs outside pytest)
+    from tests.tools import CHROMIUM  # noqa: F401
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -51,7 +51,9 @@ def film_report_pdf(
             film_ax.set_title("Film", fontsize=10)
             heat = overlay(gray, item.prediction.heatmap, item.box, alpha, max_side=REPORT_SIDE)
             cam_ax.imshow(heat, interpolation="antialiased")
-            cam_ax.set_title("Grad-CAM: red = strongest evidence for TB", fontsize=10)
+            cam_ax.set_title(
+                "Grad-CAM, fixed scale: red = evidence as strong as in a typical TB film", fontsize=9
+            )
             for ax in (film_ax, cam_ax):
                 ax.set_xticks([])
                 ax.set_yticks([])
