@@ -157,7 +157,7 @@ def _loso(args) -> int:
     from cxr_core.pipeline.loso import REPORT_FILE, run_loso
     from cxr_core.settings import RECIPES
 
-    if args.recipe not in RECIPES:
+    if args.recipe not in RECIPES:  # before the ingest, not after minutes of it
         raise CxrError(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
     params = _params_of(args)
     ingest_dir = Path(args.ingest) if args.ingest else Path(args.out) / Layout.INGEST_DIR

@@ -223,6 +223,13 @@ def section(name: str, overrides: dict | None = None) -> dict:
     return _merge(defaults(name), overrides or {}, f"{name}.")
 
 
+def with_recipe(train: dict, recipe: str) -> dict:
+    """A ``train`` section with a named recipe's overrides applied (same type checks as any override)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return _merge(section("train", train), RECIPES[recipe], "train.")
+
+
 def complete(params: dict | None) -> dict:
     """A whole params dict with every section completed from the defaults."""
     params = params or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_core.pipeline.local_validation import local_report, score_local_set
-from cxr_core.registry.sites import WEAK_PER_CLASS, OperatingRule, SiteProfiles, build_profile
+from cxr_core.registry.sites import OperatingRule, SiteProfiles, build_profile
 
 
 def validate(predictor, data_path: str | Path, n_boot: int = 1000) -> dict:
@@ -68,6 +68,3 @@ def profile_rows(sites: SiteProfiles) -> list[dict]:
             "by": profile.get("created_by", ""),
         })  # fmt: skip
     return rows
-
-
-MIN_PER_CLASS_FOR_USE = WEAK_PER_CLASS

@@ -282,7 +282,7 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
         "label": None if prediction is None else prediction.label,
         "threshold": predictor.threshold,
         "model_version": predictor.version,
-        "site": getattr(predictor, "site", None),
+        "site": predictor.site,
         "evidence_in_lungs": None if item.evidence_in_lungs is None else round(item.evidence_in_lungs, 3),
         "error": item.error,
         "warning": "; ".join(item.warnings) or None,

@@ -29,10 +29,11 @@ def run_evaluate(
     params: dict | None = None,
 ) -> dict:
     """Score the test split with the trained model and write metrics, plots and predictions."""
+    from cxr_core.modelling.predictor import Predictor
+
     params = settings.section("evaluate", params)
-    y_test, probabilities, rows, predictor, predictions = score_split(
-        ingest_dir, model_dir, "test", keep_predictions=True
-    )
+    predictor = Predictor(model_dir)
+    y_test, probabilities, rows, predictions = score_split(ingest_dir, predictor, "test")
     threshold = predictor.threshold
     report = metrics.evaluate(
         y_test,
@@ -260,21 +261,17 @@ def _input_recipe(preprocessing: dict | None) -> tuple:
     )
 
 
-def score_split(ingest_dir: str | Path, model_dir: str | Path, split: str = "test", keep_predictions=False):
-    """Labels, probabilities, manifest rows and the predictor, for one split scored by one model.
+def score_split(ingest_dir: str | Path, predictor, split: str = "test"):
+    """Labels, probabilities, manifest rows and predictions of one split's shards, scored by ``predictor``.
 
     Also used to score the *current* model on a candidate's test split, so the quality gate compares
     two models on the same images rather than each on its own test set.
     """
     from cxr_core.errors import DatasetError
-    from cxr_core.modelling.predictor import Predictor
 
-    predictor = Predictor(model_dir)
     images, labels, rows = load_split(ingest_dir, split)
     if len(labels) == 0:
         raise DatasetError(f"the {split} split is empty; ingest a larger dataset")
     predictions = predictor.predict(images)
     probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
-    if keep_predictions:
-        return labels, probabilities, rows, predictor, predictions
-    return labels, probabilities, rows, predictor
+    return labels, probabilities, rows, predictions

@@ -152,8 +152,7 @@ def run_loso(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every LOSO fold (and the within-source split) for every seed; write ``loso.json``."""
-    base = settings.section("train", train_params)
-    recipe_params = settings.section("train", _deep_merge(base, settings.RECIPES[recipe]))
+    recipe_params = settings.with_recipe(train_params, recipe)
     images, labels, rows = load_ingested(ingest_dir)
     sources = two_class_sources(rows)
     holdouts = list(holdouts) if holdouts else sources
@@ -228,13 +227,3 @@ def summarise(runs: list[dict]) -> dict:
                 "train_seconds": spread(seconds),
             }
     return table
-
-
-def _deep_merge(base: dict, overrides: dict) -> dict:
-    result = {key: (dict(value) if isinstance(value, dict) else value) for key, value in base.items()}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _deep_merge(result[key], value)
-        else:
-            result[key] = value
-    return result

@@ -20,7 +20,7 @@ from ui import evaluation_view, retrain_view, screening_view, versions_view
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = PROJECT_ROOT / "data" / "sample"
-PREDICTOR = SimpleNamespace(threshold=0.42, version="v-test")
+PREDICTOR = SimpleNamespace(threshold=0.42, version="v-test", site=None)
 
 
 def screened(name, probability=None, error=None, metadata=None, warnings=()):
