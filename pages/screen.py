@@ -257,8 +257,9 @@ def film_card(item) -> None:
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "
                 + (
-                    "Heatmap on a fixed scale: red = evidence for TB as strong as in a typical TB film, blue or "
-                    "no colour = little or none (a film with little evidence stays mostly uncoloured)."
+                    "Heatmap on a fixed scale (the same for every film): red = where the network's evidence for "
+                    "TB is strongest. It shows where the model looked, not how sure it is: a film with a low "
+                    "probability can still show red, so read the probability for that."
                     if show_heatmap
                     else ""
                 )

@@ -113,7 +113,9 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert {"Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"} <= set(
         download_labels(at)
     )
-    assert any("Heatmap on a fixed scale: red = evidence for TB" in c.value for c in at.caption)
+    assert any(
+        "Heatmap on a fixed scale (the same for every film): red = where" in c.value for c in at.caption
+    )
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
     assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == TB_XRAY.name

@@ -64,7 +64,9 @@ def test_upload_in_a_real_browser(server, chromium):
                 timeout=30_000,
             )
             expect(
-                page.get_by_text("Heatmap on a fixed scale: red = evidence for TB", exact=False)
+                page.get_by_text(
+                    "Heatmap on a fixed scale (the same for every film): red = where", exact=False
+                )
             ).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-screen.png"), full_page=True)
 
