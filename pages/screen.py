@@ -257,9 +257,10 @@ def film_card(item) -> None:
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "
                 + (
-                    "Heatmap on a fixed scale (the same for every film): red = where the network's evidence for "
-                    "TB is strongest. It shows where the model looked, not how sure it is: a film with a low "
-                    "probability can still show red, so read the probability for that."
+                    "Heatmap colour is in units of the TB probability (the same scale for every film): the "
+                    "strongest spot shows the film's probability, blue-green about 0.3, yellow 0.6, red near 1, "
+                    "and a film scored 0.07 stays almost clear. Where the colour sits is where the network found "
+                    "what drove its score; it is not a lesion outline."
                     if show_heatmap
                     else ""
                 )

@@ -114,7 +114,7 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
         download_labels(at)
     )
     assert any(
-        "Heatmap on a fixed scale (the same for every film): red = where" in c.value for c in at.caption
+        "Heatmap colour is in units of the TB probability (the same scale for every film)" in c.value for c in at.caption
     )
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)

@@ -52,7 +52,7 @@ def film_report_pdf(
             heat = overlay(gray, item.prediction.heatmap, item.box, alpha, max_side=REPORT_SIDE)
             cam_ax.imshow(heat, interpolation="antialiased")
             cam_ax.set_title(
-                "Grad-CAM, fixed scale: red = where the evidence is strongest (not how sure)", fontsize=9
+                "Grad-CAM in probability units: red only near 1; a low score stays clear", fontsize=9
             )
             for ax in (film_ax, cam_ax):
                 ax.set_xticks([])

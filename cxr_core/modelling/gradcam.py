@@ -9,9 +9,13 @@ One ``tf.function`` with a fixed input signature returns probability, heatmap an
 embedding (used for the out-of-distribution check), so a batch costs one traced call and never
 retraces for a new batch size.
 
-Heatmaps are on an absolute scale: the raw map divided by the model's ``cam_scale`` (fixed at training,
-see :func:`cxr_core.pipeline.train.cam_scale`) and clipped to [0, 1]. Scaling each film by its own
-maximum painted a film scored 0.07 as red as one scored 0.95; a clinician would read that as evidence.
+Heatmaps are on an absolute scale, in units of the film's TB probability: the map's shape (each film's
+raw map over its own peak: *where* the evidence lies) times the probability (*how much* there is). The
+brightest spot of a film scored 0.07 is 0.07, almost clear; only a film scored near 1 reaches full red.
+Scaling each film by its own maximum painted a film scored 0.07 as red as one scored 0.95, and a fixed
+divisor chosen at training (the previous design) did no better on the real model: the raw Grad-CAM
+magnitude of the reference CNN does not follow its score (all 40 checked films below 0.1 reached full
+red), so the magnitude is taken from the score itself.
 """
 
 from dataclasses import dataclass
@@ -27,19 +31,15 @@ from cxr_core.modelling.networks import EMBEDDING, OUTPUT, last_conv_name
 @dataclass
 class CamBatch:
     probabilities: np.ndarray  # (n,) float32
-    heatmaps: np.ndarray  # (n, h, w) float32 in [0, 1], at the last convolution's resolution
+    heatmaps: np.ndarray  # (n, h, w) float32 in [0, probability], at the last convolution's resolution
     embeddings: np.ndarray  # (n, dense_units) float32
     raw: np.ndarray  # (n, h, w) float32 >= 0: the un-scaled map, for evidence shares
-
-    @property
-    def raw_maxima(self) -> np.ndarray:
-        return self.raw.reshape(len(self.raw), -1).max(axis=1)
 
 
 class GradCam:
     """Probability, Grad-CAM heatmap and embedding for a batch of preprocessed uint8 images."""
 
-    def __init__(self, model, scale: float | None = None):
+    def __init__(self, model):
         import tensorflow as tf
 
         conv_name = last_conv_name(model)
@@ -79,7 +79,6 @@ class GradCam:
 
         self._run = run
         self.side = side
-        self.scale = scale
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
         """Score ``(n, side, side[, 1])`` uint8 images (already preprocessed)."""
@@ -87,12 +86,15 @@ class GradCam:
         if batch.ndim == 3:
             batch = batch[..., None]
         probabilities, raw, embeddings = self._run(batch)
-        raw = raw.numpy()
-        if self.scale:
-            heatmaps = np.clip(raw / self.scale, 0.0, 1.0)
-        else:  # a model trained before absolute scaling: each film against its own peak
-            heatmaps = raw / (raw.reshape(len(raw), -1).max(axis=1)[:, None, None] + 1e-8)
-        return CamBatch(probabilities.numpy(), heatmaps.astype(np.float32), embeddings.numpy(), raw)
+        raw, probabilities = raw.numpy(), probabilities.numpy()
+        return CamBatch(probabilities, absolute_heatmaps(raw, probabilities), embeddings.numpy(), raw)
+
+
+def absolute_heatmaps(raw: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Each map's shape (over its own peak) times its film's probability: colour in probability units."""
+    peaks = raw.reshape(len(raw), -1).max(axis=1)
+    shape = raw / np.where(peaks > 0, peaks, 1.0)[:, None, None]
+    return (shape * np.asarray(probabilities, np.float32)[:, None, None]).astype(np.float32)
 
 
 _PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
@@ -107,8 +109,11 @@ def overlay(
 ) -> np.ndarray:
     """Blend a heatmap (jet colours) over the original picture, placed on the region the model saw.
 
-    Outside ``box`` (trimmed borders, cropped margins) the picture is shown without colour: the model
-    never looked there. The picture is shrunk to ``max_side`` first; a browser shows no more anyway.
+    Colour and opacity both grow with the heatmap's value: ``alpha`` is the opacity of a value of 1 and
+    a value of 0 leaves the picture untouched, so a film with little evidence stays readable as an X-ray
+    instead of sinking under a blue wash. Outside ``box`` (trimmed borders, cropped margins) the picture
+    is shown without colour: the model never looked there. The picture is shrunk to ``max_side`` first;
+    a browser shows no more anyway.
     """
     height, width = gray.shape
     if box is None:
@@ -120,8 +125,9 @@ def overlay(
     bottom = max(top + 1, min(rgb.shape[0], round(box.bottom * scale)))
     right = max(left + 1, min(rgb.shape[1], round(box.right * scale)))
     heat = cv2.resize(heatmap.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
-    heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
-    colours = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    region = rgb[top:bottom, left:right]
-    rgb[top:bottom, left:right] = cv2.addWeighted(colours, alpha, region, 1.0 - alpha, 0.0)
+    heat = np.clip(heat, 0.0, 1.0)
+    colours = cv2.cvtColor(cv2.applyColorMap((heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    weight = (alpha * heat)[..., None]
+    region = rgb[top:bottom, left:right].astype(np.float32)
+    rgb[top:bottom, left:right] = np.clip(colours * weight + region * (1.0 - weight) + 0.5, 0, 255).astype(np.uint8)
     return rgb

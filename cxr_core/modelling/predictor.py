@@ -113,12 +113,12 @@ class Predictor:
         self.site: str | None = None
         self.side = int(self.model.input_shape[1])
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
-        self.cam_scale = self.metadata.get("cam_scale")
-        self._cam = GradCam(self.model, scale=self.cam_scale)
+        self._cam = GradCam(self.model)
         self.preprocessing = self.metadata.get("preprocessing") or {}
         self.lungs = _lung_model_for(self.preprocessing)
         self.crop_to_lungs = bool(self.preprocessing.get("lung_crop")) and self.lungs is not None
         self.lung_margin = float(self.preprocessing.get("lung_margin", 0.08))
+        self.mask_to_lungs = self.crop_to_lungs and bool(self.preprocessing.get("lung_mask"))
 
     def model_input(self, source, **read_options):
         """:func:`to_model_input` exactly as this model was trained: same lung check, same crop."""
@@ -128,7 +128,12 @@ class Predictor:
         return model_input_from_image(image, self.side, **self._lung_options())
 
     def _lung_options(self) -> dict:
-        return {"lungs": self.lungs, "crop_to_lungs": self.crop_to_lungs, "lung_margin": self.lung_margin}
+        return {
+            "lungs": self.lungs,
+            "crop_to_lungs": self.crop_to_lungs,
+            "lung_margin": self.lung_margin,
+            "mask_to_lungs": self.mask_to_lungs,
+        }
 
     def use_site(self, profile: dict | None) -> None:
         """Decide at a site profile's threshold (None: the model's own, chosen on development data).

@@ -90,18 +90,6 @@ def make_optimizer(params: dict, steps_per_epoch: int):
     raise ValueError(f"unknown optimizer {params['optimizer']!r}")
 
 
-def cam_scale(raw_maxima: np.ndarray, probabilities: np.ndarray, threshold: float) -> float:
-    """The Grad-CAM value shown as full red: the median peak of validation films called TB.
-
-    A fixed scale instead of each film's own maximum: a film scored 0.07 then shows little colour,
-    while one scored 0.95 shows its evidence at full strength (per-film scaling painted both red).
-    """
-    called = raw_maxima[probabilities >= threshold]
-    pool = called if len(called) else raw_maxima
-    value = float(np.median(pool)) if len(pool) else 1.0
-    return value if value > 0 else 1.0
-
-
 def run_train(
     ingest_dir: str | Path,
     out_dir: str | Path,
@@ -155,7 +143,6 @@ def run_train(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "threshold": threshold,
             "threshold_rule": rule_text,
-            "cam_scale": cam_scale(val_scores.raw_maxima, val_scores.probabilities, threshold),
             "params": params,
             "data_fingerprint": ingest_summary["data_fingerprint"],
             "data_name": ingest_summary.get("data_name"),

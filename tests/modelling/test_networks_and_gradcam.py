@@ -80,7 +80,7 @@ def _brightness_model():
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros", name="embedding")(x)
     outputs = keras.layers.Dense(
-        1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(40.0),
+        1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(200.0),
         bias_initializer=keras.initializers.Constant(-2.0), name="tb_probability",
     )(x)  # fmt: skip
     return keras.Model(inputs, outputs)
@@ -102,11 +102,13 @@ def test_heatmaps_are_on_an_absolute_scale():
     films = np.zeros((2, 128, 128, 1), np.uint8)
     films[0, 40:60, 40:60] = 40  # weak evidence
     films[1, 40:60, 40:60] = 255  # strong evidence
-    scale = float(GradCam(model)(films[1:]).raw_maxima[0])
-    result = GradCam(model, scale=scale)(films)
-    assert result.heatmaps[1].max() == pytest.approx(1.0)
+    result = GradCam(model)(films)
+    assert result.probabilities[0] < 0.25 < 0.9 < result.probabilities[1]
+    assert result.heatmaps[1].max() == pytest.approx(result.probabilities[1])
     assert result.heatmaps[0].max() < 0.25  # per-film scaling would have shown 1.0 here too
-    assert result.probabilities[0] < result.probabilities[1]
+    # where the evidence lies is unchanged by the scale: both films light up the same block only
+    for heat in result.heatmaps:
+        assert heat[40:60, 40:60].min() == pytest.approx(heat.max()) and heat[:40].max() == 0
 
 
 def test_compact_network_is_small_and_gradcam_reads_its_last_activation():
