@@ -49,6 +49,8 @@ class IngestSettings:
     lung_check: bool = True
     lung_crop: bool = True
     lung_margin: float = 0.08
+    # With lung_crop: also blank what lies outside the grown lung fields (heart, mediastinum, abdomen).
+    lung_mask: bool = False
 
 
 @dataclass

@@ -71,6 +71,7 @@ def to_model_input(
     lungs=None,
     crop_to_lungs: bool = False,
     lung_margin: float = 0.08,
+    mask_to_lungs: bool = False,
     **read_options,
 ) -> ModelInput:
     """Decode -> plausibility check -> (lung fields) -> preprocess: the one path from a file to the network.
@@ -80,17 +81,25 @@ def to_model_input(
     ``lungs`` (an object with ``segment(gray)``, the lung model) adds the anatomical check: a film
     without a plausible pair of lung fields (a gradient, a page of text, a photo) is refused, not
     scored; with ``crop_to_lungs`` the network sees the lungs' box (plus ``lung_margin``) instead of the
-    whole film, which leaves the hospital's framing outside.
+    whole film, which leaves the hospital's framing outside; ``mask_to_lungs`` also blanks what lies
+    outside the (slightly grown) lung fields inside that box: heart, mediastinum, abdomen, shoulders.
     """
     image = read_image(source, **read_options)
     check_plausible_radiograph(image)
     return model_input_from_image(
-        image, side, lungs=lungs, crop_to_lungs=crop_to_lungs, lung_margin=lung_margin
-    )
+        image, side, lungs=lungs, crop_to_lungs=crop_to_lungs, lung_margin=lung_margin,
+        mask_to_lungs=mask_to_lungs,
+    )  # fmt: skip
 
 
 def model_input_from_image(
-    image: DecodedImage, side: int = MODEL_SIDE, *, lungs=None, crop_to_lungs: bool = False, lung_margin=0.08
+    image: DecodedImage,
+    side: int = MODEL_SIDE,
+    *,
+    lungs=None,
+    crop_to_lungs: bool = False,
+    lung_margin=0.08,
+    mask_to_lungs: bool = False,
 ) -> ModelInput:
     """The steps of :func:`to_model_input` after decoding, for a picture already in memory (a framing test)."""
     found = None
@@ -99,19 +108,25 @@ def model_input_from_image(
         if not found["ok"]:
             raise ImageError(f"{NOT_A_CHEST} ({found['reason']})")
     if crop_to_lungs and found is not None:
-        pixels, box = preprocess_lung_box(image.pixels, found["box"], side, lung_margin)
+        mask = found["mask"] if mask_to_lungs else None
+        pixels, box = preprocess_lung_box(image.pixels, found["box"], side, lung_margin, mask)
     else:
         pixels, box = preprocess_with_box(image.pixels, side)
     return ModelInput(image=image, pixels=pixels, box=box, lungs=found)
 
 
 def preprocess_lung_box(
-    gray: np.ndarray, lung_box: tuple[int, int, int, int], side: int = MODEL_SIDE, margin: float = 0.08
+    gray: np.ndarray,
+    lung_box: tuple[int, int, int, int],
+    side: int = MODEL_SIDE,
+    margin: float = 0.08,
+    lung_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, CropBox]:
     """The square around the lung fields (grown by ``margin`` of their size), area-resized and equalised.
 
     The square is centred on the lungs and kept inside the picture; a box too small to be lungs falls
-    back to the whole-film path.
+    back to the whole-film path. With ``lung_mask`` (the lung model's mask at the picture's size) what
+    lies outside the lungs is faded to black, see :func:`blank_outside_lungs`.
     """
     height, width = gray.shape
     top, left, bottom, right = (int(v) for v in lung_box)
@@ -124,7 +139,30 @@ def preprocess_lung_box(
     x0 = int(round(min(max(centre_x - half_x, 0), width - 2 * half_x)))
     y1, x1 = min(height, y0 + int(round(2 * half_y))), min(width, x0 + int(round(2 * half_x)))
     small = cv2.resize(gray[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
-    return cv2.equalizeHist(small), CropBox(y0, x0, y1, x1)
+    small = cv2.equalizeHist(small)
+    if lung_mask is not None:
+        small = blank_outside_lungs(small, lung_mask[y0:y1, x0:x1])
+    return small, CropBox(y0, x0, y1, x1)
+
+
+LUNG_MASK_GROWTH = 0.04  # of the input side: keeps the pleura, costophrenic angles and apices in view
+
+
+def blank_outside_lungs(small: np.ndarray, mask_crop: np.ndarray) -> np.ndarray:
+    """Fade everything outside the (grown, soft-edged) lung fields to black.
+
+    The lung box still holds the heart, mediastinum, upper abdomen and shoulders, and Grad-CAM showed the
+    network reading them, more so at hospitals it had not seen. Blanking them leaves only lung tissue as
+    evidence. The mask is grown a little and its edge blurred so that lesions at the lung border (pleural
+    disease, apical cavities) and the mask's own outline are not turned into sharp cues.
+    """
+    side = small.shape[0]
+    mask = cv2.resize(mask_crop, (side, side), interpolation=cv2.INTER_AREA) >= 128
+    grow = max(1, int(round(LUNG_MASK_GROWTH * side)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    soft = cv2.GaussianBlur(cv2.dilate(mask.astype(np.float32), kernel), (0, 0), sigmaX=grow / 2.0)
+    soft = np.maximum(soft, mask)  # the lung fields themselves stay exactly as they were
+    return np.clip(small.astype(np.float32) * soft + 0.5, 0, 255).astype(np.uint8)
 
 
 def preprocess(gray: np.ndarray, side: int = MODEL_SIDE) -> np.ndarray:

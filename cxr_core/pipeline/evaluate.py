@@ -250,13 +250,14 @@ def same_preprocessing(predictor, ingest_dir: str | Path) -> bool:
 
 
 def _input_recipe(preprocessing: dict | None) -> tuple:
-    """What decides the pixels a network sees: whole film, or the lungs' box by one lung model and margin."""
+    """What decides the pixels a network sees: whole film, or the lungs' box (masked or not) by one lung model."""
     preprocessing = preprocessing or {}
     if not preprocessing.get("lung_crop"):
         return ("whole film",)
     return (
         "lung box",
         preprocessing.get("lung_margin"),
+        bool(preprocessing.get("lung_mask")),
         (preprocessing.get("lung_model") or {}).get("sha256"),
     )
 

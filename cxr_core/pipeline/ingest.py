@@ -153,11 +153,12 @@ def model_input_maker(params: dict):
         "lung_check": bool(lungs),
         "lung_crop": bool(params["lung_crop"]),
         "lung_margin": float(params["lung_margin"]),
+        "lung_mask": bool(params["lung_crop"] and params["lung_mask"]),
         "lung_model": {"version": lungs.version, "sha256": lungs.sha256} if lungs else None,
     }
     prepare = partial(
         to_model_input, side=int(params["side"]), lungs=lungs, crop_to_lungs=bool(params["lung_crop"]),
-        lung_margin=float(params["lung_margin"]),
+        lung_margin=float(params["lung_margin"]), mask_to_lungs=preprocessing["lung_mask"],
     )  # fmt: skip
     return prepare, preprocessing
 

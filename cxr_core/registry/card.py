@@ -57,7 +57,8 @@ def _input_line(metadata: dict) -> list[str]:
     if not lung:
         return ["Input: the whole film (borders trimmed, centre square), 128 px, histogram-equalised."]
     what = (
-        f"the lungs' box (grown by {pre.get('lung_margin', 0.08):.0%}, squared)"
+        f"the lungs' box (grown by {pre.get('lung_margin', 0.08):.0%}, squared"
+        + (", outside the lung fields blanked)" if pre.get("lung_mask") else ")")
         if pre.get("lung_crop")
         else "the whole film"
     )

@@ -159,3 +159,25 @@ def test_a_tiny_unet_trains_for_one_epoch(tmp_path):
     assert out["epochs_run"] == 1 and (tmp_path / "tiny.keras").exists()
     probabilities = lungs.predict_small(out["model"], x[0, :, :, 0])
     assert probabilities.shape == (64, 64) and np.isfinite(probabilities).all()
+
+
+def test_masked_lung_box_keeps_the_lungs_and_blanks_heart_abdomen_and_shoulders(lung_model, shared_cxr):
+    """ingest.lung_mask: inside the lungs the network sees what the unmasked box shows; far outside, black."""
+    from conftest import shared_records
+
+    from cxr_core.imaging.preprocess import LUNG_MASK_GROWTH, to_model_input
+
+    for source in ("shenzhen", "da", "rahmandb", "tbx11k"):
+        row = shared_records(source)[0]
+        options = {"lungs": lung_model, "crop_to_lungs": True, "lung_margin": 0.08}
+        plain = to_model_input(shared_cxr / row["path"], **options)
+        masked = to_model_input(shared_cxr / row["path"], **options, mask_to_lungs=True)
+        assert masked.box == plain.box
+        top, left, bottom, right = plain.box
+        mask = cv2.resize(plain.lungs["mask"][top:bottom, left:right], (128, 128), interpolation=cv2.INTER_AREA)
+        grow = int(round(LUNG_MASK_GROWTH * 128))
+        inside = mask >= 128
+        far = cv2.dilate(inside.astype(np.uint8), np.ones((6 * grow + 1, 6 * grow + 1), np.uint8)) == 0
+        assert inside.mean() > 0.2 and far.mean() > 0.05, (row["path"], inside.mean(), far.mean())
+        np.testing.assert_array_equal(masked.pixels[inside], plain.pixels[inside])  # lung tissue kept, to its edge
+        assert masked.pixels[far].max() <= 2, row["path"]  # the mediastinum gap, abdomen, shoulders: gone

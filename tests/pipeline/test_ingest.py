@@ -309,7 +309,7 @@ def test_load_split_returns_the_right_pixels_and_labels(ingested):
 
     settings_used = json.loads((ingested["out"] / "summary.json").read_text())["preprocessing"]
     prepare = partial(model_input_from_image, lungs=load_lung_model(), crop_to_lungs=settings_used["lung_crop"],
-                      lung_margin=settings_used["lung_margin"])  # fmt: skip
+                      lung_margin=settings_used["lung_margin"], mask_to_lungs=settings_used["lung_mask"])  # fmt: skip
     total = 0
     for split in ("train", "val", "test"):
         images, labels, rows = load_split(ingested["out"], split)
