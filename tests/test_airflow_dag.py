@@ -25,7 +25,6 @@ from cxr_core.settings import load_params, set_dotted
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_PYTHON = PROJECT_ROOT / "airflow-venv" / "bin" / "python"
 DAG_FILE = PROJECT_ROOT / "training" / "dags" / "tb_pipeline.py"
-SUMMARY_PREFIX = "AIRFLOW_TEST_SUMMARY "
 TASKS = ["data_ingestion", "model_trainer", "model_testing", "register_model"]
 MAX_XCOM_BYTES = 4096
 
@@ -77,19 +76,23 @@ PARSE_CHECK = textwrap.dedent(
     """
 )
 
-# Runs one DAG run with dag.test() and prints a JSON summary of what the metadata database holds.
+# Runs one DAG run with dag.test() and prints a JSON summary of what the metadata database holds: one
+# entry per task instance (mapped ones by map index) and per XCom. Shared with tests/test_batch_dag.py.
 RUNNER = textwrap.dedent(
     """
     import importlib.util, json, sys
     from datetime import timedelta
 
-    dag_file, conf = sys.argv[1], json.loads(sys.argv[2])
-    spec = importlib.util.spec_from_file_location("tb_pipeline_under_test", dag_file)
+    dag_file, conf, prefix, dag_name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    spec = importlib.util.spec_from_file_location(dag_name + "_under_test", dag_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dag = module.tb_pipeline_dag
+    dag = getattr(module, dag_name)
     for task in dag.tasks:  # retry quickly: the test waits for the retry in real time
-        task.retry_delay = timedelta(seconds=1)
+        if hasattr(task, "partial_kwargs"):  # a mapped task keeps its arguments here
+            task.partial_kwargs["retry_delay"] = timedelta(seconds=1)
+        else:
+            task.retry_delay = timedelta(seconds=1)
 
     from airflow import settings
     settings.configure_orm()
@@ -110,18 +113,29 @@ RUNNER = textwrap.dedent(
         summary = {
             "run_id": run.run_id,
             "state": str(run.state),
-            "tasks": {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number} for ti in tis},
-            "xcom": {
-                f"{row.task_id}.{row.key}": {
-                    "value": XComModel.deserialize_value(row),
-                    "stored_bytes": len(json.dumps(row.value, default=str)),
-                }
-                for row in rows
-            },
+            "tasks": [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+                       "try_number": ti.try_number} for ti in tis],
+            "xcom": [{"task_id": row.task_id, "map_index": row.map_index, "key": row.key,
+                      "value": XComModel.deserialize_value(row),
+                      "stored_bytes": len(json.dumps(row.value, default=str))} for row in rows],
         }
-    print(sys.argv[3] + json.dumps(summary, default=repr), flush=True)
+    print(prefix + json.dumps(summary, default=repr), flush=True)
     """
 )
+SUMMARY_PREFIX = "AIRFLOW_TEST_SUMMARY "
+
+
+def dag_test(dag_file: Path, dag_name: str, conf: dict, env: dict, timeout: float) -> dict:
+    """One ``dag.test()`` run of the DAG object ``dag_name`` in ``dag_file``; its summary (see RUNNER)."""
+    done = run_airflow_python(RUNNER, str(dag_file), json.dumps(conf), SUMMARY_PREFIX, dag_name, env=env,
+                              timeout=timeout)  # fmt: skip
+    output = done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(SUMMARY_PREFIX)]
+    assert done.returncode == 0 and lines, f"dag.test() failed (exit {done.returncode}):\n{output[-6000:]}"
+    summary = json.loads(lines[-1][len(SUMMARY_PREFIX) :])
+    summary["output_tail"] = output[-6000:]  # for the message when a task failed
+    return summary
+
 
 # Placed on PYTHONPATH for the retry test only: the first training attempt dies hard (os._exit, as an
 # OOM kill would) right after its first epoch, when its staging folder holds a half-written model.
@@ -228,19 +242,10 @@ def run_dag(
         **extra_env,
     )
     migrate(env)
-    done = run_airflow_python(
-        RUNNER,
-        str(DAG_FILE),
-        json.dumps({"data.path": str(data), **conf}),
-        SUMMARY_PREFIX,
-        env=env,
-        timeout=900,
-    )
-    output = done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith(SUMMARY_PREFIX)]
-    assert done.returncode == 0 and lines, f"dag.test() failed (exit {done.returncode}):\n{output[-6000:]}"
-    summary = json.loads(lines[-1][len(SUMMARY_PREFIX) :])
-    summary["output_tail"] = output[-6000:]  # for the message when a task failed
+    summary = dag_test(DAG_FILE, "tb_pipeline_dag", {"data.path": str(data), **conf}, env, timeout=900)
+    # the training DAG maps nothing: one instance and one return value per task, keyed by task id
+    summary["tasks"] = {t["task_id"]: {"state": t["state"], "try_number": t["try_number"]} for t in summary["tasks"]}
+    summary["xcom"] = {f"{x['task_id']}.{x['key']}": x for x in summary["xcom"]}
     xcom = {key.removesuffix(".return_value"): item["value"] for key, item in summary["xcom"].items()}
     return summary, xcom, env
 

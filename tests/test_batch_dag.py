@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_airflow_dag import AIRFLOW_PYTHON, airflow_env, migrate, run_airflow_python
+from test_airflow_dag import AIRFLOW_PYTHON, airflow_env, dag_test, migrate, run_airflow_python
 from tools import missing
 
 from cxr_core.imaging.decode import IMAGE_EXTENSIONS
@@ -20,7 +20,6 @@ from cxr_core.imaging.decode import IMAGE_EXTENSIONS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAG_FILE = PROJECT_ROOT / "training" / "dags" / "tb_batch_screening.py"
 OTHER_DAG = PROJECT_ROOT / "training" / "dags" / "tb_pipeline.py"
-SUMMARY_PREFIX = "BATCH_DAG_SUMMARY "
 TASKS = {"plan_shards", "predict_shard", "merge_results"}
 
 pytestmark = pytest.mark.airflow
@@ -53,51 +52,6 @@ PARSE_CHECK = textwrap.dedent(
         "params": sorted(dag.params),
         "image_extensions": sorted(module.IMAGE_EXTENSIONS),
     }))
-    """
-)
-
-RUNNER = textwrap.dedent(
-    """
-    import importlib.util, json, sys
-    from datetime import timedelta
-
-    dag_file, conf = sys.argv[1], json.loads(sys.argv[2])
-    spec = importlib.util.spec_from_file_location("tb_batch_under_test", dag_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dag = module.tb_batch_screening_dag
-    for task in dag.tasks:  # retry quickly: the test waits for the retry in real time
-        if hasattr(task, "partial_kwargs"):  # a mapped task keeps its arguments here
-            task.partial_kwargs["retry_delay"] = timedelta(seconds=1)
-        else:
-            task.retry_delay = timedelta(seconds=1)
-
-    from airflow import settings
-    settings.configure_orm()
-    run = dag.test(run_conf=conf)
-
-    from sqlalchemy import select
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.scalars(
-            select(TaskInstance).where(TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run.run_id)
-        ).all()
-        rows = session.scalars(
-            select(XComModel).where(XComModel.dag_id == dag.dag_id, XComModel.run_id == run.run_id)
-        ).all()
-        summary = {
-            "run_id": run.run_id,
-            "state": str(run.state),
-            "tasks": [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
-                       "try_number": ti.try_number} for ti in tis],
-            "xcom": [{"task_id": row.task_id, "map_index": row.map_index, "key": row.key,
-                      "value": XComModel.deserialize_value(row),
-                      "stored_bytes": len(json.dumps(row.value, default=str))} for row in rows],
-        }
-    print(sys.argv[3] + json.dumps(summary, default=repr), flush=True)
     """
 )
 
@@ -161,13 +115,7 @@ def run_batch_dag(tmp: Path, conf: dict, **extra_env: str) -> dict:
     env = airflow_env(tmp, CXR_AIRFLOW_WORK_DIR=str(tmp / "work"), **extra_env)
     env.pop("CXR_MODELS_DIR", None)  # the project's current model
     migrate(env)
-    done = run_airflow_python(RUNNER, str(DAG_FILE), json.dumps(conf), SUMMARY_PREFIX, env=env, timeout=600)
-    output = done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith(SUMMARY_PREFIX)]
-    assert done.returncode == 0 and lines, f"dag.test() failed (exit {done.returncode}):\n{output[-6000:]}"
-    summary = json.loads(lines[-1][len(SUMMARY_PREFIX) :])
-    summary["output_tail"] = output[-6000:]
-    return summary
+    return dag_test(DAG_FILE, "tb_batch_screening_dag", conf, env, timeout=600)
 
 
 def check_merged_output(work: Path, films: list[Path], corrupt: list[Path]) -> dict:
