@@ -34,7 +34,7 @@ class Prediction:
     probability: float
     label: str
     threshold: float
-    heatmap: np.ndarray  # on the model's absolute scale, [0, 1]
+    heatmap: np.ndarray  # in TB-probability units: [0, probability], see gradcam.absolute_heatmaps
     ood_distance: float | None = None
     warnings: list[str] = field(default_factory=list)
     raw_heatmap: np.ndarray | None = field(default=None, repr=False)  # un-scaled, for evidence shares
