@@ -50,6 +50,7 @@ class IngestSettings:
     lung_crop: bool = True
     lung_margin: float = 0.08
     # With lung_crop: also blank what lies outside the grown lung fields (heart, mediastinum, abdomen).
+    # Off: LOSO did not favour it and the evidence moved to the mask's edge (docs/model-ablation.md).
     lung_mask: bool = False
 
 
