@@ -233,11 +233,13 @@ def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
 # ------------------------------------------------------------------------------------------ viewer
 
 
-def film_figure(picture, contours=None, height: int = 720):
+def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = False):
     """A zoomable, pannable view of one film (gray or RGB uint8) with an optional lung outline.
 
     Plotly's own tools do the work: scroll or drag to zoom, the pan tool to move, double-click to
-    reset. The picture is sent as one PNG (``binary_string``), so a 2048-px film stays light.
+    reset. The picture is sent as one PNG (``binary_string``), so a 2048-px film stays light. With
+    ``heat_legend`` a colour bar reads the heatmap's hues as TB probability (its units, see
+    ``cxr_core.modelling.gradcam``).
     """
     import plotly.express as px
     import plotly.graph_objects as go
@@ -256,10 +258,19 @@ def film_figure(picture, contours=None, height: int = 720):
                 showlegend=False,
             )
         )
+    if heat_legend:  # an empty heatmap trace that carries the colour bar of the overlay's jet colours
+        figure.add_trace(
+            go.Heatmap(
+                z=[[0.0, 1.0]], zmin=0.0, zmax=1.0, opacity=0.0, colorscale="Jet", hoverinfo="skip", showscale=True,
+                colorbar={"title": {"text": "TB probability"}, "thickness": 12, "len": 0.5,
+                          "tickvals": [0, 0.25, 0.5, 0.75, 1]},
+            )
+        )  # fmt: skip
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor="x")
     figure.update_layout(
-        height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="zoom", uirevision="film"
+        height=height, margin={"l": 0, "r": 90 if heat_legend else 0, "t": 0, "b": 0}, dragmode="zoom",
+        uirevision="film",
     )
     return figure
 

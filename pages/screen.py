@@ -244,7 +244,7 @@ def film_card(item) -> None:
                 else windowed
             )
             st.plotly_chart(
-                ui_common.film_figure(picture, contours if show_lungs else None),
+                ui_common.film_figure(picture, contours if show_lungs else None, heat_legend=show_heatmap),
                 config=ui_common.VIEWER_CONFIG,
                 key="viewer",
             )

@@ -1,6 +1,7 @@
 """The Screen page through streamlit's AppTest: real X-rays in, probability, decision and overlay out."""
 
 import io
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,7 +88,6 @@ def decisions(at: AppTest) -> list[str]:
 def viewer_pictures(at: AppTest) -> list[np.ndarray]:
     """The pictures in the viewer's Plotly figures, decoded from the PNG the page sends to the browser."""
     import base64
-    import json
 
     found = []
     for element in at.get("plotly_chart"):
@@ -116,6 +116,11 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert any(
         "Heatmap colour is in units of the TB probability (the same scale for every film)" in c.value for c in at.caption
     )
+    legends = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
+    assert len(legends) == 1 and legends[0]["colorbar"]["title"]["text"] == "TB probability"
+    assert (legends[0]["zmin"], legends[0]["zmax"]) == (0.0, 1.0)  # the overlay's colours, in probability units
+    at.toggle(key="show_heatmap").set_value(False).run()
+    assert not [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
     assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == TB_XRAY.name
