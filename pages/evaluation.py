@@ -291,7 +291,8 @@ with tab_errors:
         else:
             st.caption(
                 f"{total} test image(s) misclassified at the operating threshold; missed TB first. "
-                f"Showing {len(entries)}."
+                f"Showing {len(entries)}. Heatmap colour is in TB-probability units, as on the Screen page, "
+                "so a missed TB film (a low score) shows little colour."
             )
             columns = st.columns(3)
             for i, entry in enumerate(entries):
