@@ -281,6 +281,7 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
     predictor = Predictor(model_dir)
     lungs = predictor.lungs
     spent: dict[str, float] = {}
+    per_call = "batched as the CLI and ingest run it" if batch > 1 else "one film per call"
 
     def timed_step(name: str, fn, *args):
         cpu = time.process_time()
@@ -313,7 +314,7 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
         found = [None] * len(images)
         if lungs is not None:
             probabilities = timed_step(
-                f"lung network (batches of {batch})", lungs.probabilities, [s[0] for s in staged]
+                f"lung network ({per_call})", lungs.probabilities, [s[0] for s in staged]
             )
             found = [
                 timed_step(
@@ -338,9 +339,7 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
                 "perceptual hash (ingest)", lambda p: str(imagehash.phash(Image.fromarray(p))), item.pixels
             )
         batch_pixels = np.stack([item.pixels for item in prepared])[..., None]
-        predictions = timed_step(
-            f"classifier + Grad-CAM + OOD (batches of {batch})", predictor.predict, batch_pixels
-        )
+        predictions = timed_step(f"classifier + Grad-CAM + OOD ({per_call})", predictor.predict, batch_pixels)
         for item, prediction in zip(prepared, predictions, strict=True):
             row = ScreenedImage(
                 name="x", ok=True, image=item.image, box=item.box, prediction=prediction, lungs=item.lungs

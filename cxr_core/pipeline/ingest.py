@@ -41,8 +41,8 @@ MANIFEST_FIELDS = [
 ]  # fmt: skip
 SPLITS = ("train", "val", "test")
 ProgressSink = Callable[[dict], None] | None  # called with {"stage": "ingest", "done": n, "total": m}
-# Films per lung-network call: most of the batching gain, and a bounded number of full-size pictures.
-LUNG_BATCH = 32
+# Films per lung-network call: all of the batching gain, and few full-size pictures held at once.
+LUNG_BATCH = 16
 
 
 def run_ingest(
