@@ -85,10 +85,7 @@ def main() -> None:
         # the same input path as the subject (lung check and crop), its lung model also loaded per request
         lungs = LungModel(predictor.lungs.model_dir) if predictor.lungs is not None else None
         prepared = to_model_input(
-            data,
-            lungs=lungs,
-            crop_to_lungs=predictor.crop_to_lungs,
-            lung_margin=predictor.lung_margin,
+            data, lungs=lungs, crop_to_lungs=predictor.crop_to_lungs, lung_margin=predictor.lung_margin,
             mask_to_lungs=predictor.mask_to_lungs,
         )
         image, box = prepared.image, prepared.box
