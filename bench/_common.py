@@ -253,3 +253,102 @@ def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------ where the time goes
+
+
+def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) -> dict:
+    """CPU milliseconds per image of each step of the shipped path, and of the limit's own work.
+
+    Each step runs on its own, one after another in this process (the network steps in batches of
+    ``batch``, as the CLI and ingest run them), timed with the process's CPU clock, so the figures do
+    not depend on how many cores the machine grants at the moment. They say where a throughput ratio
+    goes: the limit's decode-and-resize against everything the shipped path does per film.
+    """
+    import hashlib
+
+    import imagehash
+    import numpy as np
+    from PIL import Image
+
+    from cxr_core.imaging.decode import check_plausible_radiograph, read_image
+    from cxr_core.imaging.preprocess import model_input_from_image
+    from cxr_core.modelling.predictor import Predictor, ScreenedImage, result_row
+    from cxr_core.registry.store import Registry
+
+    model_dir, _ = Registry().resolve_with_warning(model)
+    predictor = Predictor(model_dir)
+    lungs = predictor.lungs
+    spent: dict[str, float] = {}
+    per_call = "batched as the CLI and ingest run it" if batch > 1 else "one film per call"
+
+    def timed_step(name: str, fn, *args):
+        cpu = time.process_time()
+        result = fn(*args)
+        spent[name] = spent.get(name, 0.0) + time.process_time() - cpu
+        return result
+
+    def read(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    predictor.screen([(files[0].name, files[0])])  # trace the compiled functions outside the clock
+    if lungs is not None:
+        lungs.probabilities([lungs.lung_input(read_image(files[0]).pixels)[0]] * 2)
+    for start in range(0, len(files), batch):
+        group = files[start : start + batch]
+        for path in group:
+            timed_step("limit: read + decode + resize", decode_resize, path)
+        images, staged = [], []
+        for path in group:
+            data = timed_step("read file", read, path)
+            timed_step("md5 (ingest)", lambda d: hashlib.md5(d).hexdigest(), data)
+            image = timed_step("decode + integrity checks", read_image, data)
+            timed_step("plausibility check", check_plausible_radiograph, image)
+            images.append(image)
+            if lungs is not None:
+                staged.append(
+                    timed_step("lung input (trim, letterbox, equalise)", lungs.lung_input, image.pixels)
+                )
+        found = [None] * len(images)
+        if lungs is not None:
+            probabilities = timed_step(
+                f"lung network ({per_call})", lungs.probabilities, [s[0] for s in staged]
+            )
+            found = [
+                timed_step(
+                    "lung post-processing (mask, plausibility, box)", lungs.segment_from, p, s[1], i.pixels
+                )
+                for p, s, i in zip(probabilities, staged, images, strict=True)
+            ]
+        prepared = [
+            timed_step(
+                "crop + resize + equalise",
+                lambda i, f: model_input_from_image(
+                    i, predictor.side, lungs=lungs, crop_to_lungs=predictor.crop_to_lungs,
+                    lung_margin=predictor.lung_margin, mask_to_lungs=predictor.mask_to_lungs, found=f,
+                ),
+                image,
+                f,
+            )
+            for image, f in zip(images, found, strict=True)
+        ]  # fmt: skip
+        for item in prepared:
+            timed_step(
+                "perceptual hash (ingest)", lambda p: str(imagehash.phash(Image.fromarray(p))), item.pixels
+            )
+        batch_pixels = np.stack([item.pixels for item in prepared])[..., None]
+        predictions = timed_step(f"classifier + Grad-CAM + OOD ({per_call})", predictor.predict, batch_pixels)
+        for item, prediction in zip(prepared, predictions, strict=True):
+            row = ScreenedImage(
+                name="x", ok=True, image=item.image, box=item.box, prediction=prediction, lungs=item.lungs
+            )
+            timed_step("result row (lung-evidence share)", result_row, row, predictor)
+    per_image = {name: round(1000 * seconds / len(files), 3) for name, seconds in spent.items()}
+    return {
+        "images": len(files),
+        "model": predictor.version,
+        "lung_model": None if lungs is None else lungs.version,
+        "cpu_ms_per_image": per_image,
+    }

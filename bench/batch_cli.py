@@ -5,6 +5,9 @@ they stream out. Its steady-state rate is taken from the first batch of rows to 
 start, imports and model loading are reported apart, as ``startup_s``).
 Baseline, measured right before and right after every CLI run: the decode-and-resize-only limit, the
 same files read, decoded and area-resized to 128x128 on all cores and nothing else.
+The CLI scores with the registry's current model (the one that ships) and the lung model it was trained
+with. Where the time goes: the CPU milliseconds per image of each step of that path, measured apart on
+the same files (``stages``), and the ratio those costs allow (``ceiling_from_stage_costs``).
 
     .venv/bin/python bench/batch_cli.py            # 1284 files (each real 512x512 PNG twice), 3 rounds
     .venv/bin/python bench/batch_cli.py --quick
@@ -29,6 +32,7 @@ from _common import (
     parser,
     pngs_512,
     scratch,
+    stage_costs,
     target,
 )
 
@@ -119,6 +123,11 @@ def main() -> None:
                 f"(startup {cli['startup_s']:.1f} s), limit {before:.0f}/{after:.0f} img/s"
             )
         limit.close()
+    stages = stage_costs(sources[: 32 if args.quick else 320], args.model)
+    costs = stages["cpu_ms_per_image"]
+    limit_ms = costs["limit: read + decode + resize"]
+    cli_ms = sum(v for k, v in costs.items() if not k.startswith("limit") and "(ingest)" not in k)
+    log(f"batch_cli: stage costs {costs}")
 
     ratio = median([r["ratio"] for r in rounds])
     emit(
@@ -147,8 +156,15 @@ def main() -> None:
                 "of_limit": round(ratio, 3),
                 "rounds": [round(r["ratio"], 3) for r in rounds],
                 "cpu_time_of_limit": round(median([r["cpu_ratio"] for r in rounds]), 3),
+                "ceiling_from_stage_costs": round(limit_ms / cli_ms, 3),
             },
-            "targets": {"of_limit": target(ratio, 0.70, ">=", ">= 70% of the decode-and-resize-only limit")},
+            "stages": {
+                **stages,
+                "cli_cpu_ms_per_image": round(cli_ms, 3),
+                "what": "each step of the CLI's path timed apart on the same files (CPU ms per image); "
+                "the ceiling is the limit's cost over their sum",
+            },
+            "targets": {"of_limit": target(ratio, 0.80, ">=", ">= 80% of the decode-and-resize-only limit")},
             "seconds": round(time.perf_counter() - started, 1),
         },
         args.output,

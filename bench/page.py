@@ -148,8 +148,8 @@ def main() -> None:
                 "warm_over_page_reload": round(warm_p50 / median(reload_s), 2),
             },
             "targets": {
-                "warm_p50": target(warm_p50, 1.0, "<=", "warm p50 <= 1 s"),
-                "cold": target(cold_s, 8.0, "<=", "cold <= 8 s"),
+                "warm_p50": target(warm_p50, 0.5, "<=", "warm p50 <= 0.5 s"),
+                "cold": target(cold_s, 5.0, "<=", "cold <= 5 s"),
             },
             "seconds": round(time.perf_counter() - started, 1),
         },

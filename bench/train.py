@@ -1,9 +1,11 @@
 """Training throughput: the real input pipeline against the same model fed from tensors in memory.
 
 Data: real X-rays decoded and preprocessed once, repeated to ``--size`` images (4200 by default, the
-Kaggle database's size). Subject: the model, optimizer, loss, metric, sample weights and
+Kaggle database's size; whole-film crops: what the pictures show does not change what dense
+convolutions cost). Subject: the model, optimizer, loss, metric, sample weights and
 ``cxr_core.pipeline.augment.training_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
-``run_train`` sets them up from params.yaml. Baseline, the compute-only limit: the same model and
+``fit_network`` sets them up, with the training settings the shipped model (the registry's current
+version) was trained with (params.yaml's when there is none). Baseline, the compute-only limit: the same model and
 settings fed float32 batches already in memory. Epochs of the two alternate; the steady state is
 timed from batch 10 of an epoch to its last batch, and each full epoch is timed as well.
 
@@ -44,6 +46,21 @@ class BatchClock:
         return images / (wall1 - wall0), 1000 * (cpu1 - cpu0) / images
 
 
+def _shipped_settings() -> dict | None:
+    """The training settings recorded in the current registry version's metadata, if any."""
+    import json
+
+    from cxr_core.errors import CxrError
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import Layout
+
+    try:
+        model_dir, _ = Registry().resolve_with_warning(None)
+        return json.loads((model_dir / Layout.METADATA).read_text()).get("params")
+    except (CxrError, OSError, ValueError):
+        return None
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4200, help="images per epoch")
@@ -63,6 +80,9 @@ def main() -> None:
     from cxr_core.settings import load_params
 
     params = load_params(ROOT / "params.yaml")["train"]
+    shipped = _shipped_settings()
+    if shipped is not None:
+        params = {**params, **shipped}
     batch_size = int(params["batch_size"])
     items = labelled(args.data, None if args.size >= 955 else args.size)
     pictures = np.stack([to_model_input(path).pixels for path, _ in items])[..., None]
@@ -119,6 +139,7 @@ def main() -> None:
                 "distinct_images": len(items),
                 "batch_size": batch_size,
                 "rounds": args.rounds,
+                "settings": "the shipped model's (registry metadata)" if shipped else "params.yaml",
             },
             "figures": {
                 "images_per_s": round(median([m["rate"] for m in measured["pipeline"]]), 1),
@@ -132,7 +153,15 @@ def main() -> None:
                 "cpu_ms_per_image": round(median([m["cpu_ms"] for m in measured["in_memory"]]), 3),
                 "epoch_s": round(median([m["epoch_s"] for m in measured["in_memory"]]), 2),
             },
-            "ratios": {"of_compute_limit": round(ratio, 3), "rounds": [round(v, 3) for v in rounds]},
+            "ratios": {
+                "of_compute_limit": round(ratio, 3),
+                "rounds": [round(v, 3) for v in rounds],
+                "cpu_time_of_compute_limit": round(
+                    median([m["cpu_ms"] for m in measured["in_memory"]])
+                    / median([m["cpu_ms"] for m in measured["pipeline"]]),
+                    3,
+                ),
+            },
             "targets": {
                 "of_compute_limit": target(ratio, 0.90, ">=", ">= 90% of the compute-only limit"),
                 "epoch_4200_s": target(epoch_s, 60.0, "<=", "one epoch over 4200 images well under a minute"),

@@ -344,7 +344,7 @@ def _read_pil(data: bytes, fmt: str) -> DecodedImage:
         chunks: set[bytes] = set()
         if fmt == "PNG":
             chunks, idat = _verify_png(data)
-            if not _png_is_plain_gray8(data, chunks) and not _png_has_all_rows(data, idat):
+            if not _png_for_cv2(data, chunks) and not _png_has_all_rows(data, idat):
                 raise ImageError(_TRUNCATED)
         try:
             return _decode_pil(im, data, fmt, chunks)
@@ -475,13 +475,25 @@ def _decode_pil(im: Image.ImageFile.ImageFile, data: bytes, fmt: str, chunks: se
     if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
         warnings_.append("the file holds several images; only the first one was read")
 
-    # Fast path: an 8-bit grayscale PNG is what almost every radiograph export is. libpng (unlike
-    # Pillow) refuses a stream with missing rows, so a failure here is final, not a cue to retry.
-    if fmt == "PNG" and _png_is_plain_gray8(data, chunks):
-        decoded = _cv2_decode_gray8(data)
-        if decoded is None or decoded.dtype != np.uint8 or decoded.shape != im.size[::-1]:
+    # Fast path: gray (8 or 16 bit) and 8-bit RGB PNG, what almost every radiograph export is, decoded
+    # once by libpng. libpng (unlike Pillow) refuses a stream with missing rows, so the row check that
+    # Pillow needs (a second inflate of the whole stream) is skipped, and a failure here is final.
+    if fmt == "PNG" and _png_for_cv2(data, chunks):
+        decoded = _cv2_decode_png(data)
+        bit_depth = data[24]
+        want = im.size[::-1] if data[25] == 0 else (*im.size[::-1], 3)
+        if (
+            decoded is None
+            or decoded.shape != want
+            or decoded.dtype != (np.uint8 if bit_depth == 8 else np.uint16)
+        ):
             raise ImageError(_TRUNCATED)
-        return DecodedImage(decoded, fmt_name, im.size[0], im.size[1], 8, warnings_, metadata, 0.0)
+        colour = 0.0
+        if decoded.ndim == 3:  # the same RGB Pillow would give, turned gray the way Pillow does it
+            decoded, _, colour = _rgb_image_to_gray(Image.fromarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)))
+        elif bit_depth == 16:
+            decoded = _integer_to_uint8(decoded)
+        return DecodedImage(decoded, fmt_name, im.size[0], im.size[1], bit_depth, warnings_, metadata, colour)
 
     im.load()
     orientation = _exif_orientation(im)
@@ -494,19 +506,24 @@ def _decode_pil(im: Image.ImageFile.ImageFile, data: bytes, fmt: str, chunks: se
     return DecodedImage(pixels, fmt_name, width, height, bit_depth, warnings_, metadata, colour)
 
 
-def _png_is_plain_gray8(data: bytes, chunks: set[bytes]) -> bool:
-    """8-bit gray, no transparency and no EXIF: the case where OpenCV and Pillow give identical pixels."""
+def _png_for_cv2(data: bytes, chunks: set[bytes]) -> bool:
+    """Gray 8/16-bit or RGB 8-bit without transparency or EXIF: where OpenCV and Pillow give identical pixels.
+
+    Neither applies gamma, chromaticities or an ICC profile on load (checked: identical pixels with
+    gAMA, sRGB, sBIT and cHRM chunks). Pillow also reads an EXIF orientation from a "Raw profile type
+    exif" text chunk, so a file that mentions one anywhere takes Pillow's path.
+    """
     bit_depth, colour_type = data[24], data[25]
     return (
         cv2 is not None
-        and bit_depth == 8
-        and colour_type == 0
+        and ((colour_type == 0 and bit_depth in (8, 16)) or (colour_type == 2 and bit_depth == 8))
         and b"tRNS" not in chunks
         and b"eXIf" not in chunks
+        and b"Raw profile type exif" not in data
     )
 
 
-def _cv2_decode_gray8(data: bytes) -> np.ndarray | None:
+def _cv2_decode_png(data: bytes) -> np.ndarray | None:
     """libpng via OpenCV: ~25% faster than Pillow here, and it rejects streams with missing rows."""
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 

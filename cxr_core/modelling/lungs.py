@@ -277,22 +277,63 @@ def segment(model, gray: np.ndarray, side: int = SIDE, mode: str = "letterbox") 
 
 def segment_with(forward, gray: np.ndarray, side: int = SIDE, mode: str = "letterbox") -> dict:
     small, frame = lung_input(gray, side, mode)
-    prob = forward(small)
+    return segment_from(forward(small), frame, gray.shape)
+
+
+def segment_from(prob: np.ndarray, frame: Frame, shape: tuple[int, int]) -> dict:
+    """The steps after the network: clean the small mask, judge it, bring it back to the picture's size.
+
+    Split from :func:`segment_with` so that a batch of films can share one forward pass (the network
+    is most of the cost of a lung check) while each film's post-processing stays exactly the same.
+    """
     clean_small = postprocess(prob >= THRESHOLD)
     # judge plausibility on the analysed content region (letterbox padding excluded)
     content = clean_small[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw]
     cprob = prob[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw]
     ok, reason = plausible_lungs(content, cprob)
-    mask = mask_to_original(clean_probabilities(prob, clean_small), frame, gray.shape)
-    ys, xs = np.nonzero(mask)
-    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if ys.size else (0, 0, 0, 0)
+    mask = mask_to_original(clean_probabilities(prob, clean_small), frame, shape)
     return {
         "mask": mask,
-        "box": box,
+        "box": mask_box(mask),
         "area_fraction": float(content.mean() / 255.0),
         "ok": ok,
         "reason": reason,
     }
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of a mask's non-zero pixels, end exclusive; zeros for an empty mask.
+
+    From the rows and columns that hold any lung rather than from every lung pixel's coordinates:
+    the same box for a fraction of the work on a full-size film.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return (0, 0, 0, 0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def make_batch_predictor(model, batch: int = 16):
+    """A compiled forward pass over many inputs at once: about two thirds of the CPU time per film
+    of batch-of-1 calls (measured on the shipped U-Net, 2 cores). One trace for any batch size.
+
+    Calls of at most ``batch`` inputs: 16 cost the same CPU per film as 32 (6.5 ms) with half the
+    activation memory (about 70 MB instead of 120 MB held by TensorFlow's allocator)."""
+    import tensorflow as tf
+
+    side = model.input_shape[1]
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, side, side, 1), tf.uint8)],
+    )
+
+    def forward(smalls: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [fn(smalls[i : i + batch, :, :, None]).numpy()[..., 0] for i in range(0, len(smalls), batch)]
+        )
+
+    return forward
 
 
 class LungModel:
@@ -315,10 +356,29 @@ class LungModel:
         self.side = int(self.model.input_shape[1])
         self.mode = self.metadata.get("mode", "letterbox")
         self._forward = make_predictor(self.model)
+        self._forward_many = make_batch_predictor(self.model)
 
     def segment(self, gray: np.ndarray) -> dict:
         """Mask at the picture's own size (0/255), its box, the share of the frame, and plausibility."""
         return segment_with(self._forward, gray, self.side, self.mode)
+
+    def lung_input(self, gray: np.ndarray) -> tuple[np.ndarray, Frame]:
+        """The network's input for one picture (the part of :meth:`segment` before the network)."""
+        return lung_input(gray, self.side, self.mode)
+
+    def probabilities(self, smalls: list[np.ndarray]) -> list[np.ndarray]:
+        """The network on many inputs in one call; a lone input takes the batch-of-1 path of :meth:`segment`.
+
+        Batched and batch-of-1 results differ in float rounding only (oneDNN picks other kernels for a
+        batch of one): about 5e-6 in probability, one mask pixel at 128 px in 469 test films.
+        """
+        if len(smalls) == 1:
+            return [self._forward(np.ascontiguousarray(smalls[0], dtype=np.uint8))]
+        return list(self._forward_many(np.stack(smalls).astype(np.uint8, copy=False)))
+
+    def segment_from(self, prob: np.ndarray, frame: Frame, gray: np.ndarray) -> dict:
+        """:meth:`segment` for a picture whose network output is already known."""
+        return segment_from(prob, frame, gray.shape)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -41,6 +41,8 @@ MANIFEST_FIELDS = [
 ]  # fmt: skip
 SPLITS = ("train", "val", "test")
 ProgressSink = Callable[[dict], None] | None  # called with {"stage": "ingest", "done": n, "total": m}
+# Films per lung-network call: all of the batching gain, and few full-size pictures held at once.
+LUNG_BATCH = 16
 
 
 def run_ingest(
@@ -134,10 +136,14 @@ def run_ingest(
 
 
 def model_input_maker(params: dict):
-    """The ingest's ``to_model_input`` with this run's lung settings, and what to record about them."""
+    """This run's decode and finish steps of ``to_model_input`` (lung settings bound), and what to record.
+
+    Two steps so that a chunk's films share one call of the lung network; see
+    :func:`cxr_core.imaging.preprocess.finish_model_inputs`.
+    """
     from functools import partial
 
-    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.imaging.preprocess import decode_for_model, finish_model_inputs
 
     lungs = None
     if params["lung_check"] or params["lung_crop"]:
@@ -156,50 +162,58 @@ def model_input_maker(params: dict):
         "lung_mask": bool(params["lung_crop"] and params["lung_mask"]),
         "lung_model": {"version": lungs.version, "sha256": lungs.sha256} if lungs else None,
     }
-    prepare = partial(
-        to_model_input, side=int(params["side"]), lungs=lungs, crop_to_lungs=bool(params["lung_crop"]),
+    decode = partial(decode_for_model, lungs=lungs)
+    finish = partial(
+        finish_model_inputs, side=int(params["side"]), lungs=lungs, crop_to_lungs=bool(params["lung_crop"]),
         lung_margin=float(params["lung_margin"]), mask_to_lungs=preprocessing["lung_mask"],
     )  # fmt: skip
-    return prepare, preprocessing
+    return (decode, finish), preprocessing
 
 
 def _process_chunk(
     records: list[Record], side: int, prepare=None
 ) -> tuple[np.ndarray, list[dict], list[dict]]:
-    """Worker: read, check and preprocess one chunk; a bad file becomes a skipped row, never an exception."""
+    """Worker: read, check and preprocess one chunk; a bad file becomes a skipped row, never an exception.
+
+    Each file is read and decoded once; its MD5 is of the bytes already read. ``prepare`` is the
+    (decode, finish) pair of :func:`model_input_maker` (default: no lung model).
+    """
     import imagehash
     from PIL import Image
 
-    from cxr_core.imaging.preprocess import to_model_input
+    from cxr_core.imaging.preprocess import decode_for_model, finish_model_inputs
 
-    prepare = prepare or (lambda data: to_model_input(data, side))
+    decode, finish = prepare or (decode_for_model, lambda films: finish_model_inputs(films, side))
     images, good, bad = [], [], []
-    for record in records:
-        name = record.path if record.member is None else f"{record.path}::{record.member}"
-        try:
-            data = read_record_bytes(record)
-            prepared = prepare(data)
-            decoded, small = prepared.image, prepared.pixels
-        except CxrError as error:
-            bad.append({"path": name, "reason": str(error)})
-            continue
-        except OSError as error:
-            bad.append({"path": name, "reason": f"cannot read file: {error.strerror or error}"})
-            continue
-        images.append(small)
-        good.append(
-            {
-                "path": record.path,
-                "member": record.member or "",
-                "label": int(record.label),
-                "source": record.source,
-                "md5": hashlib.md5(data).hexdigest(),
-                "phash": str(imagehash.phash(Image.fromarray(small))),
-                "width": decoded.width,
-                "height": decoded.height,
-                "format": decoded.format,
-            }
-        )
+    for start in range(0, len(records), LUNG_BATCH):
+        decoded = []  # (record, name, md5, film): full-size pictures held only for one lung batch
+        for record in records[start : start + LUNG_BATCH]:
+            name = record.path if record.member is None else f"{record.path}::{record.member}"
+            try:
+                data = read_record_bytes(record)
+                decoded.append((record, name, hashlib.md5(data).hexdigest(), decode(data)))
+            except CxrError as error:
+                bad.append({"path": name, "reason": str(error)})
+            except OSError as error:
+                bad.append({"path": name, "reason": f"cannot read file: {error.strerror or error}"})
+        for (record, name, digest, _), prepared in zip(decoded, finish([d[3] for d in decoded]), strict=True):
+            if isinstance(prepared, CxrError):
+                bad.append({"path": name, "reason": str(prepared)})
+                continue
+            images.append(prepared.pixels)
+            good.append(
+                {
+                    "path": record.path,
+                    "member": record.member or "",
+                    "label": int(record.label),
+                    "source": record.source,
+                    "md5": digest,
+                    "phash": str(imagehash.phash(Image.fromarray(prepared.pixels))),
+                    "width": prepared.image.width,
+                    "height": prepared.image.height,
+                    "format": prepared.image.format,
+                }
+            )
     stacked = np.stack(images) if images else np.empty((0, side, side), np.uint8)
     return stacked, good, bad
 

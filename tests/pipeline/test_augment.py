@@ -1,0 +1,88 @@
+"""The fused training warp: same random parameters as the chain of Keras layers, one resampling."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from cxr_core.pipeline import augment  # noqa: E402
+from cxr_core.settings import load_params  # noqa: E402
+
+AUGMENT = load_params()["train"]["augment"]
+
+
+def _films(count: int = 16, side: int = 128) -> np.ndarray:
+    """Smooth, film-like pictures (a bright chest on a dark surround with two darker lung fields)."""
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    rng = np.random.default_rng(0)
+    films = []
+    for _ in range(count):
+        cy, cx = rng.uniform(0.45, 0.55, 2)
+        body = 200 * np.exp(-(((yy - cy) / 0.45) ** 2 + ((xx - cx) / 0.4) ** 2))
+        lungs = 90 * (
+            np.exp(-(((yy - 0.45) / 0.2) ** 2 + ((xx - 0.3) / 0.1) ** 2))
+            + np.exp(-(((yy - 0.45) / 0.2) ** 2 + ((xx - 0.7) / 0.1) ** 2))
+        )
+        films.append(np.clip(body - lungs + 20, 0, 255))
+    return np.stack(films)[..., None].astype(np.float32)
+
+
+def _chain(settings: dict, seed: int):
+    """The former augmentation: each warp a Keras layer with its own bilinear resampling."""
+    fill = settings["fill_mode"]
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(settings["rotation"], fill_mode=fill, fill_value=0.0, seed=seed),
+            keras.layers.RandomZoom(
+                (-settings["zoom_in"], settings["zoom_out"]), fill_mode=fill, fill_value=0.0, seed=seed + 1
+            ),
+            keras.layers.RandomTranslation(
+                settings["translation"],
+                settings["translation"],
+                fill_mode=fill,
+                fill_value=0.0,
+                seed=seed + 2,
+            ),
+            keras.layers.RandomContrast(settings["contrast"], value_range=(0, 255), seed=seed + 3),
+            keras.layers.RandomBrightness(settings["brightness"], value_range=(0, 255), seed=seed + 4),
+        ]
+    )
+
+
+def test_the_fused_warp_draws_what_the_chain_of_layers_draws_and_resamples_once():
+    films = tf.constant(_films())
+    chained = _chain(AUGMENT, 42)(films, training=True).numpy()
+    fused = augment._geometric_and_exposure(AUGMENT, 42)(films).numpy()
+    other_seed = augment._geometric_and_exposure(AUGMENT, 7)(films).numpy()
+    inner = (slice(None), slice(16, 112), slice(16, 112))
+    same = np.abs(chained - fused)[inner].mean()
+    different = np.abs(other_seed - fused)[inner].mean()
+    # same angles, zooms, shifts, contrast and brightness: only the interpolation differs (one pass, not three)
+    assert same < 3.0, same
+    assert different > 5 * same, (same, different)
+
+
+def test_composed_matrices_apply_the_warps_in_their_order():
+    zoom = augment._zoom_matrix(
+        {"width_zoom": tf.constant([[0.5]]), "height_zoom": tf.constant([[0.5]])}, (1, 101, 101, 1)
+    )
+    shift = augment._translation_matrix(tf.constant([[10.0, -4.0]]))
+    composed = augment._compose(zoom, shift).numpy()[0]
+    # output point p: the shift moves it to p - (10, -4), the zoom then reads 0.5 * that + 25
+    x, y = 60.0, 30.0
+    expect = (0.5 * (x - 10.0) + 25.0, 0.5 * (y + 4.0) + 25.0)
+    got = (composed[0] * x + composed[1] * y + composed[2], composed[3] * x + composed[4] * y + composed[5])
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
+    np.testing.assert_allclose(composed[6:], 0.0)
+
+
+def test_training_batches_are_augmented_within_range():
+    films = _films(8).astype(np.uint8)
+    train = load_params()["train"]
+    dataset = augment.training_dataset(
+        films, np.zeros(8, np.int32), np.ones(8, np.float32), {**train, "batch_size": 8}, 0
+    )
+    x, y, w = next(iter(dataset))
+    assert x.shape == (8, 128, 128, 1) and float(tf.reduce_min(x)) >= 0 and float(tf.reduce_max(x)) <= 255
+    assert not np.allclose(x.numpy(), films.astype(np.float32))
