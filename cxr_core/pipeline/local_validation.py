@@ -2,8 +2,8 @@
 
 The clinic's set comes in any layout the pipeline reads (Kaggle folders, NLM names, a CSV manifest, a
 .zip), from inside the configured dataset roots. Every film goes through the serving path
-(:func:`cxr_core.imaging.preprocess.to_model_input` and the :class:`Predictor`), so what is measured is
-what the clinic will get.
+(:meth:`Predictor.model_input`: the lung check and lung box the model was trained with, then the
+:class:`Predictor`), so what is measured is what the clinic will get.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from cxr_core.errors import CxrError, DatasetError
 
 def score_local_set(data_path: str | Path, predictor, batch: int = 64) -> dict:
     """Labels, raw scores and paths of every readable film; unreadable ones are listed, never fatal."""
-    from cxr_core.imaging.preprocess import to_model_input
     from cxr_core.pipeline.datasets import discover, read_record_bytes
 
     found = discover(data_path)
@@ -39,7 +38,7 @@ def score_local_set(data_path: str | Path, predictor, batch: int = 64) -> dict:
 
     for record in found.records:
         try:
-            pixels = to_model_input(read_record_bytes(record), predictor.side).pixels
+            pixels = predictor.model_input(read_record_bytes(record)).pixels
         except (CxrError, OSError) as error:
             skipped.append((record.display_path, str(error)))
             continue
