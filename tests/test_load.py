@@ -57,7 +57,9 @@ def shared_runtime(monkeypatch):
     monkeypatch.setattr(
         Runtime, "exists", classmethod(lambda cls: cls._instance is not None or bool(installed))
     )
-    with patch_config_options({"global.appTest": True}):  # one override for all, undone once at the end
+    # one override for all, undone once at the end; magic off as in .streamlit/config.toml, stated here
+    # because each AppTest session has its own script cache, so all eight compile the pages at once
+    with patch_config_options({"global.appTest": True, "runner.magicEnabled": False}):
         yield
 
 
@@ -110,6 +112,7 @@ def test_eight_concurrent_sessions_each_screening_ten_real_xrays(models, shared_
     outcomes: dict[int, dict] = {}
 
     def session(index: int) -> None:
+        at = None
         try:
             at = AppTest.from_file(APP, default_timeout=300)
             at.run()
@@ -125,8 +128,9 @@ def test_eight_concurrent_sessions_each_screening_ten_real_xrays(models, shared_
                 "metrics": [m.label for m in at.metric].count("TB probability"),
                 "rows": [] if table is None else table.to_dict("records"),
             }
-        except Exception as error:  # reported below with the session number
-            outcomes[index] = {"crash": repr(error)}
+        except Exception as error:  # reported below with the session number, with what the page showed
+            shown = [] if at is None else [e.value for e in at.exception] + [e.value for e in at.error]
+            outcomes[index] = {"crash": repr(error), "page_showed": shown}
 
     started = time.perf_counter()
     threads = [threading.Thread(target=session, args=(i,), name=f"session-{i}") for i in range(SESSIONS)]
