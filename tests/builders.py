@@ -132,3 +132,21 @@ SVG = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512">'
     b"<script>alert('x')</script><rect width='512' height='512'/></svg>\n"
 )
+
+
+def clinic_folder(folder, rows, shared_cxr):
+    """A clinic's confirmed films as the pipeline reads them: copies of shared films plus a manifest.csv."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for row in rows:
+            name = Path(row["path"]).name
+            shutil.copy(shared_cxr / row["path"], folder / name)
+            writer.writerow([name, row["label"]])
+    return folder

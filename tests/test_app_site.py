@@ -1,12 +1,11 @@
 """Setting up at a clinic in the dashboard: validate on local films, create and switch on a site profile,
 and record confirmed outcomes from the Screen page."""
 
-import csv
-import shutil
 
 import pytest
 import test_app_retrain as retrain
 import test_app_screen as shared
+from builders import clinic_folder
 from conftest import shared_records
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, button, unlock
@@ -23,16 +22,8 @@ seed, dashboard, admin = shared.seed, shared.dashboard, retrain.admin  # fixture
 @pytest.fixture
 def clinic_films(tmp_path, shared_cxr):
     """Forty confirmed films of one Indian hospital (DA) standing in for a clinic's own."""
-    folder = tmp_path / "clinic"
-    folder.mkdir()
     rows = shared_records("da", "Normal")[:20] + shared_records("da", "Tuberculosis")[:20]
-    with open(folder / "manifest.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        for row in rows:
-            shutil.copy(shared_cxr / row["path"], folder / row["path"].split("/")[-1])
-            writer.writerow([row["path"].split("/")[-1], row["label"]])
-    return folder
+    return clinic_folder(tmp_path / "clinic", rows, shared_cxr)
 
 
 def open_site() -> AppTest:

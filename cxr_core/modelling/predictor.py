@@ -129,12 +129,13 @@ class Predictor:
 
     def model_input(self, source, **read_options):
         """:func:`to_model_input` exactly as this model was trained: same lung check, same crop."""
-        return to_model_input(source, self.side, **self._lung_options(), **read_options)
+        return to_model_input(source, self.side, **self.lung_options(), **read_options)
 
     def model_input_from_image(self, image: DecodedImage):
-        return model_input_from_image(image, self.side, **self._lung_options())
+        return model_input_from_image(image, self.side, **self.lung_options())
 
-    def _lung_options(self) -> dict:
+    def lung_options(self) -> dict:
+        """The lung-model arguments of the input path, exactly as this model was trained with them."""
         return {
             "lungs": self.lungs,
             "crop_to_lungs": self.crop_to_lungs,
@@ -203,7 +204,7 @@ class Predictor:
     def finish(self, decoded: list[tuple[str, object]], map_fn=map) -> list[ScreenedImage]:
         """Second half for many films: the lung network once for all of them, then each film's crop."""
         prepared = finish_model_inputs(
-            [film for _, film in decoded], self.side, **self._lung_options(), map_fn=map_fn
+            [film for _, film in decoded], self.side, **self.lung_options(), map_fn=map_fn
         )
         return [_screened(name, result) for (name, _), result in zip(decoded, prepared, strict=True)]
 

@@ -30,15 +30,6 @@ def films(shared_cxr):
     return [shared_cxr / row["path"] for row in picked]
 
 
-def _options(predictor) -> dict:
-    return {
-        "lungs": predictor.lungs,
-        "crop_to_lungs": predictor.crop_to_lungs,
-        "lung_margin": predictor.lung_margin,
-        "mask_to_lungs": predictor.mask_to_lungs,
-    }
-
-
 def test_a_batch_gives_each_film_the_crop_it_gets_alone_and_keeps_refusals_in_place(predictor, films):
     ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (512, 1)).astype(np.uint8)
     not_a_chest = cv2.imencode(".png", ramp)[1].tobytes()
@@ -49,7 +40,7 @@ def test_a_batch_gives_each_film_the_crop_it_gets_alone_and_keeps_refusals_in_pl
             decoded.append(decode_for_model(source, lungs=predictor.lungs))
         except CxrError as error:
             decoded.append(error)
-    batched = finish_model_inputs(decoded, predictor.side, **_options(predictor))
+    batched = finish_model_inputs(decoded, predictor.side, **predictor.lung_options())
 
     assert len(batched) == len(sources)
     assert isinstance(batched[7], CxrError) and str(batched[7]).startswith(NOT_A_CHEST)
@@ -57,7 +48,7 @@ def test_a_batch_gives_each_film_the_crop_it_gets_alone_and_keeps_refusals_in_pl
     for source, result in zip(sources, batched, strict=True):
         if isinstance(result, CxrError):
             continue
-        alone = to_model_input(source, predictor.side, **_options(predictor))
+        alone = to_model_input(source, predictor.side, **predictor.lung_options())
         assert result.box == alone.box and result.lungs["box"] == alone.lungs["box"]
         np.testing.assert_array_equal(result.pixels, alone.pixels)
 

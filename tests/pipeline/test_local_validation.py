@@ -1,10 +1,9 @@
 """Local validation scores a clinic's films exactly as the Screen page and ``predict`` would."""
 
-import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
+from builders import clinic_folder
 from conftest import PROJECT_ROOT, shared_records
 
 from cxr_core.modelling.predictor import Predictor
@@ -14,15 +13,8 @@ from cxr_core.registry.store import Registry
 
 def test_local_scores_are_the_serving_scores_lung_box_included(tmp_path, shared_cxr):
     """A site threshold chosen on other inputs (e.g. whole films for a lung-box model) would mean nothing."""
-    clinic = tmp_path / "clinic"
-    clinic.mkdir()
     rows = shared_records("da", "Tuberculosis")[:5] + shared_records("da", "Normal")[:5]
-    with open(clinic / "manifest.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        for row in rows:
-            shutil.copy(shared_cxr / row["path"], clinic / Path(row["path"]).name)
-            writer.writerow([Path(row["path"]).name, row["label"]])
+    clinic = clinic_folder(tmp_path / "clinic", rows, shared_cxr)
     predictor = Predictor(Registry(PROJECT_ROOT / "models").resolve())
     assert predictor.crop_to_lungs, "the shipped model sees the lungs' box"
     scored = score_local_set(clinic, predictor)
