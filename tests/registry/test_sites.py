@@ -1,6 +1,5 @@
 """Site profiles: a clinic's own threshold, with honest (cross-validated) evidence, audited."""
 
-import csv
 import json
 import os
 import shutil
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import clinic_folder
 from conftest import shared_records
 
 from cxr_core.errors import CxrError
@@ -102,15 +102,8 @@ def test_profiles_are_saved_activated_reverted_and_audited(tmp_path):
 @pytest.mark.slow
 def test_calibrate_and_predict_at_the_site_threshold_on_real_films(tmp_path, shared_cxr):
     """DA (an Indian hospital) stands in for a clinic: its own threshold, used by predict --site."""
-    local = tmp_path / "clinic"
     rows = shared_records("da")
-    with open(local.mkdir() or local / "manifest.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        for row in rows:
-            name = Path(row["path"]).name
-            shutil.copy(shared_cxr / row["path"], local / name)
-            writer.writerow([name, row["label"]])
+    local = clinic_folder(tmp_path / "clinic", rows, shared_cxr)
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models)
     env = {**os.environ, "CXR_MODELS_DIR": str(models)}
