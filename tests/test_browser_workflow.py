@@ -78,6 +78,15 @@ def upload_and_wait(page, paths: list[str]) -> None:
     )
 
 
+def wait_for_rows(page, count: int) -> None:
+    """The data grid draws its accessible table a moment after the rest of the page: wait for the rows."""
+    page.wait_for_function(
+        "(count) => document.querySelectorAll('[data-testid=stDataFrame] table tbody tr').length >= count",
+        arg=count,
+        timeout=60_000,
+    )
+
+
 def grid_column(page, column: int) -> list[str]:
     """A column of the worklist as the data grid's accessible table holds it (visible rows)."""
     return page.evaluate(
@@ -103,6 +112,7 @@ def test_worklist_is_in_risk_order_and_a_row_opens_its_film(server, browser, tmp
     expect(page.get_by_text("Screen chest X-rays for tuberculosis")).to_be_visible(timeout=60_000)
     upload_and_wait(page, [str(broken), *films(), films()[0]])  # the first film twice
     expect(page.get_by_text("was dropped twice").or_(page.get_by_text("is the same file as"))).to_be_visible()
+    wait_for_rows(page, 7)
 
     files, groups = grid_column(page, 1), grid_column(page, 2)
     probabilities = [float(p) if p else None for p in grid_column(page, 4)]
@@ -252,7 +262,7 @@ def test_the_lung_outline_is_drawn_over_the_film_and_can_be_hidden(server, brows
     upload_and_wait(page, films()[:1])
     outline = "g.data.filter(t => t.type === 'scatter' && t.mode === 'lines').map(t => t.x.length)"
     page.wait_for_function(
-        "() => document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter')", timeout=60_000
+        "() => !!document.querySelector('.js-plotly-plot')?.data?.some(t => t.type === 'scatter')", timeout=60_000
     )
     lungs = viewer(page, outline)
     assert 1 <= len(lungs) <= 2 and min(lungs) >= 10, lungs  # one closed line per lung field
@@ -260,7 +270,8 @@ def test_the_lung_outline_is_drawn_over_the_film_and_can_be_hidden(server, brows
         page.locator("label").filter(has_text="Lung outline")
     ).first.click()
     page.wait_for_function(
-        "() => !document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter')",
+        "() => { const g = document.querySelector('.js-plotly-plot'); return !!g?.data && "
+        "!g.data.some(t => t.type === 'scatter'); }",
         timeout=60_000,
     )
     assert viewer(page, outline) == []
