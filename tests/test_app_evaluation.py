@@ -3,7 +3,7 @@
 import pytest
 import test_app_screen as shared
 from streamlit.testing.v1 import AppTest
-from test_app_screen import APP
+from test_app_screen import open_page
 
 from cxr_core import metrics
 from ui import evaluation_view
@@ -13,12 +13,7 @@ seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a
 
 
 def open_evaluation() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/evaluation.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page("pages/evaluation.py", 120)
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -3,19 +3,14 @@
 import pytest
 import test_app_screen as shared
 from streamlit.testing.v1 import AppTest
-from test_app_screen import APP
+from test_app_screen import open_page
 
 pytestmark = pytest.mark.slow
 seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
 
 
 def open_model_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/model.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page("pages/model.py", 60)
 
 
 def test_versions_card_and_current(dashboard):

@@ -11,7 +11,7 @@ import pytest
 import test_app_screen as shared
 import yaml
 from streamlit.testing.v1 import AppTest
-from test_app_screen import APP, NORMAL_XRAY
+from test_app_screen import APP, NORMAL_XRAY, open_page
 
 from cxr_core import auth
 from cxr_core.fsutil import write_json_atomic
@@ -53,12 +53,7 @@ def admin(dashboard, monkeypatch):
 
 
 def open_retrain() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/retrain.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page("pages/retrain.py", 120)
 
 
 def unlock(at: AppTest, password: str) -> AppTest:

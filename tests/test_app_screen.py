@@ -66,6 +66,16 @@ def open_screen() -> AppTest:
     return at
 
 
+def open_page(page: str, timeout: float = 120) -> AppTest:
+    """The app opened on ``page`` (as a clinician's click in the menu does), with no exception shown."""
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
     at.file_uploader(key="uploads").set_value(
         [(name, data, "application/octet-stream") for name, data in files]

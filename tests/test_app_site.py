@@ -9,7 +9,7 @@ from builders import clinic_folder
 from conftest import shared_records
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, button, unlock
-from test_app_screen import APP
+from test_app_screen import open_page
 
 from cxr_core.pipeline.outcomes import local_set_counts
 from cxr_core.registry import audit
@@ -27,12 +27,7 @@ def clinic_films(tmp_path, shared_cxr):
 
 
 def open_site() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("pages/site.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page("pages/site.py", 300)
 
 
 def test_validate_create_a_profile_and_switch_it_on(admin, clinic_films):

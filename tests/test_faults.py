@@ -21,6 +21,7 @@ import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, button, unlock
+from test_app_screen import open_page
 
 from cxr_core import auth
 from cxr_core.modelling.predictor import Predictor
@@ -107,12 +108,7 @@ def scores_with_current(registry: Registry) -> str:
 
 
 def open_retrain() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/retrain.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return unlock(at, PASSWORD)
+    return unlock(open_page("pages/retrain.py", 120), PASSWORD)
 
 
 def run_cli(*args: str, extra_pythonpath: Path | None = None) -> subprocess.CompletedProcess:
