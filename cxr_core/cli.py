@@ -172,6 +172,7 @@ def _loso(args) -> int:
         holdouts=args.holdout,
         within=not args.no_within,
         n_boot=params["evaluate"]["n_boot"],
+        save_models=args.save_models,
     )
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {Path(args.out) / REPORT_FILE}", file=sys.stderr)
@@ -397,13 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--ingest", default=None, help="an ingest folder to reuse instead")
     loso.add_argument("--out", default="work/loso", help="where loso.json (and the ingest) go")
     loso.add_argument(
-        "--recipe", default="shipped", help="shipped (params.yaml) or reference (the original CNN)"
+        "--recipe", default="shipped", help="shipped (params.yaml), reference (the original CNN) or another of settings.RECIPES"
     )
     loso.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     loso.add_argument(
         "--holdout", nargs="+", default=None, help="only these sources (default: every two-class one)"
     )
     loso.add_argument("--no-within", action="store_true", help="skip the pooled within-source comparison")
+    loso.add_argument(
+        "--save-models", action="store_true", help="keep each fold's network in OUT/models (to look at overlays)"
+    )
     loso.set_defaults(handler=_loso)
 
     calibrate = commands.add_parser(

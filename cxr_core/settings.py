@@ -76,12 +76,13 @@ class AugmentSettings:
 
 @dataclass
 class ModelSettings:
-    # "reference" (the original CNN: Conv 16/32/64, Dense 64, dropout 0.5) or "compact" (Conv-BN-ReLU
-    # stages with global average pooling, e.g. filters [16, 32, 64, 96, 128], dropout 0.3)
-    architecture: str = "reference"
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
-    dense_units: int = 64
-    dropout: float = 0.5
+    # "cam" (Conv-BN-ReLU stages, global average pooling and one unit: its class activation map is its
+    # Grad-CAM, which the evidence loss trains; dense_units must be 0), "reference" (the original CNN:
+    # Conv 16/32/64, Dense 64, dropout 0.5) or "compact" (GAP with a hidden dense layer)
+    architecture: str = "cam"
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
+    dense_units: int = 0
+    dropout: float = 0.3
 
 
 @dataclass
@@ -89,6 +90,15 @@ class ThresholdSettings:
     rule: str = "sensitivity_floor"  # or "youden", or "fixed" (with value)
     min_sensitivity: float = 0.90  # the WHO minimum for a screening test, held on the validation split
     value: float = 0.5
+
+
+@dataclass
+class EvidenceSettings:
+    # Weights of the evidence loss (cxr_core.pipeline.train.evidence_loss), for a network whose map is
+    # its explanation (model.architecture: cam): the share of the map outside the grown lung fields
+    # (every film) and the share outside the radiologists' lesion boxes (films that have boxes). 0 = off.
+    lung_weight: float = 1.0
+    lesion_weight: float = 1.0
 
 
 @dataclass
@@ -110,6 +120,7 @@ class TrainSettings:
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
 
 @dataclass
@@ -169,6 +180,21 @@ RECIPES: dict[str, dict] = {
             "rotation": 0.03, "zoom_in": 0.1, "zoom_out": 0.1, "translation": 0.06, "fill_mode": "nearest",
             "contrast": 0.2, "brightness": 0.1, "gamma": 0.0, "lowres_p": 0.0, "noise": 0.0,
         },
+    },
+    # The previous shipped recipe: the reference network on the lungs' box (an ingest with lung_crop).
+    "lungbox-reference": {
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
+        "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
+    },
+    # A network whose class activation map is its explanation, without and with the evidence loss (the
+    # latter is the shipped recipe since 2026-12-02, see docs/model-ablation.md).
+    "cam": {
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
+    },
+    "cam-evidence": {
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
     },
     "compact-site-erasing": {
         "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},

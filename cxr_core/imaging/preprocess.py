@@ -201,12 +201,17 @@ def preprocess_lung_box(
     top, left, bottom, right = (int(v) for v in lung_box)
     if bottom - top < 0.2 * height or right - left < 0.2 * width:
         return preprocess_with_box(gray, side)
+    # The square stays inside the film's content: strips of padding, scanner bands and frames along an
+    # edge are uniform lines that the border trim finds; a box grown past them put them in the network's
+    # view, and the strongest evidence of such films lay on the strip.
+    c_top, c_left, c_bottom, c_right = content_box(gray)
+    c_height, c_width = c_bottom - c_top, c_right - c_left
     centre_y, centre_x = (top + bottom) / 2.0, (left + right) / 2.0
     half = max(bottom - top, right - left) * (1.0 + 2.0 * margin) / 2.0
-    half_y, half_x = min(half, height / 2.0), min(half, width / 2.0)
-    y0 = int(round(min(max(centre_y - half_y, 0), height - 2 * half_y)))
-    x0 = int(round(min(max(centre_x - half_x, 0), width - 2 * half_x)))
-    y1, x1 = min(height, y0 + int(round(2 * half_y))), min(width, x0 + int(round(2 * half_x)))
+    half_y, half_x = min(half, c_height / 2.0), min(half, c_width / 2.0)
+    y0 = int(round(min(max(centre_y - half_y, c_top), c_bottom - 2 * half_y)))
+    x0 = int(round(min(max(centre_x - half_x, c_left), c_right - 2 * half_x)))
+    y1, x1 = min(c_bottom, y0 + int(round(2 * half_y))), min(c_right, x0 + int(round(2 * half_x)))
     small = cv2.resize(gray[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
     small = cv2.equalizeHist(small)
     if lung_mask is not None:
@@ -259,6 +264,23 @@ def preprocess_with_box(gray: np.ndarray, side: int = MODEL_SIDE) -> tuple[np.nd
         right=min(gray.shape[1], round((left + dx + width) / scale)),
     )
     return cv2.equalizeHist(small), box
+
+
+def content_box(gray: np.ndarray) -> CropBox:
+    """The film's content in original pixels: the picture less the uniform strips along its edges.
+
+    The same downscale and trim as :func:`preprocess_with_box` (lines nearly constant, or almost black,
+    up to a quarter of each side), so every path agrees on where the film ends.
+    """
+    work, scale = _downscale(gray, 4 * MODEL_SIDE)
+    trimmed, (top, left) = _trim_uniform_borders(work)
+    height, width = trimmed.shape
+    return CropBox(
+        top=round(top / scale),
+        left=round(left / scale),
+        bottom=min(gray.shape[0], round((top + height) / scale)),
+        right=min(gray.shape[1], round((left + width) / scale)),
+    )
 
 
 def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

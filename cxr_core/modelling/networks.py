@@ -72,7 +72,54 @@ def build_compact_model(
     return keras.Model(inputs, outputs, name="tb_cnn_compact")
 
 
-ARCHITECTURES = {"reference": build_model, "compact": build_compact_model}
+def build_cam_model(
+    side: int = 128,
+    filters: tuple[int, ...] | list[int] = (16, 32, 64, 128, 128),
+    pools: int = 3,
+    dropout: float = 0.3,
+    dense_units: int = 0,
+) -> keras.Model:
+    """Conv-BN-ReLU stages, global average pooling and ONE sigmoid unit: a network whose map is its reason.
+
+    With nothing but a linear unit after the average pooling, the film's logit is the mean over
+    positions of ``features . w`` (plus a bias), so Grad-CAM is exactly the class activation map: each
+    cell's share of the decision, with no hidden layer to move evidence around. That is what lets the
+    training loss look at the same map a clinician sees (see :mod:`cxr_core.pipeline.train`), and
+    what keeps a corner cue from being wired into the decision by a position-tied weight. Only the first
+    ``pools`` stages are followed by 2x2 pooling, so the map keeps ``side / 2**pools`` cells a side
+    (16x16 at 128 px): lesions are small. ``dense_units`` is accepted for settings compatibility and
+    must stay 0.
+    """
+    if dense_units:
+        raise ValueError("the CAM network has no hidden dense layer (model.dense_units must be 0)")
+    inputs = keras.Input(shape=(side, side, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for stage, count in enumerate(filters, start=1):
+        if 1 < stage <= pools + 1:
+            x = layers.MaxPooling2D(2, name=f"pool{stage - 1}")(x)
+        x = layers.Conv2D(count, 3, padding="same", use_bias=False, name=f"conv{stage}")(x)
+        # momentum 0.9: the moving statistics settle within an epoch of a small data set (at Keras'
+        # 0.99 a short run served with statistics of its first batches and scored every film alike)
+        x = layers.BatchNormalization(momentum=0.9, name=f"bn{stage}")(x)
+        x = layers.ReLU(name=f"relu{stage}")(x)
+    x = layers.GlobalAveragePooling2D(name=EMBEDDING)(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT)(x)
+    return keras.Model(inputs, outputs, name="tb_cam_net")
+
+
+def feature_layer_name(model: keras.Model) -> str:
+    """The activation Grad-CAM weighs: the last convolution's output after its normalisation and ReLU."""
+    names = [layer.name for layer in model.layers]
+    index = names.index(last_conv_name(model))
+    while index + 1 < len(names) and model.layers[index + 1].__class__.__name__ in {
+        "BatchNormalization", "ReLU", "Activation", "LeakyReLU"
+    }:  # fmt: skip
+        index += 1
+    return names[index]
+
+
+ARCHITECTURES = {"reference": build_model, "compact": build_compact_model, "cam": build_cam_model}
 
 
 def build_network(side: int, model_settings: dict) -> keras.Model:

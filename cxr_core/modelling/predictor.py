@@ -27,7 +27,7 @@ from cxr_core.imaging.preprocess import (
     to_model_input,
 )
 from cxr_core.modelling import ood
-from cxr_core.modelling.evidence import outer_band_share, share_inside
+from cxr_core.modelling.evidence import film_evidence, lungs_in_view, outer_band_share
 from cxr_core.settings import Layout
 
 TB = "Tuberculosis"
@@ -74,13 +74,26 @@ class ScreenedImage:
         self.lungs = None if mask is None else {**(self.lungs or {}), "mask": mask}
 
     @property
-    def evidence_in_lungs(self) -> float | None:
-        """Share of the Grad-CAM mass that lies inside the lung fields (None without a lung model)."""
+    def evidence(self) -> dict:
+        """Where the Grad-CAM lies: share of its mass in the (grown) lung fields, and whether its peak is.
+
+        Measured in the network's view with the lungs grown by 5 % of the film's longer side, exactly as
+        evaluation and the model card measure it (:func:`cxr_core.modelling.evidence.film_evidence`).
+        """
         if self.lungs is None or self.prediction is None or self.prediction.raw_heatmap is None:
-            return None
+            return {"lung_share": None, "peak_in_lungs": None}
         box = self.box
         region = self.lungs["mask"][box.top : box.bottom, box.left : box.right]
-        return share_inside(self.prediction.raw_heatmap, region) if region.size else None
+        if not region.size:
+            return {"lung_share": None, "peak_in_lungs": None}
+        side = max(64, 8 * self.prediction.raw_heatmap.shape[0])
+        _, grown = lungs_in_view(region, max(self.image.pixels.shape), side)
+        return film_evidence(self.prediction.raw_heatmap, grown)
+
+    @property
+    def evidence_in_lungs(self) -> float | None:
+        """Share of the Grad-CAM mass inside the grown lung fields (None without a lung model)."""
+        return self.evidence["lung_share"]
 
     @property
     def warnings(self) -> list[str]:

@@ -44,6 +44,7 @@ def _geometric_and_exposure(augment: dict, seed: int):
     flip = keras.layers.RandomFlip("horizontal", seed=seed + 5) if augment["flip"] else None
 
     def apply(images: tf.Tensor) -> tf.Tensor:
+        """Warp the batch; channels after the first (evidence targets) follow the same warp only."""
         x = flip(images, training=True) if flip is not None else images
         matrix = _compose(
             rotation.get_random_transformation(x, training=True)["rotation_matrix"],
@@ -53,7 +54,9 @@ def _geometric_and_exposure(augment: dict, seed: int):
         x = keras.ops.image.affine_transform(
             x, matrix, interpolation="bilinear", fill_mode=fill, fill_value=0.0
         )
-        return brightness(contrast(x, training=True), training=True)
+        film, targets = x[..., :1], x[..., 1:]
+        film = brightness(contrast(film, training=True), training=True)
+        return tf.concat([film, targets], axis=-1)
 
     return apply
 
@@ -138,16 +141,23 @@ def training_dataset(
     weights: np.ndarray,
     train: dict,
     seed: int,
+    targets: np.ndarray | None = None,
+    map_side: int | None = None,
+    output_names: tuple[str, str] = ("tb_probability", "evidence"),
 ) -> tf.data.Dataset:
     """Shuffled, augmented, prefetched ``(image, label, weight)`` batches for ``model.fit``.
 
     ``train`` is the ``train`` section of the settings (``augment``, ``batch_size``, ``mixup``,
-    ``label_smoothing``).
+    ``label_smoothing``). With ``targets`` ((n, side, side, k) uint8 0/255 evidence targets: grown lung
+    fields, lesion boxes) they are warped with their film, so the lungs stay under the lungs, then
+    area-pooled to the network's ``map_side`` and given as a second output named ``output_names[1]``.
     """
     augment = train["augment"]
     augmenter = _geometric_and_exposure(augment, seed)
     mixup = float(train["mixup"])
     smoothing = float(train["label_smoothing"])
+    if targets is not None and mixup > 0:
+        raise ValueError("MixUp blends two films, so their evidence targets would disagree: use one or the other")
 
     def apply(batch_images, batch_labels, batch_weights):
         x = tf.clip_by_value(augmenter(tf.cast(batch_images, tf.float32)), 0.0, 255.0)
@@ -159,10 +169,26 @@ def training_dataset(
             y = y * (1.0 - smoothing) + 0.5 * smoothing
         return x, y, w
 
+    def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
+        stacked = tf.concat([tf.cast(batch_images, tf.float32), tf.cast(batch_targets, tf.float32)], -1)
+        warped = augmenter(stacked)
+        x = _resolution_gamma_noise(tf.clip_by_value(warped[..., :1], 0.0, 255.0), augment, seed)
+        t = tf.nn.avg_pool2d(warped[..., 1:] / 255.0, factor, factor, "VALID")
+        y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
+        names = output_names
+        return x, {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
+
+    factor = int(images.shape[1]) // int(map_side or 1)
+    if targets is None:
+        data = (images, labels.astype(np.float32), weights.astype(np.float32))
+        mapper = apply
+    else:
+        data = (images, targets, labels.astype(np.float32), weights.astype(np.float32))
+        mapper = apply_with_targets
     return (
-        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights.astype(np.float32)))
+        tf.data.Dataset.from_tensor_slices(data)
         .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         .batch(int(train["batch_size"]))
-        .map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(mapper, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -52,8 +52,11 @@ def run_evaluate(
         for source in sorted(set(sources))
     }
     report["evidence"] = evidence_by_source(y_test, sources, predictions)
+    report["evidence_where"] = evidence_where(ingest_dir, y_test, rows, predictions)
+    report["shortcut"] = shortcut_audit(ingest_dir, y_test, probabilities, rows, int(params["seed"]))
     reread = reread_test_films(rows, y_test, probabilities, predictions, predictor)
     report["framing"] = reread["framing"]
+    report["strips_and_markers"] = reread["strips"]
     for source, shares in reread["lung_shares"].items():
         report["evidence"].setdefault(source, {"tb_films": len(shares)})["lung_share"] = round(
             float(np.mean(shares)), 4
@@ -126,6 +129,111 @@ def evidence_by_source(labels: np.ndarray, sources: np.ndarray, predictions: lis
     return result
 
 
+def evidence_where(ingest_dir, labels: np.ndarray, rows: list[dict], predictions: list) -> dict:
+    """Where the evidence lies on the test films, per source and class, and on the lesion test set.
+
+    Against the lung model's fields grown by 5 % of the film's longer side (hila and pleura count) and,
+    on the held-out lesion test films, the radiologists' boxes: share of the Grad-CAM mass inside, and
+    whether its peak is (pointing game), beside what a uniform map would score.
+    """
+    from cxr_core.modelling.evidence import film_evidence, summarise_evidence
+    from cxr_core.pipeline.ingest import lesion_masks, load_extras
+
+    extras = load_extras(ingest_dir, rows)
+    if not extras["available"] or not extras["masks"].any():
+        return {"note": "not measured: this ingest has no lung masks (made without the lung model)"}
+    side = extras["masks"].shape[1]
+    boxes = lesion_masks(rows, side)
+    groups: dict[str, list[dict]] = {}
+    for i, (row, label, prediction) in enumerate(zip(rows, labels, predictions, strict=True)):
+        if prediction.raw_heatmap is None:
+            continue
+        film = film_evidence(prediction.raw_heatmap, extras["masks"][i, ..., 1], boxes[i])
+        film["outer_band"] = prediction.evidence_outer_band
+        klass = "Tuberculosis" if label == 1 else "Normal"
+        for key in (f"{row['source']}/{klass}", f"all/{klass}"):
+            groups.setdefault(key, []).append(film)
+        if str(row.get("lesion_test")) == "1":
+            groups.setdefault("lesion_test", []).append(film)
+    result = {key: summarise_evidence(films) for key, films in sorted(groups.items())}
+    result["definition"] = (
+        "lung_share: share of Grad-CAM mass inside the lung fields grown by 5 % of the film's longer side; "
+        "peak_in_lungs: share of films whose map peak lies inside them; lesion_share / uniform_share: mass "
+        "on the radiologists' boxes against the boxes' share of the view; pointing: peak on a box"
+    )
+    return result
+
+
+def shortcut_audit(ingest_dir, labels: np.ndarray, probabilities: np.ndarray, rows: list[dict], seed: int) -> dict:
+    """The low-level reference (:mod:`cxr_core.pipeline.shortcut`) trained on this split, beside the CNN."""
+    from cxr_core.pipeline.ingest import load_extras
+    from cxr_core.pipeline.shortcut import SHORTCUT_NAME, auc_or_none, fit_shortcut, shortcut_scores
+
+    _, train_labels, train_rows = load_split(ingest_dir, "train")
+    train = load_extras(ingest_dir, train_rows)
+    test = load_extras(ingest_dir, rows)
+    if not (train["available"] and test["available"]):
+        return {"note": "not measured: this ingest has no audit features"}
+    model = fit_shortcut(train["thumbs"], train_labels, seed)
+    scores = shortcut_scores(model, test["thumbs"])
+    sources = np.array([row["source"] for row in rows])
+    result = {"features": SHORTCUT_NAME, "all": {"cnn_auc": auc_or_none(labels, probabilities),
+                                                 "shortcut_auc": auc_or_none(labels, scores)}}  # fmt: skip
+    for source in sorted(set(sources)):
+        where = sources == source
+        result[source] = {"films": int(where.sum()), "cnn_auc": auc_or_none(labels[where], probabilities[where]),
+                          "shortcut_auc": auc_or_none(labels[where], scores[where])}  # fmt: skip
+    return result
+
+
+# Strips and markers: a band of 5-15 % of the film's height along one edge, dark or bright (a scanner's
+# or exporter's padding), and a burnt-in text marker on the film. Seeded per film, so runs compare.
+STRIP_FRACTION = (0.05, 0.15)
+MARKERS = ("L", "R", "PA", "AP", "ERECT", "PORTABLE")
+
+
+def add_strip_and_marker(gray: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The film with a strip added on one edge and a text marker burnt in; and the strip's box
+    (top, left, bottom, right) in the new picture's pixels."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    height, width = gray.shape
+    film = gray.copy()
+    text = str(rng.choice(MARKERS))
+    scale = max(0.5, height / 400.0)
+    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(scale * 2)))
+    x = int(rng.uniform(0.03, 0.2) * width) if rng.random() < 0.5 else max(0, width - text_w - int(0.05 * width))
+    y = int(rng.uniform(0.05, 0.2) * height) + text_h
+    cv2.putText(film, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, int(scale * 2)), cv2.LINE_AA)
+    thickness = max(2, int(round(rng.uniform(*STRIP_FRACTION) * height)))
+    level = rng.uniform(0, 25) if rng.random() < 0.5 else rng.uniform(230, 255)
+    edge = str(rng.choice(["top", "bottom", "left", "right"]))
+    vertical = edge in ("top", "bottom")
+    shape = (thickness, width) if vertical else (height, thickness)
+    strip = np.clip(rng.normal(level, 2.0, shape), 0, 255).astype(np.uint8)
+    if edge == "top":
+        return np.vstack([strip, film]), (0, 0, thickness, width)
+    if edge == "bottom":
+        return np.vstack([film, strip]), (height, 0, height + thickness, width)
+    if edge == "left":
+        return np.hstack([strip, film]), (0, 0, height, thickness)
+    return np.hstack([film, strip]), (0, width, height, width + thickness)
+
+
+def peak_in_film(raw: np.ndarray, box) -> tuple[float, float] | None:
+    """Where a map's brightest point lies in the film's pixels (row, column); None for a blank map."""
+    from cxr_core.modelling.evidence import upsampled
+
+    if raw is None or float(raw.max()) <= 0:
+        return None
+    side = 8 * raw.shape[0]
+    heat = upsampled(raw, side)
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return (box.top + (row + 0.5) / side * (box.bottom - box.top),
+            box.left + (col + 0.5) / side * (box.right - box.left))  # fmt: skip
+
+
 # Framing perturbations a new hospital brings: TB films cropped to a wide strip (the middle 60 % of the
 # rows), normal films padded with black bars to a 4:3 landscape frame.
 CROP_ROWS_KEPT = 0.6
@@ -163,10 +271,21 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
     perturbed, before, lung_shares, band_shares, refused = [], [], {}, {}, 0
-    for row, label, probability, prediction in zip(rows, labels, probabilities, predictions, strict=True):
+    striped, strip_boxes, strip_before, strip_refused = [], [], [], 0
+    for index, (row, label, probability, prediction) in enumerate(
+        zip(rows, labels, probabilities, predictions, strict=True)
+    ):
         record = Record(row["path"], int(label), row["source"], row.get("member") or None)
         try:
             image = read_image(read_record_bytes(record))
+            try:
+                changed, strip_box = add_strip_and_marker(image.pixels, seed=index)
+                moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
+                striped.append(predictor.model_input_from_image(moved))
+                strip_boxes.append(strip_box)
+                strip_before.append(probability >= predictor.threshold)
+            except ImageError:
+                strip_refused += 1
             if label == 1 and prediction.raw_heatmap is not None:
                 found = predictor.model_input_from_image(image)
                 band_shares.setdefault(row["source"], []).append(
@@ -196,7 +315,20 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         framing = {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
                    "refused_after_reframing": refused,
                    "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
-    return {"framing": framing, "lung_shares": lung_shares, "film_band_shares": band_shares}
+    strips = {"films": 0}
+    if striped:
+        scored = predictor.predict(np.stack([m.pixels for m in striped])[..., None])
+        flipped = sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, strip_before, strict=True))
+        on_strip = 0
+        for prepared, strip_box, prediction in zip(striped, strip_boxes, scored, strict=True):
+            peak = peak_in_film(prediction.raw_heatmap, prepared.box)
+            if peak is not None:
+                on_strip += int(strip_box[0] <= peak[0] < strip_box[2] and strip_box[1] <= peak[1] < strip_box[3])
+        strips = {"films": len(striped), "flipped": int(flipped), "flipped_share": round(flipped / len(striped), 4),
+                  "peak_on_strip": on_strip, "peak_on_strip_share": round(on_strip / len(striped), 4),
+                  "refused_after_change": strip_refused, "strip_fraction_of_height": list(STRIP_FRACTION),
+                  "markers": list(MARKERS)}  # fmt: skip
+    return {"framing": framing, "lung_shares": lung_shares, "film_band_shares": band_shares, "strips": strips}
 
 
 def dataset_root(data_path: str | Path) -> Path:

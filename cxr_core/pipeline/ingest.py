@@ -38,7 +38,16 @@ from cxr_core.settings import Layout
 MANIFEST_FIELDS = [
     "index", "path", "member", "label", "source", "md5", "phash", "group", "split",
     "shard", "offset", "width", "height", "format",
+    "box_top", "box_left", "box_bottom", "box_right", "lesions", "lesion_test",
 ]  # fmt: skip
+# Beside each image shard: the lung fields in the network's frame (channel 0 as segmented, channel 1 grown
+# so hila and pleura count), and the low-level features of the whole film that the shortcut audit uses.
+MASKS_DIR, THUMBS_DIR = "masks", "thumbs"  # beside the shards folder, one file per shard of the same name
+THUMB_SIDE = 16
+# A fixed share of the films with radiologists' lesion boxes is never trained on, whatever the seed: the
+# lesion test set on which "is the evidence on the disease" is measured.
+LESION_TEST_FRACTION = 0.2
+LESIONS_FILE = "lesions.csv"
 SPLITS = ("train", "val", "test")
 ProgressSink = Callable[[dict], None] | None  # called with {"stage": "ingest", "done": n, "total": m}
 # Films per lung-network call: all of the batching gain, and few full-size pictures held at once.
@@ -67,25 +76,29 @@ def run_ingest(
     rows: list[dict] = []
     skipped = [{"path": path, "reason": reason} for path, reason in found.skipped]
     prepare, preprocessing = model_input_maker(params)
+    lesions = read_lesion_boxes(data_path)
 
     with atomic_directory(out_dir) as staging:
-        (staging / Layout.SHARDS).mkdir()
+        for folder in (Layout.SHARDS, MASKS_DIR, THUMBS_DIR):
+            (staging / folder).mkdir()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = {}
             next_chunk = 0
             done_images = 0
             while next_chunk < len(chunks) or pending:
                 while next_chunk < len(chunks) and len(pending) < 2 * workers:
-                    future = pool.submit(_process_chunk, chunks[next_chunk], side, prepare)
+                    future = pool.submit(_process_chunk, chunks[next_chunk], side, prepare, lesions)
                     pending[future] = next_chunk
                     next_chunk += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     shard_index = pending.pop(future)
-                    images, good_rows, bad_rows = future.result()
+                    images, good_rows, bad_rows, extras = future.result()
                     shard_name = f"shard-{shard_index:05d}.npy"
                     if len(images):
                         np.save(staging / Layout.SHARDS / shard_name, images)
+                        np.save(staging / MASKS_DIR / shard_name, extras["masks"])
+                        np.save(staging / THUMBS_DIR / shard_name, extras["thumbs"])
                     for offset, row in enumerate(good_rows):
                         rows.append({**row, "shard": shard_name, "offset": offset})
                     skipped.extend(bad_rows)
@@ -106,6 +119,7 @@ def run_ingest(
             shards.image,
         )
         assign_splits(rows, groups, params)
+        lesion_test = hold_out_lesion_films(rows)
         _check_trainable(rows)
 
         with open(staging / Layout.MANIFEST, "w", newline="") as handle:
@@ -127,6 +141,8 @@ def run_ingest(
             "images": len(rows),
             "skipped": len(skipped),
             "duplicates": duplicate_counts,
+            "lesion_films": sum(1 for row in rows if row.get("lesions")),
+            "lesion_test_films": lesion_test,
             "counts": _counts(rows),
             "seconds": round(time.perf_counter() - started, 2),
             "workers": workers,
@@ -171,8 +187,8 @@ def model_input_maker(params: dict):
 
 
 def _process_chunk(
-    records: list[Record], side: int, prepare=None
-) -> tuple[np.ndarray, list[dict], list[dict]]:
+    records: list[Record], side: int, prepare=None, lesions: dict | None = None
+) -> tuple[np.ndarray, list[dict], list[dict], dict]:
     """Worker: read, check and preprocess one chunk; a bad file becomes a skipped row, never an exception.
 
     Each file is read and decoded once; its MD5 is of the bytes already read. ``prepare`` is the
@@ -184,7 +200,7 @@ def _process_chunk(
     from cxr_core.imaging.preprocess import decode_for_model, finish_model_inputs
 
     decode, finish = prepare or (decode_for_model, lambda films: finish_model_inputs(films, side))
-    images, good, bad = [], [], []
+    images, good, bad, masks, thumbs = [], [], [], [], []
     for start in range(0, len(records), LUNG_BATCH):
         decoded = []  # (record, name, md5, film): full-size pictures held only for one lung batch
         for record in records[start : start + LUNG_BATCH]:
@@ -201,8 +217,15 @@ def _process_chunk(
                 bad.append({"path": name, "reason": str(prepared)})
                 continue
             images.append(prepared.pixels)
+            masks.append(lung_masks_in_view(prepared, side))
+            thumbs.append(film_thumbnail(prepared.image.pixels))
+            box = prepared.box
+            boxes = boxes_in_view((lesions or {}).get(os.path.normpath(record.path), []), box, side)
             good.append(
                 {
+                    "box_top": box.top, "box_left": box.left, "box_bottom": box.bottom, "box_right": box.right,
+                    "lesions": json.dumps(boxes) if boxes else "",
+                    "lesion_test": 0,
                     "path": record.path,
                     "member": record.member or "",
                     "label": int(record.label),
@@ -215,7 +238,91 @@ def _process_chunk(
                 }
             )
     stacked = np.stack(images) if images else np.empty((0, side, side), np.uint8)
-    return stacked, good, bad
+    extras = {
+        "masks": np.stack(masks) if masks else np.empty((0, side, side, 2), np.uint8),
+        "thumbs": np.stack(thumbs) if thumbs else np.empty((0, THUMB_SIDE * THUMB_SIDE + 5), np.float32),
+    }
+    return stacked, good, bad, extras
+
+
+def read_lesion_boxes(data_path: str | Path) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Radiologists' lesion boxes (``lesions.csv`` beside a manifest: path,kind,xmin,ymin,xmax,ymax in the
+    stored film's pixels), keyed by the film's normalised path; empty when the dataset has none."""
+    found = Path(data_path) / LESIONS_FILE
+    if not found.is_file():
+        return {}
+    boxes: dict[str, list] = defaultdict(list)
+    with open(found, newline="") as handle:
+        for row in csv.DictReader(handle):
+            key = os.path.normpath(os.path.join(os.path.abspath(data_path), row["path"]))
+            boxes[key].append(tuple(int(float(row[k])) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return dict(boxes)
+
+
+def boxes_in_view(boxes, box, side: int) -> list[list[float]]:
+    """Film-pixel boxes (x0, y0, x1, y1) in the network's ``side``-pixel frame, clipped; empty ones dropped."""
+    scale_y = side / max(1, box.bottom - box.top)
+    scale_x = side / max(1, box.right - box.left)
+    placed = []
+    for x0, y0, x1, y1 in boxes:
+        a = (min(max((x0 - box.left) * scale_x, 0.0), side), min(max((y0 - box.top) * scale_y, 0.0), side))
+        b = (min(max((x1 - box.left) * scale_x, 0.0), side), min(max((y1 - box.top) * scale_y, 0.0), side))
+        if b[0] - a[0] >= 1 and b[1] - a[1] >= 1:
+            placed.append([round(a[0], 1), round(a[1], 1), round(b[0], 1), round(b[1], 1)])
+    return placed
+
+
+def lung_masks_in_view(prepared, side: int) -> np.ndarray:
+    """(side, side, 2) uint8 0/255: the lung fields inside the network's view, as found and grown.
+
+    Grown by :data:`cxr_core.modelling.evidence.LUNG_GROWTH` of the film's longer side, the tolerance
+    the evidence targets and measures use, so the hila, pleura and apices count as lung.
+    """
+    from cxr_core.modelling.evidence import lungs_in_view
+
+    out = np.zeros((side, side, 2), np.uint8)
+    if not prepared.lungs or prepared.lungs.get("mask") is None:
+        return out
+    box = prepared.box
+    region = prepared.lungs["mask"][box.top : box.bottom, box.left : box.right]
+    out[..., 0], out[..., 1] = lungs_in_view(region, max(prepared.image.pixels.shape), side)
+    return out
+
+
+def film_thumbnail(gray: np.ndarray) -> np.ndarray:
+    """The shortcut audit's features: the whole film at 16x16 plus five global intensity statistics.
+
+    Whole film, not the network's crop: the audit asks how much of a dataset's label can be read off
+    framing and exposure alone, which is what a network can learn when it is not made to look elsewhere.
+    """
+    import cv2
+
+    small = cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    stats = [gray.mean(), gray.std(), *np.percentile(gray[::4, ::4], (5, 50, 95))]
+    return np.concatenate([small.ravel(), np.asarray(stats, np.float32)]) / np.float32(255.0)
+
+
+def hold_out_lesion_films(rows: list[dict], fraction: float = LESION_TEST_FRACTION) -> int:
+    """Put a fixed ``fraction`` of the duplicate groups that hold lesion-boxed films in the test split.
+
+    Chosen by a hash of the group's file contents, not by the split's seed, so every training run (any
+    seed, any LOSO fold, the shipped model) leaves out the same films, labels and boxes alike.
+    Returns how many films were held out.
+    """
+    members = defaultdict(list)
+    for row in rows:
+        members[row["group"]].append(row)
+    held = 0
+    for group_rows in members.values():
+        if not any(row.get("lesions") for row in group_rows):
+            continue
+        key = min(row["md5"] for row in group_rows)
+        if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction:
+            for row in group_rows:
+                row["split"] = "test"
+                row["lesion_test"] = 1
+                held += 1
+    return held
 
 
 class _ShardReader:
@@ -353,3 +460,37 @@ def load_split(ingest_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarr
         images[list(positions), :, :, 0] = data[list(offsets)]
     labels = np.array([int(row["label"]) for row in rows], dtype=np.int32)
     return images, labels, rows
+
+
+def load_extras(ingest_dir: str | Path, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Lung masks (n, side, side, 2) and audit thumbnails of ``rows`` (as :func:`load_split` returns them).
+
+    An ingest made before these were written has no mask shards: the masks come back empty and
+    ``available`` is False, so the evidence measures say "not measured" instead of zero.
+    """
+    ingest_dir = Path(ingest_dir)
+    side = json.loads((ingest_dir / Layout.SUMMARY).read_text())["side"]
+    masks = np.zeros((len(rows), side, side, 2), np.uint8)
+    thumbs = np.zeros((len(rows), THUMB_SIDE * THUMB_SIDE + 5), np.float32)
+    available = True
+    by_shard = defaultdict(list)
+    for position, row in enumerate(rows):
+        by_shard[row["shard"]].append((position, int(row["offset"])))
+    for shard, places in by_shard.items():
+        mask_file = ingest_dir / MASKS_DIR / shard
+        if not mask_file.exists():
+            available = False
+            continue
+        positions, offsets = (list(v) for v in zip(*places, strict=True))
+        masks[positions] = np.load(mask_file, mmap_mode="r")[offsets]
+        thumbs[positions] = np.load(ingest_dir / THUMBS_DIR / shard, mmap_mode="r")[offsets]
+    return {"masks": masks, "thumbs": thumbs, "available": available}
+
+
+def lesion_masks(rows: list[dict], side: int) -> np.ndarray:
+    """(n, side, side) uint8 0/1: the radiologists' boxes of each row in the network's frame (0 if none)."""
+    out = np.zeros((len(rows), side, side), np.uint8)
+    for i, row in enumerate(rows):
+        for x0, y0, x1, y1 in json.loads(row.get("lesions") or "[]"):
+            out[i, int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = 1
+    return out

@@ -103,18 +103,29 @@ def _scores(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int) -> dict
 
 
 def _fit_and_score(
-    images, labels, rows, train_idx, val_idx, tests: dict[str, np.ndarray], params: dict, n_boot: int
-) -> dict:
+    images, labels, rows, train_idx, val_idx, tests: dict[str, np.ndarray], params: dict, n_boot: int,
+    extras: dict | None = None, save_to: Path | None = None,
+) -> dict:  # fmt: skip
     import keras
 
-    from cxr_core.pipeline.train import choose_operating_threshold, fit_network
+    from cxr_core.pipeline.shortcut import auc_or_none, fit_shortcut, shortcut_scores
+    from cxr_core.pipeline.train import choose_operating_threshold, evidence_targets, fit_network
 
     sources = [rows[i]["source"] for i in train_idx]
+    targets = {"targets_train": None, "targets_val": None}
+    evidence = params.get("evidence") or {}
+    if extras is not None and (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0):
+        for key, idx in (("targets_train", train_idx), ("targets_val", val_idx)):
+            targets[key] = evidence_targets(extras["masks"][idx], [rows[i] for i in idx])
     started = time.perf_counter()
     model, history = fit_network(
-        images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params
+        images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params, **targets
     )
     seconds = time.perf_counter() - started
+    if save_to is not None:
+        from cxr_core.modelling.networks import save_model
+
+        save_model(model, save_to)
 
     def predict(indices: np.ndarray) -> np.ndarray:
         return _predict(model, images[indices])
@@ -128,8 +139,52 @@ def _fit_and_score(
         "val_images": int(len(val_idx)),
         "test": {name: _scores(labels[idx], predict(idx), threshold, n_boot) for name, idx in tests.items()},
     }
+    if extras is not None:
+        shortcut = fit_shortcut(extras["thumbs"][train_idx], labels[train_idx], int(params["seed"]))
+        result["shortcut_auc"] = {
+            name: auc_or_none(labels[idx], shortcut_scores(shortcut, extras["thumbs"][idx]))
+            for name, idx in tests.items()
+        }
+        if extras["available"]:
+            lesion_idx = np.flatnonzero([str(row.get("lesion_test")) == "1" for row in rows])
+            result["evidence"] = {
+                name: evidence_by_class(model, images, labels, rows, extras, idx) for name, idx in tests.items()
+            }
+            result["evidence"]["lesion_test"] = evidence_by_class(model, images, labels, rows, extras, lesion_idx)
     keras.backend.clear_session()  # a fold's graph must not pile up in memory over a dozen folds
     return result
+
+
+def evidence_by_class(model, images, labels, rows, extras: dict, indices: np.ndarray) -> dict:
+    """Where the model's Grad-CAM lies on ``indices`` films, per class (TB, Normal), as means."""
+    from cxr_core.modelling.evidence import film_evidence, outer_band_share_in_film, summarise_evidence
+    from cxr_core.modelling.gradcam import GradCam
+    from cxr_core.pipeline.ingest import lesion_masks
+
+    if len(indices) == 0:
+        return {}
+    cam = GradCam(model)
+    side = images.shape[1]
+    per_class: dict[str, list[dict]] = {"Tuberculosis": [], "Normal": []}
+    for start in range(0, len(indices), 128):
+        chunk = indices[start : start + 128]
+        raw = cam(images[chunk]).raw
+        boxes = lesion_masks([rows[i] for i in chunk], side)
+        for position, i in enumerate(chunk):
+            film = film_evidence(raw[position], extras["masks"][i, ..., 1], boxes[position])
+            film["outer_band"] = _outer_band(raw[position], rows[i], outer_band_share_in_film)
+            per_class["Tuberculosis" if labels[i] == 1 else "Normal"].append(film)
+    return {name: summarise_evidence(films) for name, films in per_class.items() if films}
+
+
+def _outer_band(raw, row: dict, measure) -> float | None:
+    from cxr_core.imaging.preprocess import CropBox
+
+    try:
+        box = CropBox(*(int(row[k]) for k in ("box_top", "box_left", "box_bottom", "box_right")))
+        return measure(raw, box, (int(row["height"]), int(row["width"])))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _predict(model, images: np.ndarray) -> np.ndarray:
@@ -149,11 +204,16 @@ def run_loso(
     holdouts: list[str] | None = None,
     within: bool = True,
     n_boot: int = 1000,
+    save_models: bool = False,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every LOSO fold (and the within-source split) for every seed; write ``loso.json``."""
+    from cxr_core.pipeline.ingest import load_extras
+
     recipe_params = settings.with_recipe(train_params, recipe)
     images, labels, rows = load_ingested(ingest_dir)
+    extras = load_extras(ingest_dir, rows)
+    models_dir = Path(out_dir) / "models" if (out_dir is not None and save_models) else None
     sources = two_class_sources(rows)
     holdouts = list(holdouts) if holdouts else sources
     if not sources:  # nothing can be held out or compared: say so instead of training for nothing
@@ -165,17 +225,21 @@ def run_loso(
         for holdout in holdouts:
             fold = holdout_split(rows, holdout)
             run = _fit_and_score(
-                images, labels, rows, fold["train"], fold["val"], {holdout: fold["test"]}, params, n_boot
-            )
+                images, labels, rows, fold["train"], fold["val"], {holdout: fold["test"]}, params, n_boot,
+                extras, models_dir / f"loso-{holdout}-s{seed}.keras" if models_dir else None,
+            )  # fmt: skip
             runs.append({"kind": "loso", "holdout": holdout, "seed": int(seed),
                          "excluded_duplicates": int(len(fold["excluded"])), **run})  # fmt: skip
-            _report(progress, runs, total)
+            _report(progress, runs, total, out_dir)
         if within:
             split = within_source_split(rows, sources)
             tests = {key[5:]: idx for key, idx in split.items() if key.startswith("test:")}
-            run = _fit_and_score(images, labels, rows, split["train"], split["val"], tests, params, n_boot)
+            run = _fit_and_score(
+                images, labels, rows, split["train"], split["val"], tests, params, n_boot,
+                extras, models_dir / f"within-s{seed}.keras" if models_dir else None,
+            )  # fmt: skip
             runs.append({"kind": "within", "seed": int(seed), **run})
-            _report(progress, runs, total)
+            _report(progress, runs, total, out_dir)
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": recipe,
@@ -192,8 +256,10 @@ def run_loso(
     return report
 
 
-def _report(progress, runs: list[dict], total: int) -> None:
+def _report(progress, runs: list[dict], total: int, out_dir=None) -> None:
     last = runs[-1]
+    if out_dir is not None:  # a run of a dozen trainings takes an hour: what is done can be read meanwhile
+        write_json_atomic(Path(out_dir) / "loso.partial.json", {"done": len(runs), "total": total, "runs": runs})
     event = {"stage": "loso", "done": len(runs), "total": total, "kind": last["kind"],
              "holdout": last.get("holdout"), "seed": last["seed"],
              "roc_auc": {name: res["roc_auc"] for name, res in last["test"].items()}}  # fmt: skip
@@ -218,6 +284,7 @@ def summarise(runs: list[dict]) -> dict:
         for name in names:
             results = [run["test"][name] for run in runs if run["kind"] == kind and name in run["test"]]
             seconds = [run["train_seconds"] for run in runs if run["kind"] == kind and name in run["test"]]
+            chosen = [run for run in runs if run["kind"] == kind and name in run["test"]]
             table.setdefault(kind, {})[name] = {
                 "roc_auc": spread([r["roc_auc"] for r in results]),
                 "sensitivity": spread([r["sensitivity"] for r in results]),
@@ -225,5 +292,25 @@ def summarise(runs: list[dict]) -> dict:
                 "n": results[0]["n"],
                 "n_tb": results[0]["n_tb"],
                 "train_seconds": spread(seconds),
+                "shortcut_auc": spread([(run.get("shortcut_auc") or {}).get(name) for run in chosen]),
+                "evidence_tb": _evidence_spread(chosen, name, "Tuberculosis", spread),
+                "evidence_normal": _evidence_spread(chosen, name, "Normal", spread),
+            }
+        lesion_runs = [run for run in runs if run["kind"] == kind]
+        if any((run.get("evidence") or {}).get("lesion_test") for run in lesion_runs):
+            table.setdefault(kind, {})["lesion_test"] = {
+                "evidence_tb": _evidence_spread(lesion_runs, "lesion_test", "Tuberculosis", spread)
             }
     return table
+
+
+EVIDENCE_KEYS = ("lung_share", "peak_in_lungs", "outer_band", "lesion_share", "uniform_share", "pointing",
+                 "lesion_vs_uniform")  # fmt: skip
+
+
+def _evidence_spread(runs: list[dict], name: str, klass: str, spread) -> dict | None:
+    """Mean and range over seeds of each evidence figure of one test set and class."""
+    found = [((run.get("evidence") or {}).get(name) or {}).get(klass) or {} for run in runs]
+    table = {key: spread([f.get(key) for f in found]) for key in EVIDENCE_KEYS}
+    table = {key: value for key, value in table.items() if value is not None}
+    return table or None

@@ -35,39 +35,198 @@ def fit_network(
     y_val: np.ndarray,
     params: dict,
     callbacks: list | None = None,
+    targets_train: np.ndarray | None = None,
+    targets_val: np.ndarray | None = None,
 ):
     """Build and fit the network the settings name; early stopping restores the best validation epoch.
 
     The one training loop: :func:`run_train` (the pipeline) and leave-one-source-out evaluation
     (:mod:`cxr_core.pipeline.loso`) both call it, so LOSO measures exactly the recipe that ships.
+    With evidence weights in ``params["evidence"]`` and targets (see :func:`evidence_targets`) the
+    network is also trained on where its evidence lies (:func:`evidence_loss`); what is returned is
+    always the plain serving network.
     """
-    from cxr_core.modelling.networks import build_network
+    from cxr_core.modelling.networks import OUTPUT, build_network
     from cxr_core.pipeline.augment import training_dataset
 
     seed = int(params["seed"])
     keras.utils.set_random_seed(seed)
     model = build_network(x_train.shape[1], params["model"])
     steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
-    model.compile(
-        optimizer=make_optimizer(params, steps),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
     weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]))
-    train_ds = training_dataset(x_train, y_train, weights, params, seed)
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(256)
+    evidence = params.get("evidence") or {}
+    guided = targets_train is not None and (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0)
+    if guided:
+        trainer, map_side = evidence_trainer(model, evidence)
+        trainer.compile(
+            optimizer=make_optimizer(params, steps),
+            loss={OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)},
+            metrics={OUTPUT: [keras.metrics.AUC(name="auc")]},
+        )
+        train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
+        factor = x_train.shape[1] // map_side
+        pooled_val = tf.nn.avg_pool2d(targets_val.astype(np.float32) / 255.0, factor, factor, "VALID")
+        val_ds = tf.data.Dataset.from_tensor_slices(
+            (x_val, {OUTPUT: y_val.astype(np.float32), EVIDENCE: pooled_val})
+        ).batch(256)
+        callbacks = [_PlainMetricNames(OUTPUT), *(callbacks or [])]
+    else:
+        trainer = model
+        model.compile(
+            optimizer=make_optimizer(params, steps),
+            loss="binary_crossentropy",
+            metrics=[keras.metrics.AUC(name="auc")],
+        )
+        train_ds = training_dataset(x_train, y_train, weights, params, seed)
+        val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(256)
+        callbacks = list(callbacks or [])
     stop = keras.callbacks.EarlyStopping(
         monitor="val_auc", mode="max", patience=int(params["patience"]), restore_best_weights=True
     )
-    history = model.fit(
+    callbacks.insert(1 if guided else 0, stop)
+    history = trainer.fit(
         train_ds.prefetch(tf.data.AUTOTUNE),
         validation_data=val_ds.prefetch(tf.data.AUTOTUNE),
         epochs=int(params["epochs"]),
         shuffle=False,  # the tf.data pipeline reshuffles every epoch itself
-        callbacks=[stop, *(callbacks or [])],
+        callbacks=callbacks,
         verbose=0,
     )
     return model, history
+
+
+EVIDENCE = "evidence"
+
+
+class _CamMap(keras.layers.Layer):
+    """The class activation map ``features . w`` of a GAP + one-unit network (training only).
+
+    For such a network its positive part is exactly what Grad-CAM computes at serving (the gradient of
+    the logit with respect to each feature map is the unit's weight over the number of cells), so the
+    loss sees the very map the Screen page draws.
+    """
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, features):
+        return tf.einsum("bhwc,co->bhw", features, self.dense.kernel)
+
+
+def evidence_trainer(model, evidence: dict):
+    """A training view of ``model`` with a second output, its CAM; and the CAM's side in cells."""
+    from cxr_core.modelling.networks import EMBEDDING, OUTPUT, feature_layer_name
+
+    layer_types = [layer.__class__.__name__ for layer in model.layers]
+    if "GlobalAveragePooling2D" not in layer_types or "Flatten" in layer_types:
+        raise ValueError(
+            "evidence training needs a network whose map is its explanation (model.architecture: cam)"
+        )
+    if model.get_layer(EMBEDDING).__class__.__name__ != "GlobalAveragePooling2D":
+        raise ValueError("evidence training needs global average pooling straight before the output unit")
+    features = model.get_layer(feature_layer_name(model)).output
+    cam = _CamMap(model.get_layer(OUTPUT), name=EVIDENCE)(features)
+    trainer = keras.Model(model.input, {OUTPUT: model.output, EVIDENCE: cam}, name="evidence_trainer")
+    return trainer, int(features.shape[1])
+
+
+def evidence_loss(evidence: dict):
+    """"Right for the right reasons": penalise the map's share outside the (grown) lung fields on every
+    film, and reward its share inside the radiologists' boxes on films that have them.
+
+    Shares, not raw values: the loss moves *where* the evidence lies and leaves *how much* to the
+    classification loss. Targets are (n, h, w, 2): channel 0 the grown lung fields, channel 1 the boxes
+    (all zero on films without boxes, which then get no box term).
+    """
+    lung_weight = float(evidence.get("lung_weight", 0.0))
+    lesion_weight = float(evidence.get("lesion_weight", 0.0))
+
+    def loss(y_true, y_pred):
+        positive = tf.nn.relu(y_pred)
+        total = tf.reduce_sum(positive, axis=[1, 2], keepdims=True)
+        # Where the map has no positive cell (Grad-CAM would be blank) its softmax still says where the
+        # network leans, so the film is not exempt from the loss by having a blank map.
+        flat = tf.reshape(y_pred, [tf.shape(y_pred)[0], -1])
+        soft = tf.reshape(tf.nn.softmax(flat, axis=-1), tf.shape(y_pred))
+        share = tf.where(total > 1e-6, positive / (total + 1e-6), soft)
+        outside = tf.reduce_sum(share * (1.0 - y_true[..., 0]), axis=[1, 2])
+        boxed = tf.reduce_sum(y_true[..., 1], axis=[1, 2])
+        on_lesions = tf.reduce_sum(share * tf.minimum(y_true[..., 1] * 4.0, 1.0), axis=[1, 2])
+        has_boxes = tf.cast(boxed > 0, tf.float32)
+        return lung_weight * outside + lesion_weight * has_boxes * (1.0 - on_lesions)
+
+    return loss
+
+
+class _PlainMetricNames(keras.callbacks.Callback):
+    """Name a two-output trainer's AUC as a one-output model's (``auc``, ``val_auc``).
+
+    Early stopping, the progress reporter and the history file then read the same names for every
+    recipe; the evidence loss stays visible as ``evidence_loss``.
+    """
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.prefix = output + "_"
+
+    def on_epoch_end(self, epoch, logs=None):
+        for lead in ("", "val_"):
+            if logs is not None and lead + self.prefix + "auc" in logs:
+                logs[lead + "auc"] = logs.pop(lead + self.prefix + "auc")
+
+
+def evidence_targets(masks: np.ndarray, rows: list[dict]) -> np.ndarray:
+    """(n, side, side, 2) uint8 0/255 training targets: the grown lung fields and the lesion boxes."""
+    from cxr_core.pipeline.ingest import lesion_masks
+
+    side = masks.shape[1]
+    return np.stack([masks[..., 1], lesion_masks(rows, side) * np.uint8(255)], axis=-1)
+
+
+def evidence_reference(ingest_dir, val_rows: list[dict], raw_maps: np.ndarray) -> dict | None:
+    """What "usual" evidence looks like for this model: the spread of its lung share on validation films.
+
+    A film's evidence is flagged on the Screen page only when it lies further outside the lungs than on
+    all but 5 % of these films, so the warning means "unusual for this model", not "always".
+    """
+    from cxr_core.modelling.evidence import film_evidence
+    from cxr_core.pipeline.ingest import load_extras
+
+    extras = load_extras(ingest_dir, val_rows)
+    if not extras["available"] or not extras["masks"].any():
+        return None
+    shares = [film_evidence(raw, masks[..., 1])["lung_share"] for raw, masks in zip(raw_maps, extras["masks"], strict=True)]
+    shares = [share for share in shares if share is not None]
+    if len(shares) < 20:
+        return None
+    return {
+        "lung_share_p05": round(float(np.percentile(shares, 5)), 4),
+        "lung_share_p50": round(float(np.percentile(shares, 50)), 4),
+        "n_films": len(shares),
+        "split": "validation",
+        "how": (
+            f"5th and 50th percentiles of the share of Grad-CAM mass inside the lung fields (grown by 5 % of "
+            f"the film's longer side) over the {len(shares)} validation films with a map; a film below the "
+            "5th percentile is flagged as unusual for this model"
+        ),
+    }
+
+
+def training_targets(ingest_dir, params: dict, train_rows: list[dict], val_rows: list[dict]):
+    """The evidence targets of the train and validation films when the recipe trains on evidence."""
+    from cxr_core.pipeline.ingest import load_extras
+
+    evidence = params.get("evidence") or {}
+    if not (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0):
+        return None, None
+    train_extras, val_extras = load_extras(ingest_dir, train_rows), load_extras(ingest_dir, val_rows)
+    if not train_extras["available"] or not train_extras["masks"].any():
+        # An ingest made without the lung model (ingest.lung_check false) has no fields to aim at: the
+        # network is trained without the evidence loss, and the model's metadata and card say so.
+        print("no lung masks in this ingest: training without the evidence loss", flush=True)
+        return None, None
+    return evidence_targets(train_extras["masks"], train_rows), evidence_targets(val_extras["masks"], val_rows)
 
 
 def make_optimizer(params: dict, steps_per_epoch: int):
@@ -104,7 +263,8 @@ def run_train(
     ingest_dir = Path(ingest_dir)
     ingest_summary = json.loads((ingest_dir / Layout.SUMMARY).read_text())
     x_train, y_train, train_rows = load_split(ingest_dir, "train")
-    x_val, y_val, _ = load_split(ingest_dir, "val")
+    x_val, y_val, val_rows = load_split(ingest_dir, "val")
+    targets_train, targets_val = training_targets(ingest_dir, params, train_rows, val_rows)
 
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:
@@ -115,6 +275,8 @@ def run_train(
             x_val,
             y_val,
             params,
+            targets_train=targets_train,
+            targets_val=targets_val,
             callbacks=[
                 keras.callbacks.ModelCheckpoint(  # a crash backup; early stopping restores the best epoch
                     str(staging / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
@@ -136,6 +298,7 @@ def run_train(
         )
         ood.save(ood.fit(train_embeddings), staging / Layout.OOD)
 
+        reference = evidence_reference(ingest_dir, val_rows, val_scores.raw)
         epochs_run = len(history.history["loss"])
         val_auc = _safe_auc(y_val, val_scores.probabilities)
         metadata = {
@@ -160,6 +323,15 @@ def run_train(
             "train_seconds": round(time.perf_counter() - started, 1),
             "model_sha256": sha256_file(staging / Layout.MODEL),  # `predict --model work/model` checks it
         }
+        if reference:
+            metadata["evidence_reference"] = reference
+        evidence = params.get("evidence") or {}
+        wanted = evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0
+        metadata["evidence_training"] = (
+            "evidence loss applied" if targets_train is not None
+            else "evidence loss asked for but not applied: the ingest had no lung masks" if wanted
+            else "no evidence loss"
+        )  # fmt: skip
         write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(
             staging / Layout.HISTORY_JSON,

@@ -53,3 +53,48 @@ def test_at_most_five_percent_of_decisions_change_with_the_framing(shared_cxr):
     assert refused / len(picked) <= 0.01, f"{refused} films were refused once reframed"
     # The recorded test scores are what this path gives: the evaluation measured the same thing.
     np.testing.assert_allclose([p.probability for p in before], recorded, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_strips_and_burnt_in_markers_neither_decide_nor_draw_the_evidence(shared_cxr):
+    """Every held-out test film of the shipped model with a strip of 5-15 % of its height added on one
+    edge (dark or bright) and a text marker burnt in: the view stops at the film's content, at most 2 %
+    of decisions change, and the map's peak lies on the strip on at most 2 %."""
+    from dataclasses import replace
+
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.evaluate import add_strip_and_marker, peak_in_film
+
+    model_dir = Registry(ROOT / "models").version_dir(Registry(ROOT / "models").current_version())
+    predictor = Predictor(model_dir)
+    with open(model_dir / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 400
+    originals, striped, strips, edges = [], [], [], set()
+    for index, row in enumerate(rows):
+        image = read_image(shared_cxr / row["path"])
+        changed, strip = add_strip_and_marker(image.pixels, seed=index)
+        try:
+            original = predictor.model_input_from_image(image)
+            moved = predictor.model_input_from_image(
+                replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
+            )
+        except ImageError:
+            continue
+        top, left, bottom, right = strip
+        box = moved.box  # the network's view never reaches into the strip
+        assert box.bottom <= top or box.top >= bottom or box.right <= left or box.left >= right, row["path"]
+        edges.add((top == 0, left == 0, bottom == changed.shape[0], right == changed.shape[1]))
+        originals.append(original.pixels)
+        striped.append(moved)
+        strips.append(strip)
+    assert len(edges) == 4 and len(striped) >= 0.98 * len(rows)  # all four edges were tried
+    before = predictor.predict(np.stack(originals)[..., None])
+    after = predictor.predict(np.stack([m.pixels for m in striped])[..., None])
+    flipped = sum(a.label != b.label for a, b in zip(before, after, strict=True))
+    on_strip = 0
+    for prepared, strip, prediction in zip(striped, strips, after, strict=True):
+        peak = peak_in_film(prediction.raw_heatmap, prepared.box)
+        on_strip += int(peak is not None and strip[0] <= peak[0] < strip[2] and strip[1] <= peak[1] < strip[3])
+    assert flipped / len(after) <= 0.02, f"{flipped} of {len(after)} decisions changed with a strip and a marker"
+    assert on_strip / len(after) <= 0.02, f"the evidence peaked on the strip on {on_strip} of {len(after)} films"

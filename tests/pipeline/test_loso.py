@@ -88,7 +88,7 @@ def small_multisite(tmp_path_factory, shared_cxr):
 def test_loso_on_real_films_writes_a_report_per_held_out_source(small_multisite, tmp_path):
     images, labels, rows = load_ingested(small_multisite)
     assert len(images) == len(labels) == len(rows) == 92
-    params = {"epochs": 1, "patience": 1, "model": {"filters": [8, 16, 16, 16, 16], "dense_units": 8}}
+    params = {"epochs": 1, "patience": 1, "model": {"filters": [8, 16, 16, 16, 16]}}
     report = run_loso(small_multisite, tmp_path, params, seeds=[0], holdouts=["da"], n_boot=20)
     assert json.loads((tmp_path / "loso.json").read_text())["summary"] == report["summary"]
     assert report["two_class_sources"] == ["da", "rahmandb", "shenzhen"]
