@@ -173,6 +173,7 @@ def _loso(args) -> int:
         within=not args.no_within,
         n_boot=params["evaluate"]["n_boot"],
         save_models=args.save_models,
+        resume=args.resume,
     )
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {Path(args.out) / REPORT_FILE}", file=sys.stderr)
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     loso.add_argument("--no-within", action="store_true", help="skip the pooled within-source comparison")
     loso.add_argument(
         "--save-models", action="store_true", help="keep each fold's network in OUT/models (to look at overlays)"
+    )
+    loso.add_argument(
+        "--resume", action="store_true", help="with --save-models: score a fold's saved network instead of training it again"
     )
     loso.set_defaults(handler=_loso)
 

@@ -23,6 +23,7 @@ The result stays uint8 so shards are compact and serving feeds exactly what trai
 own ``Rescaling`` layer maps it to [0, 1].
 """
 
+import math
 import os
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -275,11 +276,22 @@ def content_box(gray: np.ndarray) -> CropBox:
     work, scale = _downscale(gray, 4 * MODEL_SIDE)
     trimmed, (top, left) = _trim_uniform_borders(work)
     height, width = trimmed.shape
-    return CropBox(
-        top=round(top / scale),
-        left=round(left / scale),
-        bottom=min(gray.shape[0], round((top + height) / scale)),
-        right=min(gray.shape[1], round((left + width) / scale)),
+    # Where a strip was found, one more line goes: downscaling blends the strip's last line into the
+    # film's first, which then no longer looks uniform but still carries the strip.
+    bottom_gap, right_gap = work.shape[0] - top - height, work.shape[1] - left - width
+    if top:
+        top, height = top + 1, height - 1
+    if bottom_gap:
+        height -= 1
+    if left:
+        left, width = left + 1, width - 1
+    if right_gap:
+        width -= 1
+    return CropBox(  # rounded inwards: the content box never reaches back into a strip
+        top=math.ceil(top / scale),
+        left=math.ceil(left / scale),
+        bottom=min(gray.shape[0], math.floor((top + height) / scale)),
+        right=min(gray.shape[1], math.floor((left + width) / scale)),
     )
 
 

@@ -104,7 +104,7 @@ def _scores(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int) -> dict
 
 def _fit_and_score(
     images, labels, rows, train_idx, val_idx, tests: dict[str, np.ndarray], params: dict, n_boot: int,
-    extras: dict | None = None, save_to: Path | None = None,
+    extras: dict | None = None, save_to: Path | None = None, resume: bool = False,
 ) -> dict:  # fmt: skip
     import keras
 
@@ -118,14 +118,19 @@ def _fit_and_score(
         for key, idx in (("targets_train", train_idx), ("targets_val", val_idx)):
             targets[key] = evidence_targets(extras["masks"][idx], [rows[i] for i in idx])
     started = time.perf_counter()
-    model, history = fit_network(
-        images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params, **targets
-    )
-    seconds = time.perf_counter() - started
-    if save_to is not None:
-        from cxr_core.modelling.networks import save_model
+    if resume and save_to is not None and Path(save_to).exists():  # scored again, not trained again
+        from cxr_core.modelling.networks import load_model
 
-        save_model(model, save_to)
+        model, epochs_run, seconds = load_model(save_to), None, None
+    else:
+        model, history = fit_network(
+            images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params, **targets
+        )
+        epochs_run, seconds = len(history.history["loss"]), round(time.perf_counter() - started, 1)
+        if save_to is not None:
+            from cxr_core.modelling.networks import save_model
+
+            save_model(model, save_to)
 
     def predict(indices: np.ndarray) -> np.ndarray:
         return _predict(model, images[indices])
@@ -133,8 +138,8 @@ def _fit_and_score(
     threshold, _ = choose_operating_threshold(labels[val_idx], predict(val_idx), params["threshold"])
     result = {
         "threshold": round(float(threshold), 6),
-        "epochs_run": len(history.history["loss"]),
-        "train_seconds": round(seconds, 1),
+        "epochs_run": epochs_run,
+        "train_seconds": seconds,
         "train_images": int(len(train_idx)),
         "val_images": int(len(val_idx)),
         "test": {name: _scores(labels[idx], predict(idx), threshold, n_boot) for name, idx in tests.items()},
@@ -205,6 +210,7 @@ def run_loso(
     within: bool = True,
     n_boot: int = 1000,
     save_models: bool = False,
+    resume: bool = False,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every LOSO fold (and the within-source split) for every seed; write ``loso.json``."""
@@ -226,7 +232,7 @@ def run_loso(
             fold = holdout_split(rows, holdout)
             run = _fit_and_score(
                 images, labels, rows, fold["train"], fold["val"], {holdout: fold["test"]}, params, n_boot,
-                extras, models_dir / f"loso-{holdout}-s{seed}.keras" if models_dir else None,
+                extras, models_dir / f"loso-{holdout}-s{seed}.keras" if models_dir else None, resume,
             )  # fmt: skip
             runs.append({"kind": "loso", "holdout": holdout, "seed": int(seed),
                          "excluded_duplicates": int(len(fold["excluded"])), **run})  # fmt: skip
@@ -236,7 +242,7 @@ def run_loso(
             tests = {key[5:]: idx for key, idx in split.items() if key.startswith("test:")}
             run = _fit_and_score(
                 images, labels, rows, split["train"], split["val"], tests, params, n_boot,
-                extras, models_dir / f"within-s{seed}.keras" if models_dir else None,
+                extras, models_dir / f"within-s{seed}.keras" if models_dir else None, resume,
             )  # fmt: skip
             runs.append({"kind": "within", "seed": int(seed), **run})
             _report(progress, runs, total, out_dir)

@@ -37,6 +37,7 @@ def fit_network(
     callbacks: list | None = None,
     targets_train: np.ndarray | None = None,
     targets_val: np.ndarray | None = None,
+    checkpoint: Path | None = None,
 ):
     """Build and fit the network the settings name; early stopping restores the best validation epoch.
 
@@ -84,6 +85,8 @@ def fit_network(
         monitor="val_auc", mode="max", patience=int(params["patience"]), restore_best_weights=True
     )
     callbacks.insert(1 if guided else 0, stop)
+    if checkpoint is not None:
+        callbacks.insert(2 if guided else 1, _BestServingCheckpoint(model, checkpoint))
     history = trainer.fit(
         train_ds.prefetch(tf.data.AUTOTUNE),
         validation_data=val_ds.prefetch(tf.data.AUTOTUNE),
@@ -157,6 +160,20 @@ def evidence_loss(evidence: dict):
         return lung_weight * outside + lesion_weight * has_boxes * (1.0 - on_lesions)
 
     return loss
+
+
+class _BestServingCheckpoint(keras.callbacks.Callback):
+    """Save the serving network (never the training view around it) whenever validation AUC improves."""
+
+    def __init__(self, serving_model, path: Path):
+        super().__init__()
+        self.serving_model, self.path, self.best = serving_model, Path(path), -np.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_auc")
+        if value is not None and value > self.best:
+            self.best = value
+            self.serving_model.save(self.path)
 
 
 class _PlainMetricNames(keras.callbacks.Callback):
@@ -277,10 +294,8 @@ def run_train(
             params,
             targets_train=targets_train,
             targets_val=targets_val,
+            checkpoint=staging / "checkpoint.keras",  # a crash backup; early stopping restores the best epoch
             callbacks=[
-                keras.callbacks.ModelCheckpoint(  # a crash backup; early stopping restores the best epoch
-                    str(staging / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
-                ),
                 keras.callbacks.CSVLogger(str(staging / Layout.HISTORY_CSV)),
                 ProgressReporter(int(params["epochs"]), progress),
             ],
