@@ -52,6 +52,10 @@ class IngestSettings:
     # With lung_crop: also blank what lies outside the grown lung fields (heart, mediastinum, abdomen).
     # Off: LOSO did not favour it and the evidence moved to the mask's edge (docs/model-ablation.md).
     lung_mask: bool = False
+    # Keep the lung network's output per film (by the content of its input, per lung model) in
+    # lung_cache_dir(), so a second ingest of the same films (re-training, another split seed, a LOSO
+    # ingest) does not run the network again. Off for benchmarks that time the network.
+    lung_cache: bool = True
 
 
 @dataclass
@@ -390,6 +394,11 @@ class Layout:
 
 
 # ---------------------------------------------------------------------------------------- locations
+
+
+def lung_cache_dir() -> Path:
+    """Where ingest keeps the lung network's outputs; ``CXR_LUNG_CACHE_DIR`` points it elsewhere."""
+    return Path(os.environ.get("CXR_LUNG_CACHE_DIR", PROJECT_ROOT / "work" / "cache" / "lungs"))
 
 
 def models_dir() -> Path:

@@ -17,6 +17,7 @@ SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 # The test server's configuration: datasets may come from the project's data/, the shared real X-rays
 # and the temporary folders the tests build datasets in. Tests of the roots themselves narrow this.
 os.environ.setdefault("CXR_UPLOADS_DIR", tempfile.mkdtemp(prefix="cxr-uploads-"))  # never the project's
+os.environ.setdefault("CXR_LUNG_CACHE_DIR", tempfile.mkdtemp(prefix="cxr-lung-cache-"))  # never the project's work/
 os.environ["CXR_DATASET_ROOTS"] = os.pathsep.join(
     [str(PROJECT_ROOT / "data"), str(SHARED_CXR.parent), tempfile.gettempdir()]
 )

@@ -146,6 +146,7 @@ def run_ingest(
             "counts": _counts(rows),
             "seconds": round(time.perf_counter() - started, 2),
             "workers": workers,
+            "lung_cache": _cache_counts(prepare),
         }
         write_json_atomic(staging / Layout.SUMMARY, summary)
     return summary
@@ -178,12 +179,53 @@ def model_input_maker(params: dict):
         "lung_mask": bool(params["lung_crop"] and params["lung_mask"]),
         "lung_model": {"version": lungs.version, "sha256": lungs.sha256} if lungs else None,
     }
+    if lungs is not None and params.get("lung_cache"):
+        lungs = CachedLungs(lungs, settings.lung_cache_dir())
     decode = partial(decode_for_model, lungs=lungs)
     finish = partial(
         finish_model_inputs, side=int(params["side"]), lungs=lungs, crop_to_lungs=bool(params["lung_crop"]),
         lung_margin=float(params["lung_margin"]), mask_to_lungs=preprocessing["lung_mask"],
     )  # fmt: skip
     return (decode, finish), preprocessing
+
+
+class CachedLungs:
+    """A lung model whose network outputs are kept on disk, keyed by the content of the network's input.
+
+    The key is the input the network sees (the letterboxed small picture), so any file that decodes to
+    the same picture hits, whatever its name; the folder is named by the lung model's sha256, so a new
+    lung model never reads another's outputs. Everything but :meth:`probabilities` is the model's own.
+    Writes are atomic (temporary file, then rename): ingest threads may race on the same film safely.
+    """
+
+    def __init__(self, lungs, root: Path):
+        self._lungs = lungs
+        self.folder = Path(root) / str(lungs.sha256 or lungs.version)[:16]
+        self.hits = self.misses = 0
+
+    def __getattr__(self, name):
+        return getattr(self._lungs, name)
+
+    def probabilities(self, smalls: list[np.ndarray]) -> list[np.ndarray]:
+        keys = [hashlib.sha1(np.ascontiguousarray(small).tobytes()).hexdigest() for small in smalls]
+        found: list[np.ndarray | None] = []
+        for key in keys:
+            try:
+                found.append(np.load(self.folder / f"{key}.npy"))
+            except (OSError, ValueError):
+                found.append(None)
+        missing = [i for i, prob in enumerate(found) if prob is None]
+        self.hits += len(smalls) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = self._lungs.probabilities([smalls[i] for i in missing])
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for i, prob in zip(missing, computed, strict=True):
+                found[i] = prob
+                temporary = self.folder / f".{keys[i]}.{os.getpid()}.{id(prob)}.npy"
+                np.save(temporary, prob)
+                os.replace(temporary, self.folder / f"{keys[i]}.npy")
+        return found
 
 
 def _process_chunk(
@@ -243,6 +285,15 @@ def _process_chunk(
         "thumbs": np.stack(thumbs) if thumbs else np.empty((0, THUMB_SIDE * THUMB_SIDE + 5), np.float32),
     }
     return stacked, good, bad, extras
+
+
+def _cache_counts(prepare) -> dict | None:
+    """How many films the lung network was spared (cache hits) and ran on (misses) in this ingest."""
+    decode = prepare[0]
+    lungs = getattr(decode, "keywords", {}).get("lungs")
+    if not isinstance(lungs, CachedLungs):
+        return None
+    return {"hits": lungs.hits, "misses": lungs.misses}
 
 
 def read_lesion_boxes(data_path: str | Path) -> dict[str, list[tuple[int, int, int, int]]]:

@@ -365,3 +365,25 @@ def test_a_crash_mid_ingest_keeps_the_previous_output(tmp_path, monkeypatch, dat
     # The untouched previous output is still a complete, loadable ingest.
     images, labels, _ = load_split(previous, "test")
     assert len(images) == len(labels) > 0
+
+
+def test_a_second_ingest_takes_the_lung_fields_from_the_cache_and_makes_the_same_shards(
+    tmp_path, monkeypatch, kaggle_tree
+):
+    """The lung network runs once per film: a second ingest (another split seed) reads its outputs
+    back by content and writes identical pixels and masks; a cache of another lung model is not read."""
+    monkeypatch.setenv("CXR_LUNG_CACHE_DIR", str(tmp_path / "cache"))
+    params = {**PARAMS, "lung_crop": True, "lung_cache": True}
+    first = run_ingest(kaggle_tree, tmp_path / "first", params)
+    again = run_ingest(kaggle_tree, tmp_path / "again", {**params, "seed": 7})
+    films = first["images"]
+    assert first["lung_cache"] == {"hits": 0, "misses": films}
+    assert again["lung_cache"] == {"hits": films, "misses": 0}
+    (model_folder,) = (tmp_path / "cache").iterdir()
+    assert len(list(model_folder.glob("*.npy"))) == films
+    for folder in ("shards", "masks"):
+        for shard in sorted((tmp_path / "first" / folder).iterdir()):
+            assert np.array_equal(np.load(shard), np.load(tmp_path / "again" / folder / shard.name)), shard
+    model_folder.rename(tmp_path / "cache" / "another-lung-model")
+    third = run_ingest(kaggle_tree, tmp_path / "third", params)
+    assert third["lung_cache"] == {"hits": 0, "misses": films}

@@ -243,7 +243,7 @@ def test_a_promotion_serves_the_new_weights(pipeline_run, tmp_path):
     model = load_model(first / "model.keras")
     head = model.get_layer("tb_probability")
     kernel, bias = head.get_weights()
-    head.set_weights([-kernel, bias + 1.0])  # another model: the opposite evidence, another offset
+    head.set_weights([-kernel, bias + 2.0])  # another model: the opposite evidence, another offset
     save_model(model, second / "model.keras")
     metadata = json.loads((second / "metadata.json").read_text())
     metadata["model_sha256"] = sha256_file(second / "model.keras")
