@@ -40,7 +40,8 @@ def main() -> int:
           "TB films: mass in lungs / peak in lungs | lesion test: pointing / mass vs uniform |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, chosen in runs.items():
-        table = summarise(chosen)["loso"]
+        summary = summarise(chosen)
+        table = summary["loso"]
         seeds = sorted({run["seed"] for run in chosen})
         aucs = [mean_of(table.get(f, {}).get("roc_auc")) for f in FOLDS]
         mean = sum(aucs) / len(aucs) if all(a is not None for a in aucs) else None
@@ -48,7 +49,7 @@ def main() -> int:
         lung = [((table.get(f) or {}).get("evidence_tb") or {}) for f in FOLDS]
         mass = [mean_of(e.get("lung_share")) for e in lung]
         peak = [mean_of(e.get("peak_in_lungs")) for e in lung]
-        lesion = (table.get("lesion_test") or {}).get("evidence_tb") or {}
+        lesion = ((summary.get("lesion_test") or {}).get("loso") or {}).get("evidence_tb") or {}
         evidence = (
             f"{min(m for m in mass if m is not None):.2f}–{max(m for m in mass if m is not None):.2f} / "
             f"{min(p for p in peak if p is not None):.2f}–{max(p for p in peak if p is not None):.2f}"

@@ -275,7 +275,8 @@ def _report(progress, runs: list[dict], total: int, out_dir=None) -> None:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Per held-out source (and per within-source test): mean and range over seeds."""
+    """Per held-out source (and per within-source test): mean and range over seeds; and under
+    ``lesion_test`` (per kind of run) where the evidence lay on the lesion test set."""
 
     def spread(values: list[float | None]) -> dict | None:
         values = [v for v in values if v is not None]
@@ -304,7 +305,7 @@ def summarise(runs: list[dict]) -> dict:
             }
         lesion_runs = [run for run in runs if run["kind"] == kind]
         if any((run.get("evidence") or {}).get("lesion_test") for run in lesion_runs):
-            table.setdefault(kind, {})["lesion_test"] = {
+            table.setdefault("lesion_test", {})[kind] = {
                 "evidence_tb": _evidence_spread(lesion_runs, "lesion_test", "Tuberculosis", spread)
             }
     return table

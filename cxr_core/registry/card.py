@@ -117,7 +117,7 @@ def _mean(cell: dict | None, key: str) -> str:
 
 def _loso_evidence_lines(summary: dict) -> list[str]:
     """Where each held-out hospital's evidence lay, and the shortcut audit beside the network."""
-    folds = {name: cell for name, cell in (summary.get("loso") or {}).items() if name != "lesion_test"}
+    folds = summary.get("loso") or {}
     if not any(cell.get("evidence_tb") or cell.get("shortcut_auc") for cell in folds.values()):
         return []
     lines = [
@@ -137,7 +137,7 @@ def _loso_evidence_lines(summary: dict) -> list[str]:
             f"| {source} | {_mean(tb, 'lung_share')} | {_mean(tb, 'peak_in_lungs')} | "
             f"{_mean(normal, 'peak_in_lungs')} | {_mean(tb, 'outer_band')} | {_spread(cell.get('shortcut_auc'))} |"
         )
-    lesion = ((summary.get("loso") or {}).get("lesion_test") or {}).get("evidence_tb")
+    lesion = ((summary.get("lesion_test") or {}).get("loso") or {}).get("evidence_tb")
     if lesion:
         lines += [
             "",
