@@ -18,6 +18,7 @@ HTTP_PORT=${PACS_HTTP_PORT:-8042}
 NODE_PORT=${NODE_PORT:-11112}
 NODE_DIR=$(realpath -m "${CXR_NODE_DIR:-$PACS_DIR/node}")
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+export PATH="$PATH:/usr/sbin"  # Debian puts Orthanc there, outside a normal user's PATH
 
 install_orthanc() {
   command -v Orthanc >/dev/null 2>&1 && return 0

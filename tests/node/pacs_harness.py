@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def orthanc_missing() -> str | None:
-    if shutil.which("Orthanc") is None:
+    if shutil.which("Orthanc") is None and not Path("/usr/sbin/Orthanc").exists():
         return "Debian's orthanc is not installed (scripts/test.sh installs it; apt-get install orthanc)"
     return None
 
