@@ -5,7 +5,7 @@ No Docker engine here (as in CI): ``docker compose config`` checks what can be c
 
 import json
 
-from test_docker_files import ENV_EXAMPLE, PROJECT_ROOT, compose_config
+from test_docker_files import ENV_EXAMPLE, PROJECT_ROOT, compose_config, dockerignore_excludes
 
 
 def test_pacs_profile_runs_orthanc_with_the_repo_config_and_the_node_beside_it(tmp_path):
@@ -28,3 +28,9 @@ def test_pacs_profile_runs_orthanc_with_the_repo_config_and_the_node_beside_it(t
     assert "orthanc" in node["command"] and node["environment"]["CXR_NODE_DIR"].startswith("/home/cxr")
     without = compose_config(env_file)
     assert {"orthanc", "node"}.isdisjoint(json.loads(without.stdout)["services"])  # only with the profile
+
+
+def test_the_image_the_node_runs_in_has_the_node_and_the_shared_viewer():
+    for path in ("cxr_core/node/service.py", "ui_viewer.py", "pages/node.py", "ui/node_view.py"):
+        assert (PROJECT_ROOT / path).exists(), path
+        assert not dockerignore_excludes(path), f"{path} is excluded by .dockerignore"
