@@ -55,6 +55,7 @@ def run(settings: dict, *, model: str | None = None, site: str | None = None) ->
         retry_max=float(settings["retry_max_seconds"]),
         give_up_after=60.0 * float(settings["give_up_minutes"]),
     )  # fmt: skip
+    worker.warm_up()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -18,11 +18,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from cxr_core.errors import CxrError
 from cxr_core.imaging import dicom_out
@@ -174,6 +177,20 @@ class Worker:
                 self.screened.clear()
 
     # ---------------------------------------------------------------------------------- screening
+    def warm_up(self) -> None:
+        """Screen one bundled sample film before the first real one: the first call of each network
+        builds its graph (seconds), which would otherwise be the first patient's wait."""
+        from cxr_core.modelling.predictor import iter_image_files
+        from cxr_core.settings import PROJECT_ROOT
+
+        predictor = self.serving.get()
+        sample_dir = PROJECT_ROOT / "data" / "sample"
+        sample = next(iter_image_files([sample_dir]), None) if sample_dir.is_dir() else None
+        if sample is not None:
+            predictor.screen([("warm-up", sample)])
+        else:
+            predictor.predict(np.zeros((1, predictor.side, predictor.side, 1), np.uint8))
+
     def screen_waiting(self) -> bool:
         """Screen one batch of waiting films; False when there was none."""
         rows = self.queue.waiting(self.batch_size)
@@ -277,7 +294,11 @@ class Worker:
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
-        if not assoc.is_established:
+        if assoc.is_established:
+            # a C-STORE is two small writes (command, then data set): without TCP_NODELAY the second
+            # waits for the peer's delayed ACK
+            assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
             self._failed(rows, f"the PACS ({self.destination.ae_title} at {self.destination.host}:"
                                f"{self.destination.port}) did not accept the association")  # fmt: skip
             return True
