@@ -111,8 +111,22 @@ up() {
     tail -20 "$PACS_DIR/node.log" >&2
     exit 1
   fi
+  resend_failed_forwards
   echo "Orthanc: DICOM ORTHANC@127.0.0.1:$DICOM_PORT, REST http://127.0.0.1:$HTTP_PORT (login in $PACS_DIR/rest-credentials)"
   echo "node:    DICOM CXRTB@127.0.0.1:$NODE_PORT, queue in $NODE_DIR, log $PACS_DIR/node.log"
+}
+
+resend_failed_forwards() {  # films Orthanc could not forward while the node was down: send them now
+  local ids
+  ids=$(rest "http://127.0.0.1:$HTTP_PORT/jobs?expand" | "$PYTHON" -c '
+import json, sys
+for job in json.load(sys.stdin):
+    if job.get("State") == "Failure" and job.get("Type") == "DicomModalityStore" \
+            and (job.get("Content") or {}).get("RemoteAet", "CXRTB") == "CXRTB":
+        print(job["ID"])')
+  for id in $ids; do
+    rest -X POST -d '{}' "http://127.0.0.1:$HTTP_PORT/jobs/$id/resubmit" >/dev/null && echo "resent the films of failed forward job $id"
+  done
 }
 
 down() {

@@ -135,11 +135,16 @@ class FilmQueue:
             )
 
     def screened(self, film_id: int, result: dict, sr: bytes, sc: bytes) -> None:
-        """The result and its two DICOM objects, on disk before the row says so."""
+        """The result and its two DICOM objects, written before the row says so.
+
+        Not fsynced: unlike a received film, a result can be made again from the film. A result file
+        lost or cut by a power failure is found when it is sent (:meth:`rescreen`), and the film is
+        screened again, with the same UIDs.
+        """
         sr_path = self.results_dir / f"{film_id}.sr.dcm"
         sc_path = self.results_dir / f"{film_id}.sc.dcm"
-        write_bytes_atomic(sr_path, sr)
-        write_bytes_atomic(sc_path, sc)
+        sr_path.write_bytes(sr)
+        sc_path.write_bytes(sc)
         with self._connection() as db:
             db.execute(
                 "UPDATE films SET state = ?, probability = ?, label = ?, threshold = ?, model_version = ?, "
@@ -160,6 +165,11 @@ class FilmQueue:
                 "SELECT * FROM films WHERE state = ? AND COALESCE(next_attempt_at, 0) <= ? ORDER BY id LIMIT ?",
                 (SCREENED, time.time() if now is None else now, limit),
             ).fetchall()
+
+    def rescreen(self, film_id: int) -> None:
+        """Back to the screener: its result files were lost or damaged before they were sent."""
+        with self._connection() as db:
+            db.execute("UPDATE films SET state = ? WHERE id = ? AND state = ?", (RECEIVED, film_id, SCREENED))
 
     def delivered(self, film_id: int) -> None:
         with self._connection() as db:

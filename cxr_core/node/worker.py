@@ -285,6 +285,7 @@ class Worker:
         if not rows:
             return False
         from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
@@ -307,8 +308,18 @@ class Worker:
                 if self.stopping.is_set():
                     break
                 problem = None
-                for name in (row["sr_path"], row["sc_path"]):
-                    status = assoc.send_c_store(dcmread(io.BytesIO(self.queue.read_result(name))))
+                try:
+                    objects = [
+                        dcmread(io.BytesIO(self.queue.read_result(n)))
+                        for n in (row["sr_path"], row["sc_path"])
+                    ]
+                except (OSError, ValueError, InvalidDicomError):  # lost or cut by a crash: make them again
+                    log.warning("film #%d: its result files are damaged; screening it again", row["id"])
+                    self.queue.rescreen(row["id"])
+                    self.arrived.set()
+                    continue
+                for dataset in objects:
+                    status = assoc.send_c_store(dataset)
                     code = getattr(status, "Status", None)
                     if code not in SUCCESS_STATUSES:
                         problem = (

@@ -45,10 +45,10 @@ def pacs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def films(shared_cxr, tmp_path_factory):
-    """Eighteen unseen real films, each its own DX study, written as .dcm files (the CLI reads the same)."""
+    """Nineteen unseen real films, each its own DX study, written as .dcm files (the CLI reads the same)."""
     folder = tmp_path_factory.mktemp("films")
     made = []
-    for index, path in enumerate(unseen_films(shared_cxr, 18)):
+    for index, path in enumerate(unseen_films(shared_cxr, 19)):
         study, sop = new_uid(), new_uid()
         data = film_bytes(path, study, sop)
         (folder / f"film{index:02d}.dcm").write_bytes(data)
@@ -82,8 +82,8 @@ def all_delivered(count):
 def test_films_in_orthanc_come_back_as_sr_and_sc_in_their_study(pacs, films, tmp_path):
     batch = films[:4]
     lateral_study, lateral_sop, raw_study, raw_sop = new_uid(), new_uid(), new_uid(), new_uid()
-    lateral = film_bytes(films[17]["png"], lateral_study, lateral_sop, view="LL")
-    for_processing = film_bytes(films[17]["png"], raw_study, raw_sop, intent="FOR PROCESSING")
+    lateral = film_bytes(films[18]["png"], lateral_study, lateral_sop, view="LL")
+    for_processing = film_bytes(films[18]["png"], raw_study, raw_sop, intent="FOR PROCESSING")
     for film in batch:
         pacs.upload(film["data"])
     pacs.upload(lateral)
@@ -139,7 +139,7 @@ def test_films_in_orthanc_come_back_as_sr_and_sc_in_their_study(pacs, films, tmp
 
 
 def test_a_node_killed_mid_batch_loses_and_duplicates_nothing(pacs, films):
-    batch = films[4:14]
+    batch, late = films[4:14], films[17:18]  # late: arrives in Orthanc while the node is dead
     sops = [f["sop"] for f in batch]
     for film in batch:
         pacs.upload(film["data"])
@@ -149,14 +149,20 @@ def test_a_node_killed_mid_batch_loses_and_duplicates_nothing(pacs, films):
     done_at_kill = sum(row["state"] == DELIVERED for row in pacs.rows_for(sops))
     assert done_at_kill < len(batch), "the node had finished before it was killed: nothing was tested"
     assert {row["sop_uid"] for row in rows} == set(sops)
+    pacs.upload(late[0]["data"])  # Orthanc's forward fails: nobody listens
+    deadline = time.monotonic() + 60
+    while not pacs.failed_jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pacs.failed_jobs(), "Orthanc's forward to the dead node did not fail: nothing was tested"
 
-    pacs.up()  # Orthanc is still running: this starts the node again
-    rows = pacs.wait_rows(sops, all_delivered(len(batch)))
-    assert len({row["sop_uid"] for row in rows}) == len(batch)
-    for film in batch:
+    pacs.up()  # Orthanc is still running: this starts the node again and resends Orthanc's failed forwards
+    everything = batch + late
+    rows = pacs.wait_rows([f["sop"] for f in everything], all_delivered(len(everything)))
+    assert len({row["sop_uid"] for row in rows}) == len(everything)
+    for film in everything:
         found = pacs.study_instances(film["study"])
         assert {modality: len(ids) for modality, ids in found.items()} == {"DX": 1, "SR": 1, "OT": 1}
-    assert pacs.failed_jobs() == []  # Orthanc forwarded every film once, successfully
+    assert pacs.failed_jobs() == []  # every forward Orthanc made ended in success
 
 
 def test_results_wait_out_a_pacs_that_is_down(pacs, films):

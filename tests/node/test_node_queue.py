@@ -147,3 +147,22 @@ def test_delivery_backs_off_then_shows_failed_to_deliver_and_can_be_put_back(tmp
     assert not giving_up.deliver_due()  # a failed film is not tried again by itself...
     assert queue.retry_failed() == 1  # ...until someone puts it back (`node --retry-failed`)
     assert queue.counts()[SCREENED] == 1 and queue.counts()[DELIVERED] == 0
+
+
+def test_a_result_damaged_before_it_was_sent_is_made_again_and_an_intact_one_delivered(tmp_path):
+    queue = FilmQueue(tmp_path / "node")
+    damaged, intact = screened_film(queue), screened_film(queue)
+    sc_file = queue.results_dir / f"{damaged}.sc.dcm"
+    sc_file.write_bytes(sc_file.read_bytes()[:100])  # a power cut before the unsynced write reached the disk
+    receiver = FilmQueue(tmp_path / "pacs")  # a real Storage SCP takes the delivery
+    port = free_port()
+    server = scp.start(receiver, ae_title="ORTHANC", bind="127.0.0.1", port=port, allowed_calling=["CXRTB"])
+    try:
+        worker = Worker(queue, None, Destination("ORTHANC", "127.0.0.1", port, calling_ae="CXRTB"))
+        assert worker.deliver_due()
+    finally:
+        server.shutdown()
+    states = {row["id"]: row["state"] for row in queue.rows()}
+    assert states == {damaged: RECEIVED, intact: DELIVERED}
+    assert worker.arrived.is_set()  # the screener is woken to make the result again
+    assert len(receiver.rows()) == 2  # the intact film's SR and SC arrived (refused there: not CR/DX films)
