@@ -140,10 +140,11 @@ def burnt_lines(result: ScreeningResult) -> list[str]:
 
 
 def uid_of(data: bytes) -> str:
-    """The SOP Instance UID of a Part 10 object we wrote (from its file meta only: an SC is megabytes)."""
-    from pydicom.filereader import read_file_meta_info
+    """The SOP Instance UID of a Part 10 object we wrote (read up to the pixels only: an SC is megabytes)."""
+    from pydicom import dcmread
 
-    return str(read_file_meta_info(io.BytesIO(data)).MediaStorageSOPInstanceUID)
+    header = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return str(header.SOPInstanceUID)
 
 
 # ------------------------------------------------------------------------------------ burnt-in picture

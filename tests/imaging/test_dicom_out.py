@@ -196,3 +196,11 @@ def test_a_report_needs_the_film_it_is_about(dx_film):
     del header.SOPInstanceUID
     with pytest.raises(ImageError, match="Study/SOP Instance UID"):
         structured_report(header, result())
+
+
+def test_uid_of_reads_the_instance_uid_back(dx_film):
+    from cxr_core.imaging.dicom_out import uid_of
+
+    _, header = dx_film
+    for data in (sc_for(header, result()), structured_report(header, result())):
+        assert uid_of(data) == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
