@@ -16,7 +16,7 @@ PACS_DIR=$(realpath -m "${CXR_PACS_DIR:-work/pacs}")
 DICOM_PORT=${PACS_DICOM_PORT:-4242}
 HTTP_PORT=${PACS_HTTP_PORT:-8042}
 NODE_PORT=${NODE_PORT:-11112}
-NODE_DIR=$(realpath -m "${CXR_NODE_DIR:-$PACS_DIR/node}")
+NODE_DIR=$(realpath -m "${CXR_NODE_DIR:-work/node}")  # node.state_dir: where the dashboard looks
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 export PATH="$PATH:/usr/sbin"  # Debian puts Orthanc there, outside a normal user's PATH
 
