@@ -8,7 +8,8 @@ stored in Orthanc (the node's C-STORE answered, ``delivered_at`` in its queue). 
 first upload to the last SR. Checked: 0 films lost (every study holds exactly one SR and one SC), 0
 duplicated (no study holds two), no failed forward job in Orthanc.
 Baseline, same run, same files, before and after the burst: ``python -m cxr_core predict FOLDER`` on
-the .dcm files, its steady-state rate (bench/batch_cli.py's measure; model loading apart).
+the .dcm files, its steady-state rate (bench/batch_cli.py's measure; model loading apart). Where the
+time goes: CPU milliseconds per film of the node's process and of Orthanc's during the burst.
 
     .venv/bin/python bench/pacs.py            # 200 films
     .venv/bin/python bench/pacs.py --quick    # 48 films
@@ -20,11 +21,17 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 from _common import ROOT, emit, log, machine, median, parser, pct, scratch, target
 from batch_cli import run_cli
 
 sys.path.insert(0, str(ROOT / "tests"))  # the PACS harness and the DX film builder of the node tests
 from tests.node.pacs_harness import Pacs, film_bytes, new_uid, unseen_films  # noqa: E402
+
+
+def _cpu(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def main() -> None:
@@ -59,6 +66,8 @@ def main() -> None:
                 pacs.upload(film["data"])
                 arrived[film["sop"]] = time.time()
 
+            processes = {name: psutil.Process(pacs.pid(name)) for name in ("node", "orthanc")}
+            cpu_before = {name: _cpu(process) for name, process in processes.items()}
             burst_start = time.time()
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(send, films))
@@ -73,6 +82,10 @@ def main() -> None:
                 timeout=args.timeout,
                 poll=0.5,
             )
+            cpu_ms = {
+                name: round(1000 * (_cpu(process) - cpu_before[name]) / len(films), 1)
+                for name, process in processes.items()
+            }
             latencies = [row["delivered_at"] - arrived[row["sop_uid"]] for row in rows if row["delivered_at"]]
             last_sr = max(row["delivered_at"] or 0 for row in rows)
             per_study = [pacs.study_instances(f["study"]) for f in films]
@@ -113,6 +126,7 @@ def main() -> None:
                 "duplicated": duplicated,
                 "orthanc_failed_forward_jobs": failed_jobs,
                 "node_states": states,
+                "cpu_ms_per_film": cpu_ms,
             },
             "baseline": {
                 "what": "python -m cxr_core predict on the same .dcm files, steady state, before and after",
@@ -120,6 +134,7 @@ def main() -> None:
                 "before": round(cli_before["steady"], 2),
                 "after": round(cli_after["steady"], 2),
                 "startup_s": round(median([cli_before["startup_s"], cli_after["startup_s"]]), 2),
+                "cpu_ms_per_film": round(median([cli_before["cpu_ms"], cli_after["cpu_ms"]]), 1),
             },
             "ratios": {"node_of_cli": round(ratio, 3)},
             "targets": {
