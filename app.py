@@ -17,6 +17,7 @@ st.set_page_config(page_title="TB chest X-ray screening", page_icon=Image.open(F
 
 pages = [
     st.Page("pages/screen.py", title="Screen X-rays", icon=":material/radiology:", default=True),
+    st.Page("pages/node.py", title="Films from the PACS", icon=":material/lan:"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("pages/site.py", title="Local validation", icon=":material/location_on:"),
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),

@@ -1,11 +1,11 @@
-"""The one command line: ``python -m cxr_core ingest|train|evaluate|loso|pipeline|predict|lungs|lungs-train|calibrate|models|params``.
+"""The one command line: ``python -m cxr_core ingest|train|evaluate|loso|pipeline|predict|lungs|lungs-train|calibrate|models|params|node``.
 
 ``predict`` is the batch scorer: one row per file, a bad file gets ``ok: false`` and its message and
 the batch goes on; the exit code is non-zero only when the command itself is misused (no such model,
 no input path: 2) or the machine fails it (a full disk, a read-only folder: 1), and then the reason is
 one ``error: ...`` line, not a traceback. ``ingest``, ``train`` and ``evaluate`` are the stages that
 ``dvc repro`` and the Airflow DAG run; ``pipeline`` chains them and registers the result; ``params``
-prints the complete settings or writes a run's params file from form values; ``models`` lists, registers, promotes and rolls back registry versions.
+prints the complete settings or writes a run's params file from form values; ``models`` lists, registers, promotes and rolls back registry versions; ``node`` runs the DICOM screening node beside a PACS (``cxr_core.node``).
 """
 
 import argparse
@@ -333,6 +333,31 @@ def _models(args) -> int:
     return 0
 
 
+def _node(args) -> int:
+    """The DICOM screening node, or (``--status``, ``--retry-failed``) a look at / a nudge to its queue."""
+    from cxr_core.node.service import run, state_dir
+
+    settings = _params_of(args)["node"]
+    for key, value in (
+        ("ae_title", args.ae_title), ("bind", args.bind), ("port", args.port), ("state_dir", args.state_dir),
+        ("uid_root", args.uid_root), ("destination_ae", args.destination_ae),
+        ("destination_host", args.destination_host), ("destination_port", args.destination_port),
+    ):  # fmt: skip
+        if value is not None:
+            settings[key] = value
+    if args.allow is not None:
+        settings["allowed_calling_aes"] = args.allow
+    if args.status or args.retry_failed:
+        from cxr_core.node.queue import FilmQueue
+
+        queue = FilmQueue(state_dir(settings))
+        if args.retry_failed:
+            print(f"{queue.retry_failed()} failed deliveries put back in line (a running node sends them)")
+        print(json.dumps({"films": queue.counts(), "skipped": queue.skip_reasons()}, indent=2))
+        return 0
+    return run(settings, model=args.model, site=args.site)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_core", description="TB chest X-ray screening tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -458,6 +483,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--promote", action="store_true", help="with register: make it current")
     models.set_defaults(handler=_models)
+
+    node = commands.add_parser(
+        "node", help="DICOM node beside the PACS: receive chest films, send SR + Secondary Capture back"
+    )
+    settings_options(node)
+    node.add_argument("--ae-title", default=None, help="this node's AE title (default: node.ae_title)")
+    node.add_argument("--bind", default=None, help="listen address (default: node.bind)")
+    node.add_argument("--port", type=int, default=None, help="listen port (default: node.port, 11112)")
+    node.add_argument(
+        "--allow", nargs="*", default=None, metavar="AE", help="calling AE titles let in (none: any)"
+    )
+    node.add_argument("--destination-ae", default=None, help="the PACS's AE title for results")
+    node.add_argument("--destination-host", default=None)
+    node.add_argument("--destination-port", type=int, default=None)
+    node.add_argument("--state-dir", default=None, help="queue and received films (default: node.state_dir)")
+    node.add_argument("--uid-root", default=None, help="organisation UID root (default: 2.25 UUID form)")
+    node.add_argument("--model", default=None, help="registry version (default: the current one, followed)")
+    node.add_argument("--site", default=None, help="site profile (default: the active one)")
+    node.add_argument("--status", action="store_true", help="print the queue's counts and refusal reasons")
+    node.add_argument("--retry-failed", action="store_true", help="put failed deliveries back in line")
+    node.set_defaults(handler=_node)
 
     return parser
 

@@ -162,6 +162,27 @@ class LungSettings:
 
 
 @dataclass
+class NodeSettings:
+    # The DICOM screening node (`python -m cxr_core node`): a Storage SCP beside the PACS. It receives
+    # CR/DX chest films, screens them and stores a Structured Report and a Secondary Capture back into
+    # the same study at the destination AE.
+    ae_title: str = "CXRTB"
+    bind: str = "127.0.0.1"  # listen address; 0.0.0.0 to accept from other machines
+    port: int = 11112
+    allowed_calling_aes: list[str] = field(default_factory=lambda: ["ORTHANC"])  # empty: any caller
+    destination_ae: str = "ORTHANC"
+    destination_host: str = "127.0.0.1"
+    destination_port: int = 4242
+    state_dir: str = "work/node"  # the durable queue (SQLite) and the received films, relative to the project
+    uid_root: str = ""  # an organisation's UID root; empty: UUID-derived UIDs (2.25.<uuid>)
+    batch_size: int = 16  # films screened together when several are waiting
+    retry_first_seconds: float = 2.0  # delivery retries back off from here...
+    retry_max_seconds: float = 60.0  # ...doubling up to here...
+    give_up_minutes: float = 60.0  # ...and a film still undelivered after this is shown as failed to deliver
+    sc_max_side: int = 1024  # the burnt-in Secondary Capture's longer side
+
+
+@dataclass
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -169,6 +190,7 @@ class Settings:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     lungs: LungSettings = field(default_factory=LungSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
 
 
 # Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Set up everything the tests need (venv, Debian chromium for the browser tests) and run them all.
+# Set up everything the tests need (venv, Debian chromium, orthanc and dicom3tools) and run them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 bash scripts/setup_airflow.sh
-if ! command -v chromium >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
+# Debian tools the tests drive: chromium (browser tests), orthanc (the real PACS of tests/node),
+# dicom3tools (dciodvfy checks the SR and Secondary Capture the node writes).
+apt_needed=()
+command -v chromium >/dev/null 2>&1 || apt_needed+=(chromium)
+command -v Orthanc >/dev/null 2>&1 || apt_needed+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || apt_needed+=(dicom3tools)
+if ((${#apt_needed[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_needed[@]}" >/dev/null
 fi
 .venv/bin/ruff check .
 export PATH="$PWD/.venv/bin:$PATH"

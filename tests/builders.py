@@ -150,3 +150,63 @@ def clinic_folder(folder, rows, shared_cxr):
             shutil.copy(shared_cxr / row["path"], folder / name)
             writer.writerow([name, row["label"]])
     return folder
+
+
+def make_dx_film(
+    pixels: np.ndarray,
+    *,
+    study_uid: str,
+    sop_uid: str | None = None,
+    series_uid: str | None = None,
+    modality: str = "DX",
+    view: str = "PA",
+    body_part: str = "CHEST",
+    intent: str = "FOR PRESENTATION",
+    patient=("Doe^Jane", "MRN-0042"),
+) -> bytes:
+    """A chest film as a modality sends it to the PACS: DX (or CR) Image Storage, 8-bit MONOCHROME2, with
+    the patient, study and series identity a PACS files it by."""
+    from pydicom.uid import (
+        ComputedRadiographyImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        DigitalXRayImageStorageForProcessing,
+    )
+
+    if modality == "CR":
+        sop_class = ComputedRadiographyImageStorage
+    elif intent == "FOR PROCESSING":
+        sop_class = DigitalXRayImageStorageForProcessing
+    else:
+        sop_class = DigitalXRayImageStorageForPresentation
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = patient
+    ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240131", "101500", "ACC-7", "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = modality
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.ViewPosition = view
+    ds.BodyPartExamined = body_part
+    ds.PatientOrientation = ["L", "F"]
+    if modality == "DX":
+        ds.PresentationIntentType = intent
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -25,6 +25,7 @@ ALLOWED = {
     "cxr_core.registry": FOUNDATION | {"cxr_core.metrics"},
     "cxr_core.pipeline": FOUNDATION
     | {"cxr_core.metrics", "cxr_core.imaging", "cxr_core.modelling", "cxr_core.registry"},
+    "cxr_core.node": FOUNDATION | {"cxr_core.imaging", "cxr_core.modelling", "cxr_core.registry"},
     "cxr_core.cli": FOUNDATION
     | {
         "cxr_core.metrics",
@@ -32,6 +33,7 @@ ALLOWED = {
         "cxr_core.modelling",
         "cxr_core.registry",
         "cxr_core.pipeline",
+        "cxr_core.node",
     },
     "cxr_core.__main__": {"cxr_core.cli"},
     "cxr_core.__init__": set(),
