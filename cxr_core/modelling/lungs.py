@@ -19,6 +19,8 @@ JSRT/SCR research use only. A model trained on them is for non-commercial resear
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -359,7 +361,11 @@ def make_batch_predictor(model, batch: int = 16):
 
 
 class LungModel:
-    """A registered lung model, loaded once per process, with its compiled batch-of-1 forward pass."""
+    """A registered lung model, loaded once per process, with its forward passes.
+
+    Served by TFLite (XNNPACK) when the version carries a converted ``model.tflite`` (lung models
+    trained since issue #23 do), else by Keras; ``CXR_LUNG_RUNTIME=keras`` forces Keras.
+    """
 
     def __init__(self, model_dir: str | Path):
         import json
@@ -377,8 +383,33 @@ class LungModel:
         self.sha256 = self.metadata.get("model_sha256")
         self.side = int(self.model.input_shape[1])
         self.mode = self.metadata.get("mode", "letterbox")
-        self._forward = make_predictor(self.model)
-        self._forward_many = make_batch_predictor(self.model)
+        converted = self._converted() if os.environ.get("CXR_LUNG_RUNTIME", "tflite") == "tflite" else None
+        if converted is not None:  # measured faster at every batch size, same masks (docs/performance.md)
+            from cxr_core.modelling.runtime import TfliteLungForward
+
+            self.runtime = "tflite"
+            self._forward_many = TfliteLungForward(converted, self.side)
+            self._forward = lambda small: self._forward_many(small[None])[0]
+        else:
+            self.runtime = "keras"
+            self._forward = make_predictor(self.model)
+            self._forward_many = make_batch_predictor(self.model)
+
+    def _converted(self) -> bytes | None:
+        """The model's TFLite twin (model.tflite, made from model.keras at training), if it has one.
+
+        Trusted only if its checksum is the one recorded in the metadata, like model.keras itself.
+        """
+        from cxr_core.errors import ModelError
+        from cxr_core.modelling.runtime import LUNG_TFLITE
+
+        path, expected = self.model_dir / LUNG_TFLITE, self.metadata.get("tflite_sha256")
+        if not expected or not path.is_file():
+            return None
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != expected:
+            raise ModelError(f"the converted lung model in {self.model_dir} is corrupt (checksum mismatch)")
+        return blob
 
     def segment(self, gray: np.ndarray) -> dict:
         """Mask at the picture's own size (0/255), its box, the share of the frame, and plausibility."""

@@ -276,6 +276,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
 
     from cxr_core import settings
     from cxr_core.fsutil import atomic_directory, write_json_atomic
+    from cxr_core.modelling.runtime import write_lung_tflite
     from cxr_core.pipeline.datasets import Record, dataset_fingerprint
     from cxr_core.registry.store import sha256_file
     from cxr_core.settings import Layout
@@ -333,6 +334,8 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             "cross_source": cross,
             "licence": LICENCE,
             "model_sha256": sha256_file(staging / Layout.MODEL),
+            # what serving runs (LungModel): the same network converted here, once, from model.keras
+            "tflite_sha256": write_lung_tflite(staging),
         }
         write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
