@@ -350,6 +350,12 @@ LICENCE = (
 )
 
 
+def _kind(metadata: dict) -> str:
+    params = metadata.get("params") or {}
+    kind = "depthwise-separable U-Net" if params.get("architecture") == "separable" else "U-Net"
+    return kind + (", trained on each pixel's lung share" if params.get("soft_targets") else "")
+
+
 def render_lung_card(metadata: dict) -> str:
     def row(source: str, values: dict) -> str:
         return (f"| {source} | {values['films']} | {values['dice_mean']:.3f} | {values['dice_p5']:.3f} | "
@@ -358,14 +364,20 @@ def render_lung_card(metadata: dict) -> str:
     lines = [
         f"# Lung model card {metadata.get('version') or '(candidate)'}",
         "",
-        f"Compact U-Net ({metadata['parameters']:,} parameters), input {metadata['input_side']} px "
+        f"Compact {_kind(metadata)} ({metadata['parameters']:,} parameters), input {metadata['input_side']} px "
         f"({metadata['mode']}: the whole border-trimmed film, padded to a square), trained "
         f"{metadata['epochs_run']} epochs in {metadata['train_seconds']:.0f} s on `{metadata['data_name']}` "
         f"(fingerprint `{metadata['data_fingerprint'][:16]}`; split per source 70/10/20, seeded: "
         f"{metadata['split']}).",
         "",
         "Used to draw the lung outline, to measure how much of the classifier's evidence lies in the lungs, "
-        "and to refuse films with no plausible pair of lung fields.",
+        "and to refuse films with no plausible pair of lung fields."
+        + (
+            " Served by TFLite from `model.tflite`, converted from `model.keras` when it was trained "
+            "(`cxr_core.modelling.runtime`)."
+            if metadata.get("tflite_sha256")
+            else ""
+        ),
         "",
         "## Held-out films (each at its own full size)",
         "",

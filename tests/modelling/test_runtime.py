@@ -163,3 +163,25 @@ def test_a_damaged_converted_lung_model_is_refused(served_lungs, tmp_path):
     (copy / runtime.LUNG_TFLITE).write_bytes(bytes(data))
     with pytest.raises(ModelError, match="converted lung model .* corrupt"):
         lungs.LungModel(copy)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "noise", "text page", "photo"])
+def test_the_converted_lung_model_still_refuses_pictures_with_no_lungs(kind, served_lungs):
+    import cv2
+    from test_lungs import _negatives
+
+    from cxr_core.errors import ImageError
+    from cxr_core.imaging.preprocess import NOT_A_CHEST
+
+    data = cv2.imencode(".png", _negatives()[kind])[1].tobytes()
+    with pytest.raises(ImageError) as refused:
+        to_model_input(data, lungs=served_lungs)
+    message = str(refused.value)
+    assert message.startswith(NOT_A_CHEST) or "blank" in message or "flat" in message, message
+
+
+def test_the_converted_lung_model_passes_real_xrays_of_every_source(served_lungs, shared_cxr):
+    for source in ("tbx11k", "openist", "shenzhen", "da", "rahmandb"):
+        for row in shared_records(source)[:4]:
+            found = to_model_input(shared_cxr / row["path"], lungs=served_lungs).lungs
+            assert found["ok"] and 0.05 < found["area_fraction"] < 0.65, (row["path"], found["reason"])
