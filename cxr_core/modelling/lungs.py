@@ -374,26 +374,41 @@ class LungModel:
         from cxr_core.settings import Layout
 
         self.model_dir = Path(model_dir)
+        self._model = None
         try:
             self.metadata = json.loads((self.model_dir / Layout.METADATA).read_text())
-            self.model = load_model(self.model_dir / Layout.MODEL)
-        except Exception as error:  # Keras raises many types for a damaged archive
+        except Exception as error:
             raise ModelError(f"the lung model in {self.model_dir} cannot be loaded: {error}") from error
         self.version = self.metadata.get("version") or self.model_dir.name
         self.sha256 = self.metadata.get("model_sha256")
-        self.side = int(self.model.input_shape[1])
         self.mode = self.metadata.get("mode", "letterbox")
         converted = self._converted() if os.environ.get("CXR_LUNG_RUNTIME", "tflite") == "tflite" else None
         if converted is not None:  # measured faster at every batch size, same masks (docs/performance.md)
             from cxr_core.modelling.runtime import TfliteLungForward
 
+            # the Keras model is then loaded only if asked for (.model): a second of start-up saved
             self.runtime = "tflite"
+            self.side = int(self.metadata.get("input_side") or 0) or int(self.model.input_shape[1])
             self._forward_many = TfliteLungForward(converted, self.side)
             self._forward = lambda small: self._forward_many(small[None])[0]
         else:
             self.runtime = "keras"
+            self.side = int(self.model.input_shape[1])
             self._forward = make_predictor(self.model)
             self._forward_many = make_batch_predictor(self.model)
+
+    @property
+    def model(self):
+        """The Keras network (loaded on first use when TFLite serves)."""
+        if self._model is None:
+            from cxr_core.errors import ModelError
+            from cxr_core.settings import Layout
+
+            try:
+                self._model = load_model(self.model_dir / Layout.MODEL)
+            except Exception as error:  # Keras raises many types for a damaged archive
+                raise ModelError(f"the lung model in {self.model_dir} cannot be loaded: {error}") from error
+        return self._model
 
     def _converted(self) -> bytes | None:
         """The model's TFLite twin (model.tflite, made from model.keras at training), if it has one.
