@@ -249,7 +249,12 @@ def new_interpreter(blob: bytes, threads: int | None):
 
 
 def to_tflite(model) -> bytes:
-    """A Keras model (float32 input of any batch size) as a TFLite flatbuffer, builtin ops only."""
+    """A Keras model (float32 input of any batch size) as a TFLite flatbuffer, builtin ops only.
+
+    Converted without a ``trackable_obj`` on purpose (TF warns that this path is deprecated): with the
+    Keras 3 model passed as one, its weights stay resource variables that the interpreter reads as
+    uninitialised, and every output is NaN. Without it they are frozen into constants.
+    """
     import tensorflow as tf
 
     shape = [None, *model.input_shape[1:]]
