@@ -12,8 +12,8 @@ From the two the script derives the per-shard start-up cost and the per-film cos
 N workers that docs/airflow-docker.md explains: ``wall(N) = plan + ceil(shards / N) * (startup +
 shard_size * per_film) + merge`` (films per second = films / wall(N)).
 
-    .venv/bin/python bench/archive.py            # 400 films (real 512x512 PNGs), shards of 200
-    .venv/bin/python bench/archive.py --quick    # 48 films, shards of 24
+    .venv/bin/python bench/archive.py            # 2,000 films (real 512x512 PNGs), the DAG's own shards
+    .venv/bin/python bench/archive.py --quick    # 48 films
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def airflow_env(home: Path, work: Path, data_root: Path) -> dict:
     return env
 
 
-def run_dag(folder: Path, shard_size: int, scratch_dir: Path) -> dict:
+def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path) -> dict:
     home, work = scratch_dir / "airflow-home", scratch_dir / "work"
     env = airflow_env(home, work, folder.parent)
     migrated = subprocess.run(
@@ -82,7 +82,7 @@ def run_dag(folder: Path, shard_size: int, scratch_dir: Path) -> dict:
     )
     if migrated.returncode != 0:
         raise SystemExit(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
-    conf = json.dumps({"source": str(folder), "shard_size": shard_size})
+    conf = json.dumps({"source": str(folder), "shard_size": shard_size, "workers": workers})
     done = subprocess.run(
         [str(AIRFLOW_PYTHON), "-c", RUNNER, str(DAG_FILE), conf, PREFIX],
         cwd=ROOT,
@@ -103,11 +103,20 @@ def run_dag(folder: Path, shard_size: int, scratch_dir: Path) -> dict:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=400, help="films in the archive (real PNGs, repeated)")
-    p.add_argument("--shard-size", type=int, default=200, help="films per shard (2 shards by default)")
+    # An archive, not a folder: Airflow's own cost per run (planning, merging, starting a task: about 8 s
+    # on the idle machine, 80 s under load) is fixed, so on 400 films it alone held the ratio near 0.5.
+    p.add_argument("--size", type=int, default=2000, help="films in the archive (real PNGs, repeated)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=0,
+        help="films per shard (0: the DAG's default, one shard per worker)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="the DAG's workers param (dag.test() has one slot)")
     args = p.parse_args()
     if args.quick:
-        args.size, args.shard_size = 48, 24  # above one CLI batch (32 rows): the steady rate needs two
+        args.size = 48  # above one CLI batch (32 rows): the steady rate needs two
+        args.workers = max(args.workers, 2)  # two shards of 24: the per-shard start-up is still measured
     if not AIRFLOW_PYTHON.exists():
         raise SystemExit("airflow-venv/ is missing: run bash scripts/setup_airflow.sh")
     started = time.perf_counter()
@@ -129,9 +138,9 @@ def main() -> None:
         log(f"archive: plain CLI on {args.size} films ...")
         cli = run_cli(folder, args.size, [])
         log(f"archive: CLI {cli['wall_s']:.1f} s (start-up {cli['startup_s']:.1f} s)")
-        log(f"archive: DAG with shards of {args.shard_size} ...")
+        log(f"archive: DAG with shard_size {args.shard_size} (0: automatic), workers {args.workers} ...")
         with tempfile.TemporaryDirectory(dir=root) as dag_dir:
-            dag = run_dag(folder, args.shard_size, Path(dag_dir))
+            dag = run_dag(folder, args.shard_size, args.workers, Path(dag_dir))
         log(f"archive: DAG {dag['wall_s']:.1f} s")
 
     if dag["films"] != args.size or dag["unreadable"] or cli["failed_rows"]:
@@ -143,13 +152,16 @@ def main() -> None:
     cli_startup_s = max(0.0, cli["startup_s"] - CLI_BATCH * per_film_s)
     shard_s = [t["seconds"] for t in shards]
     # A shard's time beyond scoring its films: process start, TensorFlow, the model, Airflow's task start.
-    startup_s = max(0.0, sum(shard_s) / len(shards) - args.shard_size * per_film_s)
+    films_per_shard = args.size / len(shards)
+    startup_s = max(0.0, sum(shard_s) / len(shards) - films_per_shard * per_film_s)
     dag_rate = args.size / dag["wall_s"]
     cli_rate = args.size / cli["wall_s"]
 
     def projected(workers: int) -> float:
-        waves = math.ceil(len(shards) / workers)
-        return args.size / (other_s + waves * (startup_s + args.shard_size * per_film_s))
+        """Films/s on ``workers`` separate slots, shards as the DAG's default plans them for that many."""
+        size = args.shard_size or math.ceil(args.size / workers)
+        waves = math.ceil(math.ceil(args.size / size) / workers)
+        return args.size / (other_s + waves * (startup_s + size * per_film_s))
 
     emit(
         {
@@ -157,7 +169,8 @@ def main() -> None:
             "machine": machine(),
             "params": {
                 "films": args.size,
-                "shard_size": args.shard_size,
+                "shard_size": args.shard_size or "automatic (one shard per worker)",
+                "workers": args.workers,
                 "shards": len(shards),
                 "executor": "dag.test(): mapped tasks one after another (one LocalExecutor slot)",
             },
@@ -182,7 +195,7 @@ def main() -> None:
             },
             "targets": {
                 "dag_over_cli": target(
-                    dag_rate / cli_rate, 0.5, ">=", ">= 50% of the plain CLI on one worker"
+                    dag_rate / cli_rate, 0.8, ">=", ">= 80% of the plain CLI on one worker"
                 )
             },
             "seconds": round(time.perf_counter() - started, 1),

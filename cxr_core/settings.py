@@ -150,6 +150,8 @@ class LungSettings:
     data: str = "data/sample/lungs"  # a folder with manifest.csv (source,image,mask), like the shared lungs/
     side: int = 128
     mode: str = "letterbox"  # the whole trimmed film, padded to a square
+    architecture: str = "unet"  # or "separable": depthwise-separable convolutions (lungs.ARCHITECTURES)
+    soft_targets: bool = False  # train on each small pixel's lung share, not on a rounded mask
     base_filters: int = 8
     depth: int = 4
     epochs: int = 60

@@ -209,16 +209,33 @@ def run_airflow_python(code: str, *args: str, env: dict, timeout: float) -> subp
     )
 
 
+_MIGRATED: dict[str, Path] = {}  # one migrated SQLite database per test session, copied for each test
+
+
 def migrate(env: dict) -> None:
-    """``airflow db migrate`` must run before dag.test() or ``airflow dags test`` (Airflow 3.3)."""
-    done = subprocess.run(
-        [str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    """``airflow db migrate`` must run before dag.test() or ``airflow dags test`` (Airflow 3.3).
+
+    Migrated once per session into a template; each test gets a copy of that fresh database in its own
+    AIRFLOW_HOME (the schema does not depend on where the file lies), not a migration of its own.
+    """
+    import shutil
+
+    if "db" not in _MIGRATED:
+        template = Path(tempfile.mkdtemp(prefix="cxr-airflow-db-"))
+        done = subprocess.run(
+            [str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"],
+            env={**env, "AIRFLOW_HOME": str(template),
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{template / 'airflow.db'}"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        _MIGRATED["db"] = template / "airflow.db"
+    home = Path(env["AIRFLOW_HOME"])
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{home / 'airflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_MIGRATED["db"], home / "airflow.db")
 
 
 def write_params(path: Path, **gate: float) -> Path:

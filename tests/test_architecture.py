@@ -115,3 +115,16 @@ def test_dags_import_only_stdlib_pyyaml_and_airflow_at_parse_time(path):
     siblings = {other.stem for other in DAG_FILES}
     allowed = set(sys.stdlib_module_names) | {"__future__", "airflow", "yaml"} | siblings
     assert top_level <= allowed, top_level - allowed
+
+
+def test_modules_inside_a_package_import_each_other_in_one_direction_only():
+    """No two modules of a package import each other (decode and dicom once did, through a function-level
+    import): a cycle makes import order matter and hides which module owns what."""
+    for package in sorted({path.parent for path in CORE_FILES}):
+        names = {module_name(path): path for path in package.glob("*.py")}
+        graph = {
+            name: {m for m in imported_modules(path) if m in names} - {name} for name, path in names.items()
+        }
+        for name, targets in graph.items():
+            for target in targets:
+                assert name not in graph[target], f"{name} and {target} import each other"

@@ -152,7 +152,7 @@ def test_batch_dag_parses_without_heavy_imports(tmp_path):
     assert tasks["plan_shards"]["downstream"] == ["merge_results", "predict_shard"]
     assert tasks["predict_shard"]["downstream"] == ["merge_results"]
     assert all(task["retries"] >= 1 for task in tasks.values())
-    assert report["params"] == ["model", "shard_size", "source"]
+    assert report["params"] == ["model", "shard_size", "source", "workers"]
     heavy = {"tensorflow", "keras", "numpy", "pandas", "sklearn", "cv2", "cxr_core", "training"}
     assert heavy.isdisjoint(report["new_top_level_modules"]), report["new_top_level_modules"]
     # The folder rule is the predict command's own.
@@ -180,7 +180,8 @@ def test_the_two_dag_files_share_helpers_instead_of_copying_them():
 @pytest.mark.slow
 def test_batch_dag_screens_a_folder_with_a_corrupt_film(tmp_path, shared_cxr):
     folder = films_folder(tmp_path, shared_cxr, normals=3, tbs=2)
-    summary = run_batch_dag(tmp_path, {"source": str(folder), "shard_size": 3})
+    # automatic shards (shard_size 0): one per worker slot, here 2 slots for 6 films
+    summary = run_batch_dag(tmp_path, {"source": str(folder), "workers": 2})
     assert summary["state"] == "success", summary["output_tail"]
 
     states = {(t["task_id"], t["map_index"]): (t["state"], t["try_number"]) for t in summary["tasks"]}
@@ -202,7 +203,8 @@ def test_batch_dag_screens_a_folder_with_a_corrupt_film(tmp_path, shared_cxr):
     merged = check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])
     assert xcom[("merge_results", -1)]["value"]["films"] == 6
     assert xcom[("merge_results", -1)]["value"]["tb_suspected"] == len(merged["tb_suspected"])
-    assert json.loads((work / "plan.json").read_text())["films"] == 6
+    plan = json.loads((work / "plan.json").read_text())
+    assert (plan["films"], plan["shards"], plan["shard_size"], plan["workers"]) == (6, 2, 3, 2)
 
 
 @pytest.mark.slow

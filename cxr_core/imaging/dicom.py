@@ -19,10 +19,8 @@ import numpy as np
 from PIL import Image
 
 from cxr_core.errors import ImageError
-from cxr_core.imaging.decode import (
+from cxr_core.imaging.pixels import (
     _DECODE_ERRORS,
-    _DEFLATED_UID,
-    _DICOM_CORRUPT,
     MAX_PIXELS,
     DecodedImage,
     _fits_uint16,
@@ -30,6 +28,9 @@ from cxr_core.imaging.decode import (
     _stretch,
     _too_large,
 )
+
+_DICOM_CORRUPT = "DICOM file is truncated or corrupt"
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 
 
 def looks_like_raw_dicom(data: bytes) -> bool:

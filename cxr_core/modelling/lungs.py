@@ -19,6 +19,8 @@ JSRT/SCR research use only. A model trained on them is for non-commercial resear
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,22 +34,44 @@ THRESHOLD = 0.5
 
 
 # --------------------------------------------------------------------------------------------- model
-def build_unet(side: int = SIDE, base_filters: int = 8, depth: int = 4, name: str = "lung_unet"):
+ARCHITECTURES = ("unet", "separable")
+
+
+def build_unet(
+    side: int = SIDE,
+    base_filters: int = 8,
+    depth: int = 4,
+    name: str = "lung_unet",
+    architecture: str = "unet",
+):
     """Compact U-Net: uint8 (side, side, 1) in, sigmoid (side, side, 1) out.
 
     ``depth`` down-sampling levels with ``base_filters * 2**i`` filters each, a bottleneck of
     ``base_filters * 2**depth``; two 3x3 conv + BatchNorm + ReLU per block; transposed-conv up-sampling
     and skip concatenation. base 8 / depth 4 is ~0.47 M parameters.
+
+    ``architecture="separable"`` makes every 3x3 convolution but the first depthwise-separable: about a
+    fifth of the parameters for the same widths, for a lung model cheap enough to run on every film.
     """
     import keras
     from keras import layers
 
     if side % (2**depth):
         raise ValueError(f"side {side} must be divisible by 2**depth = {2**depth}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown lung architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    first = [True]
+
+    def conv(filters):
+        # the first convolution sees one channel: a separable one would have nothing to mix
+        if architecture == "separable" and not first[0]:
+            return layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)
+        first[0] = False
+        return layers.Conv2D(filters, 3, padding="same", use_bias=False)
 
     def block(x, filters):
         for _ in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = conv(filters)(x)
             x = layers.BatchNormalization()(x)
             x = layers.Activation("relu")(x)
         return x
@@ -337,7 +361,11 @@ def make_batch_predictor(model, batch: int = 16):
 
 
 class LungModel:
-    """A registered lung model, loaded once per process, with its compiled batch-of-1 forward pass."""
+    """A registered lung model, loaded once per process, with its forward passes.
+
+    Served by TFLite (XNNPACK) when the version carries a converted ``model.tflite`` (lung models
+    trained since issue #23 do), else by Keras; ``CXR_LUNG_RUNTIME=keras`` forces Keras.
+    """
 
     def __init__(self, model_dir: str | Path):
         import json
@@ -346,17 +374,57 @@ class LungModel:
         from cxr_core.settings import Layout
 
         self.model_dir = Path(model_dir)
+        self._model = None
         try:
             self.metadata = json.loads((self.model_dir / Layout.METADATA).read_text())
-            self.model = load_model(self.model_dir / Layout.MODEL)
-        except Exception as error:  # Keras raises many types for a damaged archive
+        except Exception as error:
             raise ModelError(f"the lung model in {self.model_dir} cannot be loaded: {error}") from error
         self.version = self.metadata.get("version") or self.model_dir.name
         self.sha256 = self.metadata.get("model_sha256")
-        self.side = int(self.model.input_shape[1])
         self.mode = self.metadata.get("mode", "letterbox")
-        self._forward = make_predictor(self.model)
-        self._forward_many = make_batch_predictor(self.model)
+        converted = self._converted() if os.environ.get("CXR_LUNG_RUNTIME", "tflite") == "tflite" else None
+        if converted is not None:  # measured faster at every batch size, same masks (docs/performance.md)
+            from cxr_core.modelling.runtime import TfliteLungForward
+
+            # the Keras model is then loaded only if asked for (.model): a second of start-up saved
+            self.runtime = "tflite"
+            self.side = int(self.metadata.get("input_side") or 0) or int(self.model.input_shape[1])
+            self._forward_many = TfliteLungForward(converted, self.side)
+            self._forward = lambda small: self._forward_many(small[None])[0]
+        else:
+            self.runtime = "keras"
+            self.side = int(self.model.input_shape[1])
+            self._forward = make_predictor(self.model)
+            self._forward_many = make_batch_predictor(self.model)
+
+    @property
+    def model(self):
+        """The Keras network (loaded on first use when TFLite serves)."""
+        if self._model is None:
+            from cxr_core.errors import ModelError
+            from cxr_core.settings import Layout
+
+            try:
+                self._model = load_model(self.model_dir / Layout.MODEL)
+            except Exception as error:  # Keras raises many types for a damaged archive
+                raise ModelError(f"the lung model in {self.model_dir} cannot be loaded: {error}") from error
+        return self._model
+
+    def _converted(self) -> bytes | None:
+        """The model's TFLite twin (model.tflite, made from model.keras at training), if it has one.
+
+        Trusted only if its checksum is the one recorded in the metadata, like model.keras itself.
+        """
+        from cxr_core.errors import ModelError
+        from cxr_core.modelling.runtime import LUNG_TFLITE
+
+        path, expected = self.model_dir / LUNG_TFLITE, self.metadata.get("tflite_sha256")
+        if not expected or not path.is_file():
+            return None
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != expected:
+            raise ModelError(f"the converted lung model in {self.model_dir} is corrupt (checksum mismatch)")
+        return blob
 
     def segment(self, gray: np.ndarray) -> dict:
         """Mask at the picture's own size (0/255), its box, the share of the frame, and plausibility."""

@@ -161,6 +161,40 @@ def test_a_tiny_unet_trains_for_one_epoch(tmp_path):
     assert probabilities.shape == (64, 64) and np.isfinite(probabilities).all()
 
 
+def test_soft_targets_keep_where_the_edge_lies_inside_a_small_pixel(mask_records):
+    """A real mask taken to 64 px and back: its lung shares come back closer to it than a rounded mask."""
+    from cxr_core.imaging.decode import read_image
+
+    for records in mask_records.values():
+        record = records[0]
+        gray = read_image(record["image_path"]).pixels
+        truth = lung_training.read_mask(record["mask_path"], gray.shape)
+        _, frame = lungs.lung_input(gray, 64)
+        hard = lung_training.mask_to_frame(truth, frame)
+        soft = lung_training.mask_to_frame(truth, frame, soft=True)
+        assert set(np.unique(hard)) <= {0.0, 1.0} and soft.min() >= 0 and soft.max() <= 1
+        assert ((soft > 0) & (soft < 1)).any()
+        back_hard = lungs.dice(lungs.mask_to_original(hard, frame, gray.shape), truth)
+        back_soft = lungs.dice(lungs.mask_to_original(soft, frame, gray.shape), truth)
+        assert back_soft > back_hard > 0.95, (record["image"], back_soft, back_hard)
+        rng = np.random.default_rng(0)
+        _, augmented = lung_training.augment(lungs.lung_input(gray, 64)[0], soft, rng, soft=True)
+        assert ((augmented > 0) & (augmented < 1)).any()  # augmentation keeps the shares
+
+
+def test_the_separable_unet_has_a_fraction_of_the_parameters_and_the_same_contract():
+    plain = lungs.build_unet(64, 8, 4)
+    separable = lungs.build_unet(64, 8, 4, architecture="separable")
+    kinds = {layer.__class__.__name__ for layer in separable.layers}
+    assert "SeparableConv2D" in kinds and separable.count_params() < plain.count_params() / 3
+    assert separable.input_shape == plain.input_shape and separable.output_shape == plain.output_shape
+    x = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    probabilities = lungs.predict_small(separable, x)
+    assert probabilities.shape == (64, 64) and ((probabilities >= 0) & (probabilities <= 1)).all()
+    with pytest.raises(ValueError, match="unknown lung architecture"):
+        lungs.build_unet(64, 8, 4, architecture="transformer")
+
+
 def test_masked_lung_box_keeps_the_lungs_and_blanks_heart_abdomen_and_shoulders(lung_model, shared_cxr):
     """ingest.lung_mask: inside the lungs the network sees what the unmasked box shows; far outside, black."""
     from conftest import shared_records

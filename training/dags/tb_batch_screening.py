@@ -4,7 +4,8 @@
 
 * ``plan_shards`` lists the films of a folder (the same rule as ``python -m cxr_core predict``: image
   extensions and extensionless files, hidden ones skipped) or of a CSV list, and writes them as small
-  JSON shard files into the run folder. XCom carries only the shard files' paths.
+  JSON shard files into the run folder. XCom carries only the shard files' paths. By default there are
+  as many shards as scoring slots (``workers``), so each slot pays the start-up below once.
 * ``predict_shard`` is mapped over the shards (dynamic task mapping): each runs
   ``python -m cxr_core predict --format jsonl -o <shard output>`` in the project environment, so each
   mapped task pays TensorFlow's and the model's start-up once and then scores its films in batches.
@@ -48,6 +49,9 @@ from cxr_dag_support import ON_DEMAND, PROJECT_ROOT, read_json, run_dir, run_pro
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"})
 TB_LABEL = "Tuberculosis"
 MAX_SHARDS = 1000  # below Airflow's max_map_length (1024): larger archives get larger shards
+# Automatic shards stop growing here: start-up is then ~5 % of a shard, and a failed shard retries no
+# more than a few minutes of scoring.
+MAX_SHARD_FILMS = 5000
 CSV_PATH_COLUMNS = ("path", "file", "filename", "image")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # neutralised in the CSV, as predict --format csv does
 
@@ -62,14 +66,24 @@ DAG_PARAMS = {
         "paths are relative to the project folder; only the dataset roots are readable.",
     ),
     "shard_size": Param(
-        1000,
+        0,
+        type="integer",
+        minimum=0,
+        maximum=MAX_SHARD_FILMS,
+        title="Films per shard",
+        description="0 (the default): as many shards as scoring slots (Workers), each at most "
+        f"{MAX_SHARD_FILMS} films, so each slot loads TensorFlow and the models once. Each shard is one "
+        "mapped task that pays that start-up (about 5 s, against about 10-25 ms per film): a fixed size "
+        "here overrides the rule (docs/airflow-docker.md has the arithmetic).",
+    ),
+    "workers": Param(
+        1,
         type="integer",
         minimum=1,
-        maximum=5000,
-        title="Films per shard",
-        description="Each shard is one mapped task that loads TensorFlow and the model once "
-        "(about 10 s, against about 20 ms per film): larger shards amortise that, smaller ones "
-        "spread over more workers (docs/airflow-docker.md has the arithmetic).",
+        maximum=MAX_SHARDS,
+        title="Workers",
+        description="Task slots that score this archive at once (Celery workers x their concurrency; "
+        "1 on the LocalExecutor with one slot). Only used when Films per shard is 0.",
     ),
     "model": Param(
         "",
@@ -160,6 +174,18 @@ def _spreadsheet_safe(value):
     return value
 
 
+def shard_size(films: int, requested: int, workers: int) -> int:
+    """Films per shard: the requested size, or (0) one shard per worker slot, at most MAX_SHARD_FILMS.
+
+    Each shard is a process that pays TensorFlow's and the models' start-up (seconds) before scoring
+    its first film; one shard per slot pays it once per slot, where fixed small shards paid it again
+    every few hundred films (0.46 of the plain CLI on one worker with shards of 200).
+    """
+    if requested > 0:
+        return requested
+    return max(1, min(MAX_SHARD_FILMS, math.ceil(films / max(1, workers))))
+
+
 # -------------------------------------------------------------------------------------------- tasks
 
 
@@ -171,7 +197,8 @@ def plan_shards() -> list[str]:
     films = _list_films(params["source"])
     if not films:
         raise ValueError(f"no films found in {params['source']}")
-    size = max(int(params["shard_size"]), math.ceil(len(films) / MAX_SHARDS))
+    size = max(shard_size(len(films), int(params["shard_size"]), int(params["workers"])),
+               math.ceil(len(films) / MAX_SHARDS))  # fmt: skip
     work_dir = run_dir(context["run_id"])
     shard_dir = work_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +209,8 @@ def plan_shards() -> list[str]:
         shard = shard_dir / f"shard-{index:05d}.json"
         write_atomically(shard, json.dumps({"index": index, "files": films[start : start + size]}))
         shards.append(str(shard))
-    plan = {"source": params["source"], "films": len(films), "shard_size": size, "shards": len(shards)}
+    plan = {"source": params["source"], "films": len(films), "shard_size": size, "shards": len(shards),
+            "workers": int(params["workers"])}  # fmt: skip
     write_atomically(work_dir / "plan.json", json.dumps(plan, indent=2))
     return shards
 

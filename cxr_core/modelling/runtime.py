@@ -1,0 +1,373 @@
+"""Serving runtimes for a registered classifier and lung model: Keras (what ships), TFLite and ONNX Runtime.
+
+Why this module exists: issue #23 asked for the serving runtime to be chosen by measurement, and a
+runtime can only be compared if it returns what Keras returns, Grad-CAM included. Neither TFLite nor
+ONNX Runtime can run the gradient ops that Keras' Grad-CAM uses (TFLite's Python interpreter has no
+Flex delegate for ``ReluGrad``/``MaxPoolGrad``; ONNX has no inference-time gradient), so a converted
+classifier is the forward network with three outputs, read from the model file rather than from a
+hard-coded layer list: the probability, the embedding (the OOD check's input) and the last feature
+maps (the activation after the deepest convolution and its per-position normalisation/ReLU, exactly
+where :class:`cxr_core.modelling.gradcam.GradCam` looks). The gradient of the pre-sigmoid logit with
+respect to those maps is then taken in numpy through the head's layers (:func:`head_gradient`), which
+are few and simple in every network this project builds: max pooling, flatten, global average
+pooling, dense, dropout, ReLU. For a head that is global average pooling plus one dense unit the
+gradient is the dense weights over the map's area, so Grad-CAM equals CAM there.
+
+The measurement (``bench/runtimes.py``, recorded in docs/performance.md) decides which runtime serves;
+training always stays in Keras, and converted models are made here from the registered ``.keras``
+file, never downloaded. tf2onnx and onnxruntime are optional: without them the ONNX path reports that
+it is unavailable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxr_core.modelling.gradcam import CamBatch, absolute_heatmaps
+from cxr_core.modelling.networks import EMBEDDING, OUTPUT, last_conv_name
+
+# Layers that act on each position of a feature map alone: Grad-CAM's maps are taken after them.
+_PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
+# Head layers whose backward pass head_gradient knows.
+HEAD_LAYERS = {"MaxPooling2D", "Flatten", "GlobalAveragePooling2D", "Dense", "Dropout", "ReLU", "Activation"}
+
+
+class UnsupportedModel(ValueError):
+    """The network has a head layer whose gradient :func:`head_gradient` does not know."""
+
+
+def split_at_features(model):
+    """(layers up to the feature maps, head layers, output Dense) of a classifier, as GradCam splits it."""
+    chain = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+    names = [layer.name for layer in chain]
+    split = names.index(last_conv_name(model)) + 1
+    while split < len(chain) and chain[split].__class__.__name__ in _PER_POSITION:
+        split += 1
+    head, output = chain[split:-1], chain[-1]
+    if output.name != OUTPUT:
+        raise ValueError(f"model must end in the '{OUTPUT}' dense layer")
+    unknown = sorted({layer.__class__.__name__ for layer in head} - HEAD_LAYERS)
+    if unknown:
+        raise UnsupportedModel(f"no numpy gradient for head layers {unknown}")
+    return chain[:split], head, output
+
+
+def forward_model(model):
+    """A Keras model of the same weights with outputs (probability (n,), embedding, feature maps)."""
+    import keras
+
+    to_features, head, output = split_at_features(model)
+    features = to_features[-1].output
+    embedding = model.get_layer(EMBEDDING).output if EMBEDDING in {layer.name for layer in head} else features
+    probability = keras.layers.Reshape((), name="probability")(output.output)
+    return keras.Model(model.inputs, [probability, embedding, features], name=f"{model.name}_forward")
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def head_gradient(head, output, features: np.ndarray) -> np.ndarray:
+    """d(pre-sigmoid logit)/d(feature maps) for a batch, by the head's layers' backward passes in numpy.
+
+    Max pooling sends each window's gradient to its first maximum in row-major order, as TensorFlow's
+    ``MaxPoolGrad`` does; ReLU's derivative at exactly 0 is 0, as TensorFlow's.
+    """
+    activations = [np.asarray(features, np.float32)]
+    x = activations[0]
+    for layer in head:  # forward, keeping what each backward step needs
+        kind = layer.__class__.__name__
+        if kind == "MaxPooling2D":
+            x = _max_pool(x, layer.pool_size, layer.strides, layer.padding)
+        elif kind == "Flatten":
+            x = x.reshape(len(x), -1)
+        elif kind == "GlobalAveragePooling2D":
+            x = x.mean(axis=(1, 2))
+        elif kind == "Dense":
+            z = x @ np.asarray(layer.kernel, np.float32) + np.asarray(layer.bias, np.float32)
+            x = _activate(z, _activation_name(layer))
+        elif kind in ("ReLU", "Activation"):
+            x = _activate(x, "relu" if kind == "ReLU" else _activation_name(layer))
+        activations.append(x)  # Dropout: identity at inference
+    grad = np.broadcast_to(np.asarray(output.kernel, np.float32)[:, 0], x.shape).copy()
+    for layer, before, after in zip(
+        reversed(head), reversed(activations[:-1]), reversed(activations[1:]), strict=True
+    ):
+        kind = layer.__class__.__name__
+        if kind == "MaxPooling2D":
+            grad = _max_pool_backward(before, grad, layer.pool_size, layer.strides)
+        elif kind == "Flatten":
+            grad = grad.reshape(before.shape)
+        elif kind == "GlobalAveragePooling2D":
+            h, w = before.shape[1:3]
+            grad = np.broadcast_to(grad[:, None, None, :] / (h * w), before.shape).copy()
+        elif kind == "Dense":
+            name = _activation_name(layer)
+            if name == "relu":
+                grad = grad * (after > 0)
+            elif name != "linear":
+                raise UnsupportedModel(f"no numpy gradient for a Dense layer with {name}")
+            grad = grad @ np.asarray(layer.kernel, np.float32).T
+        elif kind in ("ReLU", "Activation"):
+            grad = grad * (after > 0)
+    return grad.astype(np.float32, copy=False)
+
+
+def _activate(z: np.ndarray, name: str) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "linear":
+        return z
+    raise UnsupportedModel(f"no numpy gradient for activation {name}")
+
+
+def _windows(x: np.ndarray, pool, strides, padding: str = "valid"):
+    (ph, pw), (sh, sw) = tuple(pool), tuple(strides or pool)
+    if padding != "valid" or (ph, pw) != (sh, sw):
+        raise UnsupportedModel("max pooling other than non-overlapping 'valid' windows")
+    n, h, w, c = x.shape
+    oh, ow = h // ph, w // pw
+    blocks = x[:, : oh * ph, : ow * pw].reshape(n, oh, ph, ow, pw, c).transpose(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(n, oh, ow, ph * pw, c), (ph, pw)
+
+
+def _max_pool(x, pool, strides, padding):
+    blocks, _ = _windows(x, pool, strides, padding)
+    return blocks.max(axis=3)
+
+
+def _max_pool_backward(x, grad, pool, strides):
+    blocks, (ph, pw) = _windows(x, pool, strides)
+    n, oh, ow, _, c = blocks.shape
+    first = blocks.argmax(axis=3)  # the first maximum of each window, row-major
+    routed = np.zeros(blocks.shape, np.float32)
+    np.put_along_axis(routed, first[:, :, :, None, :], grad[:, :, :, None, :], axis=3)
+    routed = routed.reshape(n, oh, ow, ph, pw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, oh * ph, ow * pw, c)
+    out = np.zeros(x.shape, np.float32)
+    out[:, : oh * ph, : ow * pw] = routed
+    return out
+
+
+def cam_batch(probabilities, embeddings, features, head, output) -> CamBatch:
+    """The CamBatch GradCam returns, from a runtime's three outputs."""
+    features = np.asarray(features, np.float32)
+    weights = head_gradient(head, output, features).mean(axis=(1, 2), keepdims=True)
+    raw = np.maximum((weights * features).sum(axis=-1), 0).astype(np.float32)
+    probabilities = np.asarray(probabilities, np.float32).reshape(-1)
+    return CamBatch(
+        probabilities, absolute_heatmaps(raw, probabilities), np.asarray(embeddings, np.float32), raw
+    )
+
+
+# ------------------------------------------------------------------------------------------ runtimes
+class KerasScorer:
+    """What serves today: :class:`GradCam`'s one compiled pass (probability, Grad-CAM, embedding)."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        from cxr_core.modelling.gradcam import GradCam
+
+        self._cam = GradCam(model)
+
+    def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
+        return self._cam(batch_uint8)
+
+
+def _as_float_batch(batch_uint8: np.ndarray) -> np.ndarray:
+    batch = np.asarray(batch_uint8, dtype=np.float32)
+    return batch[..., None] if batch.ndim == 3 else batch
+
+
+class TfliteScorer:
+    """The forward network converted to TFLite (XNNPACK delegate, float32), Grad-CAM in numpy.
+
+    TFLite's interpreter has fixed input shapes; one interpreter per batch size seen, resized once.
+    """
+
+    name = "tflite"
+
+    def __init__(self, model, threads: int | None = None):
+        self._head, self._output = split_at_features(model)[1:]
+        self._blob = to_tflite(forward_model(model))
+        self._threads = threads
+        self._interpreters: dict[int, tuple] = {}
+
+    def _interpreter(self, batch: int, side: int):
+        if batch not in self._interpreters:
+            interpreter = new_interpreter(self._blob, self._threads)
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [batch, side, side, 1])
+            interpreter.allocate_tensors()
+            outputs = sorted(interpreter.get_output_details(), key=lambda d: len(d["shape"]))
+            self._interpreters[batch] = (interpreter, index, [d["index"] for d in outputs])
+        return self._interpreters[batch]
+
+    def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
+        batch = _as_float_batch(batch_uint8)
+        interpreter, index, outputs = self._interpreter(len(batch), batch.shape[1])
+        interpreter.set_tensor(index, batch)
+        interpreter.invoke()
+        probabilities, embeddings, features = (interpreter.get_tensor(i) for i in outputs)
+        return cam_batch(probabilities, embeddings, features, self._head, self._output)
+
+
+class OnnxScorer:
+    """The forward network converted with tf2onnx and run by ONNX Runtime (CPU), Grad-CAM in numpy."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, threads: int | None = None):
+        import onnxruntime
+
+        self._head, self._output = split_at_features(model)[1:]
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = onnxruntime.InferenceSession(
+            to_onnx(forward_model(model)), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
+        probabilities, embeddings, features = self._session.run(
+            None, {self._input: _as_float_batch(batch_uint8)}
+        )
+        return cam_batch(probabilities, embeddings, features, self._head, self._output)
+
+
+def new_interpreter(blob: bytes, threads: int | None):
+    """A TFLite interpreter (XNNPACK is its default delegate for float models)."""
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": still the one TF 2.21 ships
+        warnings.simplefilter("ignore")
+        return tf.lite.Interpreter(model_content=blob, num_threads=threads)
+
+
+def to_tflite(model) -> bytes:
+    """A Keras model (float32 input of any batch size) as a TFLite flatbuffer, builtin ops only.
+
+    Converted without a ``trackable_obj`` on purpose (TF warns that this path is deprecated): with the
+    Keras 3 model passed as one, its weights stay resource variables that the interpreter reads as
+    uninitialised, and every output is NaN. Without it they are frozen into constants.
+    """
+    import tensorflow as tf
+
+    shape = [None, *model.input_shape[1:]]
+    function = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)]
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    return converter.convert()
+
+
+def to_onnx(model) -> bytes:
+    """A Keras model (float32 input of any batch size) as an ONNX graph (tf2onnx, opset 17)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image"),)
+    function = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
+    return proto.SerializeToString()
+
+
+RUNTIMES = {"keras": KerasScorer, "tflite": TfliteScorer, "onnxruntime": OnnxScorer}
+
+
+# --------------------------------------------------------------------------------- the lung network
+LUNG_TFLITE = "model.tflite"  # beside a lung model's model.keras; its sha256 is in metadata.json
+
+
+def lung_float_twin(model):
+    """The lung network with a float32 input (same weights): TFLite and ONNX take no uint8 Rescaling.
+
+    The cast changes nothing: the network rescales its input by 1/255 either way.
+    """
+    import keras
+
+    side = int(model.input_shape[1])
+    inputs = keras.Input((side, side, 1), dtype="float32", name="image")
+    return keras.Model(inputs, model(inputs), name="lungs_float")
+
+
+def write_lung_tflite(model_dir) -> str:
+    """Convert a lung model folder's model.keras to model.tflite beside it; return the file's sha256.
+
+    Made once, when the model is trained or registered: converting costs seconds (more than the
+    whole start-up it saves), so serving only ever loads the file.
+    """
+    from pathlib import Path
+
+    import keras
+
+    from cxr_core.fsutil import write_bytes_atomic
+    from cxr_core.registry.store import sha256_file
+    from cxr_core.settings import Layout
+
+    model_dir = Path(model_dir)
+    model = keras.saving.load_model(str(model_dir / Layout.MODEL), compile=False, safe_mode=True)
+    target = model_dir / LUNG_TFLITE
+    write_bytes_atomic(target, to_tflite(lung_float_twin(model)))
+    return sha256_file(target)
+
+
+class TfliteLungForward:
+    """``forward(smalls uint8 (n, side, side)) -> probabilities (n, side, side)`` with TFLite (XNNPACK).
+
+    One interpreter per batch size seen (TFLite's shapes are fixed once allocated), and a lock: an
+    interpreter is not safe to call from two threads, and the dashboard serves sessions in threads.
+    """
+
+    def __init__(self, blob: bytes, side: int, threads: int | None = None):
+        import os
+        import threading
+
+        self._blob, self._side = blob, side
+        self._threads = threads or min(4, os.cpu_count() or 1)
+        self._interpreters: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _interpreter(self, n: int):
+        if n not in self._interpreters:
+            interpreter = new_interpreter(self._blob, self._threads)
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [n, self._side, self._side, 1])
+            interpreter.allocate_tensors()
+            self._interpreters[n] = (interpreter, index, interpreter.get_output_details()[0]["index"])
+        return self._interpreters[n]
+
+    def __call__(self, smalls: np.ndarray) -> np.ndarray:
+        batch = np.asarray(smalls, np.float32)[..., None]
+        with self._lock:
+            interpreter, index, out = self._interpreter(len(batch))
+            interpreter.set_tensor(index, batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(out)[..., 0]
+
+
+def lung_forward(model, runtime: str, threads: int | None = None):
+    """``forward(smalls uint8 (n, side, side)) -> probabilities (n, side, side)`` in one runtime.
+
+    The network converted from the same model here; Keras' own path is
+    :func:`cxr_core.modelling.lungs.make_batch_predictor`.
+    """
+    side = int(model.input_shape[1])
+    if runtime == "tflite":
+        return TfliteLungForward(to_tflite(lung_float_twin(model)), side, threads)
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(
+            to_onnx(lung_float_twin(model)), options, providers=["CPUExecutionProvider"]
+        )
+        name = session.get_inputs()[0].name
+        return lambda smalls: session.run(None, {name: np.asarray(smalls, np.float32)[..., None]})[0][..., 0]
+    raise ValueError(f"unknown runtime {runtime!r}; expected tflite or onnxruntime")
