@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from gatekeeping import promote_for_setup
 from streamlit.testing.v1 import AppTest
 from test_app_retrain import PASSWORD, button, unlock
 from test_app_screen import open_page
@@ -246,7 +247,7 @@ def test_a_damaged_current_model_is_refused_and_the_last_good_one_serves(env):
     registry = env
     good = registry.current_version()
     registry.register(registry.version_dir(good), version="v-newer")
-    registry.promote("v-newer")
+    promote_for_setup(registry, "v-newer")
     damage(registry.version_dir("v-newer") / "model.keras")
 
     result = run_cli("predict", str(XRAY))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import make_dicom
+from gatekeeping import promote_for_setup
 from PIL import Image
 from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from streamlit.testing.v1 import AppTest
@@ -255,7 +256,7 @@ def test_models_load_in_safe_mode_so_a_model_file_cannot_run_code(registry, tmp_
 
     # Even registered with a valid checksum and promoted, it is refused, by the CLI and the dashboard.
     version = registry.register(folder, version="v-lambda")
-    registry.promote(version)
+    promote_for_setup(registry, version)
     result = run_cli("predict", str(XRAY))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "refused: it contains executable code" in result.stderr
@@ -305,7 +306,7 @@ def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_giv
     shipped = registry.current_version()
     registry.register(registry.version_dir(shipped), version="v-candidate")
     registry.register(registry.version_dir(shipped), version="v-newer")
-    registry.promote("v-newer")  # so there is a version to roll back to
+    promote_for_setup(registry, "v-newer")  # so there is a version to roll back to
     write_json_atomic(
         jobs.jobs_dir() / "20260101-000000-abcdef" / "status.json",
         {
