@@ -231,12 +231,12 @@ def _lungs_train(args) -> int:
     from cxr_core.registry.store import Registry
     from cxr_core.settings import lung_models_dir
 
+    if args.promote and not args.register:  # before minutes of training, not after
+        raise CxrError("--promote needs --register")
     params = _params_of(args)
     data = allowed_dataset_path(args.data or params["lungs"]["data"])
     metadata = run_lung_train(data, args.out, params["lungs"])
     summary = {key: metadata[key] for key in ("held_out", "cross_source", "parameters", "train_seconds")}
-    if args.promote and not args.register:
-        raise CxrError("--promote needs --register")
     if args.register:
         from cxr_core.registry.gate import lung_gate, policy_stamp
 
