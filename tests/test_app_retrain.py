@@ -10,6 +10,7 @@ import psutil
 import pytest
 import test_app_screen as shared
 import yaml
+from gatekeeping import ADMIN, PASSWORD, admin_account
 from streamlit.testing.v1 import AppTest
 from test_app_screen import APP, NORMAL_XRAY, open_page
 
@@ -22,7 +23,6 @@ from cxr_core.settings import load_params
 pytestmark = pytest.mark.slow
 seed, dashboard = shared.seed, shared.dashboard  # fixtures: a private copy of a really trained registry
 
-PASSWORD = "correct horse battery staple"
 JOB_TIMEOUT_S = 300
 
 
@@ -42,9 +42,8 @@ def lenient_policy(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def admin(dashboard, monkeypatch):
-    monkeypatch.setenv(auth.ENV_PASSWORD, PASSWORD)
-    auth.reset_throttle()
+def admin(dashboard, monkeypatch, tmp_path):
+    admin_account(monkeypatch, tmp_path)  # user "admin", a users file of this test's own
     yield dashboard
     auth.reset_throttle()
     running = jobs.running_job()
@@ -56,7 +55,8 @@ def open_retrain() -> AppTest:
     return open_page("pages/retrain.py", 120)
 
 
-def unlock(at: AppTest, password: str) -> AppTest:
+def unlock(at: AppTest, password: str, user: str = ADMIN) -> AppTest:
+    at.text_input(key="admin_user").set_value(user)
     at.text_input(key="admin_password").set_value(password)
     button(at, "Unlock").click()
     at.run()
@@ -102,7 +102,7 @@ def test_admin_gate_refuses_a_wrong_password(admin, monkeypatch):
     at = open_retrain()
     assert not has_button(at, "Start retraining")
     unlock(at, "letmein")
-    assert any("Wrong password" in e.value for e in at.error)
+    assert any("Wrong user name or password" in e.value for e in at.error)
     assert not has_button(at, "Start retraining")
     unlock(at, PASSWORD)  # straight away: the growing delay refuses even the right one
     assert any("Too many wrong passwords" in e.value for e in at.error)
@@ -115,9 +115,9 @@ def test_admin_gate_refuses_a_wrong_password(admin, monkeypatch):
     assert not has_button(at, "Start retraining")
 
 
-def test_without_a_configured_password_admin_actions_stay_locked(dashboard):
+def test_without_a_configured_account_admin_actions_stay_locked(dashboard):
     at = open_retrain()
-    assert any(auth.ENV_PASSWORD in i.value for i in at.info)
+    assert any("users add" in i.value for i in at.info)
     assert not has_button(at, "Start retraining") and not has_button(at, "Unlock")
 
 
@@ -191,7 +191,7 @@ def test_retrain_in_background_then_gate_promote_and_rollback(admin, lenient_pol
         "retrain_start",
     ]
     actors = [e["actor"] for e in trail[:2]]  # this session's rollback and promotion
-    assert all(actor.startswith("dashboard:session:") for actor in actors), actors
+    assert all(actor.startswith(f"dashboard:{ADMIN}") for actor in actors), actors  # a person, by name
 
     fresh = unlock(open_retrain(), PASSWORD)  # a new session (a restarted dashboard) still has the history
     assert fresh.dataframe[0].value.iloc[0]["job"] == job_id

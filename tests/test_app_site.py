@@ -7,8 +7,9 @@ import test_app_retrain as retrain
 import test_app_screen as shared
 from builders import clinic_folder
 from conftest import shared_records
+from gatekeeping import PASSWORD
 from streamlit.testing.v1 import AppTest
-from test_app_retrain import PASSWORD, button, unlock
+from test_app_retrain import button, unlock
 from test_app_screen import open_page
 
 from cxr_core.pipeline.outcomes import local_set_counts

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from gatekeeping import promote_for_setup
+from gatekeeping import PASSWORD, admin_account, promote_for_setup
 from streamlit.testing.v1 import AppTest
-from test_app_retrain import PASSWORD, button, unlock
+from test_app_retrain import button, unlock
 from test_app_screen import open_page
 
 from cxr_core import auth
@@ -58,9 +58,8 @@ def env(tmp_path, monkeypatch):
     shutil.copytree(PROJECT_ROOT / "models", models, ignore=shutil.ignore_patterns(".lock"))
     monkeypatch.setenv("CXR_MODELS_DIR", str(models))
     monkeypatch.setenv("CXR_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setenv(auth.ENV_PASSWORD, PASSWORD)
+    admin_account(monkeypatch, tmp_path)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-    auth.reset_throttle()
     registry = Registry(models)
     yield registry
     auth.reset_throttle()
