@@ -200,7 +200,7 @@ def test_a_candidate_that_passed_is_promoted_then_rolled_back_from_the_page(admi
     before = registry.current_version()
     candidate = registry.register(SHIPPED, version="v-shipped")
     policy = server_policy()
-    result = quality_gate(registry.metrics(candidate), registry.metrics(before), policy)
+    result = quality_gate(registry.metadata(candidate)["metrics"], registry.metadata(before)["metrics"], policy)
     assert result.passed, result.reasons
     verdict = {"passed": True, "reasons": [], "floors": policy, "policy": policy_stamp(policy),
                "compared_with": before, "registry_stamp": registry.pointer_stamp()}  # fmt: skip
