@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Images of the TB chest X-ray screening tool; docker-compose.yml builds both targets:
-#   dashboard  Streamlit on 0.0.0.0:8501, non-root, health-checked     docker build --target dashboard .
+#   dashboard  Streamlit on port 8501 of the container, non-root, health-checked; publish it only on
+#              127.0.0.1 and put a TLS proxy in front (docker-compose.yml)  docker build --target dashboard .
 #   airflow    Airflow 3 (api-server, scheduler, dag-processor) with the project and its .venv, so the
 #              DAG's tasks run the same stage code                      docker build --target airflow .
 # The environments are built by the same scripts developers and CI run (scripts/setup.sh,
@@ -36,13 +37,16 @@ RUN bash scripts/setup_airflow.sh
 # ---------------------------------------------------------------- dashboard
 FROM base AS dashboard
 COPY --from=project-env /app/.venv /app/.venv
-# The code stays root-owned (read-only for the app); only the registry and job folders are writable.
+# The code stays root-owned (read-only for the app); only the registry, job and upload folders are
+# writable (uploads: dataset zips and the confirmed-outcome set, see cxr_core/pipeline/outcomes.py).
 COPY . /app
-RUN mkdir -p /app/models /app/jobs \
-    && chown 10001:10001 /app/models /app/jobs
+RUN mkdir -p /app/models /app/jobs /app/uploads \
+    && chown 10001:10001 /app/models /app/jobs /app/uploads
 ENV PATH=/app/.venv/bin:$PATH \
     CXR_MODELS_DIR=/app/models \
-    CXR_JOBS_DIR=/app/jobs
+    CXR_JOBS_DIR=/app/jobs \
+    CXR_UPLOADS_DIR=/app/uploads \
+    CXR_DATASET_ROOTS=/data:/app/data:/app/uploads
 USER 10001:10001
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -6,6 +6,7 @@ Only layout lives here; what is shown is computed in the view-models of :mod:`ui
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 
 import altair as alt
@@ -17,7 +18,8 @@ from cxr_core.errors import CxrError
 from cxr_core.registry.store import Registry
 from ui import screening_view
 
-ADMIN_KEY = "admin_unlocked"
+ADMIN_KEY = "admin_unlocked"  # the logged-in administrator's user name, or None
+ADMIN_SEEN_KEY = "admin_last_seen"  # monotonic time of the last page run with the admin unlocked
 
 
 def _keep_tensorflow_state_between_runs() -> None:
@@ -106,41 +108,77 @@ def num(value: float | None, digits: int = 3) -> str:
 # ------------------------------------------------------------------------------------------- admin
 
 
+def client_address() -> str | None:
+    """The browser's address: the configured trusted proxy header, else Streamlit's peer address."""
+    peer = getattr(st.context, "ip_address", None)
+    try:
+        headers = dict(st.context.headers or {})
+    except Exception:  # no request context (AppTest, a bare script run)
+        headers = {}
+    return auth.client_address(peer if isinstance(peer, str) and peer else None, headers)
+
+
 def client_keys() -> tuple[str, ...]:
     """Who is asking, for per-client throttling: this browser session and, when known, its address."""
     token = st.session_state.setdefault("_client_token", uuid.uuid4().hex)
     keys = [f"session:{token}"]
-    address = getattr(st.context, "ip_address", None)
-    if isinstance(address, str) and address:  # None behind some proxies, and in AppTest
+    address = client_address()
+    if address:
         keys.append(f"address:{address}")
     return tuple(keys)
 
 
+def admin_user() -> str | None:
+    """The administrator logged in on this browser session, or None (never logged in, locked, or idle too long)."""
+    user = st.session_state.get(ADMIN_KEY)
+    if not user:
+        return None
+    now = time.monotonic()
+    if auth.session_expired(st.session_state.get(ADMIN_SEEN_KEY), now):
+        st.session_state[ADMIN_KEY] = None
+        st.session_state["admin_expired"] = True
+        return None
+    st.session_state[ADMIN_SEEN_KEY] = now
+    return user
+
+
 def actor() -> str:
-    """How the audit trail names an action taken from this browser session."""
-    return "dashboard:" + ",".join(client_keys())
+    """How the audit trail names an action taken from this browser session: the administrator, by name."""
+    user = st.session_state.get(ADMIN_KEY)
+    address = client_address()
+    return f"dashboard:{user or 'anonymous'}" + (f"@{address}" if address else "")
 
 
 def admin_gate(purpose: str) -> bool:
-    """True once this browser session has given the admin password; otherwise shows the login form."""
-    if st.session_state.get(ADMIN_KEY):
+    """True while a named administrator is logged in on this browser session; otherwise the login form."""
+    if admin_user():
         col_text, col_button = st.columns([4, 1])
-        col_text.caption("Admin actions unlocked for this browser session.")
+        col_text.caption(
+            f"Admin actions unlocked for **{md(st.session_state[ADMIN_KEY])}** in this browser session "
+            f"(locks after {auth.idle_timeout_s() / 60:.0f} minutes without use)."
+        )
         if col_button.button("Lock", key="admin_lock"):
-            st.session_state[ADMIN_KEY] = False
+            st.session_state[ADMIN_KEY] = None
             st.rerun()
         return True
-    if not auth.configured_password():
-        st.info(f"{purpose} needs the admin password. {auth.how_to_configure()}")
+    problems = auth.startup_problems()
+    for problem in problems:
+        st.error(problem)
+    if not auth.usable_users():
+        st.info(f"{purpose} needs an administrator. {auth.how_to_configure()}")
         return False
+    if st.session_state.pop("admin_expired", False):
+        st.warning("The admin session was locked after a period without use. Log in again.")
     with st.form("admin_login", clear_on_submit=True):
-        st.markdown(f"**{purpose} needs the admin password.** Screening and evaluation do not.")
-        password = st.text_input("Admin password", type="password", key="admin_password")
+        st.markdown(f"**{purpose} needs an administrator.** Screening and evaluation do not.")
+        user = st.text_input("Admin user name", key="admin_user")
+        password = st.text_input("Password", type="password", key="admin_password")
         submitted = st.form_submit_button("Unlock")
     if submitted:
-        result = auth.check_password(password, client=client_keys())
+        result = auth.check_login(user, password, client=client_keys())
         if result.ok:
-            st.session_state[ADMIN_KEY] = True
+            st.session_state[ADMIN_KEY] = result.user
+            st.session_state[ADMIN_SEEN_KEY] = time.monotonic()
             st.rerun()
         st.error(result.message)
     return False

@@ -7,6 +7,7 @@ opens a film received from the PACS in the same viewer as a dropped file.
 import streamlit as st
 
 import ui_common
+from cxr_core.errors import CxrError
 from cxr_core.imaging.display import VIEWER_SIDE, apply_window
 from cxr_core.modelling.gradcam import overlay
 from cxr_core.pipeline.outcomes import record_outcome, recorded_outcome
@@ -105,15 +106,21 @@ def film_card(item, serving, include_ids: bool) -> None:
                     f"Site profile **{serving.site['name']}**: threshold chosen on this site's own films."
                 )
             with st.expander("Record the confirmed outcome"):
-                known = recorded_outcome(item.image.pixels)
-                options = {"tb": "TB confirmed", "not_tb": "Not TB", "unknown": "Unknown (withdraw)"}
-                picked = st.radio(
-                    "This film turned out to be", list(options), format_func=options.get,
-                    index=list(options).index(known) if known else 2, key="outcome_choice",
-                )  # fmt: skip
-                if st.button("Save the outcome", key="outcome_save"):
-                    saved = record_outcome(item.image.pixels, picked, actor=ui_common.actor())
-                    st.success(f"Saved: the local set now holds {saved['films_in_set']} confirmed films.")
+                # the labels set site thresholds and training data: an administrator's write, audited
+                if ui_common.admin_gate("Recording a confirmed outcome"):
+                    known = recorded_outcome(item.image.pixels)
+                    options = {"tb": "TB confirmed", "not_tb": "Not TB", "unknown": "Unknown (withdraw)"}
+                    picked = st.radio(
+                        "This film turned out to be", list(options), format_func=options.get,
+                        index=list(options).index(known) if known else 2, key="outcome_choice",
+                    )  # fmt: skip
+                    if st.button("Save the outcome", key="outcome_save"):
+                        try:
+                            saved = record_outcome(item.image.pixels, picked, actor=ui_common.actor())
+                        except CxrError as error:
+                            st.error(str(error))
+                        else:
+                            st.success(f"Saved: the local set now holds {saved['films_in_set']} confirmed films.")
                 st.caption(
                     "Kept as pixels only (no name, ID or DICOM header), for this clinic's own validation."
                 )

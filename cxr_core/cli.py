@@ -5,7 +5,10 @@ the batch goes on; the exit code is non-zero only when the command itself is mis
 no input path: 2) or the machine fails it (a full disk, a read-only folder: 1), and then the reason is
 one ``error: ...`` line, not a traceback. ``ingest``, ``train`` and ``evaluate`` are the stages that
 ``dvc repro`` and the Airflow DAG run; ``pipeline`` chains them and registers the result; ``params``
-prints the complete settings or writes a run's params file from form values; ``models`` lists, registers, promotes and rolls back registry versions; ``node`` runs the DICOM screening node beside a PACS (``cxr_core.node``).
+prints the complete settings or writes a run's params file from form values; ``models`` lists, registers, promotes and rolls back registry versions
+(promotion only with a current gate pass for the exact weights, or an audited ``--override-gate``);
+``users`` keeps the dashboard's named admin accounts; ``audit verify`` checks the audit trail's chain;
+``node`` runs the DICOM screening node beside a PACS (``cxr_core.node``).
 """
 
 import argparse
@@ -231,15 +234,26 @@ def _lungs_train(args) -> int:
     from cxr_core.registry.store import Registry
     from cxr_core.settings import lung_models_dir
 
+    if args.promote and not args.register:  # before minutes of training, not after
+        raise CxrError("--promote needs --register")
     params = _params_of(args)
     data = allowed_dataset_path(args.data or params["lungs"]["data"])
     metadata = run_lung_train(data, args.out, params["lungs"])
     summary = {key: metadata[key] for key in ("held_out", "cross_source", "parameters", "train_seconds")}
     if args.register:
-        registry = Registry(lung_models_dir())
+        from cxr_core.registry.gate import lung_gate, policy_stamp
+
+        registry = Registry(lung_models_dir(), kind="lungs")
         summary["version"] = registry.register(args.out)
+        verdict = lung_gate(metadata)
+        registry.record_verdict(summary["version"], {
+            "passed": verdict.passed, "reasons": verdict.reasons, "checks": verdict.checks,
+            "floors": verdict.floors, "policy": policy_stamp(verdict.floors),
+            "compared_with": registry.current_version(), "registry_stamp": registry.pointer_stamp(),
+        })  # fmt: skip
+        summary["gate"] = {"passed": verdict.passed, "reasons": verdict.reasons}
         if args.promote:
-            registry.promote(summary["version"])
+            registry.promote(summary["version"], override_reason=args.override_gate)
             summary["promoted"] = True
     print(json.dumps(summary, indent=2))
     return 0
@@ -293,7 +307,7 @@ def _pipeline(args) -> int:
     if args.epochs is not None:
         params["train"]["epochs"] = args.epochs
     result = run_pipeline(
-        _data_path(args, params), args.work, params, promote=args.promote, gate_policy=params["gate"]
+        _data_path(args, params), args.work, params, promote=args.promote, override_reason=args.override_gate
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -318,14 +332,16 @@ def _models(args) -> int:
             )
     elif args.action == "register":
         version = registry.register(args.target)
-        if args.promote:
-            registry.promote(version)
+        if args.promote:  # a bare registration carries no verdict: only an audited override promotes it
+            registry.promote(version, override_reason=args.override_gate)
         print(version)
     elif args.action == "promote":
-        registry.promote(args.target)
+        registry.promote(args.target, override_reason=args.override_gate)
         print(f"current model: {args.target}")
     elif args.action == "rollback":
         print(f"current model: {registry.rollback()}")
+    elif args.action == "verdict":
+        print(json.dumps(registry.verdict(args.target), indent=2))
     elif args.action == "card":
         from cxr_core.registry.card import write_card
 
@@ -356,6 +372,39 @@ def _node(args) -> int:
         print(json.dumps({"films": queue.counts(), "skipped": queue.skip_reasons()}, indent=2))
         return 0
     return run(settings, model=args.model, site=args.site)
+def _users(args) -> int:
+    from cxr_core import auth
+
+    if args.action == "list":
+        for name in auth.configured_users():
+            print(name)
+        return 0
+    if not args.name:
+        raise CxrError(f"users {args.action} needs a user name")
+    if args.action == "remove":
+        auth.remove_user(args.name)
+        print(f"removed admin user {args.name} from {auth.users_file()}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise CxrError("the two passwords differ; nothing was changed")
+    path = auth.add_user(args.name, password, replace=args.replace)
+    print(f"admin user {args.name} saved in {path}")
+    return 0
+
+
+def _audit(args) -> int:
+    from cxr_core.registry import audit
+    from cxr_core.settings import models_dir
+
+    report = audit.verify(args.root or models_dir())
+    print(report.message())
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,7 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     lungs_train.add_argument("--data", default=None, help="folder with manifest.csv (default: lungs.data)")
     lungs_train.add_argument("--out", default="work/lungs")
     lungs_train.add_argument("--register", action="store_true", help="register it as a lung model version")
-    lungs_train.add_argument("--promote", action="store_true", help="with --register: make it current")
+    lungs_train.add_argument(
+        "--promote", action="store_true", help="with --register: make it current if it passes the lung gate"
+    )
+    lungs_train.add_argument(
+        "--override-gate", metavar="REASON", default=None, help="promote even if the gate failed (audited)"
+    )
     lungs_train.set_defaults(handler=_lungs_train)
 
     pipeline = commands.add_parser("pipeline", help="ingest >> train >> evaluate, then register")
@@ -473,15 +527,26 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--data", default=None, help="dataset path (default: data.path in params.yaml)")
     pipeline.add_argument("--work", default="work")
     pipeline.add_argument("--epochs", type=int, default=None)
-    pipeline.add_argument("--promote", choices=["gate", "never", "always"], default="gate")
+    pipeline.add_argument(
+        "--promote", choices=["gate", "never"], default="gate", help="gate: only if the quality gate passes"
+    )
+    pipeline.add_argument(
+        "--override-gate", metavar="REASON", default=None,
+        help="promote the candidate even if it fails the gate; the reason goes to the audit trail",
+    )  # fmt: skip
     pipeline.set_defaults(handler=_pipeline)
 
     models = commands.add_parser("models", help="list, register, promote or roll back model versions")
-    models.add_argument("action", choices=["list", "register", "promote", "rollback", "card"])
+    models.add_argument("action", choices=["list", "register", "promote", "rollback", "card", "verdict"])
     models.add_argument(
-        "target", nargs="?", help="candidate folder (register) or version (promote; card: default current)"
-    )
+        "target", nargs="?",
+        help="candidate folder (register) or version (promote, verdict; card: default current)",
+    )  # fmt: skip
     models.add_argument("--promote", action="store_true", help="with register: make it current")
+    models.add_argument(
+        "--override-gate", metavar="REASON", default=None,
+        help="promote without a current pass of the quality gate for these weights (audited)",
+    )  # fmt: skip
     models.set_defaults(handler=_models)
 
     node = commands.add_parser(
@@ -504,13 +569,24 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--status", action="store_true", help="print the queue's counts and refusal reasons")
     node.add_argument("--retry-failed", action="store_true", help="put failed deliveries back in line")
     node.set_defaults(handler=_node)
+    users = commands.add_parser("users", help="named admin accounts of the dashboard (argon2 hashes)")
+    users.add_argument("action", choices=["add", "remove", "list"])
+    users.add_argument("name", nargs="?")
+    users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users.add_argument("--replace", action="store_true", help="change the password of an existing user")
+    users.set_defaults(handler=_users)
+
+    audit_cmd = commands.add_parser("audit", help="check the audit trail's hash chain")
+    audit_cmd.add_argument("action", choices=["verify"])
+    audit_cmd.add_argument("--root", default=None, help="registry folder (default: the models folder)")
+    audit_cmd.set_defaults(handler=_audit)
 
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "models" and args.action in ("register", "promote") and not args.target:
+    if args.command == "models" and args.action in ("register", "promote", "verdict") and not args.target:
         print(f"error: models {args.action} needs a target", file=sys.stderr)
         return 2
     try:

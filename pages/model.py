@@ -5,6 +5,7 @@ import streamlit as st
 
 import ui_common
 from cxr_core.errors import CxrError
+from cxr_core.registry import audit
 from ui import evaluation_view, versions_view
 
 st.title("About the model")
@@ -57,6 +58,11 @@ with st.container(border=True):
         st.info("This version has no model card.")
 
 st.subheader("Audit trail")
+chain = audit.verify(registry.root)  # every line links to the one before it: an edit breaks the chain
+if chain.ok:
+    st.success(chain.message(), icon=":material/link:")
+else:
+    st.error(chain.message() + " Check the file and `python -m cxr_core audit verify`.", icon=":material/link_off:")
 audit_rows = versions_view.audit_rows(registry)
 if audit_rows:
     st.dataframe(pd.DataFrame(audit_rows), hide_index=True)

@@ -57,14 +57,15 @@ films_key = (tuple(u.sha256 for u in files), include_ids)
 memo = screening_view.valid_memo(st.session_state.get("screen_memo"))  # anything else counts as none
 if not memo or memo["films"] != films_key or memo["model"] != (serving.sha256, serving.version):
     previous = memo["version"] if memo and memo["films"] == films_key else None
-    with st.spinner(f"Screening {len(files)} image(s)…"):
-        items = predictor.screen([(u.name, u.data) for u in files], include_identifiers=include_ids)
+    with st.spinner(f"Screening {len(files)} image(s)…"):  # in chunks, within the per-batch limits
+        items, limit_notice = screening_view.screen_in_chunks(predictor, files, include_identifiers=include_ids)
     memo = {
         "films": films_key,
         "model": (serving.sha256, serving.version),
         "version": serving.version,
-        "items": [screening_view.shrink_for_display(item) for item in items],
-        "notice": screening_view.model_change_notice(previous, serving.version),
+        "items": items,
+        "notice": " ".join(filter(None, [screening_view.model_change_notice(previous, serving.version),
+                                         limit_notice])) or None,  # fmt: skip
     }
     st.session_state["screen_memo"] = memo
     st.session_state.pop("film_choice", None)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from tools import under_ci
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,7 +39,7 @@ def shared_records(source=None, label=None):
 def shared_cxr() -> Path:
     if not (SHARED_CXR / "manifest.csv").exists():
         message = f"shared X-ray data not found at {SHARED_CXR} (set CXR_SHARED_DATA)"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail(message)  # in CI the data is always there: never let its absence pass as green
         pytest.skip(message)
     return SHARED_CXR

@@ -293,7 +293,7 @@ def assert_small_json_xcoms(summary: dict) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_params(tmp_path_factory) -> Path:
-    """Gate floors at zero so this run is promoted deterministically (the retry test covers a refusal)."""
+    """The server's params file asks for floors of zero: the WHO floors (0.90, 0.70) apply all the same."""
     return write_params(
         tmp_path_factory.mktemp("params") / "params.yaml",
         min_sensitivity=0.0,
@@ -369,15 +369,22 @@ def test_dag_runs_end_to_end_and_promotes_through_the_gate(tmp_path, kaggle_tree
     assert model["data_fingerprint"] == ingest["data_fingerprint"] == registered["data_fingerprint"]
     assert registered["model_sha256"] == model["model_sha256"] == sha256_file(work / "model" / "model.keras")
 
-    # The registered version is the trained model, and (gate passed) it is what the dashboard now serves.
+    # The registered version is the trained model, judged under the WHO floors whatever the params file
+    # said, and served exactly when its verdict (filed with its weights' sha256) passed.
     registry = Registry(tmp_path / "models")
     version = registered["version"]
     registry.verify(version)
     assert registry.metadata(version)["model_sha256"] == model["model_sha256"]
     assert registry.metadata(version)["data_fingerprint"] == ingest["data_fingerprint"]
-    assert registered["gate"]["passed"] and registered["promoted"]
-    assert registry.current_version() == version == registered["current_version"]
-    assert json.loads((work / "gate.json").read_text())["passed"] is True
+    floors = registered["gate"]["floors"]
+    assert (floors["min_sensitivity"], floors["min_specificity"]) == (0.90, 0.70)
+    verdict = registry.verdict(version)
+    assert verdict["model_sha256"] == model["model_sha256"] and verdict["passed"] == registered["gate"]["passed"]
+    assert registered["verdict_model_sha256"] == model["model_sha256"]
+    assert registered["promoted"] == registered["gate"]["passed"]
+    expected_current = version if registered["gate"]["passed"] else None
+    assert registry.current_version() == expected_current == registered["current_version"]
+    assert json.loads((work / "gate.json").read_text())["passed"] == registered["gate"]["passed"]
 
     # Running the last task again (as a retry after a lost worker would) registers nothing new.
     again = subprocess.run(
@@ -398,7 +405,7 @@ def test_dag_runs_end_to_end_and_promotes_through_the_gate(tmp_path, kaggle_tree
     assert again.returncode == 0 and "Task failed" not in output, output[-4000:]
     assert f"'version': '{version}'" in output
     assert [meta["version"] for meta in registry.versions()] == [version]
-    assert registry.current_version() == version
+    assert registry.current_version() == expected_current
 
 
 @pytest.mark.slow

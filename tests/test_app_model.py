@@ -2,6 +2,7 @@
 
 import pytest
 import test_app_screen as shared
+from gatekeeping import promote_for_setup
 from streamlit.testing.v1 import AppTest
 from test_app_screen import open_page
 
@@ -31,7 +32,7 @@ def test_versions_card_and_current(dashboard):
 
 def test_status_follows_promotion(dashboard):
     previous = dashboard.registry.current_version()
-    dashboard.registry.promote("v-copy")
+    promote_for_setup(dashboard.registry, "v-copy")
     at = open_model_page()
     status = dict(zip(at.dataframe[0].value["version"], at.dataframe[0].value["status"], strict=True))
     assert status == {"v-copy": "in use", previous: "previously in use"}

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from builders import make_dicom
+from gatekeeping import promote_for_setup, shifted_model
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -35,10 +36,11 @@ def seed_registry(tmp_path_factory) -> Path:
         params = load_params()
         params["train"]["epochs"] = 2
         params["evaluate"]["n_boot"] = 100
-        run_pipeline(SAMPLE, base / "work", params, models_root=models, promote="always")
-        Registry(models).register(
-            base / "work" / "candidate", version="v-copy"
-        )  # a second, unpromoted version
+        run_pipeline(SAMPLE, base / "work", params, models_root=models, promote="gate",
+                     override_reason="test seed: a 2-epoch model on 20 films cannot pass the WHO floors")  # fmt: skip
+        # a second, unpromoted version whose weights give other probabilities (not a byte copy, so a test
+        # that it is served after promotion can tell the two apart by more than the label)
+        Registry(models).register(shifted_model(base / "work" / "candidate", base / "v-copy"), version="v-copy")
     return models
 
 
@@ -56,6 +58,8 @@ def dashboard(seed, tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_JOBS_DIR", str(tmp_path / "jobs"))
     monkeypatch.delenv("CXR_ADMIN_PASSWORD", raising=False)
     monkeypatch.setenv("CXR_SECRETS_FILE", str(tmp_path / "no-secrets.toml"))
+    monkeypatch.setenv("CXR_USERS_FILE", str(tmp_path / "no-admin-users.toml"))
+    monkeypatch.setenv("CXR_UPLOADS_DIR", str(tmp_path / "uploads"))
     return SimpleNamespace(registry=Registry(models), root=models)
 
 
@@ -206,10 +210,13 @@ def test_promotion_is_used_without_restart(dashboard):
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
     before = dashboard.registry.current_version()
     assert any(before in c.value for c in at.caption)
-    dashboard.registry.promote("v-copy")
+    old_probability = at.dataframe[0].value.iloc[0]["tb_probability"]
+    promote_for_setup(dashboard.registry, "v-copy")
     at.run()
     assert any("v-copy" in c.value for c in at.caption)
     assert at.dataframe[0].value.iloc[0]["model_version"] == "v-copy"
+    # v-copy's weights differ (output shifted by 1.5 logits): the new weights score, not just the new label
+    assert abs(at.dataframe[0].value.iloc[0]["tb_probability"] - old_probability) > 0.05
     # AppTest keeps what the entry script (app.py) drew only on a session's first run, so the sidebar
     # is checked in a fresh session.
     assert "v-copy" in " ".join(texts(open_screen().sidebar.markdown))
@@ -220,7 +227,7 @@ def test_promotion_is_used_without_restart(dashboard):
 
 def test_a_damaged_model_file_falls_back_to_the_previous_version_with_a_warning(dashboard):
     before = dashboard.registry.current_version()
-    dashboard.registry.promote("v-copy")
+    promote_for_setup(dashboard.registry, "v-copy")
     with open(dashboard.root / "v-copy" / "model.keras", "r+b") as handle:
         handle.seek(100)
         handle.write(b"damaged")
@@ -361,7 +368,7 @@ def test_a_promotion_between_runs_is_announced(dashboard):
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
     assert not any("model in use changed" in w.value for w in at.warning)
     before = dashboard.registry.current_version()
-    dashboard.registry.promote("v-copy")
+    promote_for_setup(dashboard.registry, "v-copy")
     at.run()
     notice = [w.value for w in at.warning if "model in use changed" in w.value]
     assert notice and before in notice[0] and "v-copy" in notice[0]

@@ -7,8 +7,9 @@ import test_app_retrain as retrain
 import test_app_screen as shared
 from builders import clinic_folder
 from conftest import shared_records
+from gatekeeping import PASSWORD
 from streamlit.testing.v1 import AppTest
-from test_app_retrain import PASSWORD, button, unlock
+from test_app_retrain import button, unlock
 from test_app_screen import open_page
 
 from cxr_core.pipeline.outcomes import local_set_counts
@@ -62,9 +63,11 @@ def test_validate_create_a_profile_and_switch_it_on(admin, clinic_films):
     assert screen.dataframe[0].value.iloc[0]["threshold"] == pytest.approx(threshold, abs=1e-4)
 
 
-def test_a_confirmed_outcome_is_recorded_from_the_screen_page(dashboard):
+def test_a_confirmed_outcome_is_recorded_from_the_screen_page(admin):
     before = local_set_counts()
     at = shared.upload(shared.open_screen(), (shared.TB_XRAY.name, shared.TB_XRAY.read_bytes()))
+    assert not [b for b in at.button if b.key == "outcome_save"]  # an administrator's write: login first
+    unlock(at, PASSWORD)
     at.radio(key="outcome_choice").set_value("tb")
     at.button(key="outcome_save").click()
     at.run()

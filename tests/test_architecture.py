@@ -19,7 +19,7 @@ ALLOWED = {
     "cxr_core.errors": set(),
     "cxr_core.fsutil": set(),
     "cxr_core.metrics": FOUNDATION,
-    "cxr_core.auth": FOUNDATION,
+    "cxr_core.auth": FOUNDATION | {"cxr_core.registry"},  # logins go to the audit trail
     "cxr_core.imaging": FOUNDATION,
     "cxr_core.modelling": FOUNDATION | {"cxr_core.imaging", "cxr_core.registry"},
     "cxr_core.registry": FOUNDATION | {"cxr_core.metrics"},
@@ -28,6 +28,7 @@ ALLOWED = {
     "cxr_core.node": FOUNDATION | {"cxr_core.imaging", "cxr_core.modelling", "cxr_core.registry"},
     "cxr_core.cli": FOUNDATION
     | {
+        "cxr_core.auth",
         "cxr_core.metrics",
         "cxr_core.imaging",
         "cxr_core.modelling",

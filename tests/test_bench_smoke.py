@@ -5,13 +5,12 @@ the test only proves that every benchmark runs end to end and prints the figures
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tools import missing
+from tools import missing, under_ci
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -53,7 +52,7 @@ EXPECTED = {
 
 
 def test_every_benchmark_runs_once_at_a_tiny_size_and_prints_its_figures(shared_cxr, tmp_path):
-    names = [name for name in EXPECTED if name != "page" or CHROMIUM.exists() or os.environ.get("CI")]
+    names = [name for name in EXPECTED if name != "page" or CHROMIUM.exists() or under_ci()]
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [

@@ -29,6 +29,7 @@ def server(seed, tmp_path):
         "CXR_MODELS_DIR": str(models),
         "CXR_JOBS_DIR": str(tmp_path / "jobs"),
         "CXR_SECRETS_FILE": str(tmp_path / "no-secrets.toml"),
+        "CXR_USERS_FILE": str(tmp_path / "no-admin-users.toml"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     env.pop("CXR_ADMIN_PASSWORD", None)

@@ -167,7 +167,7 @@ def test_compose_refuses_to_start_without_secrets(tmp_path):
     empty.write_text("")
     done = compose_config(empty)
     assert done.returncode != 0
-    for variable in ("POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "CXR_ADMIN_PASSWORD"):
+    for variable in ("POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "CXR_ADMIN_USERS_FILE"):
         assert variable in done.stderr or "required variable" in done.stderr, done.stderr
 
 
@@ -331,3 +331,48 @@ def test_airflow_image_has_the_project_environment_for_the_tasks():
     assert "AIRFLOW__CORE__DAGS_FOLDER=/app/training/dags" in env
     (user,) = [rest for keyword, rest in airflow if keyword == "USER"]
     assert user.split(":")[0] not in ("root", "0")
+
+
+# ------------------------------------------------------------------------- deploying at a clinic
+
+
+def test_the_dashboard_can_write_uploads_and_reads_datasets_only_from_its_roots(compose):
+    dashboard_stage = stages()["dashboard"]
+    runs = " ".join(rest for keyword, rest in dashboard_stage if keyword == "RUN")
+    assert "/app/uploads" in runs and re.search(r"chown 10001:10001 [^&]*/app/uploads", runs)
+    env_lines = " ".join(rest for keyword, rest in dashboard_stage if keyword == "ENV")
+    assert "CXR_UPLOADS_DIR=/app/uploads" in env_lines and "CXR_DATASET_ROOTS=" in env_lines
+    dashboard = compose["services"]["dashboard"]
+    env = dashboard["environment"]
+    assert env["CXR_UPLOADS_DIR"] == "/app/uploads"
+    assert env["CXR_DATASET_ROOTS"].split(":") == ["/data", "/app/data", "/app/uploads"]
+    uploads = [v for v in dashboard["volumes"] if v["target"] == "/app/uploads"]
+    assert uploads and uploads[0]["type"] == "volume" and not uploads[0].get("read_only")
+
+
+def test_only_the_tls_proxy_listens_beyond_this_host(tmp_path):
+    env_file = tmp_path / "tls.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\nCOMPOSE_PROFILES=tls\n")
+    done = compose_config(env_file)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if name == "tls-proxy":
+                assert int(port["target"]) in (80, 443)
+            else:  # plain HTTP of Streamlit and Airflow: loopback only
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+    proxy = services["tls-proxy"]
+    assert proxy["networks"]["edge"]["ipv4_address"] == services["dashboard"]["environment"]["CXR_TRUSTED_PROXIES"]
+    caddyfile = (PROJECT_ROOT / "deploy" / "Caddyfile").read_text()
+    assert "reverse_proxy dashboard:8501" in caddyfile
+    mount = [v for v in proxy["volumes"] if v["target"] == "/etc/caddy/Caddyfile"]
+    assert mount and mount[0]["read_only"]
+
+
+def test_admin_accounts_come_from_a_secret_file_not_a_shared_password(compose):
+    dashboard = compose["services"]["dashboard"]
+    assert "CXR_ADMIN_PASSWORD" not in dashboard["environment"]
+    assert "CXR_ADMIN_PASSWORD" not in COMPOSE_FILE.read_text() and "CXR_ADMIN_PASSWORD" not in ENV_EXAMPLE.read_text()
+    assert dashboard["environment"]["CXR_USERS_FILE"] == "/run/secrets/admin_users"
+    assert [s["source"] for s in dashboard["secrets"]] == ["admin_users"]

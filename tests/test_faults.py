@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from gatekeeping import PASSWORD, admin_account, promote_for_setup
 from streamlit.testing.v1 import AppTest
-from test_app_retrain import PASSWORD, button, unlock
+from test_app_retrain import button, unlock
 from test_app_screen import open_page
 
 from cxr_core import auth
@@ -57,9 +58,8 @@ def env(tmp_path, monkeypatch):
     shutil.copytree(PROJECT_ROOT / "models", models, ignore=shutil.ignore_patterns(".lock"))
     monkeypatch.setenv("CXR_MODELS_DIR", str(models))
     monkeypatch.setenv("CXR_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setenv(auth.ENV_PASSWORD, PASSWORD)
+    admin_account(monkeypatch, tmp_path)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-    auth.reset_throttle()
     registry = Registry(models)
     yield registry
     auth.reset_throttle()
@@ -246,7 +246,7 @@ def test_a_damaged_current_model_is_refused_and_the_last_good_one_serves(env):
     registry = env
     good = registry.current_version()
     registry.register(registry.version_dir(good), version="v-newer")
-    registry.promote("v-newer")
+    promote_for_setup(registry, "v-newer")
     damage(registry.version_dir("v-newer") / "model.keras")
 
     result = run_cli("predict", str(XRAY))
@@ -283,12 +283,18 @@ def test_a_damaged_current_model_is_refused_and_the_last_good_one_serves(env):
 
 START_IN_CHILD = """
 import sys, time
+from pathlib import Path
 from cxr_core.pipeline import jobs
 from cxr_core.settings import load_params
 
 params = load_params()
 params["train"].update(epochs=1, patience=1)
-time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+checked = jobs.running_job  # the same widened gap as the threads': all three are inside it together
+jobs.running_job = lambda root=None: (checked(root), time.sleep(0.3))[0]
+barrier = Path(sys.argv[1])
+(barrier / f"ready-{sys.argv[4]}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.01)
 try:
     print("started", jobs.start_job(sys.argv[2], params, models_root=sys.argv[3]))
 except jobs.JobBusy:
@@ -296,7 +302,7 @@ except jobs.JobBusy:
 """
 
 
-def test_simultaneous_retrain_starts_run_exactly_one_job(env, monkeypatch):
+def test_simultaneous_retrain_starts_run_exactly_one_job(env, monkeypatch, tmp_path):
     registry = env
     # Widen the gap between "is a job running?" and "start one", as a slow disk would: without the
     # lock every starter would pass the check before any of them had written its job folder.
@@ -325,17 +331,24 @@ def test_simultaneous_retrain_starts_run_exactly_one_job(env, monkeypatch):
     wait_for(started[0], timeout=60)
 
     # The same from separate processes (two dashboard workers, or the dashboard and a script).
-    at = time.time() + 8  # after every interpreter has started
+    barrier = tmp_path / "barrier"  # released only once every child has started and imported everything
+    barrier.mkdir()
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", START_IN_CHILD, str(at), str(SAMPLE), str(registry.root)],
+            [sys.executable, "-c", START_IN_CHILD, str(barrier), str(SAMPLE), str(registry.root), str(n)],
             cwd=PROJECT_ROOT,
             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
+        for n in range(3)
     ]
+    deadline = time.monotonic() + 120
+    while len(list(barrier.glob("ready-*"))) < 3:
+        assert time.monotonic() < deadline, "the children never all got ready"
+        assert all(child.poll() is None for child in children), "a child ended before the start line"
+        time.sleep(0.05)
+    (barrier / "go").touch()
     said = [child.communicate(timeout=120)[0].strip() for child in children]
     started = [line.split()[1] for line in said if line.startswith("started")]
     assert len(started) == 1 and said.count("busy") == 2, said

@@ -11,13 +11,14 @@ from cxr_core.fsutil import atomic_directory, write_json_atomic
 
 def test_json_is_replaced_whole_and_readable_by_others(tmp_path):
     target = tmp_path / "status.json"
-    write_json_atomic(target, {"state": "running"})
-    write_json_atomic(target, {"state": "succeeded"})
+    old_umask = os.umask(0o022)  # the usual umask, set here so the check below always runs
+    try:
+        write_json_atomic(target, {"state": "running"})
+        write_json_atomic(target, {"state": "succeeded"})
+    finally:
+        os.umask(old_umask)
     assert json.loads(target.read_text()) == {"state": "succeeded"}
-    old_umask = os.umask(0o022)
-    os.umask(old_umask)
-    if old_umask & 0o044 == 0:
-        assert stat.S_IMODE(target.stat().st_mode) & 0o044 == 0o044
+    assert stat.S_IMODE(target.stat().st_mode) & 0o044 == 0o044  # a temp file's 0600 would hide it from others
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"], "no temporary files left behind"
 
 

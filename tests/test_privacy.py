@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import make_dicom
+from gatekeeping import PASSWORD, admin_account, promote_for_setup
 from PIL import Image
 from servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 from streamlit.testing.v1 import AppTest
-from test_app_retrain import PASSWORD, unlock
+from test_app_retrain import unlock
 from tools import need_chromium
 
 from cxr_core import auth
@@ -63,6 +64,7 @@ def registry(tmp_path, monkeypatch) -> Registry:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.delenv(auth.ENV_PASSWORD, raising=False)
     monkeypatch.setenv("CXR_SECRETS_FILE", str(tmp_path / "no-secrets.toml"))
+    monkeypatch.setenv("CXR_USERS_FILE", str(tmp_path / "no-admin-users.toml"))
     return Registry(models)
 
 
@@ -255,7 +257,7 @@ def test_models_load_in_safe_mode_so_a_model_file_cannot_run_code(registry, tmp_
 
     # Even registered with a valid checksum and promoted, it is refused, by the CLI and the dashboard.
     version = registry.register(folder, version="v-lambda")
-    registry.promote(version)
+    promote_for_setup(registry, version)
     result = run_cli("predict", str(XRAY))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "refused: it contains executable code" in result.stderr
@@ -299,13 +301,12 @@ def test_cli_loads_only_registry_versions_or_checksum_verified_folders(registry,
 # ------------------------------------------------------------------------------ admin actions
 
 
-def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_given(registry, monkeypatch):
-    monkeypatch.setenv(auth.ENV_PASSWORD, PASSWORD)
-    auth.reset_throttle()
+def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_given(registry, monkeypatch, tmp_path):
+    admin_account(monkeypatch, tmp_path)
     shipped = registry.current_version()
     registry.register(registry.version_dir(shipped), version="v-candidate")
     registry.register(registry.version_dir(shipped), version="v-newer")
-    registry.promote("v-newer")  # so there is a version to roll back to
+    promote_for_setup(registry, "v-newer")  # so there is a version to roll back to
     write_json_atomic(
         jobs.jobs_dir() / "20260101-000000-abcdef" / "status.json",
         {
@@ -338,7 +339,7 @@ def test_promote_rollback_and_retrain_are_hidden_until_the_admin_password_is_giv
     assert registry.current_version() == "v-newer"
 
     unlock(at, "not the password")
-    assert any("Wrong password" in e.value for e in at.error)
+    assert any("Wrong user name or password" in e.value for e in at.error)
     assert not [b for b in at.button if b.label.startswith(("Promote", "Roll back"))]
     auth.reset_throttle()
     unlock(at, PASSWORD)

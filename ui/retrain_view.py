@@ -149,7 +149,7 @@ def gate_view(status: dict) -> dict | None:
 
 def verdict_now(gate: dict, registry, params: dict):
     """Whether the verdict of :func:`gate_view` may be acted on now, against the registry as it is."""
-    from cxr_core.registry.gate import policy_stamp, promotability
+    from cxr_core.registry.gate import policy_stamp, promotability, server_policy
 
     try:
         current, stamp = registry.current_version(), registry.pointer_stamp()
@@ -158,7 +158,7 @@ def verdict_now(gate: dict, registry, params: dict):
     return promotability(
         gate["version"], gate["passed"], gate["compared_with"], current,
         verdict_stamp=gate.get("registry_stamp"), current_stamp=stamp,
-        verdict_policy=gate.get("policy"), current_policy=policy_stamp(params["gate"]),
+        verdict_policy=gate.get("policy"), current_policy=policy_stamp(server_policy(params["gate"])),
     )  # fmt: skip
 
 

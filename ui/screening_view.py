@@ -402,6 +402,56 @@ def dedupe_uploads(files: list[tuple[str, bytes]]) -> tuple[list[Upload], list[t
     return list(kept.values()), duplicates
 
 
+MAX_BATCH_FILES = 200  # files screened per drop (CXR_MAX_BATCH_FILES)
+MAX_BATCH_MEGAPIXELS = 1000  # decoded pixels per drop, summed (CXR_MAX_BATCH_MEGAPIXELS)
+SCORE_CHUNK = 16  # films decoded and scored together; only their display copies are kept after
+
+
+def _limit(name: str, default: int) -> int:
+    import os
+
+    try:
+        return max(1, int(os.environ.get(name) or default))
+    except ValueError:
+        return default
+
+
+def screen_in_chunks(predictor, files: list[Upload], chunk: int = SCORE_CHUNK, **read_options):
+    """Screen a drop of files a chunk at a time, within the per-batch limits; returns (items, notice).
+
+    Every file used to be decoded at full size before any was scored, with no cap on how many files or
+    pixels one drop could hold: a few hundred large films could exhaust the server's memory for every
+    user. Now at most ``MAX_BATCH_FILES`` files are taken, decoded and scored ``chunk`` at a time and
+    shrunk for display before the next chunk, and once the drop has used ``MAX_BATCH_MEGAPIXELS`` the
+    remaining files are listed as not screened, with the reason, instead of being decoded.
+    """
+    max_files = _limit("CXR_MAX_BATCH_FILES", MAX_BATCH_FILES)
+    max_pixels = _limit("CXR_MAX_BATCH_MEGAPIXELS", MAX_BATCH_MEGAPIXELS) * 1_000_000
+    taken = files[:max_files]
+    notice = None
+    if len(files) > max_files:
+        notice = (
+            f"Only the first {max_files} of {len(files)} files were screened (the limit per batch). "
+            "Drop the others as another batch."
+        )
+    items: list[ScreenedImage] = []
+    pixels = 0
+    for start in range(0, len(taken), chunk):
+        part = taken[start : start + chunk]
+        if pixels >= max_pixels:
+            reason = (
+                f"not screened: this batch already holds {pixels // 1_000_000} megapixels (limit "
+                f"{max_pixels // 1_000_000}); drop this film again as part of another batch"
+            )
+            items += [ScreenedImage(name=upload.name, ok=False, error=reason) for upload in part]
+            continue
+        for item in predictor.screen([(upload.name, upload.data) for upload in part], **read_options):
+            if item.ok and item.image is not None:
+                pixels += item.image.width * item.image.height
+            items.append(shrink_for_display(item))
+    return items, notice
+
+
 def duplicate_notice(duplicates: list[tuple[str, str]]) -> str | None:
     if not duplicates:
         return None

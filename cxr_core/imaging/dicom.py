@@ -31,6 +31,7 @@ from cxr_core.imaging.pixels import (
 
 _DICOM_CORRUPT = "DICOM file is truncated or corrupt"
 _DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+MAX_DICOM_FRAME_BYTES = 2 * MAX_PIXELS  # a 64-megapixel 16-bit gray frame, the largest film accepted
 
 
 def looks_like_raw_dicom(data: bytes) -> bool:
@@ -137,6 +138,16 @@ def read_dicom(data: bytes, include_identifiers: bool, forced: bool) -> DecodedI
         raise ImageError(f"{_DICOM_CORRUPT} (it has no image size)")
     if rows * columns > MAX_PIXELS:
         raise _too_large(columns, rows)
+    # The decoded frame's size, not just its pixel count: three samples of 32 bits each take twelve
+    # times the memory of one 8-bit sample, and the pixel count alone let such a frame through.
+    samples = max(1, _int_or(ds.get("SamplesPerPixel"), 1))
+    bits_allocated = max(1, _int_or(ds.get("BitsAllocated"), 16))
+    frame_bytes = rows * columns * samples * ((bits_allocated + 7) // 8)
+    if frame_bytes > MAX_DICOM_FRAME_BYTES:
+        raise ImageError(
+            f"DICOM image is {columns}x{rows} pixels with {samples} sample(s) of {bits_allocated} bits: "
+            f"{frame_bytes >> 20} MB per frame, too large (limit {MAX_DICOM_FRAME_BYTES >> 20} MB)"
+        )
 
     tsyntax = _transfer_syntax(ds)
     compression = _compression_name(tsyntax) if tsyntax.is_compressed else None

@@ -438,11 +438,37 @@ def discover(root: str | os.PathLike) -> DiscoveryResult:
     if found is not None:
         records, layout_skipped = found
         skipped.extend(layout_skipped)
+    if isinstance(tree, _DirTree):
+        records = _inside_allowed_roots(records, tree.root, skipped)
     if not records:
         raise DatasetError(_nothing_found_message(root_str, tree, layout, skipped, notes))
     records.sort(key=lambda r: (r.path, r.member or ""))
     skipped.sort()
     return DiscoveryResult(records=records, skipped=skipped, layout=layout)
+
+
+OUTSIDE_ROOTS = "points outside the dataset folder and the configured dataset folders (symlink or manifest path)"
+
+
+def _inside_allowed_roots(records: list[Record], root: str, skipped: list[tuple[str, str]]) -> list[Record]:
+    """Keep only films whose real location (symlinks and ``..`` resolved) is inside the dataset's own
+    folder or a configured dataset root.
+
+    A manifest may name absolute or ``../`` paths and a folder may hold symlinks; followed blindly, they
+    let a dataset pull any file the server can read (another patient's films, a key) into training, the
+    evaluation gallery or an error message. Checked on the resolved path, so a symlink cannot hide it.
+    """
+    from cxr_core.settings import dataset_roots
+
+    allowed = [Path(os.path.realpath(root)), *(Path(os.path.realpath(r)) for r in dataset_roots())]
+    kept = []
+    for record in records:
+        real = Path(os.path.realpath(record.path))
+        if any(real == base or base in real.parents for base in allowed):
+            kept.append(record)
+        else:
+            skipped.append((record.path, OUTSIDE_ROOTS))
+    return kept
 
 
 def _nothing_found_message(root: str, tree: _Tree, layout: str, skipped, notes) -> str:

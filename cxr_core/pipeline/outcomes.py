@@ -10,13 +10,23 @@ Layout (a dataset any driver reads, inside the uploads root)::
 
     <uploads>/local/manifest.csv          path,label,source,recorded
     <uploads>/local/films/<sha256>.png
+    <uploads>/local/.lock                 flock: one writer at a time
+
+The labels decide site thresholds and training data, so recording one is an administrator's act
+(the Screen page asks for the login; here ``actor`` is required and goes to the audit trail). Two
+saves at once are serialised by an exclusive lock on the folder, so neither loses the other's row,
+and the set is capped (``CXR_OUTCOMES_QUOTA`` films, default 5,000) so a runaway script or a
+compromised session cannot flood it: corrections and withdrawals still work at the cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +38,38 @@ from cxr_core.registry import audit
 
 OUTCOMES = {"tb": "Tuberculosis", "not_tb": "Normal"}
 FIELDS = ["path", "label", "source", "recorded"]
+DEFAULT_QUOTA = 5000
+LOCK_TIMEOUT_S = 30.0
+
+
+def quota() -> int:
+    """How many films the local set may hold (``CXR_OUTCOMES_QUOTA``)."""
+    try:
+        return max(1, int(os.environ.get("CXR_OUTCOMES_QUOTA") or DEFAULT_QUOTA))
+    except ValueError:
+        return DEFAULT_QUOTA
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Exclusive lock on the local set, shared by every dashboard process and the CLI on this machine."""
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CxrError("Another outcome is being saved; try again in a moment.") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
 
 
 def local_set_dir() -> Path:
@@ -49,18 +91,29 @@ def _read_manifest(folder: Path) -> dict[str, dict]:
         return {row["path"]: row for row in csv.DictReader(handle)}
 
 
-def record_outcome(
-    pixels: np.ndarray, outcome: str, *, folder: Path | None = None, actor: str | None = None
-) -> dict:
-    """Record (or correct, or with ``unknown`` withdraw) the confirmed outcome of one film."""
-    from PIL import Image
-
+def record_outcome(pixels: np.ndarray, outcome: str, *, actor: str, folder: Path | None = None) -> dict:
+    """Record (or correct, or with ``unknown`` withdraw) the confirmed outcome of one film, as ``actor``."""
     if outcome not in (*OUTCOMES, "unknown"):
         raise CxrError(f"unknown outcome {outcome!r}: choose tb, not_tb or unknown")
+    if not actor or not str(actor).strip():
+        raise CxrError("a confirmed outcome is recorded only by a named administrator")
     folder = folder or local_set_dir()
+    with _locked(folder):
+        return _record_locked(pixels, outcome, actor, folder)
+
+
+def _record_locked(pixels: np.ndarray, outcome: str, actor: str, folder: Path) -> dict:
+    from PIL import Image
+
     key = film_key(pixels)
     name = f"films/{key}.png"
     rows = _read_manifest(folder)
+    if outcome != "unknown" and name not in rows and len(rows) >= quota():
+        audit.record("outcome_recorded", actor=actor, film=key[:16], outcome=f"refused: quota {quota()} reached")
+        raise CxrError(
+            f"The local set is full ({len(rows)} films, the quota is {quota()}). Ask the operator to raise "
+            "CXR_OUTCOMES_QUOTA or to archive the set before recording more."
+        )
     if outcome == "unknown":
         rows.pop(name, None)
     else:
@@ -80,7 +133,7 @@ def record_outcome(
     writer.writeheader()
     writer.writerows(sorted(rows.values(), key=lambda row: row["path"]))
     write_text_atomic(folder / "manifest.csv", text.getvalue())
-    audit.record("outcome_recorded", actor=actor, film=key[:16], outcome=outcome)
+    audit.record("outcome_recorded", actor=actor, film=key[:16], outcome="ok", label=outcome)
     return {"film": key, "outcome": outcome, "films_in_set": len(rows), "folder": str(folder)}
 
 

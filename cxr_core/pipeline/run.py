@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from cxr_core import settings
+from cxr_core.errors import CxrError
 from cxr_core.fsutil import atomic_directory, write_json_atomic
 from cxr_core.registry import audit
 from cxr_core.registry.card import INGEST_SUMMARY_FILE, render_model_card
@@ -93,11 +93,13 @@ def run_pipeline(
     promote: str = "gate",
     gate_policy: dict | None = None,
     actor: str | None = None,
+    override_reason: str | None = None,
 ) -> dict:
-    """Run all stages on ``data_path`` and register the result; ``promote`` is gate, never or always.
+    """Run all stages on ``data_path`` and register the result; ``promote`` is gate or never.
 
-    ``gate_policy`` is the operator's floors (default: the server's params file); ``params["gate"]``
-    may only make them stricter.
+    The gate is the server's policy (:func:`cxr_core.registry.gate.server_policy`); ``gate_policy``
+    and ``params["gate"]`` may only make it stricter. ``override_reason`` promotes a candidate that
+    did not pass, on an administrator's audited word.
     """
     from cxr_core.pipeline.evaluate import run_evaluate
     from cxr_core.pipeline.ingest import run_ingest
@@ -120,7 +122,9 @@ def run_pipeline(
     run_evaluate(work_dir / "ingest", work_dir / "model", work_dir / "evaluate", params.get("evaluate"))
     report({"stage": "register"})
     registry = Registry(models_root) if models_root else Registry()
-    return register_candidate(work_dir, params, registry, promote, gate_policy=gate_policy, actor=actor)
+    return register_candidate(
+        work_dir, params, registry, promote, gate_policy=gate_policy, actor=actor, override_reason=override_reason
+    )
 
 
 def register_candidate(
@@ -130,21 +134,30 @@ def register_candidate(
     promote: str = "gate",
     gate_policy: dict | None = None,
     actor: str | None = None,
+    override_reason: str | None = None,
 ) -> dict:
     """Gate a finished run against the serving model, register it, and promote it if allowed.
 
     Safe to repeat (an Airflow retry, a re-run after a crash): the gate verdict is kept in
     ``work/gate.json`` keyed by the model file's checksum, so a retry after promotion never compares
-    the model with itself, and a model already in the registry is not registered twice.
+    the model with itself, and a model already in the registry is not registered twice. The verdict is
+    also filed in the registry beside the version, bound to its weights, which is what
+    :meth:`~cxr_core.registry.store.Registry.promote` checks. ``promote="always"`` is gone: promoting a
+    candidate that did not pass needs ``override_reason`` (audited).
     """
-    from cxr_core.errors import CxrError
+    if promote not in ("gate", "never"):
+        raise CxrError(
+            f"promote={promote!r} is not allowed: use 'gate' or 'never' (a candidate that fails the gate "
+            "is promoted only with an explicit --override-gate REASON)"
+        )
     from cxr_core.fsutil import write_json_atomic
-    from cxr_core.registry.gate import effective_floors, policy_stamp, quality_gate
+    from cxr_core.registry.gate import effective_floors, policy_stamp, quality_gate, server_policy
     from cxr_core.registry.store import sha256_file
-    from cxr_core.settings import load_params
 
-    policy = settings.section("gate", gate_policy if gate_policy is not None else load_params()["gate"])
-    floors, notes = effective_floors(policy, params.get("gate"))
+    policy = server_policy()
+    floors, notes = effective_floors(policy, gate_policy)
+    floors, more_notes = effective_floors(floors, params.get("gate"))
+    notes += more_notes
 
     work_dir = Path(work_dir)
     digest = sha256_file(work_dir / "model" / Layout.MODEL)
@@ -190,13 +203,15 @@ def register_candidate(
         version = registry.new_version_name()
         registry.register(assemble_candidate(work_dir, version), version=version)
         audit.record("register", root=registry.root, version=version, actor=actor)
+    registry.record_verdict(version, decision)
     if fresh_verdict:
         audit.record("gate_verdict", root=registry.root, version=version, previous=current, actor=actor,
                      outcome="passed" if decision["passed"] else "failed", reasons=decision["reasons"],
-                     floors=floors)  # fmt: skip
-    promoted = promote == "always" or (promote == "gate" and bool(decision["passed"]))
+                     floors=floors, model_sha256=digest, policy=decision["policy"])  # fmt: skip
+    overridden = bool(override_reason and override_reason.strip()) and not decision["passed"]
+    promoted = promote == "gate" and (bool(decision["passed"]) or overridden)
     if promoted and registry.current_version() != version:
-        registry.promote(version, actor=actor)
+        registry.promote(version, actor=actor, override_reason=override_reason if overridden else None)
     return {
         "version": version,
         "compared_with": decision["compared_with"],

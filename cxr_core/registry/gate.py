@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 
 from cxr_core import settings
 
+# The WHO target product profile's minimum for a TB screening test. No params file, form, flag or DAG
+# run can lower these: a deployment may only raise them (a stricter gate in its params.yaml).
+WHO_MIN_SENSITIVITY = 0.90
+WHO_MIN_SPECIFICITY = 0.70
+# A lung model crops every film the classifier sees: on each held-out source its mean Dice must reach this.
+LUNG_MIN_DICE = 0.90
+
 
 @dataclass
 class GateResult:
@@ -23,13 +30,49 @@ class GateResult:
     floors: dict = field(default_factory=dict)  # the floors this verdict applied
 
 
+def server_policy(policy: dict | None = None) -> dict:
+    """The one gate policy every path applies: the server's params file (``CXR_PARAMS_FILE``, else the
+    project's params.yaml), never below the WHO minimum whatever that file says.
+
+    ``policy`` replaces the file (tests, a caller that already read it); it is held to the WHO floors too.
+    """
+    if policy is None:
+        policy = settings.load_params()["gate"]
+    floors = settings.section("gate", {k: v for k, v in policy.items() if v is not None})
+    floors["min_sensitivity"] = max(float(floors["min_sensitivity"]), WHO_MIN_SENSITIVITY)
+    floors["min_specificity"] = max(float(floors["min_specificity"]), WHO_MIN_SPECIFICITY)
+    return floors
+
+
+def lung_policy() -> dict:
+    """The lung model's gate: fixed in code, so no file or flag can lower it."""
+    return {"kind": "lungs", "min_dice_per_source": LUNG_MIN_DICE}
+
+
+def lung_gate(metadata: dict) -> GateResult:
+    """A lung model may serve only if every held-out source's mean Dice reaches :data:`LUNG_MIN_DICE`."""
+    held_out = metadata.get("held_out") if isinstance(metadata.get("held_out"), dict) else {}
+    reasons, checks = [], []
+    if not held_out:
+        reasons.append("the lung model was not measured on held-out films")
+    for source, figures in sorted(held_out.items()):
+        dice = _number((figures or {}).get("dice_mean"))
+        if dice is None or dice + 1e-12 < LUNG_MIN_DICE:
+            shown = "not measured" if dice is None else f"{dice:.3f}"
+            reasons.append(f"held-out Dice on {source} is {shown}, below the floor {LUNG_MIN_DICE:.2f}")
+        else:
+            checks.append(f"held-out Dice on {source} {dice:.3f} meets the floor {LUNG_MIN_DICE:.2f}")
+    return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=lung_policy())
+
+
 def effective_floors(policy: dict | None, requested: dict | None = None) -> tuple[dict, list[str]]:
     """The server's gate policy, made stricter (never looser) by what a form or a DAG run asked for.
 
     Returns the floors to apply and a note for every requested value that would have lowered one: an
-    admin who sets the minimum sensitivity to 0 gets the policy's floor, and is told so.
+    admin who sets the minimum sensitivity to 0 gets the policy's floor, and is told so. The policy
+    itself is held to the WHO minimum (:func:`server_policy`).
     """
-    floors = settings.section("gate", policy)
+    floors = server_policy(policy or {})
     notes = []
     for key, value in (requested or {}).items():
         if key not in floors or value is None:
@@ -95,7 +138,7 @@ def quality_gate(
     lose more than ``max_auc_drop`` ROC AUC against it. Missing candidate metrics fail the gate,
     because an unmeasured model must not reach patients.
     """
-    params = settings.section("gate", {k: v for k, v in (gate_params or {}).items() if v is not None})
+    params = server_policy(gate_params or {})
     min_sens = float(params["min_sensitivity"])
     min_spec = float(params["min_specificity"])
     max_drop = float(params["max_auc_drop"])

@@ -13,6 +13,12 @@ Layout::
       current.json          {"version": ..., "history": [oldest, ..., previous], "updated": ...}
       .lock                 flock target
       <version>/            model.keras, metadata.json, metrics.json, plots/, predictions.csv, ...
+      verdicts/<version>.json   the quality gate's verdict on that version's weights (sha256, policy)
+
+Promotion is by weights, not by name: :meth:`Registry.promote` accepts a version only with a recorded
+verdict that passed for exactly its model file's sha256, under the gate policy in force now, against
+the model in use now (the same rule for the dashboard, the CLI, the DAG and the lung model). The one
+way around it is an explicit ``override_reason``, written to the audit trail.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ LOCK_TIMEOUT_S = 120.0
 
 
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-_RESERVED = {"current", "candidates", "lungs", "sites"}  # sub-registries and site profiles live beside
+_RESERVED = {"current", "candidates", "lungs", "sites", "verdicts"}
+VERDICTS_DIR = "verdicts"
+KINDS = ("classifier", "lungs")  # sub-registries and site profiles live beside
 
 
 def _now() -> datetime:
@@ -88,8 +96,11 @@ def _read_json(path: Path) -> dict:
 class Registry:
     """The ``models/`` folder; ``root`` defaults to :func:`cxr_core.settings.models_dir`."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, kind: str = "classifier"):
+        if kind not in KINDS:
+            raise ValueError(f"unknown registry kind {kind!r}")
         self.root = Path(root) if root is not None else settings.models_dir()
+        self.kind = kind  # which gate policy its versions are judged by
 
     # ---------------------------------------------------------------- reading
 
@@ -214,9 +225,8 @@ class Registry:
 
         try:
             pointer = self._read_pointer()
-        except ModelError as exc:
-            newest = [m["version"] for m in reversed(self.versions())]
-            return self._first_good(newest, f"{exc} ", "the newest registered version")
+        except ModelError as exc:  # fall back only to a version that was once in use, never merely registered
+            return self._first_good(self.once_in_use(), f"{exc} ", "the last version that was in use")
         current = pointer.get("version")
         if not current:
             if self.versions():
@@ -235,6 +245,24 @@ class Registry:
         earlier = [v for v in reversed(pointer["history"]) if v != current]
         return self._first_good(earlier, problem, "the previous version")
 
+    def once_in_use(self) -> list[str]:
+        """Versions the audit trail shows were made current (promoted or rolled back to), latest first.
+
+        When ``current.json`` is unreadable this is the only list a fallback may choose from: a version
+        that was registered but never promoted (say one that failed the gate) must not reach patients.
+        """
+        seen: list[str] = []
+        for entry in audit.read(self.root):
+            version = entry.get("version")
+            if (
+                entry.get("action") in ("promote", "rollback")
+                and entry.get("outcome") == "ok"
+                and isinstance(version, str)
+                and version not in seen
+            ):
+                seen.append(version)
+        return seen
+
     def _first_good(self, candidates: list[str], problem: str, what: str) -> tuple[Path, str | None]:
         for version in candidates:
             try:
@@ -246,6 +274,11 @@ class Registry:
                 "Ask an administrator to roll back or retrain."
             )
             return self.version_dir(version), warning
+        if not candidates:
+            raise ModelError(
+                f"{problem.strip()} No version is known to have been in use, so none is served. "
+                "Ask an administrator to promote one again."
+            )
         raise ModelError(f"{problem.strip()} No earlier model version passes its integrity check either.")
 
     @staticmethod
@@ -370,28 +403,100 @@ class Registry:
             self.root / POINTER_FILE, {"version": version, "history": history, "updated": _iso(_now())}
         )
 
-    def promote(self, version: str, actor: str | None = None) -> None:
+    def current_policy_stamp(self) -> str:
+        """The fingerprint of the gate policy this registry's versions must pass now."""
+        from cxr_core.registry.gate import lung_policy, policy_stamp, server_policy
+
+        return policy_stamp(lung_policy() if self.kind == "lungs" else server_policy())
+
+    def record_verdict(self, version: str, verdict: dict) -> dict:
+        """Keep the gate's verdict on a registered version, bound to its weights' sha256.
+
+        ``verdict`` holds at least ``passed``, ``policy`` (the policy stamp it was taken under),
+        ``compared_with`` and ``registry_stamp`` (the model in use and the pointer stamp then).
+        """
+        sha = self.metadata(version).get("model_sha256")
+        if verdict.get("model_sha256") not in (None, sha):
+            raise ModelError(f"The verdict was taken on other weights than those of version {version}.")
+        record = {
+            "version": version,
+            "kind": self.kind,
+            "model_sha256": sha,
+            "recorded": _iso(_now()),
+            **{k: verdict.get(k) for k in ("passed", "policy", "floors", "compared_with", "registry_stamp",
+                                            "reasons", "checks")},
+        }  # fmt: skip
+        write_json_atomic(self.root / VERDICTS_DIR / f"{version}.json", record)
+        return record
+
+    def verdict(self, version: str) -> dict | None:
+        """The recorded gate verdict of a version, or None."""
+        self.version_dir(version)  # a valid, registered name only
+        try:
+            return _read_json(self.root / VERDICTS_DIR / f"{version}.json")
+        except (OSError, ValueError):
+            return None
+
+    def gate_problem(self, version: str) -> str | None:
+        """Why ``version`` may not be promoted now under the gate, or None when a current pass holds.
+
+        A pass holds only for the exact weights it judged (sha256), under the policy in force now,
+        against the model in use now (a promotion or rollback since makes it stale).
+        """
+        from cxr_core.registry.gate import promotability
+
+        verdict = self.verdict(version)
+        if verdict is None:
+            return "no quality-gate verdict was recorded for it"
+        if verdict.get("model_sha256") != self.metadata(version).get("model_sha256"):
+            return "its gate verdict was taken on other weights"
+        pointer = self._pointer_for_update()
+        decision = promotability(
+            version, bool(verdict.get("passed")), verdict.get("compared_with"), pointer.get("version"),
+            verdict_stamp=verdict.get("registry_stamp"), current_stamp=pointer.get("updated"),
+            verdict_policy=verdict.get("policy"), current_policy=self.current_policy_stamp(),
+        )  # fmt: skip
+        if decision.state == "failed":
+            reasons = "; ".join(verdict.get("reasons") or []) or "see its verdict"
+            return f"it failed the quality gate ({reasons})"
+        return None if decision.allowed or decision.state == "in_use" else decision.message
+
+    def promote(self, version: str, actor: str | None = None, override_reason: str | None = None) -> None:
         """Make a verified version current; the one it replaces goes on the history for rollback.
 
-        Every call leaves one line in the audit trail, refused ones included.
+        Only with a current pass of the quality gate for exactly these weights (:meth:`gate_problem`),
+        unless ``override_reason`` says why an administrator promotes it anyway. Every call leaves one
+        line in the audit trail, refused ones included, with the weights' sha256.
         """
         previous = None
+        sha = None
+        override = (override_reason or "").strip() or None
         try:
             with self.lock():
                 self.verify(version)
+                sha = self.metadata(version).get("model_sha256")
                 pointer = self._pointer_for_update()
                 previous = pointer.get("version")
                 if previous == version:
                     return
+                problem = self.gate_problem(version)
+                if problem and not override:
+                    raise ModelError(
+                        f"{version} cannot be promoted: {problem}. Judge it again through the pipeline "
+                        "(Retrain page, `python -m cxr_core pipeline`, the DAG), or, as an administrator, "
+                        "promote it with --override-gate REASON."
+                    )
                 history = [v for v in pointer["history"] if v != version]
                 if previous:
                     history.append(previous)
                 self._write_pointer(version, history)
         except ModelError as error:
             audit.record("promote", root=self.root, version=version, previous=previous, actor=actor,
-                         outcome=f"refused: {error}")  # fmt: skip
+                         outcome=f"refused: {error}", model_sha256=sha, kind=self.kind)  # fmt: skip
             raise
-        audit.record("promote", root=self.root, version=version, previous=previous, actor=actor)
+        details = {"override_gate": override, "gate_problem": problem} if override else {}
+        audit.record("promote", root=self.root, version=version, previous=previous, actor=actor,
+                     model_sha256=sha, kind=self.kind, **details)  # fmt: skip
 
     def rollback(self, actor: str | None = None) -> str:
         """Go back to the most recent earlier version that still passes its checksum, and return it."""

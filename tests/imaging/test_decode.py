@@ -887,7 +887,9 @@ def test_real_xrays_from_every_source_decode_exactly_and_pass_plausibility(share
 
 
 def test_real_xrays_saved_as_colour_jpeg_still_pass(shared_cxr):
-    for path in _sample(shared_cxr, "openist", 5) + _sample(shared_cxr, "tbx11k", 5):
+    paths = _sample(shared_cxr, "openist", 5) + _sample(shared_cxr, "tbx11k", 5)
+    assert len(paths) == 10, paths  # an empty sample would pass the loop below without checking a film
+    for path in paths:
         image = read_image(_save(Image.open(path).convert("RGB"), "JPEG", quality=85))
         assert image.colourfulness < 1.0
         check_plausible_radiograph(image)

@@ -54,6 +54,9 @@ def test_geometry_round_trip_and_plausibility_of_a_drawn_pair_of_lungs():
 def test_the_shipped_lung_model_on_held_out_masks_of_both_sources(lung_model, mask_records):
     from cxr_core.imaging.decode import read_image
 
+    assert set(mask_records) == {"jsrt", "shenzhen"} and all(mask_records.values()), {
+        source: len(records) for source, records in mask_records.items()
+    }
     for source, records in mask_records.items():
         scores = []
         for record in records:

@@ -1,13 +1,11 @@
 """The fused training warp: same random parameters as the chain of Keras layers, one resampling."""
 
+import keras  # a hard dependency (requirements.txt): missing, it must fail, never skip
 import numpy as np
-import pytest
+import tensorflow as tf
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from cxr_core.pipeline import augment  # noqa: E402
-from cxr_core.settings import load_params  # noqa: E402
+from cxr_core.pipeline import augment
+from cxr_core.settings import load_params
 
 AUGMENT = load_params()["train"]["augment"]
 

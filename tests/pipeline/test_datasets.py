@@ -230,3 +230,38 @@ def test_fingerprint_is_stable_and_changes_when_a_file_is_added(tmp_path, kaggle
 def test_read_record_bytes_of_a_vanished_file_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="no longer exists"):
         read_record_bytes(Record(str(tmp_path / "gone.png"), 0, "kaggle"))
+
+
+def test_films_outside_the_allowed_roots_are_refused_whether_by_manifest_or_symlink(tmp_path, monkeypatch):
+    """A manifest naming absolute or ../ paths, or a symlink in the folder, used to pull in any readable file."""
+    from cxr_core.pipeline.datasets import OUTSIDE_ROOTS
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # discovery looks at names and places, not pixels
+    dataset = tmp_path / "roots" / "clinic"
+    (dataset / "films").mkdir(parents=True)
+    secret = tmp_path / "elsewhere" / "other-patient.png"
+    secret.parent.mkdir()
+    for name in ("other-patient.png", "second.png", "third.png", "fourth.png"):
+        (secret.parent / name).write_bytes(png)
+    (dataset / "films" / "own.png").write_bytes(png)
+    (dataset / "films" / "link-out.png").symlink_to(secret.parent / "third.png")
+    (dataset / "films" / "link-in.png").symlink_to(dataset / "films" / "own.png")
+    (dataset / "escape").symlink_to(secret.parent, target_is_directory=True)
+    (dataset / "manifest.csv").write_text(
+        "path,label\n"
+        "films/own.png,1\n"
+        f"{secret},0\n"
+        "../../elsewhere/second.png,0\n"
+        "films/link-out.png,1\n"
+        "films/link-in.png,1\n"
+        "escape/fourth.png,0\n"
+    )
+    monkeypatch.setenv("CXR_DATASET_ROOTS", str(tmp_path / "roots"))
+    found = discover(dataset)
+    assert sorted(Path(r.path).name for r in found.records) == ["link-in.png", "own.png"]
+    refused = [path for path, reason in found.skipped if reason == OUTSIDE_ROOTS]
+    assert len(refused) == 4, found.skipped
+    assert not any(Path(r.path).resolve().parent == secret.parent.resolve() for r in found.records)
+
+    monkeypatch.setenv("CXR_DATASET_ROOTS", f"{tmp_path / 'roots'}:{secret.parent}")  # an operator allows it
+    assert len(discover(dataset).records) == 6

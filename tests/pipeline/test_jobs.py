@@ -50,10 +50,14 @@ def test_killed_job_is_reported_failed_and_registers_nothing(job_env, kaggle_tre
     root, models, params = job_env
     params["train"].update(epochs=50, patience=50)
     job_id = jobs.start_job(kaggle_tree, params, root=root, models_root=models)
-    deadline = time.monotonic() + 120
-    while jobs.job_status(job_id, root).get("stage") != "train" and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while jobs.job_status(job_id, root).get("stage") != "train":
+        assert time.monotonic() < deadline, f"the job never reached training: {jobs.job_status(job_id, root)}"
+        assert jobs.job_status(job_id, root)["state"] in jobs.ACTIVE, jobs.log_tail(job_id, root)
         time.sleep(0.3)
-    os.kill(jobs.job_status(job_id, root)["pid"], signal.SIGKILL)
+    killed_at = jobs.job_status(job_id, root)
+    assert killed_at["stage"] == "train" and killed_at["state"] in jobs.ACTIVE  # killed mid-training, as named
+    os.kill(killed_at["pid"], signal.SIGKILL)
     status = wait_for(job_id, root, states=("failed",), timeout=30)
     assert "ended unexpectedly" in status["error"]
     assert not models.exists() or Registry(models).versions() == []

@@ -95,7 +95,12 @@ def test_loso_on_real_films_writes_a_report_per_held_out_source(small_multisite,
     loso_run, within_run = report["runs"]
     assert loso_run["kind"] == "loso" and loso_run["holdout"] == "da"
     assert loso_run["test"]["da"]["n"] == 20 and loso_run["test"]["da"]["n_tb"] == 10
-    assert loso_run["train_images"] + loso_run["val_images"] <= 92 - 20
+    # Exactly the films of the fold with "da" removed: had any of da's 20 films (or a duplicate of one)
+    # reached train or val, these counts would differ; a "<= 92 - 20" bound could not see that.
+    fold = holdout_split(rows, "da")
+    da_in_train_or_val = [i for i, r in enumerate(rows) if r["source"] == "da" and r["split"] in ("train", "val")]
+    assert da_in_train_or_val, "precondition: some da films sit in the train/val split a leak would use"
+    assert (loso_run["train_images"], loso_run["val_images"]) == (len(fold["train"]), len(fold["val"]))
     assert set(within_run["test"]) == {"da", "rahmandb", "shenzhen"}
     assert 0.0 <= report["summary"]["loso"]["da"]["roc_auc"]["mean"] <= 1.0
     assert np.isfinite(loso_run["threshold"])

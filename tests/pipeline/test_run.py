@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gatekeeping import promote_for_setup
 
+from cxr_core.errors import ModelError
 from cxr_core.pipeline.run import run_pipeline
 from cxr_core.registry.store import Registry
 from cxr_core.settings import load_params
@@ -83,7 +85,7 @@ def test_the_gate_fails_closed_when_the_serving_model_cannot_be_scored(pipeline_
     (work / "gate.json").unlink(missing_ok=True)
     registry = Registry(tmp_path / "models")
     serving = registry.register(root / "models" / result["version"])
-    registry.promote(serving)
+    promote_for_setup(registry, serving)
     model_file = registry.version_dir(serving) / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[:2048])  # damaged after promotion
     outcome = register_candidate(work, quick_params, registry, promote="gate", gate_policy=LENIENT)
@@ -103,6 +105,25 @@ def test_a_lower_floor_asked_by_a_run_does_not_apply(pipeline_run, tmp_path, qui
     outcome = register_candidate(work, asked, Registry(tmp_path / "models"), promote="gate")
     assert outcome["gate"]["floors"]["min_test_films"] == 30 and outcome["gate"]["passed"] is False
     assert len(outcome["gate"]["notes"]) >= 3  # each lowered floor is named as not applied
+    assert outcome["gate"]["floors"]["min_sensitivity"] == 0.90  # the WHO floor, whatever was asked
+
+
+def test_the_verdict_is_filed_with_the_weights_and_always_is_gone(pipeline_run, tmp_path, quick_params):
+    from cxr_core.errors import CxrError
+    from cxr_core.pipeline.run import register_candidate
+    from cxr_core.registry.gate import policy_stamp, server_policy
+    from cxr_core.registry.store import sha256_file
+
+    root, result, _ = pipeline_run
+    registry = Registry(root / "models")
+    verdict = registry.verdict(result["version"])
+    assert verdict["model_sha256"] == sha256_file(root / "work" / "model" / "model.keras")
+    assert verdict["policy"] == policy_stamp(server_policy()) and verdict["passed"] is False
+    with pytest.raises(CxrError, match="not allowed"):  # "always" used to promote past a failed gate
+        register_candidate(root / "work", quick_params, registry, promote="always")
+    with pytest.raises(ModelError, match="failed the quality gate"):
+        registry.promote(result["version"], actor="cli:root")
+    assert registry.current_version() is None
 
 
 def test_progress_reports_every_stage_and_epoch(pipeline_run):
@@ -199,7 +220,7 @@ def test_register_is_idempotent_and_rejudges_when_the_serving_model_changed(pipe
     model.set_weights([w * 0.99 for w in model.get_weights()])
     save_model(model, different / "model.keras")
     other = registry.register(different, version="v-other")
-    registry.promote(other)
+    promote_for_setup(registry, other)
     rejudged = register_candidate(root / "work", quick_params, registry, promote="never")
     assert rejudged["compared_with"] == "v-other", "a verdict taken against an older model must not be reused"
     assert registry.current_version() == "v-other"
@@ -259,9 +280,9 @@ def test_a_promotion_serves_the_new_weights(pipeline_run, tmp_path):
         model_dir, _ = registry.resolve_with_warning(None)
         return Predictor(model_dir).predict(film)[0].probability
 
-    registry.promote(a)
+    promote_for_setup(registry, a)
     from_a = served()
-    registry.promote(b)
+    promote_for_setup(registry, b)
     from_b = served()
     keras.backend.clear_session()
     assert abs(from_a - from_b) > 0.05, (from_a, from_b)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from gatekeeping import promote_for_setup
 
 import cxr_core.registry.store as registry_module
 from cxr_core.errors import ModelError
@@ -97,10 +98,10 @@ def test_promote_and_rollback_round_trip(reg, tmp_path):
     c = reg.register(make_candidate(tmp_path, "c"), version="vc")
     with pytest.raises(ModelError, match="no earlier model version"):
         reg.rollback()
-    reg.promote(a)
+    promote_for_setup(reg, a)
     assert reg.current_version() == a
-    reg.promote(b)
-    reg.promote(c)
+    promote_for_setup(reg, b)
+    promote_for_setup(reg, c)
     pointer = json.loads((reg.root / "current.json").read_text())
     assert pointer["version"] == c and pointer["history"] == [a, b] and pointer["updated"]
     assert reg.resolve() == reg.version_dir(c)
@@ -111,14 +112,14 @@ def test_promote_and_rollback_round_trip(reg, tmp_path):
     assert reg.history() == []
     with pytest.raises(ModelError, match="no earlier model version to roll back to"):
         reg.rollback()
-    reg.promote(c)
+    promote_for_setup(reg, c)
     assert reg.history() == [a]
 
 
 def test_current_json_is_never_half_written(reg, tmp_path, monkeypatch):
     a = reg.register(make_candidate(tmp_path, "a"))
     b = reg.register(make_candidate(tmp_path, "b"))
-    reg.promote(a)
+    promote_for_setup(reg, a)
     before = (reg.root / "current.json").read_bytes()
 
     def crash(src, dst):
@@ -126,7 +127,7 @@ def test_current_json_is_never_half_written(reg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(registry_module.os, "replace", crash)
     with pytest.raises(OSError, match="power cut"):
-        reg.promote(b)
+        promote_for_setup(reg, b)
     monkeypatch.undo()
     assert (reg.root / "current.json").read_bytes() == before
     assert reg.current_version() == a
@@ -141,7 +142,7 @@ def test_verify_detects_a_flipped_byte(reg, tmp_path):
     with pytest.raises(ModelError, match=f"model file of version {v} is corrupt \\(checksum mismatch\\)"):
         reg.verify(v)
     with pytest.raises(ModelError, match="corrupt"):
-        reg.promote(v)
+        reg.promote(v, override_reason="even an override never serves a corrupt file")
     (reg.version_dir(v) / "model.keras").unlink()
     with pytest.raises(ModelError, match="missing"):
         reg.verify(v)
@@ -150,8 +151,8 @@ def test_verify_detects_a_flipped_byte(reg, tmp_path):
 def test_resolve_falls_back_to_previous_good_version(reg, tmp_path):
     a = reg.register(make_candidate(tmp_path, "a"), version="va")
     b = reg.register(make_candidate(tmp_path, "b"), version="vb")
-    reg.promote(a)
-    reg.promote(b)
+    promote_for_setup(reg, a)
+    promote_for_setup(reg, b)
     assert reg.resolve_with_warning() == (reg.version_dir(b), None)
 
     flip_byte(reg.version_dir(b) / "model.keras")
@@ -194,7 +195,7 @@ def test_resolve_by_name_by_folder_and_with_nothing(reg, tmp_path):
 def _promote_in_child(root: str, version: str, rounds: int) -> None:
     registry = Registry(root)
     for _ in range(rounds):
-        registry.promote(version)
+        promote_for_setup(registry, version)
 
 
 def test_concurrent_promotes_keep_the_pointer_consistent(reg, tmp_path):
@@ -275,7 +276,7 @@ def test_gate_shows_enough_digits_and_fails_closed_on_missing_metrics():
 
 def test_too_few_test_films_can_never_pass():
     tiny = {**GOOD, "test_images": 4, "test_per_class": {"Normal": 2, "Tuberculosis": 2}}
-    result = quality_gate(tiny, None, {"min_sensitivity": 0.0, "min_specificity": 0.0})
+    result = quality_gate(tiny, None, {})
     assert not result.passed
     assert result.reasons == [
         "too few test films to judge (n=4, smallest class 2; the policy needs 30 films and 10 of each class)"
@@ -306,7 +307,7 @@ def test_a_verdict_no_longer_applies_after_a_rollback_or_a_new_policy(tmp_path):
     reg = Registry(tmp_path / "models")
     a = reg.register(make_candidate(tmp_path, "a"))
     b = reg.register(make_candidate(tmp_path, "b"))
-    reg.promote(a)
+    promote_for_setup(reg, a)
     policy = policy_stamp({"min_sensitivity": 0.9})
     verdict = {"verdict_stamp": reg.pointer_stamp(), "verdict_policy": policy}
 
@@ -316,10 +317,99 @@ def test_a_verdict_no_longer_applies_after_a_rollback_or_a_new_policy(tmp_path):
 
     assert now().allowed
     assert not now(policy_stamp({"min_sensitivity": 0.95})).allowed  # the server's floors changed
-    reg.promote(b)
+    promote_for_setup(reg, b)
     assert now().state == "in_use"
     import time
 
     time.sleep(1.1)  # the pointer's stamp has a resolution of one second
     reg.rollback()  # back to a: the same model as when judged, but an admin undid b on purpose
     assert reg.current_version() == a and not now().allowed and now().state == "stale"
+
+
+# ------------------------------------------------------------------ one gate policy for every path
+
+
+def passing_verdict(reg: Registry, **changes) -> dict:
+    return {"passed": True, "reasons": [], "policy": reg.current_policy_stamp(),
+            "compared_with": reg.current_version(), "registry_stamp": reg.pointer_stamp(), **changes}  # fmt: skip
+
+
+def test_promote_needs_a_current_pass_for_exactly_those_weights(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "a"), version="va")
+    with pytest.raises(ModelError, match="no quality-gate verdict"):
+        reg.promote(a, actor="cli:root")  # promotion by name alone: refused
+    reg.record_verdict(a, {**passing_verdict(reg), "passed": False, "reasons": ["sensitivity 0.50 is below"]})
+    with pytest.raises(ModelError, match="failed the quality gate .sensitivity 0.50"):
+        reg.promote(a)
+    reg.record_verdict(a, passing_verdict(reg, policy="a-policy-no-longer-in-force"))
+    with pytest.raises(ModelError, match="floors have changed"):
+        reg.promote(a)
+    reg.record_verdict(a, passing_verdict(reg))
+    reg.promote(a, actor="cli:root")
+    assert reg.current_version() == a
+
+    b = reg.register(make_candidate(tmp_path, "b"), version="vb")
+    with pytest.raises(ModelError, match="other weights"):  # a verdict on a's weights does not fit b
+        reg.record_verdict(b, {**passing_verdict(reg), "model_sha256": reg.metadata(a)["model_sha256"]})
+    verdict_file = reg.root / "verdicts" / "vb.json"
+    verdict_file.parent.mkdir(exist_ok=True)
+    verdict_file.write_text(json.dumps({**passing_verdict(reg), "model_sha256": reg.metadata(a)["model_sha256"]}))
+    with pytest.raises(ModelError, match="taken on other weights"):  # a verdict file copied across versions
+        reg.promote(b)
+    reg.record_verdict(b, {**passing_verdict(reg), "compared_with": None})  # judged before a was in use
+    with pytest.raises(ModelError, match="model in use has changed"):
+        reg.promote(b)
+    assert reg.current_version() == a
+
+    reg.promote(b, actor="cli:root", override_reason="clinical lead accepts the risk, ticket 42")
+    assert reg.current_version() == b
+    entries = [e for e in audit_entries(reg) if e["action"] == "promote"]
+    assert [e["outcome"].split(":")[0] for e in entries] == ["refused"] * 3 + ["ok"] + ["refused"] * 2 + ["ok"]
+    last = entries[-1]
+    assert last["override_gate"] == "clinical lead accepts the risk, ticket 42"
+    assert "model in use has changed" in last["gate_problem"]
+    assert last["model_sha256"] == reg.metadata(b)["model_sha256"]
+
+
+def audit_entries(reg: Registry) -> list[dict]:
+    from cxr_core.registry import audit
+
+    return list(reversed(audit.read(reg.root)))
+
+
+def test_a_broken_pointer_never_serves_a_version_that_was_not_in_use(reg, tmp_path):
+    a = reg.register(make_candidate(tmp_path, "a"), version="v1-in-use")
+    reg.record_verdict(a, passing_verdict(reg))
+    reg.promote(a)
+    failed = reg.register(make_candidate(tmp_path, "b"), version="v2-failed-gate")  # newer, never promoted
+    reg.record_verdict(failed, {**passing_verdict(reg), "passed": False, "reasons": ["too weak"]})
+    (reg.root / "current.json").write_text("{ this is not json")
+    path, warning = reg.resolve_with_warning()
+    assert path == reg.version_dir(a) and "v1-in-use" in warning and "unreadable" in warning
+
+    fresh = Registry(tmp_path / "fresh")  # versions registered, none ever in use, and a broken pointer
+    fresh.register(make_candidate(tmp_path, "c"), version="v2-failed-gate")
+    (fresh.root / "current.json").write_text("{ broken")
+    with pytest.raises(ModelError, match="No version is known to have been in use"):
+        fresh.resolve()
+
+
+def test_the_who_floors_cannot_be_lowered_by_a_params_file_or_a_flag(tmp_path, monkeypatch):
+    import yaml
+
+    from cxr_core.registry.gate import effective_floors, server_policy
+    from cxr_core.settings import load_params
+
+    params = load_params()
+    params["gate"].update(min_sensitivity=0.0, min_specificity=0.0)
+    path = tmp_path / "server-params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("CXR_PARAMS_FILE", str(path))
+    policy = server_policy()
+    assert policy["min_sensitivity"] == 0.90 and policy["min_specificity"] == 0.70
+    floors, _ = effective_floors({"min_sensitivity": 0.0}, {"min_sensitivity": 0.0, "min_specificity": 0.1})
+    assert floors["min_sensitivity"] == 0.90 and floors["min_specificity"] == 0.70
+    weak = {"roc_auc": 0.9, "operating_point": {"sensitivity": 0.5, "specificity": 0.5}, **ENOUGH}
+    assert not quality_gate(weak, None, {"min_sensitivity": 0.0, "min_specificity": 0.0}).passed
+    stricter = server_policy({"min_sensitivity": 0.95})
+    assert stricter["min_sensitivity"] == 0.95  # a deployment may raise them

@@ -235,8 +235,10 @@ def test_report_table_has_the_original_layout_and_matches_sklearn(version_dir):
         version_dir.y, predicted, target_names=["Normal", "Tuberculosis"], output_dict=True
     )
     for row in rows:
-        if row[""] == "accuracy":
-            assert accuracy_score(version_dir.y, predicted) == pytest.approx(expected["accuracy"])
+        if row[""] == "accuracy":  # the view's own cell against an independent count, not sklearn with itself
+            correct = int((predicted == np.asarray(version_dir.y)).sum())
+            assert row["f1-score"] == pytest.approx(correct / len(predicted))
+            assert row["f1-score"] == pytest.approx(accuracy_score(version_dir.y, predicted))
             continue
         for column in ("precision", "recall", "f1-score", "support"):
             assert row[column] == pytest.approx(expected[row[""]][column]), (row[""], column)

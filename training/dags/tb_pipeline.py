@@ -1,8 +1,10 @@
 """Airflow 3 DAG ``tb_pipeline``: data_ingestion >> model_trainer >> model_testing >> register_model.
 
 The stages are the project's own (``python -m training.ingest|train|evaluate``, the same CLIs that
-``dvc repro`` and the README use); registration uses :func:`cxr_core.registry.quality_gate`, the gate
-the dashboard's Retrain page applies, and promotes the new version only when it passes.
+``dvc repro`` and the README use); registration uses :func:`cxr_core.pipeline.run.register_candidate`,
+the gate the dashboard's Retrain page and the CLI apply under the server's policy (never below the WHO
+floors, whatever the run's params ask), files the verdict with the model's sha256, and promotes the new
+version only through ``Registry.promote``, which accepts it only with that current pass.
 
 Two environments, on purpose: this file is parsed by Airflow in ``airflow-venv/`` (or the Airflow
 image) and imports nothing heavier than ``airflow.sdk`` at the top level, so parsing stays fast and
@@ -243,6 +245,7 @@ def register_model(
         "current_version": registry.current_version(),
         "compared_with": outcome["compared_with"],
         "gate": outcome["gate"],
+        "verdict_model_sha256": (registry.verdict(outcome["version"]) or {}).get("model_sha256"),
         "data_fingerprint": ingest["data_fingerprint"],
         "model_sha256": model["model_sha256"],
         "roc_auc": evaluation["roc_auc"],

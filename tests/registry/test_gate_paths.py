@@ -1,0 +1,98 @@
+"""Every way to promote goes through one gate: the CLI's promote and register --promote, pipeline --promote,
+and lungs-train --promote are refused without a current pass for the exact weights, unless overridden (audited)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_store_and_gate import make_candidate
+
+from cxr_core import cli
+from cxr_core.registry import audit
+from cxr_core.registry.store import Registry
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(env_models: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CXR_MODELS_DIR": str(env_models), "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-m", "cxr_core", *args], capture_output=True, text=True, env=env,
+                          cwd=PROJECT, timeout=120)  # fmt: skip
+
+
+def test_models_promote_by_name_is_refused_and_an_override_is_audited(tmp_path):
+    models = tmp_path / "models"
+    version = Registry(models).register(make_candidate(tmp_path, "a"), version="v-unjudged")
+    refused = run_cli(models, "models", "promote", version)
+    assert refused.returncode == 2 and "no quality-gate verdict" in refused.stderr
+    assert Registry(models).current_version() is None
+    overridden = run_cli(models, "models", "promote", version, "--override-gate", "vendor model, validated offline")
+    assert overridden.returncode == 0, overridden.stderr
+    assert Registry(models).current_version() == version
+    promote_lines = [e for e in audit.read(models) if e["action"] == "promote"]
+    assert [e["outcome"].split(":")[0] for e in promote_lines] == ["ok", "refused"]
+    assert promote_lines[0]["override_gate"] == "vendor model, validated offline"
+    assert promote_lines[0]["model_sha256"] == Registry(models).metadata(version)["model_sha256"]
+
+
+def test_register_with_promote_registers_but_does_not_promote_without_a_verdict(tmp_path):
+    models = tmp_path / "models"
+    done = run_cli(models, "models", "register", str(make_candidate(tmp_path, "b")), "--promote")
+    assert done.returncode == 2 and "cannot be promoted" in done.stderr
+    registry = Registry(models)
+    assert len(registry.versions()) == 1 and registry.current_version() is None
+
+
+def test_pipeline_promote_always_is_gone():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["pipeline", "--promote", "always"])
+    assert exit_info.value.code == 2
+    args = cli.build_parser().parse_args(["pipeline", "--override-gate", "reason"])
+    assert args.promote == "gate" and args.override_gate == "reason"
+
+
+@pytest.fixture
+def lung_env(tmp_path, monkeypatch):
+    """The lungs-train command with its training replaced by a folder of known figures: what is under test
+    is the registration and the gate, not the U-Net (trained for real in tests/pipeline)."""
+    from cxr_core.pipeline import lung_training
+
+    data = tmp_path / "roots" / "lungs"
+    data.mkdir(parents=True)
+    (data / "manifest.csv").write_text("source,image,mask\n")
+    monkeypatch.setenv("CXR_DATASET_ROOTS", str(tmp_path / "roots"))
+    monkeypatch.setenv("CXR_LUNG_MODELS_DIR", str(tmp_path / "lungs-registry"))
+    monkeypatch.setenv("CXR_MODELS_DIR", str(tmp_path / "models"))
+    figures = {}
+
+    def trained(data_root, out_dir, params):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.keras").write_bytes(b"lung weights " + json.dumps(figures).encode())
+        metadata = {"held_out": figures, "cross_source": {}, "parameters": 1, "train_seconds": 1.0, "threshold": 0.5}
+        (out / "metadata.json").write_text(json.dumps(metadata))
+        return metadata
+
+    monkeypatch.setattr(lung_training, "run_lung_train", trained)
+    return tmp_path, figures
+
+
+def test_lungs_train_promotes_only_a_lung_model_that_passes_its_gate(lung_env, capsys):
+    tmp_path, figures = lung_env
+    data = str(tmp_path / "roots" / "lungs")
+    figures.update(jsrt={"dice_mean": 0.97}, shenzhen={"dice_mean": 0.62})
+    code = cli.main(["lungs-train", "--data", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
+    assert code == 2 and "held-out Dice on shenzhen is 0.620, below the floor 0.90" in capsys.readouterr().err
+    lungs = Registry(tmp_path / "lungs-registry", kind="lungs")
+    assert lungs.current_version() is None and len(lungs.versions()) == 1
+
+    figures.update(shenzhen={"dice_mean": 0.95})
+    code = cli.main(["lungs-train", "--data", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["promoted"] and lungs.current_version() == summary["version"]
+    assert lungs.verdict(summary["version"])["passed"] is True
+    assert cli.main(["lungs-train", "--data", data, "--promote"]) == 2  # --promote needs --register
