@@ -81,7 +81,8 @@ def sidebar(pages=()) -> None:
         if serving is None:
             st.error(problem)
         else:
-            st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.3f}")
+            st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.4g}")
+            st.caption("Decided at the " + screening_view.site_text(serving.site, serving.threshold) + ".")
             if serving.warning:
                 st.warning(serving.warning)
         st.caption(screening_view.DISCLAIMER)
@@ -258,13 +259,19 @@ def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
 # ------------------------------------------------------------------------------------------ viewer
 
 
-def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = False):
+VIEWER_HEIGHT = 560  # the viewer with its controls fits a 1366x768 laptop screen
+
+
+def film_figure(picture, contours=None, height: int = VIEWER_HEIGHT, heat_legend: bool = False, film_key: str = "film"):
     """A zoomable, pannable view of one film (gray or RGB uint8) with an optional lung outline.
 
     Plotly's own tools do the work: scroll or drag to zoom, the pan tool to move, double-click to
     reset. The picture is sent as one PNG (``binary_string``), so a 2048-px film stays light. With
     ``heat_legend`` a colour bar reads the heatmap's hues as TB probability (its units, see
     ``cxr_core.modelling.gradcam``).
+
+    ``uirevision`` is the film's key: Plotly keeps the reader's zoom and pan while the same film is
+    redrawn (window/level, opacity, heatmap, outline), and shows the whole of a newly chosen film.
     """
     import plotly.express as px
     import plotly.graph_objects as go
@@ -295,7 +302,7 @@ def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = F
     figure.update_yaxes(visible=False, scaleanchor="x")
     figure.update_layout(
         height=height, margin={"l": 0, "r": 90 if heat_legend else 0, "t": 0, "b": 0}, dragmode="zoom",
-        uirevision="film",
+        uirevision=film_key,
     )
     return figure
 

@@ -91,8 +91,9 @@ def texts(elements) -> list[str]:
 
 
 def decisions(at: AppTest) -> list[str]:
-    found = texts(at.error) + texts(at.success)
-    return [t for t in found if screening_view.DECISION_TB in t or screening_view.DECISION_NORMAL in t]
+    """The result boxes of the film card (one result vocabulary: TB suspected, Borderline, No TB signs)."""
+    found = texts(at.error) + texts(at.success) + texts(at.warning)
+    return [t for t in found if any(t.startswith(f"**{result}**") for result in screening_view.RESULTS)]
 
 
 def viewer_pictures(at: AppTest) -> list[np.ndarray]:
@@ -133,7 +134,9 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert not [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
-    assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == TB_XRAY.name
+    # identity is off by default: the film is named by its place on the worklist, never by its file name
+    assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == "film-01"
+    assert TB_XRAY.stem not in json.dumps([m.value for m in at.markdown] + [c.value for c in at.caption])
 
 
 def test_broken_file_shows_its_message_and_the_good_file_still_gets_a_result(dashboard):
@@ -146,14 +149,15 @@ def test_broken_file_shows_its_message_and_the_good_file_still_gets_a_result(das
         ("letter.jpg", pdf),
     )
     errors = " ".join(texts(at.error))
-    assert "broken.png" in errors and "truncated or corrupt" in errors
-    assert "letter.jpg" in errors and "PDF" in errors
+    assert "film-01" in errors and "truncated or corrupt" in errors
+    assert "film-03" in errors and "PDF" in errors
     assert len([m for m in at.metric if m.label == "TB probability"]) == 1
     assert len(decisions(at)) == 1
     counts = {m.label: m.value for m in at.metric}
     assert counts["Images"] == "3" and counts["Unreadable"] == "2"
     table = at.dataframe[0].value
-    assert list(table["file"]) == [NORMAL_XRAY.name, "broken.png", "letter.jpg"]  # unreadable last
+    assert list(table["file"]) == ["film-02", "film-01", "film-03"]  # unreadable last
+    assert list(table["result"])[1:] == ["Unreadable", "Unreadable"] and list(table["tb_probability"])[1:] == ["", ""]
 
 
 def test_non_radiograph_and_tiny_image_are_explained(dashboard):
@@ -266,7 +270,7 @@ def sample_films() -> list[tuple[str, bytes]]:
 def test_worklist_is_in_risk_order_filterable_and_opens_the_chosen_film(dashboard, monkeypatch):
     threshold = screening_view.serving_model(dashboard.registry).threshold
     films = sample_films()
-    names = [name for name, _ in films]
+    names = [screening_view.pseudonym(i + 1) for i in range(len(films))]  # identity off: named by position
     probabilities = {
         names[0]: max(0.0, threshold - 0.3),  # no TB signs
         names[1]: min(1.0, threshold + 0.3),  # TB suspected
@@ -276,28 +280,35 @@ def test_worklist_is_in_risk_order_filterable_and_opens_the_chosen_film(dashboar
     score_as(monkeypatch, probabilities)
     at = upload(open_screen(), *films, ("letter.jpg", b"%PDF-1.4\n"))
     table = at.dataframe[0].value
-    assert list(table["file"]) == [names[1], names[3], names[2], names[0], "letter.jpg"]
-    assert list(table["priority"]) == [
+    assert list(table["file"]) == [names[1], names[3], names[2], names[0], "film-05"]
+    assert list(table["result"]) == [
         "TB suspected",
         "TB suspected",
-        "Borderline",
+        "Borderline (TB side)",
         "No TB signs",
         "Unreadable",
     ]
-    # the highest-risk film is open first
-    assert at.selectbox(key="film_choice").value == 1
-    assert at.markdown[0].value.replace("\\", "") == f"#### {names[1]}" or any(
-        m.value.replace("\\", "") == f"#### {names[1]}" for m in at.markdown
-    )
+
+    def heading() -> str:
+        return next(m.value.replace("\\", "") for m in at.markdown if m.value.startswith("#### "))
+
+    # the highest-risk film is open first, and it is the ticked row
+    assert heading() == f"#### {names[1]}"
+    assert list(at.session_state["worklist"]["selection"]["rows"]) == [0]
+
+    at.session_state["worklist"] = {"selection": {"rows": [2]}}  # a click on the third row
+    at.run()
+    assert heading() == f"#### {names[2]}"
 
     at.button_group(key="worklist_filter").set_value(["Borderline", "Unreadable"])
     at.run()
-    assert list(at.dataframe[0].value["file"]) == [names[2], "letter.jpg"]
-    assert at.selectbox(key="film_choice").value == 2  # the chosen film left the list: the first shown opens
+    assert list(at.dataframe[0].value["file"]) == [names[2], "film-05"]
+    ticked = list(at.session_state["worklist"]["selection"]["rows"])
+    assert heading() == f"#### {list(at.dataframe[0].value['file'])[ticked[0]]}"  # ticked row = film shown
 
-    at.selectbox(key="film_choice").set_value(4)
+    at.session_state["worklist"] = {"selection": {"rows": [1]}}
     at.run()
-    assert any("letter.jpg" in t and "could not be screened" in t for t in texts(at.error))
+    assert any("film-05" in t and "could not be screened" in t for t in texts(at.error))
 
 
 def test_the_same_file_twice_is_one_entry_and_the_page_says_so(dashboard):
@@ -307,7 +318,10 @@ def test_the_same_file_twice_is_one_entry_and_the_page_says_so(dashboard):
     )
     counts = {m.label: m.value for m in at.metric}
     assert counts["Images"] == "2"
-    assert len(at.dataframe[0].value) == 2 and "again.png" not in list(at.dataframe[0].value["file"])
+    assert len(at.dataframe[0].value) == 2 and list(at.dataframe[0].value["file"]) != ["film-03"]
+    assert any("film-01 was dropped twice" in t for t in texts(at.info))  # no upload name with identity off
+    at.checkbox(key="include_ids").check()
+    at.run()
     assert any("again.png is the same file as first.png" in t for t in texts(at.info))
 
 

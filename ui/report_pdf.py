@@ -28,6 +28,9 @@ def film_report_pdf(
     include_identifiers: bool = False,
     created: _dt.datetime | None = None,
     alpha: float = 0.4,
+    site: dict | None = None,
+    fitted: bool = False,
+    evidence_reference: dict | None = None,
 ) -> bytes:
     """The report as PDF bytes. Identity is printed only when ``include_identifiers`` is True."""
     import matplotlib
@@ -58,7 +61,7 @@ def film_report_pdf(
                 ax.set_xticks([])
                 ax.set_yticks([])
 
-        lines = _result_lines(item, model_version)
+        lines = _result_lines(item, model_version, site, fitted, evidence_reference)
         if include_identifiers:
             found = screening_view.identity_lines(item)
             lines += [("Patient identity", "")] + (found or [("", "none recorded in this file")])
@@ -82,19 +85,36 @@ def film_report_pdf(
     return buffer.getvalue()
 
 
-def _result_lines(item: ScreenedImage, model_version: str) -> list[tuple[str, str]]:
+def _result_lines(
+    item: ScreenedImage,
+    model_version: str,
+    site: dict | None = None,
+    fitted: bool = False,
+    evidence_reference: dict | None = None,
+) -> list[tuple[str, str]]:
     if not item.ok or item.prediction is None:
         return [("Result", screening_view.DECISION_FAILED), ("Problem", str(item.error or "unknown"))]
     prediction = item.prediction
     shown, limit = screening_view.fmt_probability(prediction.probability, prediction.threshold)
+    decision = screening_view.decision_text(item)
     lines = [
-        ("Result", screening_view.decision_text(item)),
+        ("Result", decision),
+        ("Action", screening_view.ACTIONS[decision]),
         ("TB probability", shown),
         ("Threshold", f"TB suspected at {limit} or above"),
+        ("Operating point", screening_view.site_text(site, prediction.threshold)),
         ("Model version", model_version),
     ]
     if screening_view.is_borderline(item):
-        lines.append(("Note", "close to the threshold: read the film with particular care"))
+        lines.append(("Borderline", "close to the threshold: read the film with particular care"))
+    if fitted:
+        lines.append(("Site profile", screening_view.FITTED_NOTE))
+    evidence = screening_view.lung_evidence_text(item)
+    if evidence:
+        lines.append(("Evidence", evidence))
+    unusual = screening_view.evidence_warning(item, evidence_reference)
+    if unusual:
+        lines.append(("Evidence warning", unusual))
     if item.image is not None:
         lines.append(("Image", f"{item.image.format}, {item.image.width} x {item.image.height} pixels"))
     return lines

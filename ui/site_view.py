@@ -22,6 +22,7 @@ def propose_profile(name: str, predictor, validation: dict, rule: OperatingRule,
     return build_profile(
         name, predictor.version, validation["labels"], validation["scores"], rule,
         calibration=calibration, card_auc=validation["card"].get("roc_auc"), created_by=actor,
+        fitted_on=validation.get("fingerprints"),
     )  # fmt: skip
 
 

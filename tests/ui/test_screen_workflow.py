@@ -34,10 +34,10 @@ def test_worklist_is_sorted_by_risk_and_filtered_by_result():
         "normal.png",
         "broken.png",
     ]
-    assert [r["priority"] for r in listed] == [
+    assert [r["result"] for r in listed] == [
         "TB suspected",
         "TB suspected",
-        "Borderline",
+        "Borderline (no-TB side)",
         "No TB signs",
         "Unreadable",
     ]
