@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui_common
 from cxr_core.errors import CxrError
-from cxr_core.imaging.display import VIEWER_SIDE, apply_window
+from cxr_core.imaging.display import VIEWER_SIDE, display_gray
 from cxr_core.modelling.gradcam import overlay
 from cxr_core.pipeline.outcomes import record_outcome, recorded_outcome
 from ui import report_pdf, screening_view
@@ -252,6 +252,17 @@ st.session_state["screen_film"] = chosen
 item = items[chosen]
 
 
+def _figure(film_key: str, film, item, contours):
+    """The viewer's figure, built once per film and session (the same figure keeps the chart, and its zoom)."""
+    cache = st.session_state.get("viewer_figure")
+    if isinstance(cache, tuple) and len(cache) == 3 and cache[0] == (film_key, contours is not None):
+        return cache[2]
+    heat = screening_view.heat_layer(item.image.pixels, item.prediction.heatmap, item.box)
+    figure = ui_common.film_figure(film, heat, contours, film_key=film_key)
+    st.session_state["viewer_figure"] = ((film_key, contours is not None), None, figure)
+    return figure
+
+
 def film_card(item) -> None:
     """The chosen film: viewer with heatmap and window/level on the left, the result and exports right."""
     with st.container(border=True):
@@ -291,26 +302,25 @@ def film_card(item) -> None:
                 st.session_state["wl_level"], st.session_state["wl_width"] = 128, 256
 
             c5.button("Reset", on_click=_reset_view, key="wl_reset", help="Back to the film's own contrast.")
-            windowed = apply_window(item.image.pixels, level, width)
-            contours = screening_view.lung_contours(item, windowed.shape[:2])
+            film = display_gray(item.image.pixels, VIEWER_SIDE)
+            contours = screening_view.lung_contours(item, film.shape[:2])
             show_lungs = contours is not None and st.toggle("Lung outline", value=True, key="show_lungs")
-            picture = (
-                overlay(windowed, prediction.heatmap, item.box, alpha, max_side=VIEWER_SIDE)
-                if show_heatmap
-                else windowed
+            # The figure depends on the film only; the controls reach the browser as a style, so the chart is
+            # not drawn anew and the reader's zoom and pan stay (a new figure would reset them).
+            st.markdown(
+                ui_common.viewer_style(level, width, alpha, show_heatmap, bool(show_lungs)), unsafe_allow_html=True
             )
-            st.plotly_chart(
-                ui_common.film_figure(
-                    picture, contours if show_lungs else None, heat_legend=show_heatmap, film_key=memo["films"][chosen]
-                ),
-                config=ui_common.VIEWER_CONFIG,
-                key="viewer",
-            )
+            with st.container(key=ui_common.VIEWER_BOX):
+                st.plotly_chart(
+                    _figure(f"{memo['films'][chosen]}:{serving.version}", film, item, contours),
+                    config=ui_common.VIEWER_CONFIG,
+                    key="viewer",
+                )
             st.caption(
                 f"{item.image.width} x {item.image.height} pixels"
                 + (
-                    f", shown at {windowed.shape[1]} x {windowed.shape[0]}"
-                    if windowed.shape[1] != item.image.width
+                    f", shown at {film.shape[1]} x {film.shape[0]}"
+                    if film.shape[1] != item.image.width
                     else ""
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "

@@ -585,3 +585,40 @@ def valid_memo(memo) -> dict | None:
     if not isinstance(memo["films"], list) or len(memo["films"]) != len(memo["items"]):
         return None
     return memo if all(isinstance(item, ScreenedImage) for item in memo["items"]) else None
+
+
+# --------------------------------------------------------------------------------- viewer layers
+
+
+def heat_layer(gray: np.ndarray, heatmap: np.ndarray, box, max_side: int = VIEWER_SIDE) -> np.ndarray:
+    """The Grad-CAM as an RGBA layer over the film: jet colours, alpha = the heatmap's value.
+
+    Drawn over the film with an opacity of ``alpha`` it gives exactly :func:`gradcam.overlay`'s blend
+    (per-pixel weight heat x alpha), but as its own layer the browser changes its opacity, and the
+    film's window/level, without a new picture: the viewer keeps the reader's zoom and pan.
+    """
+    from cxr_core.imaging.display import display_scale
+    from cxr_core.imaging.preprocess import CropBox
+
+    height, width = gray.shape[:2]
+    box = box or CropBox(0, 0, height, width)
+    scale = display_scale(height, width, max_side)
+    out_h, out_w = display_gray(gray, max_side).shape[:2]
+    layer = np.zeros((out_h, out_w, 4), np.uint8)
+    top, left = round(box.top * scale), round(box.left * scale)
+    bottom = max(top + 1, min(out_h, round(box.bottom * scale)))
+    right = max(left + 1, min(out_w, round(box.right * scale)))
+    heat = cv2.resize(heatmap.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
+    heat = np.clip(heat, 0.0, 1.0)
+    colours = cv2.applyColorMap((heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    layer[top:bottom, left:right, :3] = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
+    layer[top:bottom, left:right, 3] = np.rint(heat * 255.0).astype(np.uint8)
+    return layer
+
+
+def window_transfer(level: float, width: float) -> tuple[float, float]:
+    """Window/level as a linear map on 0..1 greys (slope, intercept), the same map as
+    :func:`cxr_core.imaging.display.apply_window`, for the browser to apply to the film layer."""
+    width = max(2.0, float(width))
+    slope = 255.0 / (width - 1.0)
+    return slope, (width / 2.0 - float(level)) / (width - 1.0)
