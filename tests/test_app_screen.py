@@ -110,6 +110,11 @@ def viewer_pictures(at: AppTest) -> list[np.ndarray]:
     return found
 
 
+def viewer_style(at: AppTest) -> str:
+    """The style the viewer's controls send to the browser (window filter, layer opacity, what is hidden)."""
+    return next(m.value for m in at.markdown if "cxr-window" in m.value)
+
+
 def download_labels(at: AppTest) -> list[str]:
     return [element.proto.label for element in at.get("download_button")]
 
@@ -120,7 +125,8 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert len(probability) == 1
     assert 0.0 <= float(probability[0].value) <= 1.0
     assert len(decisions(at)) == 1
-    assert len(viewer_pictures(at)) == 1  # the film with its Grad-CAM overlay, in the zoomable viewer
+    film, heat = viewer_pictures(at)  # the film and its Grad-CAM layer, in the zoomable viewer
+    assert film.ndim == 2 and heat.shape == (*film.shape, 4)
     assert {"Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"} <= set(
         download_labels(at)
     )
@@ -131,7 +137,7 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert len(legends) == 1 and legends[0]["colorbar"]["title"]["text"] == "TB probability"
     assert (legends[0]["zmin"], legends[0]["zmax"]) == (0.0, 1.0)  # the overlay's colours, in probability units
     at.toggle(key="show_heatmap").set_value(False).run()
-    assert not [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
+    assert "g.colorbar { display: none; }" in viewer_style(at)  # hidden by the browser, the figure unchanged
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
     # identity is off by default: the film is named by its place on the worklist, never by its file name
@@ -325,31 +331,41 @@ def test_the_same_file_twice_is_one_entry_and_the_page_says_so(dashboard):
     assert any("again.png is the same file as first.png" in t for t in texts(at.info))
 
 
-def test_viewer_window_level_and_heatmap_toggle_change_the_picture(dashboard):
+def test_viewer_controls_change_the_style_not_the_figure(dashboard):
+    """Window/level, opacity, heatmap and outline are applied by the browser: the figure (and so the
+    chart and the reader's zoom) stays the same while the film shows other contrast."""
+    import re
+
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
-    with_heat = viewer_pictures(at)[0]
-    assert with_heat.ndim == 3  # coloured overlay
-    at.toggle(key="show_heatmap").set_value(False)
-    at.run()
-    plain = viewer_pictures(at)[0]
-    assert plain.ndim == 2 or np.allclose(plain[..., 0], plain[..., 1])  # the film alone, grey
+    spec = at.get("plotly_chart")[0].proto.spec
+    film, heat = viewer_pictures(at)
     from cxr_core.imaging.decode import read_image
 
-    film = read_image(TB_XRAY.read_bytes()).pixels
-    assert plain.shape[:2] == film.shape  # full resolution (the sample is smaller than the viewer's limit)
-    gray = plain if plain.ndim == 2 else plain[..., 0]
-    assert np.array_equal(gray, film)  # the default window shows the film's own greys
+    original = read_image(TB_XRAY.read_bytes()).pixels
+    assert np.array_equal(film, original)  # full resolution, the film's own greys
 
     at.slider(key="wl_width").set_value(64)
     at.slider(key="wl_level").set_value(100)
+    at.slider(key="alpha").set_value(0.7)
     at.run()
-    narrow = viewer_pictures(at)[0]
-    narrow = narrow if narrow.ndim == 2 else narrow[..., 0]
-    assert narrow.std() > gray.std()  # a narrower window spreads fewer greys over more contrast
-    assert (narrow == 0).mean() > (gray == 0).mean() and (narrow == 255).mean() > (gray == 255).mean()
+    assert at.get("plotly_chart")[0].proto.spec == spec
+    assert "opacity: 0.700" in viewer_style(at)
+    at.toggle(key="show_heatmap").set_value(False)
+    at.run()
+    assert at.get("plotly_chart")[0].proto.spec == spec
+    style = viewer_style(at)
+    slope, intercept = (float(v) for v in re.search(r'slope="([^"]+)" intercept="([^"]+)"', style).groups())
+    assert (slope, intercept) == pytest.approx(screening_view.window_transfer(100, 64), abs=1e-6)
+    # the browser's linear map on 0..1 greys is apply_window's map on 0..255
+    from cxr_core.imaging.display import apply_window
+
+    mapped = np.clip(np.rint((slope * (original / 255.0) + intercept) * 255.0), 0, 255)
+    assert np.abs(mapped - apply_window(original, 100, 64)).max() <= 1
+    assert "g.imagelayer > g:nth-child(2) { display: none; }" in style
     at.button(key="wl_reset").click()
     at.run()
     assert at.slider(key="wl_width").value == 256 and at.slider(key="wl_level").value == 128
+    assert 'slope="1.000000" intercept="0.000000"' in viewer_style(at)
     assert any(t.startswith("Lung outline") for t in [w.label for w in at.toggle])  # the shipped lung model
 
 
@@ -405,7 +421,41 @@ def test_a_lung_mask_gets_an_outline_toggle_over_the_film(dashboard, monkeypatch
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         return sum(1 for trace in spec["data"] if trace.get("type") == "scatter")
 
-    assert outlines() == 1
+    assert outlines() == 1 and "g.scatterlayer { display: none; }" not in viewer_style(at)
     at.toggle(key="show_lungs").set_value(False)
     at.run()
-    assert outlines() == 0
+    assert "g.scatterlayer { display: none; }" in viewer_style(at)  # hidden in the browser, zoom kept
+
+
+def write_evidence_reference(root: Path, version: str, p05: float | None) -> None:
+    """What the lead's training writes into a model's metadata: where its validation films put their evidence."""
+    path = root / version / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta.pop("evidence_reference", None)
+    if p05 is not None:
+        meta["evidence_reference"] = {"lung_share_p05": p05, "lung_share_p50": min(1.0, p05 + 0.2), "n_films": 120,
+                                      "split": "validation", "how": "Grad-CAM mass inside the lung mask, per film."}  # fmt: skip
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("p05, warned", [(None, False), (0.0, False), (1.0, True)])
+def test_the_evidence_figure_is_neutral_and_warns_only_below_the_models_5th_percentile(dashboard, p05, warned):
+    version = dashboard.registry.current_version()
+    write_evidence_reference(dashboard.root, version, p05)
+    at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
+    assert any(c.value.startswith("Evidence inside the lung fields:") for c in at.caption)  # on every film
+    unusual = [w.value for w in at.warning if "Unusual for this model" in w.value]
+    assert len(unusual) == int(warned)  # p05 = 1.0: every real share is below it; 0.0 or no key: never
+    assert not any("lies outside the lungs: read with care" in w.value for w in at.warning)
+
+
+def test_the_model_card_says_how_the_evidence_level_was_set(dashboard):
+    from cxr_core.registry.card import write_card
+
+    version = dashboard.registry.current_version()
+    write_evidence_reference(dashboard.root, version, 0.31)
+    card = write_card(dashboard.root / version).read_text()
+    assert "warns only below 31.0%" in card and "5th percentile over the 120 validation films" in card
+    assert "Grad-CAM mass inside the lung mask, per film." in card
+    write_evidence_reference(dashboard.root, version, None)
+    assert "warns about no film" in write_card(dashboard.root / version).read_text()
