@@ -115,7 +115,7 @@ def test_worklist_is_in_risk_order_and_a_row_opens_its_film(server, browser, tmp
     wait_for_rows(page, 7)
 
     files, groups = grid_column(page, 1), grid_column(page, 2)
-    probabilities = [float(p) if p else None for p in grid_column(page, 4)]
+    probabilities = [float(p) if p else None for p in grid_column(page, 3)]
     assert len(files) == 7 and files[-1] == "film-01"  # 6 films once each, unreadable last; named by position
     assert set(groups) <= set(screening_view.RESULTS)  # the one result vocabulary
     ranks = [screening_view.RISK_ORDER.index(g.split(" (")[0]) for g in groups]  # Borderline (which side)
