@@ -83,7 +83,8 @@ def sidebar(pages=()) -> None:
         if serving is None:
             st.error(problem)
         else:
-            st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.3f}")
+            st.markdown(f"**Version** `{serving.version}`  \n**Operating threshold** {serving.threshold:.4g}")
+            st.caption("Decided at the " + screening_view.site_text(serving.site, serving.threshold) + ".")
             if serving.warning:
                 st.warning(serving.warning)
         st.caption(screening_view.DISCLAIMER)
@@ -296,19 +297,29 @@ def roc_compare_chart(rows: list[dict], versions: list[str]) -> alt.Chart:
 # ------------------------------------------------------------------------------------------ viewer
 
 
-def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = False):
-    """A zoomable, pannable view of one film (gray or RGB uint8) with an optional lung outline.
+VIEWER_HEIGHT = 560  # the viewer with its controls fits a 1366x768 laptop screen
+VIEWER_BOX = "film_viewer"  # the container key: the viewer's style rules are scoped to it
 
-    Plotly's own tools do the work: scroll or drag to zoom, the pan tool to move, double-click to
-    reset. The picture is sent as one PNG (``binary_string``), so a 2048-px film stays light. With
-    ``heat_legend`` a colour bar reads the heatmap's hues as TB probability (its units, see
-    ``cxr_core.modelling.gradcam``).
+
+def film_figure(film, heat=None, contours=None, height: int = VIEWER_HEIGHT, film_key: str = "film"):
+    """A zoomable, pannable view of one film: the film (gray), the Grad-CAM layer (RGBA) and the lung outline.
+
+    The figure depends on the film alone. Window/level, heatmap opacity and the on/off switches are applied
+    by the browser (:func:`viewer_style`), so changing them sends no new figure: Streamlit would mount a
+    new chart for a new figure and the reader's zoom would be lost. Plotly's own tools do the rest: scroll
+    or drag to zoom, the pan tool to move, double-click to reset. Each layer is one PNG
+    (``binary_string``), so a 2048-px film stays light. The colour bar reads the heatmap's hues as TB
+    probability (its units, see ``cxr_core.modelling.gradcam``).
     """
     import plotly.express as px
     import plotly.graph_objects as go
 
-    figure = px.imshow(picture, binary_string=True, binary_compression_level=1, contrast_rescaling="infer")
+    figure = px.imshow(film, binary_string=True, binary_compression_level=1, contrast_rescaling="infer")
     figure.update_traces(hovertemplate="x %{x}, y %{y}<extra></extra>")
+    if heat is not None:
+        layer = px.imshow(heat, binary_string=True, binary_compression_level=1).data[0]
+        layer.update(hoverinfo="skip", hovertemplate=None)
+        figure.add_trace(layer)
     for points in contours or []:
         closed = list(points) + [points[0]]
         figure.add_trace(
@@ -321,7 +332,7 @@ def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = F
                 showlegend=False,
             )
         )
-    if heat_legend:  # an empty heatmap trace that carries the colour bar of the overlay's jet colours
+    if heat is not None:  # an empty heatmap trace that carries the colour bar of the overlay's jet colours
         figure.add_trace(
             go.Heatmap(
                 z=[[0.0, 1.0]], zmin=0.0, zmax=1.0, opacity=0.0, colorscale="Jet", hoverinfo="skip", showscale=True,
@@ -332,10 +343,31 @@ def film_figure(picture, contours=None, height: int = 720, heat_legend: bool = F
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor="x")
     figure.update_layout(
-        height=height, margin={"l": 0, "r": 90 if heat_legend else 0, "t": 0, "b": 0}, dragmode="zoom",
-        uirevision="film",
+        height=height, margin={"l": 0, "r": 90 if heat is not None else 0, "t": 0, "b": 0}, dragmode="zoom",
+        uirevision=film_key,
     )
     return figure
+
+
+def viewer_style(level: float, width: float, alpha: float, show_heatmap: bool, show_lungs: bool) -> str:
+    """The viewer's controls as a style for the browser: an SVG filter doing window/level on the film layer
+    (the same linear map as ``apply_window``), the heat layer's opacity, and what is switched off."""
+    slope, intercept = screening_view.window_transfer(level, width)
+    func = f'type="linear" slope="{slope:.6f}" intercept="{intercept:.6f}"'
+    plot = f".st-key-{VIEWER_BOX} .js-plotly-plot"
+    rules = [
+        f"{plot} g.imagelayer > g:nth-child(1) image {{ filter: url(#cxr-window); }}",
+        f"{plot} g.imagelayer > g:nth-child(2) image {{ opacity: {float(alpha):.3f}; }}",
+    ]
+    if not show_heatmap:
+        rules += [f"{plot} g.imagelayer > g:nth-child(2) {{ display: none; }}", f"{plot} g.colorbar {{ display: none; }}"]
+    if not show_lungs:
+        rules.append(f"{plot} g.scatterlayer {{ display: none; }}")
+    return (
+        '<svg width="0" height="0" style="position:absolute" aria-hidden="true"><filter id="cxr-window" '
+        f'color-interpolation-filters="sRGB"><feComponentTransfer><feFuncR {func}/><feFuncG {func}/>'
+        f"<feFuncB {func}/></feComponentTransfer></filter></svg><style>{' '.join(rules)}</style>"
+    )
 
 
 VIEWER_CONFIG = {

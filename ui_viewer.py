@@ -1,23 +1,38 @@
 """The film viewer shared by the pages that open a film (Screen X-rays, PACS node): one layout, one place.
 
-Moved here unchanged from pages/screen.py (where it was a local function) so that the PACS node page
-opens a film received from the PACS in the same viewer as a dropped file.
+The Screen page's film card lives here so that the PACS node page opens a film received from the PACS
+in the same viewer as a dropped file: zoom kept across every control, one result vocabulary, the site
+profile beside the decision, the evidence figure, the admin-only outcome record.
 """
 
 import streamlit as st
 
 import ui_common
 from cxr_core.errors import CxrError
-from cxr_core.imaging.display import VIEWER_SIDE, apply_window
+from cxr_core.imaging.display import VIEWER_SIDE, display_gray
 from cxr_core.modelling.gradcam import overlay
 from cxr_core.pipeline.outcomes import record_outcome, recorded_outcome
 from ui import report_pdf, screening_view
 
 
-def film_card(item, serving, include_ids: bool) -> None:
+def _figure(film_key: str, film, item, contours):
+    """The viewer's figure, built once per film and session (the same figure keeps the chart, and its zoom)."""
+    cache = st.session_state.get("viewer_figure")
+    if isinstance(cache, tuple) and len(cache) == 3 and cache[0] == (film_key, contours is not None):
+        return cache[2]
+    heat = screening_view.heat_layer(item.image.pixels, item.prediction.heatmap, item.box)
+    figure = ui_common.film_figure(film, heat, contours, film_key=film_key)
+    st.session_state["viewer_figure"] = ((film_key, contours is not None), None, figure)
+    return figure
+
+
+
+def film_card(item, serving, include_ids: bool, film_key: str, fingerprint: str | None = None) -> None:
     """The chosen film: viewer with heatmap and window/level on the left, the result and exports right.
 
-    ``serving`` is the model in use (``ui_common.serving_model_or_none``), ``include_ids`` the identity switch.
+    ``serving`` is the model in use (``ui_common.serving_model_or_none``), ``include_ids`` the identity
+    switch, ``film_key`` names the film for the viewer's figure cache (its zoom survives every control),
+    ``fingerprint`` is the network input's fingerprint (to mark films that fitted the active site profile).
     """
     with st.container(border=True):
         st.markdown(f"#### {ui_common.md(item.name)}")
@@ -56,24 +71,25 @@ def film_card(item, serving, include_ids: bool) -> None:
                 st.session_state["wl_level"], st.session_state["wl_width"] = 128, 256
 
             c5.button("Reset", on_click=_reset_view, key="wl_reset", help="Back to the film's own contrast.")
-            windowed = apply_window(item.image.pixels, level, width)
-            contours = screening_view.lung_contours(item, windowed.shape[:2])
+            film = display_gray(item.image.pixels, VIEWER_SIDE)
+            contours = screening_view.lung_contours(item, film.shape[:2])
             show_lungs = contours is not None and st.toggle("Lung outline", value=True, key="show_lungs")
-            picture = (
-                overlay(windowed, prediction.heatmap, item.box, alpha, max_side=VIEWER_SIDE)
-                if show_heatmap
-                else windowed
+            # The figure depends on the film only; the controls reach the browser as a style, so the chart is
+            # not drawn anew and the reader's zoom and pan stay (a new figure would reset them).
+            st.markdown(
+                ui_common.viewer_style(level, width, alpha, show_heatmap, bool(show_lungs)), unsafe_allow_html=True
             )
-            st.plotly_chart(
-                ui_common.film_figure(picture, contours if show_lungs else None, heat_legend=show_heatmap),
-                config=ui_common.VIEWER_CONFIG,
-                key="viewer",
-            )
+            with st.container(key=ui_common.VIEWER_BOX):
+                st.plotly_chart(
+                    _figure(f"{film_key}:{serving.version}", film, item, contours),
+                    config=ui_common.VIEWER_CONFIG,
+                    key="viewer",
+                )
             st.caption(
                 f"{item.image.width} x {item.image.height} pixels"
                 + (
-                    f", shown at {windowed.shape[1]} x {windowed.shape[0]}"
-                    if windowed.shape[1] != item.image.width
+                    f", shown at {film.shape[1]} x {film.shape[0]}"
+                    if film.shape[1] != item.image.width
                     else ""
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "
@@ -87,24 +103,27 @@ def film_card(item, serving, include_ids: bool) -> None:
                 )
             )
         with col_result:
+            decision = screening_view.decision_text(item)
             if screening_view.is_tb(item):
-                st.error(f"**{screening_view.DECISION_TB}**", icon=":material/emergency:")
+                st.error(f"**{decision}**: {screening_view.ACTIONS[decision]}", icon=":material/emergency:")
+            elif screening_view.is_borderline(item):
+                st.warning(f"**{decision}**: {screening_view.ACTIONS[decision]}", icon=":material/info:")
             else:
-                st.success(f"**{screening_view.DECISION_NORMAL}**", icon=":material/check_circle:")
+                st.success(f"**{decision}**", icon=":material/check_circle:")
             shown, limit = screening_view.fmt_probability(prediction.probability, prediction.threshold)
             st.metric("TB probability", shown)
-            st.caption(f"Called TB suspected at {limit} or above (model {serving.version}).")
-            if screening_view.is_borderline(item):
-                st.info("Close to the threshold: read the film with particular care.", icon=":material/info:")
+            st.caption(
+                f"Called TB suspected at {limit} or above (model {serving.version}); decided at the "
+                f"{screening_view.site_text(serving.site, serving.threshold)}."
+            )
+            if screening_view.fitted_on_site(serving.site, fingerprint):
+                st.warning(screening_view.FITTED_NOTE, icon=":material/history:")
             lung_text = screening_view.lung_evidence_text(item)
-            if lung_text and "outside the lungs" in lung_text:
-                st.warning(lung_text, icon=":material/visibility:")
-            elif lung_text:
+            if lung_text:
                 st.caption(lung_text)
-            if serving.site:
-                st.caption(
-                    f"Site profile **{serving.site['name']}**: threshold chosen on this site's own films."
-                )
+            unusual = screening_view.evidence_warning(item, serving.evidence_reference)
+            if unusual:
+                st.warning(unusual, icon=":material/visibility:")
             with st.expander("Record the confirmed outcome"):
                 # the labels set site thresholds and training data: an administrator's write, audited
                 if ui_common.admin_gate("Recording a confirmed outcome"):
@@ -132,7 +151,9 @@ def film_card(item, serving, include_ids: bool) -> None:
             st.download_button(
                 "Report (PDF)",
                 data=lambda: report_pdf.film_report_pdf(
-                    item, model_version=serving.version, include_identifiers=include_ids, alpha=alpha
+                    item, model_version=serving.version, include_identifiers=include_ids, alpha=alpha,
+                    site=serving.site, evidence_reference=serving.evidence_reference,
+                    fitted=screening_view.fitted_on_site(serving.site, fingerprint),
                 ),
                 file_name=report_pdf.report_name(item),
                 mime="application/pdf",
@@ -167,4 +188,3 @@ def film_card(item, serving, include_ids: bool) -> None:
                         "Switch on patient identity to export the result as DICOM for the PACS: it must carry "
                         "the study's identity to be filed with it."
                     )
-

@@ -56,6 +56,55 @@ tab_report, tab_curves, tab_threshold, tab_errors, tab_compare = st.tabs(
 few = evaluation_view.too_few_test_films(ev)
 
 with tab_report:
+    # The figure a new clinic should expect comes first: leave-one-source-out, each hospital's films scored
+    # by the recipe trained without it. The pooled split below is an upper bound (same hospitals as training).
+    estimate = evaluation_view.new_clinic_estimate(ev)
+    st.markdown("### At a new clinic (leave-one-source-out estimate)")
+    if estimate:
+        n_seeds = len(estimate["seeds"])
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Sensitivity at a new clinic", evaluation_view.fmt_pct(estimate["sensitivity"]))
+        c1.caption(
+            evaluation_view.fmt_interval(estimate["sensitivity_ci"], percent=True)
+            + " over films; "
+            + evaluation_view.fmt_seed_range(estimate["sensitivity_seed_range"], seeds=n_seeds)
+        )
+        c2.metric("Specificity at a new clinic", evaluation_view.fmt_pct(estimate["specificity"]))
+        c2.caption(
+            evaluation_view.fmt_interval(estimate["specificity_ci"], percent=True)
+            + " over films; "
+            + evaluation_view.fmt_seed_range(estimate["specificity_seed_range"], seeds=n_seeds)
+        )
+        if estimate["worst_auc"]:
+            c3.metric("ROC AUC, weakest unseen hospital", ui_common.num(estimate["worst_auc"][1]))
+            c3.caption(f"{estimate['worst_auc'][0]} (mean over seeds)")
+        c4.metric(
+            "WHO minimum at a new clinic",
+            "met" if estimate["who_minimum_met"] else "not met",
+            help="Sensitivity ≥ 90% with specificity ≥ 70%, on films of hospitals the model never saw.",
+        )
+        st.caption(
+            f"{estimate['films']} films ({estimate['with_tb']} with TB) of {len(estimate['hospitals'])} hospitals "
+            f"({', '.join(estimate['hospitals'])}), each scored by the recipe trained without its hospital, pooled. "
+            "The 95% CI over films (Wilson) is how much the figure could move with other films; the seed spread "
+            f"(lowest–highest over {n_seeds} training seeds) is how much it moves when the recipe is trained "
+            "again. It is not a confidence interval."
+        )
+        st.markdown("**Per hospital it never saw**")
+        st.table(pd.DataFrame(evaluation_view.unseen_hospital_table(ev)).set_index("hospital left out"))
+    else:
+        st.warning(
+            "No estimate for a new clinic: leave-one-source-out was not run for this version "
+            "(`python -m cxr_core loso --data DATASET --out models/VERSION`, then "
+            "`python -m cxr_core models card VERSION`). The pooled figures below are an upper bound.",
+            icon=":material/warning:",
+        )
+
+    st.markdown("### On the pooled test split (upper bound)")
+    st.caption(
+        "Test films of the same hospitals the model was trained on: scanners, framing and case mix it already "
+        "knows. A new clinic should expect the figures above, not these."
+    )
     # What limits these figures comes first: no verdict badge stands above a warning that undoes it.
     for warning in evaluation_view.trust_warnings(ev):
         st.warning(warning, icon=":material/warning:")
@@ -64,42 +113,37 @@ with tab_report:
     else:
         c1, c2, c3, c4 = st.columns(4)
         c1.metric(
-            "ROC AUC",
+            "ROC AUC (pooled split)",
             ui_common.num(m.get("roc_auc")),
             help="Area under the ROC curve: 0.5 is chance, 1 perfect.",
         )
         c1.caption(evaluation_view.fmt_interval(m.get("roc_auc_ci")))
         c2.metric(
-            "Sensitivity", evaluation_view.fmt_pct(op.get("sensitivity")), help="Share of TB cases flagged."
+            "Sensitivity (pooled split)",
+            evaluation_view.fmt_pct(op.get("sensitivity")),
+            help="Share of TB cases flagged.",
         )
         c2.caption(evaluation_view.fmt_interval(op.get("sensitivity_ci"), percent=True))
         c3.metric(
-            "Specificity",
+            "Specificity (pooled split)",
             evaluation_view.fmt_pct(op.get("specificity")),
             help="Share of normal films the model clears.",
         )
         c3.caption(evaluation_view.fmt_interval(op.get("specificity_ci"), percent=True))
         badge = evaluation_view.who_badge(ev)
         if badge:
-            c4.metric("WHO minimum", badge[0], help="Sensitivity ≥ 90% with specificity ≥ 70%.")
+            c4.metric(
+                "WHO minimum (pooled split, upper bound)",
+                badge[0],
+                help="Sensitivity ≥ 90% with specificity ≥ 70%.",
+            )
             c4.caption(badge[1])
         else:
-            c4.metric("WHO minimum", "not assessable", help="The warning above: these data cannot show it.")
-
-    st.markdown("**At a hospital it never saw** (leave-one-source-out)")
-    unseen = evaluation_view.unseen_hospital_rows(ev)
-    if unseen:
-        st.table(pd.DataFrame(unseen).set_index("hospital left out"))
-        seeds = ev.loso.get("seeds")
-        st.caption(
-            f"Each row: the recipe trained without that hospital and tested on all of its films; mean "
-            f"(range) over seeds {seeds}. This, not the pooled test split, estimates a new clinic."
-        )
-    else:
-        st.caption(
-            "Not measured for this version: `python -m cxr_core loso --data DATASET --out models/VERSION`, "
-            "then `python -m cxr_core models card VERSION`."
-        )
+            c4.metric(
+                "WHO minimum (pooled split)",
+                "not assessable",
+                help="The warning above: these data cannot show it.",
+            )
 
     st.markdown("**Classification report** at the operating threshold")
     report = pd.DataFrame(evaluation_view.report_table(m.get("classification_report") or {}))
@@ -125,13 +169,14 @@ with tab_report:
             st.table(pd.DataFrame(confusion).set_index(""))
     with col_src:
         st.markdown("**By data source** (a pooled figure can hide a hospital the model fails on)")
-        sources = pd.DataFrame(evaluation_view.per_source_rows(ev))
-        if not sources.empty:
-            for column in ("ROC AUC", "sensitivity", "specificity"):
-                sources[column] = sources[column].map(
-                    lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.3f}"
-                )
+        sources = pd.DataFrame(evaluation_view.per_source_table(ev))
+        if few:
+            st.markdown(f"Withheld: {few}.")
+        elif not sources.empty:
             st.table(sources.set_index("source"))
+            st.caption(
+                "95% CIs over films: bootstrap for AUC, Wilson for rates. A small source moves a lot with one film."
+            )
     fixed = m.get("at_fixed_0_5")
     original = m.get("original_system")
     if fixed and original:
@@ -313,11 +358,35 @@ with tab_compare:
         others = [v for v in versions if v != first]
         second = col_b.selectbox("Version B", others, index=0, format_func=_label)
         pair = [evaluation_view.load_evaluation(registry, v) for v in (first, second)]
+        same = evaluation_view.same_films_comparison(*pair)
+        if same["same"]:
+            st.success(
+                f"Both versions were tested on the same {same['films_a']} films: the figures compare directly."
+            )
+        else:
+            st.warning(
+                f"**The two versions were tested on different films** ({first}: {same['films_a']}, {second}: "
+                f"{same['films_b']}, {same['shared']} in both). Their own figures below do not compare directly"
+                + (
+                    ": compare them on the shared films."
+                    if same["rows"]
+                    else "; no shared films to compare on."
+                ),
+                icon=":material/warning:",
+            )
+            if same["rows"]:
+                st.markdown(
+                    f"**On the {same['shared']} films both were tested on** (each at its own threshold)"
+                )
+                st.table(pd.DataFrame(same["rows"]).set_index(""))
+                if same.get("notice"):
+                    st.caption(same["notice"])
+        st.markdown("**Each on its own test split**" if not same["same"] else "**On the shared test split**")
         st.table(pd.DataFrame(versions_view.compare_rows(pair)).set_index(""))
         st.caption(
-            "Each version is measured on its own test split; when the data differ, compare the confidence "
-            "intervals, not only the point estimates. The quality gate re-scores the model in use on the "
-            "candidate's test split for a like-for-like check."
+            "When the test films differ, compare on the shared films or the confidence intervals, not the point "
+            "estimates. The quality gate re-scores the model in use on the candidate's test split for a "
+            "like-for-like check."
         )
         curves = [dict(row, version=e.version, order=i) for e in pair for i, row in enumerate(e.plots["roc"])]
         if curves:

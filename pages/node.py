@@ -111,5 +111,5 @@ if (
     st.session_state["node_memo"] = memo
 if note := node_view.node_result_note(row, predictor):
     st.info(note, icon=":material/published_with_changes:")
-ui_viewer.film_card(memo["item"], serving, include_ids)
+ui_viewer.film_card(memo["item"], serving, include_ids, film_key=f"pacs-{row['id']}")
 st.caption(screening_view.DISCLAIMER)

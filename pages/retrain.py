@@ -43,41 +43,41 @@ with st.form("retrain_form"):
         key="dataset_zip",
     )
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"], key="epochs")
-    batch_size = c2.number_input("Batch size", 1, 1024, defaults["batch_size"], key="batch_size")
+    # No min/max on the fields: the browser would only colour a bad value red and submit another one.
+    # retrain_view.form_problems refuses anything out of range with a message (ranges in the labels).
+    epochs = c1.number_input("Epochs (1–500)", value=defaults["epochs"], step=1, key="epochs")
+    batch_size = c2.number_input("Batch size (1–1024)", value=defaults["batch_size"], step=1, key="batch_size")
     learning_rate = c3.number_input(
-        "Learning rate", 1e-6, 1.0, defaults["learning_rate"], format="%.5f", key="learning_rate"
+        "Learning rate (0.000001–1)", value=defaults["learning_rate"], format="%.5f", key="learning_rate"
     )
-    patience = c4.number_input("Early-stopping patience", 1, 100, defaults["patience"], key="patience")
+    patience = c4.number_input("Early-stopping patience (1–100)", value=defaults["patience"], step=1, key="patience")
     st.markdown("Operating threshold and quality gate")
     g1, g2, g3, g4 = st.columns(4)
     min_sensitivity = g1.number_input(
-        "Threshold: sensitivity target on validation",
-        0.5,
-        1.0,
-        defaults["min_sensitivity"],
-        0.01,
+        "Threshold: sensitivity target on validation (0.5–1)",
+        value=defaults["min_sensitivity"],
+        step=0.01,
         key="min_sensitivity",
         help="The threshold is the highest-specificity one that keeps validation sensitivity at this level.",
     )
     # The server's floors are the lowest values offered: the form can make the gate stricter only.
     gate_min_sensitivity = g2.number_input(
-        "Gate: minimum sensitivity", defaults["gate_min_sensitivity"], 1.0, defaults["gate_min_sensitivity"],
-        0.01, key="gate_min_sens", help="The server's policy is the floor; you may ask for more.",
+        "Gate: minimum sensitivity", value=defaults["gate_min_sensitivity"], step=0.01, key="gate_min_sens",
+        help="The server's policy is the floor; you may ask for more.",
     )  # fmt: skip
     gate_min_specificity = g3.number_input(
-        "Gate: minimum specificity", defaults["gate_min_specificity"], 1.0, defaults["gate_min_specificity"],
-        0.01, key="gate_min_spec", help="The server's policy is the floor; you may ask for more.",
+        "Gate: minimum specificity", value=defaults["gate_min_specificity"], step=0.01, key="gate_min_spec",
+        help="The server's policy is the floor; you may ask for more.",
     )  # fmt: skip
     gate_max_auc_drop = g4.number_input(
-        "Gate: largest allowed AUC drop", 0.0, defaults["gate_max_auc_drop"], defaults["gate_max_auc_drop"],
-        0.005, format="%.3f", key="gate_auc_drop", help="The server's policy is the ceiling.",
+        "Gate: largest allowed AUC drop", value=defaults["gate_max_auc_drop"], step=0.005, format="%.3f",
+        key="gate_auc_drop", help="The server's policy is the ceiling.",
     )  # fmt: skip
     with st.expander("Data split"):
         s1, s2, s3 = st.columns(3)
-        val_fraction = s1.number_input("Validation fraction", 0.05, 0.5, defaults["val_fraction"], 0.05)
-        test_fraction = s2.number_input("Test fraction", 0.05, 0.5, defaults["test_fraction"], 0.05)
-        seed = s3.number_input("Random seed", 0, 2**31 - 1, defaults["seed"])
+        val_fraction = s1.number_input("Validation fraction (0.05–0.5)", value=defaults["val_fraction"], step=0.05)
+        test_fraction = s2.number_input("Test fraction (0.05–0.5)", value=defaults["test_fraction"], step=0.05)
+        seed = s3.number_input("Random seed", value=defaults["seed"], step=1)
     start = st.form_submit_button("Start retraining", type="primary")
 
 if start:
@@ -95,6 +95,10 @@ if start:
         "test_fraction": test_fraction,
         "seed": seed,
     }
+    problems = retrain_view.form_problems(values, defaults)
+    if problems:
+        st.error("Not started — correct these values:\n\n" + "\n".join(f"- {p}" for p in problems))
+        st.stop()
     try:
         if dataset_zip is not None:
             data_path = str(save_uploaded_zip(dataset_zip.getvalue(), dataset_zip.name))
@@ -226,6 +230,21 @@ if history:
             st.rerun()
 else:
     st.caption("There is no earlier version to roll back to.")
+
+st.subheader("Refused candidates")
+pruned = retrain_view.prune_refused(registry)
+refused = retrain_view.refused_versions(registry)
+if refused:
+    st.dataframe(
+        pd.DataFrame([{"version": v, "why the gate refused it": "; ".join(r)} for v, r in sorted(refused.items(), reverse=True)]),
+        hide_index=True,
+    )
+st.caption(
+    f"Candidates that failed the quality gate are kept apart from usable versions and never offered for promotion. "
+    f"Retention: the newest {retrain_view.KEEP_REFUSED} are kept for inspection, older ones are deleted."
+    + (f" Deleted now: {', '.join(pruned)}." if pruned else "")
+    + ("" if refused else " None at present.")
+)
 
 st.subheader("Job history")
 if job_list:

@@ -17,26 +17,40 @@ if serving is None:
 if serving.warning:
     st.warning(serving.warning)
 
+# The worklist lives in the session, not in the uploader: a page change empties the uploader, never the list.
+generation = st.session_state.get("uploader_generation")
+generation = generation if isinstance(generation, int) else 0
 uploads = st.file_uploader(
     "Drop one or more frontal chest X-rays (PNG, JPEG, DICOM, TIFF, BMP, WebP)",
     accept_multiple_files=True,
-    key="uploads",
-    help="The file type is recognised from the content, so DICOM files without an extension work too.",
+    key="uploads" if generation == 0 else f"uploads_{generation}",
+    help="The file type is recognised from the content, so DICOM files without an extension work too. Films "
+    "stay on the worklist for this browser session, across pages, until you clear it.",
 )
+if not isinstance(st.session_state.get("include_ids"), bool):
+    st.session_state["include_ids"] = st.session_state.get("screen_include_ids") is True
 include_ids = st.checkbox(
     "Show patient identity from DICOM headers (name, ID, study date, accession number; also in exports)",
-    value=False,
     key="include_ids",
-    help="Off by default so identifiers do not end up in downloads or screenshots.",
+    help="Off by default so identifiers do not end up in downloads or screenshots: films are then named "
+    "film-01, film-02, … by their place on the worklist, on the page and in every export.",
 )
+st.session_state["screen_include_ids"] = include_ids
 
-if not uploads:
+files = st.session_state.get("screen_files")
+files = files if isinstance(files, list) and all(isinstance(f, screening_view.Upload) for f in files) else []
+fresh, duplicates = screening_view.dedupe_uploads([(f.name, f.getvalue()) for f in uploads or []])
+known = {f.sha256 for f in files}
+files = files + [upload for upload in fresh if upload.sha256 not in known]
+st.session_state["screen_files"] = files
+
+if not files:
     st.info(
         f"Results use model **{serving.version}**: an image is called *TB suspected* when its TB "
-        f"probability is at least **{serving.threshold:.3f}**, "
+        f"probability is at least **{serving.threshold:.4g}**, "
         + (
-            f"the operating point of the site profile **{serving.site['name']}**, chosen on this site's own "
-            "confirmed films."
+            f"the operating point of the {screening_view.site_text(serving.site, serving.threshold)}, chosen "
+            "on this site's own confirmed films."
             if serving.site
             else "the operating point chosen on validation images for high sensitivity."
         )
@@ -51,30 +65,61 @@ except CxrError as error:
     st.error(f"The model could not be loaded: {error}. Ask an administrator to roll back or retrain.")
     st.stop()
 
-# One entry per distinct file content; score each batch once (the viewer's controls only redraw).
-files, duplicates = screening_view.dedupe_uploads([(f.name, f.getvalue()) for f in uploads])
-films_key = (tuple(u.sha256 for u in files), include_ids)
+
+def _clear_worklist() -> None:
+    for key in ("screen_memo", "screen_files", "screen_film", "worklist"):
+        st.session_state.pop(key, None)
+    st.session_state["uploader_generation"] = generation + 1
+
+
+# Score each film once; a new drop scores only the new films, a model or identity change scores all again.
 memo = screening_view.valid_memo(st.session_state.get("screen_memo"))  # anything else counts as none
-if not memo or memo["films"] != films_key or memo["model"] != (serving.sha256, serving.version):
-    previous = memo["version"] if memo and memo["films"] == films_key else None
-    with st.spinner(f"Screening {len(files)} image(s)…"):  # in chunks, within the per-batch limits
-        items, limit_notice = screening_view.screen_in_chunks(predictor, files, include_identifiers=include_ids)
-    memo = {
-        "films": films_key,
-        "model": (serving.sha256, serving.version),
-        "version": serving.version,
-        "items": items,
-        "notice": " ".join(filter(None, [screening_view.model_change_notice(previous, serving.version),
-                                         limit_notice])) or None,  # fmt: skip
-    }
-    st.session_state["screen_memo"] = memo
-    st.session_state.pop("film_choice", None)
+model_key = [serving.sha256, serving.version]
+shas = [f.sha256 for f in files]
+previous = None
+if memo and (memo["model"] != model_key or memo["include_ids"] != include_ids or memo["films"] != shas[: len(memo["films"])]):
+    previous = memo["version"]
+    memo = None
+if memo is None:
+    memo = {"films": [], "model": model_key, "version": serving.version, "items": [], "names": [],
+            "fingerprints": [], "include_ids": include_ids,
+            "notice": screening_view.model_change_notice(previous, serving.version)}  # fmt: skip
+todo = files[len(memo["films"]) :]
+if todo:
+    start = len(memo["films"])
+    names = [
+        upload.name if include_ids else screening_view.pseudonym(start + i + 1) for i, upload in enumerate(todo)
+    ]
+    from cxr_core.registry.sites import film_fingerprint
+
+    def _fingerprint(item) -> None:
+        memo["fingerprints"].append(film_fingerprint(item.model_input) if item.model_input is not None else None)
+
+    with st.spinner(f"Screening {len(todo)} image(s)…"):  # in chunks, within the per-batch limits
+        scored, limit_notice = screening_view.screen_in_chunks(
+            predictor, todo, names=names, on_scored=_fingerprint, include_identifiers=include_ids
+        )
+    if limit_notice:
+        memo["notice"] = " ".join(filter(None, [memo.get("notice"), limit_notice]))
+    taken = len(scored)  # past the per-batch file limit, films are left off the worklist, not marked
+    memo["items"] += scored
+    memo["names"] += names[:taken]
+    memo["films"] += [upload.sha256 for upload in todo[:taken]]
+    if taken < len(todo):  # the rest were not screened: dropped from the list, as the notice says
+        st.session_state["screen_files"] = files = files[: len(memo["films"])]
+st.session_state["screen_memo"] = memo
 items = memo["items"]
-rows = screening_view.summary_rows(items, predictor, include_identifiers=include_ids)
+rows = screening_view.summary_rows(items, predictor, include_ids, serving.site, memo["fingerprints"])
 
 if memo["notice"]:
     st.warning(memo["notice"], icon=":material/published_with_changes:")
-notice = screening_view.duplicate_notice(duplicates)
+if include_ids:
+    notice = screening_view.duplicate_notice(duplicates)
+else:  # no upload name on the page: say which film of the worklist the duplicate is
+    position = {upload.name: shas.index(upload.sha256) + 1 for upload in fresh}
+    notice = screening_view.duplicate_notice(
+        [(screening_view.pseudonym(position[kept]),) * 2 for _, kept in duplicates]
+    )
 if notice:
     st.info(notice, icon=":material/content_copy:")
 
@@ -85,7 +130,12 @@ metric_columns[0].metric("Images", len(items))
 for column, group in zip(metric_columns[1:], screening_view.RISK_ORDER, strict=True):
     column.metric(group, counts[group])
 
-st.subheader("Worklist")
+col_title, col_clear = st.columns([4, 1])
+col_title.subheader("Worklist")
+col_clear.button(
+    "Clear the worklist", on_click=_clear_worklist, key="worklist_clear", icon=":material/delete_sweep:",
+    help="Removes every film of this session from the worklist (nothing is stored on the server).",
+)  # fmt: skip
 groups = st.pills(
     "Show",
     screening_view.RISK_ORDER,
@@ -94,44 +144,60 @@ groups = st.pills(
     key="worklist_filter",
     help="Films are listed by risk: TB suspected, then borderline, then no TB signs, unreadable last.",
 )
+ordered = screening_view.worklist(rows, items)  # every film, in risk order: the exports follow it
 table = screening_view.worklist(rows, items, groups)
 shown_films = [row["film"] for row in table]
 
 
-def _open_selected_row() -> None:
+
+def _ticked_film() -> int | None:
+    """The film of the row ticked in the last run's table (a click, or a row set through the session)."""
     state = st.session_state.get("worklist")
-    selected = list(getattr(getattr(state, "selection", None), "rows", None) or [])
-    films = st.session_state.get("worklist_films")
-    films = films if isinstance(films, list) else []
-    if selected and selected[0] < len(films):
-        st.session_state["film_choice"] = films[selected[0]]
+    previous = st.session_state.get("worklist_films")
+    try:
+        rows = list(state["selection"]["rows"])
+    except (KeyError, TypeError):
+        return st.session_state.get("screen_film")
+    if rows and isinstance(previous, list) and isinstance(rows[0], int) and 0 <= rows[0] < len(previous):
+        return previous[rows[0]]
+    return st.session_state.get("screen_film")
 
 
+# The ticked row and the film shown are one thing: the film is remembered, and its row is ticked again
+# in whatever order or filter the table has now (the first row when the film left the list).
+remembered = _ticked_film()
+default_row = shown_films.index(remembered) if remembered in shown_films else 0
+if shown_films:
+    st.session_state["worklist"] = {"selection": {"rows": [default_row], "columns": [], "cells": []}}
 st.session_state["worklist_films"] = shown_films
+
+identity_columns = {column: label for column, label in screening_view.IDENTIFIER_LABELS.items()}
 st.dataframe(
-    pd.DataFrame(table),
+    pd.DataFrame(screening_view.table_rows(table)),
     hide_index=True,
     key="worklist",
-    on_select=_open_selected_row,
-    selection_mode="single-row",
+    on_select="rerun",
+    selection_mode="single-row-required",
+    height=min(36 + 35 * max(1, len(table)), 36 + 35 * 7),
     column_config={
+        **identity_columns,
         "file": "File",
-        "priority": "Priority",
-        "decision": "Result",
-        "tb_probability": st.column_config.NumberColumn("TB probability", format="%.3f"),
+        "result": "Result",
+        "tb_probability": "TB probability",
         "warnings": "Warnings",
-        "error": "Problem",
-        **{column: label for column, label in screening_view.IDENTIFIER_LABELS.items()},
+        "problem": "Problem",
+        "fitted_on_site_films": "Fitted the site profile",
         "threshold": None,
+        "operating_point": None,
+        "evidence_in_lungs": None,
         "model_version": None,
-        "ok": None,
-        "label": None,
         "film": None,
     },
 )
 st.caption(
-    f"Model {serving.version}, TB suspected at a probability of {serving.threshold:.3f} or above; "
-    f"borderline = within {screening_view.BORDERLINE_MARGIN:g} of it. Choose a row to open the film."
+    f"Model {serving.version}; decided at the {screening_view.site_text(serving.site, serving.threshold)}: "
+    f"TB suspected at a probability of {serving.threshold:.6g} or above; borderline = within "
+    f"{screening_view.BORDERLINE_MARGIN:g} of it, on either side. The ticked row is the film shown below."
 )
 
 
@@ -144,25 +210,26 @@ if unreadable:
     )
 
 
+def _report_for(item) -> bytes:
+    return report_pdf.film_report_pdf(
+        item, model_version=serving.version, include_identifiers=include_ids, site=serving.site,
+        fitted=screening_view.fitted_on_site(serving.site, memo["fingerprints"][items.index(item)]),
+        evidence_reference=serving.evidence_reference,
+    )  # fmt: skip
+
+
 def _batch_reports() -> bytes:
+    order = [row["film"] for row in ordered]
     return report_pdf.batch_zip(
-        [
-            (
-                report_pdf.report_name(item),
-                report_pdf.film_report_pdf(
-                    item, model_version=serving.version, include_identifiers=include_ids
-                ),
-            )
-            for item in items
-        ]
-        + [("tb_screening_results.csv", screening_view.summary_csv(rows))]
+        [(report_pdf.report_name(items[i]), _report_for(items[i])) for i in order]
+        + [("tb_screening_results.csv", screening_view.summary_csv(ordered))]
     )
 
 
 col_csv, col_zip, _ = st.columns([1, 1, 2])
 col_csv.download_button(
     "Download results (CSV)",
-    data=screening_view.summary_csv(rows),
+    data=screening_view.summary_csv(ordered),
     file_name="tb_screening_results.csv",
     mime="text/csv",
     on_click="ignore",
@@ -184,16 +251,12 @@ if not shown_films:
     st.stop()
 
 # ------------------------------------------------------------------------------------------ the film
-if st.session_state.get("film_choice") not in shown_films:
-    st.session_state["film_choice"] = shown_films[0]
-chosen = st.selectbox(
-    "Film",
-    shown_films,
-    key="film_choice",
-    format_func=lambda index: screening_view.film_label(items[index]),
-)
+chosen = shown_films[default_row]
+st.session_state["screen_film"] = chosen
 item = items[chosen]
 
 
-ui_viewer.film_card(item, serving, include_ids)
+ui_viewer.film_card(
+    item, serving, include_ids, film_key=memo["films"][chosen], fingerprint=memo["fingerprints"][chosen]
+)
 st.caption(screening_view.DISCLAIMER)

@@ -4,7 +4,8 @@
 
 Starts ``streamlit run app.py`` on a free local port over a copy of the registry (the real one is not
 touched), drops the bundled sample films (one of them twice, plus a file that is not an X-ray), and
-saves ``worklist.png`` and ``viewer.png``. Nothing is fetched from outside.
+saves ``worklist.png``, ``viewer.png`` and ``evaluation.png`` (the Evaluation page's headline). Nothing is
+fetched from outside.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> int:
                         "height": worklist_end["y"] + worklist_end["height"] + 24 - top["y"],
                     },
                 )
-                chooser = page.get_by_test_id("stSelectbox").filter(has_text="Film").bounding_box()
+                chooser = page.locator("h4").first.bounding_box()  # the film card opened by the ticked row
                 plot = page.locator(".js-plotly-plot").first.bounding_box()
                 page.screenshot(
                     path=str(options.out / "viewer.png"),
@@ -81,9 +82,19 @@ def main() -> int:
                         "height": plot["y"] + plot["height"] + 48 - chooser["y"],
                     },
                 )
+                page.locator("[data-testid=stSidebar] a").filter(has_text="Evaluation").click()
+                expect(page.get_by_text("How well does the model work?")).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(2500)
+                main_area = page.get_by_test_id("stMainBlockContainer").bounding_box()
+                pooled = page.get_by_text("On the pooled test split (upper bound)").bounding_box()
+                page.screenshot(
+                    path=str(options.out / "evaluation.png"),
+                    clip={"x": main_area["x"], "y": main_area["y"], "width": main_area["width"],
+                          "height": pooled["y"] + 220 - main_area["y"]},
+                )  # fmt: skip
             finally:
                 browser.close()
-    for name in ("worklist.png", "viewer.png"):
+    for name in ("worklist.png", "viewer.png", "evaluation.png"):
         print(options.out / name)
     return 0
 

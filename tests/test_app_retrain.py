@@ -1,7 +1,9 @@
 """The Retrain page through AppTest: admin gate, a real background retrain, quality gate, promote, rollback."""
 
 import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,12 +124,54 @@ def test_without_a_configured_account_admin_actions_stay_locked(dashboard):
     assert not has_button(at, "Start retraining") and not has_button(at, "Unlock")
 
 
-def test_the_form_offers_no_gate_floor_below_the_servers_policy(admin):
+def test_the_form_refuses_a_gate_floor_below_the_servers_policy_with_a_message(admin):
     at = unlock(open_retrain(), PASSWORD)
     policy = load_params()["gate"]
-    assert at.number_input(key="gate_min_sens").min == policy["min_sensitivity"] == 0.9
-    assert at.number_input(key="gate_min_spec").min == policy["min_specificity"] == 0.7
-    assert at.number_input(key="gate_auc_drop").max == policy["max_auc_drop"] == 0.02
+    assert at.number_input(key="gate_min_sens").value == policy["min_sensitivity"] == 0.9
+    at.number_input(key="gate_min_sens").set_value(0.5)
+    button(at, "Start retraining").click()
+    at.run()
+    refused = next(e.value for e in at.error if e.value.startswith("Not started"))
+    assert "Gate: minimum sensitivity: 0.5 is outside 0.9–1" in refused
+    assert jobs.list_jobs() == []
+
+
+def test_an_out_of_range_value_is_refused_never_clamped(admin):
+    """A patience of 300 (max 100) used to turn the field red and run with 8."""
+    at = unlock(open_retrain(), PASSWORD)
+    at.number_input(key="patience").set_value(300)
+    button(at, "Start retraining").click()
+    at.run()
+    refused = next(e.value for e in at.error if e.value.startswith("Not started"))
+    assert "Early-stopping patience: 300 is outside 1–100" in refused
+    assert jobs.list_jobs() == []  # nothing started with another value
+    assert at.number_input(key="patience").value == 300  # what the user typed stays, to be corrected
+
+
+def test_failed_gate_candidates_are_listed_apart_pruned_and_never_usable(admin):
+    from cxr_core.registry import audit
+    from ui import retrain_view, versions_view
+
+    registry = admin.registry
+    candidate = registry.version_dir("v-copy")
+    for n in range(1, 6):  # five small runs that failed the gate, registered one after another
+        version = f"v2000010{n}-000000"
+        shutil.copytree(candidate, registry.root / version)
+        meta = json.loads((registry.root / version / "metadata.json").read_text())
+        (registry.root / version / "metadata.json").write_text(json.dumps({**meta, "version": version}))
+        audit.record("gate_verdict", root=registry.root, version=version, outcome="failed",
+                     reasons=["ROC AUC 0.333 on 4 films"])  # fmt: skip
+    at = unlock(open_retrain(), PASSWORD)
+    assert not at.exception, [e.value for e in at.exception]
+    listed = next(d.value for d in at.dataframe if "why the gate refused it" in d.value.columns)
+    kept = sorted(f"v2000010{n}-000000" for n in range(3, 6))
+    assert sorted(listed["version"]) == kept  # the newest KEEP_REFUSED are kept ...
+    assert retrain_view.KEEP_REFUSED == 3
+    assert not (registry.root / "v20000101-000000").exists()  # ... older ones are deleted
+    assert any("Deleted now: v20000101-000000, v20000102-000000" in c.value for c in at.caption)
+    usable = [row["version"] for row in versions_view.version_rows(registry)]
+    assert not set(kept) & set(usable) and "v-copy" in usable
+    assert not [b for b in at.button if any(v in b.label for v in kept)]  # never offered for promotion
 
 
 def test_retrain_in_background_is_judged_under_the_who_floors(admin, lenient_policy):

@@ -95,8 +95,9 @@ def texts(elements) -> list[str]:
 
 
 def decisions(at: AppTest) -> list[str]:
-    found = texts(at.error) + texts(at.success)
-    return [t for t in found if screening_view.DECISION_TB in t or screening_view.DECISION_NORMAL in t]
+    """The result boxes of the film card (one result vocabulary: TB suspected, Borderline, No TB signs)."""
+    found = texts(at.error) + texts(at.success) + texts(at.warning)
+    return [t for t in found if any(t.startswith(f"**{result}**") for result in screening_view.RESULTS)]
 
 
 def viewer_pictures(at: AppTest) -> list[np.ndarray]:
@@ -113,6 +114,11 @@ def viewer_pictures(at: AppTest) -> list[np.ndarray]:
     return found
 
 
+def viewer_style(at: AppTest) -> str:
+    """The style the viewer's controls send to the browser (window filter, layer opacity, what is hidden)."""
+    return next(m.value for m in at.markdown if "cxr-window" in m.value)
+
+
 def download_labels(at: AppTest) -> list[str]:
     return [element.proto.label for element in at.get("download_button")]
 
@@ -123,7 +129,8 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert len(probability) == 1
     assert 0.0 <= float(probability[0].value) <= 1.0
     assert len(decisions(at)) == 1
-    assert len(viewer_pictures(at)) == 1  # the film with its Grad-CAM overlay, in the zoomable viewer
+    film, heat = viewer_pictures(at)  # the film and its Grad-CAM layer, in the zoomable viewer
+    assert film.ndim == 2 and heat.shape == (*film.shape, 4)
     assert {"Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"} <= set(
         download_labels(at)
     )
@@ -134,10 +141,12 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
     assert len(legends) == 1 and legends[0]["colorbar"]["title"]["text"] == "TB probability"
     assert (legends[0]["zmin"], legends[0]["zmax"]) == (0.0, 1.0)  # the overlay's colours, in probability units
     at.toggle(key="show_heatmap").set_value(False).run()
-    assert not [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
+    assert "g.colorbar { display: none; }" in viewer_style(at)  # hidden by the browser, the figure unchanged
     current = dashboard.registry.current_version()
     assert any(current in c.value for c in at.caption)
-    assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == TB_XRAY.name
+    # identity is off by default: the film is named by its place on the worklist, never by its file name
+    assert len(at.dataframe) == 1 and at.dataframe[0].value.iloc[0]["file"] == "film-01"
+    assert TB_XRAY.stem not in json.dumps([m.value for m in at.markdown] + [c.value for c in at.caption])
 
 
 def test_broken_file_shows_its_message_and_the_good_file_still_gets_a_result(dashboard):
@@ -150,14 +159,15 @@ def test_broken_file_shows_its_message_and_the_good_file_still_gets_a_result(das
         ("letter.jpg", pdf),
     )
     errors = " ".join(texts(at.error))
-    assert "broken.png" in errors and "truncated or corrupt" in errors
-    assert "letter.jpg" in errors and "PDF" in errors
+    assert "film-01" in errors and "truncated or corrupt" in errors
+    assert "film-03" in errors and "PDF" in errors
     assert len([m for m in at.metric if m.label == "TB probability"]) == 1
     assert len(decisions(at)) == 1
     counts = {m.label: m.value for m in at.metric}
     assert counts["Images"] == "3" and counts["Unreadable"] == "2"
     table = at.dataframe[0].value
-    assert list(table["file"]) == [NORMAL_XRAY.name, "broken.png", "letter.jpg"]  # unreadable last
+    assert list(table["file"]) == ["film-02", "film-01", "film-03"]  # unreadable last
+    assert list(table["result"])[1:] == ["Unreadable", "Unreadable"] and list(table["tb_probability"])[1:] == ["", ""]
 
 
 def test_non_radiograph_and_tiny_image_are_explained(dashboard):
@@ -273,7 +283,7 @@ def sample_films() -> list[tuple[str, bytes]]:
 def test_worklist_is_in_risk_order_filterable_and_opens_the_chosen_film(dashboard, monkeypatch):
     threshold = screening_view.serving_model(dashboard.registry).threshold
     films = sample_films()
-    names = [name for name, _ in films]
+    names = [screening_view.pseudonym(i + 1) for i in range(len(films))]  # identity off: named by position
     probabilities = {
         names[0]: max(0.0, threshold - 0.3),  # no TB signs
         names[1]: min(1.0, threshold + 0.3),  # TB suspected
@@ -283,28 +293,35 @@ def test_worklist_is_in_risk_order_filterable_and_opens_the_chosen_film(dashboar
     score_as(monkeypatch, probabilities)
     at = upload(open_screen(), *films, ("letter.jpg", b"%PDF-1.4\n"))
     table = at.dataframe[0].value
-    assert list(table["file"]) == [names[1], names[3], names[2], names[0], "letter.jpg"]
-    assert list(table["priority"]) == [
+    assert list(table["file"]) == [names[1], names[3], names[2], names[0], "film-05"]
+    assert list(table["result"]) == [
         "TB suspected",
         "TB suspected",
-        "Borderline",
+        "Borderline (TB side)",
         "No TB signs",
         "Unreadable",
     ]
-    # the highest-risk film is open first
-    assert at.selectbox(key="film_choice").value == 1
-    assert at.markdown[0].value.replace("\\", "") == f"#### {names[1]}" or any(
-        m.value.replace("\\", "") == f"#### {names[1]}" for m in at.markdown
-    )
+
+    def heading() -> str:
+        return next(m.value.replace("\\", "") for m in at.markdown if m.value.startswith("#### "))
+
+    # the highest-risk film is open first, and it is the ticked row
+    assert heading() == f"#### {names[1]}"
+    assert list(at.session_state["worklist"]["selection"]["rows"]) == [0]
+
+    at.session_state["worklist"] = {"selection": {"rows": [2]}}  # a click on the third row
+    at.run()
+    assert heading() == f"#### {names[2]}"
 
     at.button_group(key="worklist_filter").set_value(["Borderline", "Unreadable"])
     at.run()
-    assert list(at.dataframe[0].value["file"]) == [names[2], "letter.jpg"]
-    assert at.selectbox(key="film_choice").value == 2  # the chosen film left the list: the first shown opens
+    assert list(at.dataframe[0].value["file"]) == [names[2], "film-05"]
+    ticked = list(at.session_state["worklist"]["selection"]["rows"])
+    assert heading() == f"#### {list(at.dataframe[0].value['file'])[ticked[0]]}"  # ticked row = film shown
 
-    at.selectbox(key="film_choice").set_value(4)
+    at.session_state["worklist"] = {"selection": {"rows": [1]}}
     at.run()
-    assert any("letter.jpg" in t and "could not be screened" in t for t in texts(at.error))
+    assert any("film-05" in t and "could not be screened" in t for t in texts(at.error))
 
 
 def test_the_same_file_twice_is_one_entry_and_the_page_says_so(dashboard):
@@ -314,35 +331,48 @@ def test_the_same_file_twice_is_one_entry_and_the_page_says_so(dashboard):
     )
     counts = {m.label: m.value for m in at.metric}
     assert counts["Images"] == "2"
-    assert len(at.dataframe[0].value) == 2 and "again.png" not in list(at.dataframe[0].value["file"])
+    assert len(at.dataframe[0].value) == 2 and list(at.dataframe[0].value["file"]) != ["film-03"]
+    assert any("film-01 was dropped twice" in t for t in texts(at.info))  # no upload name with identity off
+    at.checkbox(key="include_ids").check()
+    at.run()
     assert any("again.png is the same file as first.png" in t for t in texts(at.info))
 
 
-def test_viewer_window_level_and_heatmap_toggle_change_the_picture(dashboard):
+def test_viewer_controls_change_the_style_not_the_figure(dashboard):
+    """Window/level, opacity, heatmap and outline are applied by the browser: the figure (and so the
+    chart and the reader's zoom) stays the same while the film shows other contrast."""
+    import re
+
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
-    with_heat = viewer_pictures(at)[0]
-    assert with_heat.ndim == 3  # coloured overlay
-    at.toggle(key="show_heatmap").set_value(False)
-    at.run()
-    plain = viewer_pictures(at)[0]
-    assert plain.ndim == 2 or np.allclose(plain[..., 0], plain[..., 1])  # the film alone, grey
+    spec = at.get("plotly_chart")[0].proto.spec
+    film, heat = viewer_pictures(at)
     from cxr_core.imaging.decode import read_image
 
-    film = read_image(TB_XRAY.read_bytes()).pixels
-    assert plain.shape[:2] == film.shape  # full resolution (the sample is smaller than the viewer's limit)
-    gray = plain if plain.ndim == 2 else plain[..., 0]
-    assert np.array_equal(gray, film)  # the default window shows the film's own greys
+    original = read_image(TB_XRAY.read_bytes()).pixels
+    assert np.array_equal(film, original)  # full resolution, the film's own greys
 
     at.slider(key="wl_width").set_value(64)
     at.slider(key="wl_level").set_value(100)
+    at.slider(key="alpha").set_value(0.7)
     at.run()
-    narrow = viewer_pictures(at)[0]
-    narrow = narrow if narrow.ndim == 2 else narrow[..., 0]
-    assert narrow.std() > gray.std()  # a narrower window spreads fewer greys over more contrast
-    assert (narrow == 0).mean() > (gray == 0).mean() and (narrow == 255).mean() > (gray == 255).mean()
+    assert at.get("plotly_chart")[0].proto.spec == spec
+    assert "opacity: 0.700" in viewer_style(at)
+    at.toggle(key="show_heatmap").set_value(False)
+    at.run()
+    assert at.get("plotly_chart")[0].proto.spec == spec
+    style = viewer_style(at)
+    slope, intercept = (float(v) for v in re.search(r'slope="([^"]+)" intercept="([^"]+)"', style).groups())
+    assert (slope, intercept) == pytest.approx(screening_view.window_transfer(100, 64), abs=1e-6)
+    # the browser's linear map on 0..1 greys is apply_window's map on 0..255
+    from cxr_core.imaging.display import apply_window
+
+    mapped = np.clip(np.rint((slope * (original / 255.0) + intercept) * 255.0), 0, 255)
+    assert np.abs(mapped - apply_window(original, 100, 64)).max() <= 1
+    assert "g.imagelayer > g:nth-child(2) { display: none; }" in style
     at.button(key="wl_reset").click()
     at.run()
     assert at.slider(key="wl_width").value == 256 and at.slider(key="wl_level").value == 128
+    assert 'slope="1.000000" intercept="0.000000"' in viewer_style(at)
     assert any(t.startswith("Lung outline") for t in [w.label for w in at.toggle])  # the shipped lung model
 
 
@@ -398,7 +428,41 @@ def test_a_lung_mask_gets_an_outline_toggle_over_the_film(dashboard, monkeypatch
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         return sum(1 for trace in spec["data"] if trace.get("type") == "scatter")
 
-    assert outlines() == 1
+    assert outlines() == 1 and "g.scatterlayer { display: none; }" not in viewer_style(at)
     at.toggle(key="show_lungs").set_value(False)
     at.run()
-    assert outlines() == 0
+    assert "g.scatterlayer { display: none; }" in viewer_style(at)  # hidden in the browser, zoom kept
+
+
+def write_evidence_reference(root: Path, version: str, p05: float | None) -> None:
+    """What the lead's training writes into a model's metadata: where its validation films put their evidence."""
+    path = root / version / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta.pop("evidence_reference", None)
+    if p05 is not None:
+        meta["evidence_reference"] = {"lung_share_p05": p05, "lung_share_p50": min(1.0, p05 + 0.2), "n_films": 120,
+                                      "split": "validation", "how": "Grad-CAM mass inside the lung mask, per film."}  # fmt: skip
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("p05, warned", [(None, False), (0.0, False), (1.0, True)])
+def test_the_evidence_figure_is_neutral_and_warns_only_below_the_models_5th_percentile(dashboard, p05, warned):
+    version = dashboard.registry.current_version()
+    write_evidence_reference(dashboard.root, version, p05)
+    at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
+    assert any(c.value.startswith("Evidence inside the lung fields:") for c in at.caption)  # on every film
+    unusual = [w.value for w in at.warning if "Unusual for this model" in w.value]
+    assert len(unusual) == int(warned)  # p05 = 1.0: every real share is below it; 0.0 or no key: never
+    assert not any("lies outside the lungs: read with care" in w.value for w in at.warning)
+
+
+def test_the_model_card_says_how_the_evidence_level_was_set(dashboard):
+    from cxr_core.registry.card import write_card
+
+    version = dashboard.registry.current_version()
+    write_evidence_reference(dashboard.root, version, 0.31)
+    card = write_card(dashboard.root / version).read_text()
+    assert "warns only below 31.0%" in card and "5th percentile over the 120 validation films" in card
+    assert "Grad-CAM mass inside the lung mask, per film." in card
+    write_evidence_reference(dashboard.root, version, None)
+    assert "warns about no film" in write_card(dashboard.root / version).read_text()

@@ -315,6 +315,8 @@ def test_dashboard_shows_a_result_or_its_message_for_every_file_of_one_batch(
     uploads = list(files.items()) + [(TRAVERSAL_NAME, files["reference.png"])]
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
+    at.checkbox(key="include_ids").check()  # file names shown (with identity off films are film-01, ...)
+    at.run()
     at.file_uploader(key="uploads").set_value(
         [(name, data, "application/octet-stream") for name, data in uploads]
     )
@@ -338,11 +340,9 @@ def test_dashboard_shows_a_result_or_its_message_for_every_file_of_one_batch(
     problems = [
         check_outcome(
             row["file"],
-            bool(row["ok"]),
-            None
-            if row["tb_probability"] is None or np.isnan(row["tb_probability"])
-            else row["tb_probability"],
-            row["error"] or None,
+            row["result"] != screening_view.DECISION_FAILED,
+            float(row["tb_probability"]) if row["tb_probability"] else None,
+            row["problem"] or None,
             refused,
             reference_probability,
         )

@@ -211,6 +211,77 @@ def test_screen_page_refuses_an_upload_over_the_cap_in_a_real_browser(server, tm
             browser.close()
 
 
+IDENTIFYING_NAMES = ("Doe_Jane_MRN4242", "Smith_John_0042", "Brown_Ann_77")  # as clinics name files
+
+
+@pytest.mark.browser
+def test_with_identity_off_no_exported_byte_holds_an_uploads_file_name(server, tmp_path):
+    """File names often carry a patient's name or record number. With identity off, the CSV, each PDF (its
+    text, its metadata, its raw bytes), the zip (member names and bytes), every download's file name and
+    the server's log are searched for any part of the uploaded names: films are film-01, film-02, ..."""
+    need_chromium()
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+    from pypdf import PdfReader
+
+    films = tmp_path / "films"
+    films.mkdir()
+    paths = [films / f"{IDENTIFYING_NAMES[0]}.png", films / f"{IDENTIFYING_NAMES[1]}.dcm", films / f"{IDENTIFYING_NAMES[2]}.png"]
+    paths[0].write_bytes(XRAY.read_bytes())
+    paths[1].write_bytes(dicom_of(SAMPLE / "Tuberculosis" / "tb0063.png"))
+    paths[2].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # unreadable: its message must not name it
+    # whole names and their word parts (digits alone would match PDF offsets by chance)
+    tokens = {part for name in IDENTIFYING_NAMES for part in [name, *name.split("_")] if len(part) >= 4
+              and not part.isdigit()}  # fmt: skip
+
+    def found_in(data: bytes) -> list[str]:
+        return sorted(t for t in tokens if t.encode() in data or t.encode("utf-16-be") in data)
+
+    exported: dict[str, bytes] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
+            page.goto(server)
+            expect(page.get_by_text("Screen chest X-rays for tuberculosis")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").set_input_files([str(p) for p in paths])
+            metric = page.get_by_test_id("stMetricLabel").get_by_text("TB probability", exact=True)
+            expect(metric).to_have_count(1, timeout=120_000)
+            for label in ("Download results (CSV)", "Download all reports (PDF, zip)", "Report (PDF)"):
+                with page.expect_download(timeout=120_000) as download:
+                    page.get_by_role("button", name=label).click()
+                exported[download.value.suggested_filename] = Path(download.value.path()).read_bytes()
+            # what the page itself shows, apart from the browser's own list of the files the user picked
+            exported["page text"] = page.evaluate(
+                """() => { const copy = document.body.cloneNode(true);
+                    copy.querySelectorAll('[data-testid=stFileUploader]').forEach(e => e.remove());
+                    return copy.innerText; }"""
+            ).encode()
+        finally:
+            browser.close()
+
+    assert set(exported) >= {"tb_screening_results.csv", "tb_screening_reports.zip", "page text"}
+    pdfs = [data for name, data in exported.items() if name.endswith(".pdf")]
+    with zipfile.ZipFile(io.BytesIO(exported["tb_screening_reports.zip"])) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    assert len(members) == 4  # three reports (the unreadable film's too) and the CSV
+    pdfs += [data for name, data in members.items() if name.endswith(".pdf")]
+    searched = {f"file name {name}": name.encode() for name in [*exported, *members]}
+    searched.update({name: data for name, data in exported.items()})
+    searched.update({f"zip member {name}": data for name, data in members.items()})
+    for i, data in enumerate(pdfs):
+        reader = PdfReader(io.BytesIO(data))
+        searched[f"pdf {i} text"] = "".join(p.extract_text() for p in reader.pages).encode()
+        searched[f"pdf {i} metadata"] = json.dumps({k: str(v) for k, v in (reader.metadata or {}).items()}).encode()
+        assert "film-0" in str((reader.metadata or {}).get("/Title"))
+    searched["server log"] = (tmp_path / "streamlit.log").read_bytes()
+    leaked = {where: hits for where, data in searched.items() if (hits := found_in(data))}
+    assert leaked == {}, leaked
+    csv_text = exported["tb_screening_results.csv"].decode("utf-8-sig")
+    assert sorted(row["file"] for row in csv.DictReader(io.StringIO(csv_text))) == ["film-01", "film-02", "film-03"]
+
+
 # ------------------------------------------------------------------------------ which models load
 
 

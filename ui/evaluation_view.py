@@ -530,3 +530,190 @@ def fmt_count(value: float) -> str:
     if value < 10:
         return f"{value:.1f}"
     return f"{value:.0f}"
+
+
+# --------------------------------------------------------------------------------- a new clinic first
+
+SMALL_N_FILMS = MIN_TEST_FILMS  # below this many films (or MIN_PER_CLASS of a class) a row is flagged small
+
+
+def _counts(
+    n: int, n_tb: int, sensitivity: float | None, specificity: float | None
+) -> tuple[int, int, int, int]:
+    """(tp, fn, tn, fp) back from a run's rates and class counts (the rates were counted on whole films)."""
+    normal = n - n_tb
+    tp = round((sensitivity or 0.0) * n_tb) if n_tb else 0
+    tn = round((specificity or 0.0) * normal) if normal else 0
+    return tp, n_tb - tp, tn, normal - tn
+
+
+def small_n_notice(n: int | None, n_tb: int | None) -> str:
+    """'' for a row large enough to read, else why its figures move a lot with one film."""
+    if n is None:
+        return ""
+    normal = n - (n_tb or 0)
+    if n < SMALL_N_FILMS or (n_tb is not None and min(n_tb, normal) < MIN_PER_CLASS):
+        return f"small: {n} films ({n_tb} TB): one film moves a rate by {100 / max(1, min(n_tb or n, normal or n)):.0f} points"
+    return ""
+
+
+def new_clinic_estimate(evaluation: Evaluation) -> dict | None:
+    """The figure a new clinic should expect: every held-out hospital's films pooled, scored by the recipe
+    trained without that hospital (leave-one-source-out).
+
+    Two different uncertainties are kept apart, because brackets that look alike were read as one:
+    the 95% CI over films (Wilson, on the pooled counts, averaged over seeds) says how much the figure
+    could move with other films; the seed spread (lowest and highest over the training seeds) says how
+    much it moves when the same recipe is trained again. None when LOSO was not run for this version.
+    """
+    runs = [run for run in (evaluation.loso or {}).get("runs") or [] if run.get("kind") == "loso"]
+    if not runs:
+        return None
+    per_seed: dict[int, list[int]] = {}
+    hospitals = set()
+    for run in runs:
+        for source, cell in (run.get("test") or {}).items():
+            hospitals.add(source)
+            tp, fn, tn, fp = _counts(
+                cell["n"], cell["n_tb"], cell.get("sensitivity"), cell.get("specificity")
+            )
+            totals = per_seed.setdefault(run.get("seed", 0), [0, 0, 0, 0])
+            for i, value in enumerate((tp, fn, tn, fp)):
+                totals[i] += value
+    seeds = sorted(per_seed)
+    sens = [t[0] / (t[0] + t[1]) if t[0] + t[1] else None for t in per_seed.values()]
+    spec = [t[2] / (t[2] + t[3]) if t[2] + t[3] else None for t in per_seed.values()]
+    mean = [float(np.mean([c[i] for c in per_seed.values()])) for i in range(4)]
+    tp, fn, tn, fp = mean
+    with_tb, without = round(tp + fn), round(tn + fp)
+    sensitivity = tp / (tp + fn) if tp + fn else None
+    specificity = tn / (tn + fp) if tn + fp else None
+    aucs = {
+        source: cell["roc_auc"]["mean"]
+        for source, cell in ((evaluation.loso.get("summary") or {}).get("loso") or {}).items()
+        if cell.get("roc_auc")
+    }
+    worst = min(aucs, key=aucs.get) if aucs else None
+    return {
+        "hospitals": sorted(hospitals),
+        "seeds": seeds,
+        "films": with_tb + without,
+        "with_tb": with_tb,
+        "sensitivity": sensitivity,
+        "sensitivity_ci": list(metrics.wilson_interval(round(tp), with_tb)),
+        "sensitivity_seed_range": _range(sens),
+        "specificity": specificity,
+        "specificity_ci": list(metrics.wilson_interval(round(tn), without)),
+        "specificity_seed_range": _range(spec),
+        "worst_auc": (worst, aucs[worst]) if worst else None,
+        "who_minimum_met": metrics.who_minimum_met(sensitivity, specificity),
+    }
+
+
+def _range(values: list[float | None]) -> list[float] | None:
+    values = [v for v in values if v is not None]
+    return [min(values), max(values)] if values else None
+
+
+def fmt_seed_range(spread, percent: bool = True, seeds: int | None = None) -> str:
+    """'seed spread 85.2%–86.9% (3 training seeds)': a range over retrainings, never to be read as a CI."""
+    if not spread:
+        return ""
+    show = (lambda v: f"{v * 100:.1f}%") if percent else (lambda v: f"{v:.3f}")
+    over = f" ({seeds} training seeds)" if seeds else ""
+    return f"seed spread {show(spread[0])}–{show(spread[1])}{over}"
+
+
+def unseen_hospital_table(evaluation: Evaluation) -> list[dict]:
+    """Per held-out hospital: mean over seeds with the 95% CI over films, the seed spread apart, small n said."""
+    if not evaluation.loso:
+        return []
+    summary = (evaluation.loso.get("summary") or {}).get("loso") or {}
+    runs = [run for run in evaluation.loso.get("runs") or [] if run.get("kind") == "loso"]
+    rows = []
+    for source, cell in sorted(summary.items()):
+        n, n_tb = cell["n"], cell["n_tb"]
+        tested = [run["test"][source] for run in runs if source in (run.get("test") or {})]
+        auc_cis = [t.get("roc_auc_ci") for t in tested if t.get("roc_auc_ci") and None not in t["roc_auc_ci"]]
+        auc_ci = (
+            [float(np.mean([c[0] for c in auc_cis])), float(np.mean([c[1] for c in auc_cis]))]
+            if auc_cis
+            else None
+        )
+        sens, spec = (cell.get("sensitivity") or {}).get("mean"), (cell.get("specificity") or {}).get("mean")
+        tp, _, tn, _ = _counts(n, n_tb, sens, spec)
+        rows.append({
+            "hospital left out": source,
+            "films (TB)": f"{n} ({n_tb})",
+            "ROC AUC (95% CI over films)": fmt_ci(cell["roc_auc"]["mean"], auc_ci) if cell.get("roc_auc") else "n/a",
+            "sensitivity (95% CI)": fmt_ci(sens, metrics.wilson_interval(tp, n_tb), percent=True),
+            "specificity (95% CI)": fmt_ci(spec, metrics.wilson_interval(tn, n - n_tb), percent=True),
+            "seed spread (sens. / spec.)": _seed_pair(cell),
+            "notice": small_n_notice(n, n_tb),
+        })  # fmt: skip
+    return rows
+
+
+def _seed_pair(cell: dict) -> str:
+    def one(spread):
+        if not spread or spread.get("n", 1) == 1:
+            return "n/a"
+        return f"{spread['min'] * 100:.1f}–{spread['max'] * 100:.1f}%"
+
+    return f"{one(cell.get('sensitivity'))} / {one(cell.get('specificity'))}"
+
+
+def per_source_table(evaluation: Evaluation) -> list[dict]:
+    """The pooled test split per data source, each figure with its 95% CI over films and a small-n notice."""
+    rows = []
+    for source, summary in (evaluation.metrics.get("per_source") or {}).items():
+        op = summary.get("operating_point", summary)
+        n, n_tb = summary.get("n"), summary.get("n_positive")
+        rows.append({
+            "source": source,
+            "films (TB)": f"{n} ({n_tb})",
+            "ROC AUC (95% CI)": fmt_ci(summary.get("roc_auc"), summary.get("roc_auc_ci")),
+            "sensitivity (95% CI)": fmt_ci(op.get("sensitivity"), op.get("sensitivity_ci"), percent=True),
+            "specificity (95% CI)": fmt_ci(op.get("specificity"), op.get("specificity_ci"), percent=True),
+            "notice": small_n_notice(n, n_tb),
+        })  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------- compare like with like
+
+
+def _film_keys(evaluation: Evaluation) -> dict[tuple[str, str], dict]:
+    return {(row["path"], row["member"] or ""): row for row in evaluation.predictions}
+
+
+def same_films_comparison(first: Evaluation, second: Evaluation) -> dict:
+    """Whether two versions were tested on the same films, and their figures on the films both were tested on.
+
+    Each version's own test split can differ (another dataset, another split seed): an AUC of 0.992 on
+    one set beside 0.937 on another says nothing about which model is better. On the shared films both
+    versions are scored at their own thresholds, so that row compares like with like.
+    """
+    a, b = _film_keys(first), _film_keys(second)
+    shared = sorted(set(a) & set(b))
+    result = {"same": bool(a) and set(a) == set(b), "films_a": len(a), "films_b": len(b), "shared": len(shared),
+              "rows": []}  # fmt: skip
+    if not shared:
+        return result
+    labels = np.array([a[key]["label"] for key in shared], dtype=np.int64)
+    if min(int(labels.sum()), len(labels) - int(labels.sum())) < 1:
+        return result
+    few = small_n_notice(len(labels), int(labels.sum()))
+    figures = {}
+    for evaluation, rows in ((first, a), (second, b)):
+        probabilities = np.array([rows[key]["probability"] for key in shared], dtype=np.float64)
+        report = metrics.evaluate(labels, probabilities, evaluation.threshold, n_boot=200)
+        figures[evaluation.version] = report
+    for label, getter in (
+        ("ROC AUC", lambda r: fmt_ci(r.get("roc_auc"), r.get("roc_auc_ci"))),
+        ("Sensitivity", lambda r: fmt_ci(r.get("sensitivity"), r.get("sensitivity_ci"), percent=True)),
+        ("Specificity", lambda r: fmt_ci(r.get("specificity"), r.get("specificity_ci"), percent=True)),
+    ):
+        result["rows"].append({"": label, **{v: getter(r) for v, r in figures.items()}})
+    result["notice"] = few
+    return result

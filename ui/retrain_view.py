@@ -179,3 +179,92 @@ def history_rows(jobs: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+# --------------------------------------------------------------------------------- form values
+
+FORM_LIMITS = {  # field -> (label, lowest, highest); the page refuses a value outside, it never clamps
+    "epochs": ("Epochs", 1, 500),
+    "batch_size": ("Batch size", 1, 1024),
+    "learning_rate": ("Learning rate", 1e-6, 1.0),
+    "patience": ("Early-stopping patience", 1, 100),
+    "min_sensitivity": ("Threshold: sensitivity target on validation", 0.5, 1.0),
+    "val_fraction": ("Validation fraction", 0.05, 0.5),
+    "test_fraction": ("Test fraction", 0.05, 0.5),
+    "seed": ("Random seed", 0, 2**31 - 1),
+}
+WHOLE = {"epochs", "batch_size", "patience", "seed"}
+
+
+def form_problems(values: dict, defaults: dict) -> list[str]:
+    """Every value of the Retrain form that is out of range, in words; empty when the job may start.
+
+    A browser number field only turns red on a value past its limit and the form used to submit a
+    different one silently (a patience of 300 ran with 8): here nothing is clamped, the job does not
+    start, and the message names the field and its range. The gate fields may only be stricter than the
+    server's policy.
+    """
+    problems = []
+    for field, (label, low, high) in FORM_LIMITS.items():
+        value = values.get(field)
+        if value is None:
+            problems.append(f"{label}: enter a value between {low:g} and {high:g}.")
+        elif field in WHOLE and float(value) != int(value):
+            problems.append(f"{label}: {value:g} is not a whole number.")
+        elif not low <= float(value) <= high:
+            problems.append(f"{label}: {value:g} is outside {low:g}–{high:g}; nothing was changed, correct it.")
+    gate = (
+        ("gate_min_sensitivity", "Gate: minimum sensitivity", defaults["gate_min_sensitivity"], 1.0),
+        ("gate_min_specificity", "Gate: minimum specificity", defaults["gate_min_specificity"], 1.0),
+        ("gate_max_auc_drop", "Gate: largest allowed AUC drop", 0.0, defaults["gate_max_auc_drop"]),
+    )
+    for field, label, low, high in gate:
+        value = values.get(field)
+        if value is None or not low <= float(value) <= high:
+            problems.append(
+                f"{label}: {value} is outside {low:g}–{high:g} (the server's policy is the limit; the form "
+                "can only make the gate stricter)."
+            )
+    if not problems and float(values["val_fraction"]) + float(values["test_fraction"]) >= 0.9:
+        problems.append("Validation and test fractions together leave too little to train on (at most 0.9).")
+    return problems
+
+
+# --------------------------------------------------------------------------------- refused candidates
+
+KEEP_REFUSED = 3  # newest failed-gate candidates kept for inspection; older ones are deleted
+
+
+def refused_versions(registry) -> dict[str, list[str]]:
+    """Versions whose latest gate verdict failed and that were never in use: version -> reasons.
+
+    They are not usable versions: they are listed apart, never offered for promotion, and pruned.
+    """
+    from cxr_core.errors import CxrError
+    from cxr_core.registry import audit
+
+    try:
+        used = {registry.current_version(), *registry.history()}
+    except CxrError:
+        used = set()
+    verdicts: dict[str, dict] = {}
+    for entry in reversed(audit.read(registry.root)):  # oldest first: the last verdict wins
+        if entry.get("action") == "gate_verdict" and entry.get("version"):
+            verdicts[entry["version"]] = entry
+    present = {meta["version"] for meta in registry.versions()}
+    return {
+        version: list(entry.get("reasons") or [])
+        for version, entry in verdicts.items()
+        if entry.get("outcome") == "failed" and version not in used and version in present
+    }
+
+
+def prune_refused(registry, keep: int = KEEP_REFUSED) -> list[str]:
+    """Delete all but the newest ``keep`` refused candidates (version names sort by creation time)."""
+    import shutil
+
+    refused = sorted(refused_versions(registry))
+    doomed = refused[: max(0, len(refused) - keep)]
+    for version in doomed:
+        shutil.rmtree(registry.version_dir(version), ignore_errors=True)
+    return doomed

@@ -28,9 +28,21 @@ DISCLAIMER = (
     "Decision support for research and demonstration only. Not a medical device: every result needs "
     "a clinician's reading and confirmatory testing."
 )
-DECISION_TB = "TB suspected — refer for confirmatory testing"
-DECISION_NORMAL = "No TB signs detected"
-DECISION_FAILED = "Not assessed — see the message"
+# One result vocabulary for the page, the worklist, the CSV, the PDF and the DICOM result: a clinician
+# who reads "Borderline (TB side)" on screen reads the same words in every export.
+DECISION_TB = "TB suspected"
+DECISION_BORDERLINE_TB = "Borderline (TB side)"
+DECISION_BORDERLINE_NORMAL = "Borderline (no-TB side)"
+DECISION_NORMAL = "No TB signs"
+DECISION_FAILED = "Unreadable"
+RESULTS = (DECISION_TB, DECISION_BORDERLINE_TB, DECISION_BORDERLINE_NORMAL, DECISION_NORMAL, DECISION_FAILED)
+ACTIONS = {
+    DECISION_TB: "refer for confirmatory testing",
+    DECISION_BORDERLINE_TB: "refer for confirmatory testing; close to the threshold, read the film with care",
+    DECISION_BORDERLINE_NORMAL: "close to the threshold: read the film with particular care before clearing it",
+    DECISION_NORMAL: "no referral on this result alone",
+    DECISION_FAILED: "not scored: see the problem",
+}
 
 
 # --------------------------------------------------------------------------------- the serving model
@@ -46,6 +58,7 @@ class ServingModel:
     threshold: float
     warning: str | None = None
     site: dict | None = None  # the active site profile, when it was set for this model version
+    evidence_reference: dict | None = None  # where this model's validation films put their evidence
 
 
 def serving_model(registry: Registry | None = None, version: str | None = None) -> ServingModel:
@@ -76,32 +89,93 @@ def serving_model(registry: Registry | None = None, version: str | None = None) 
             f"use is {version}, so its own threshold applies until the site's films are validated again."
         )
         warning = f"{warning} {note}" if warning else note
+    reference = meta.get("evidence_reference")
     return ServingModel(
-        version=version, model_dir=model_dir, sha256=sha, threshold=threshold, warning=warning, site=site
+        version=version, model_dir=model_dir, sha256=sha, threshold=threshold, warning=warning, site=site,
+        evidence_reference=reference if isinstance(reference, dict) else None,
+    )  # fmt: skip
+
+
+def site_text(site: dict | None, threshold: float) -> str:
+    """Which operating point decides, in one line: the site profile's name, floor and date, or the model's own.
+
+    Shown wherever a decision is (sidebar, result card, CSV, PDF), so nobody reads a result without
+    knowing whose threshold made it.
+    """
+    if not site:
+        return f"model's own threshold {threshold:.4g} (chosen on development data)"
+    from cxr_core.registry.sites import sensitivity_floor
+
+    in_use = site.get("in_use") or {}
+    since = str(in_use.get("since") or "")[:10] or "date not recorded"
+    text = (
+        f"site profile {site['name']} (threshold {float(site['threshold']):.4g}, sensitivity floor "
+        f"{sensitivity_floor(site):.0%}, in use since {since})"
     )
+    if in_use.get("override"):
+        text += f"; switched on below its floor by an admin override: {in_use['override']}"
+    return text
 
 
-LUNG_EVIDENCE_FLOOR = 0.5
+def fitted_on_site(site: dict | None, fingerprint: str | None) -> bool:
+    """True when this film was one of the films that chose the active site profile's threshold."""
+    return bool(site and fingerprint and fingerprint in set(site.get("fitted_on") or ()))
+
+
+FITTED_NOTE = (
+    "This film was one of the films used to set the site profile's threshold: its result is not an "
+    "independent test of that profile."
+)
 
 
 def lung_evidence_text(item: ScreenedImage) -> str | None:
-    """Where the evidence lies, in words: a decision drawn from outside the lungs deserves a second look."""
+    """Where the evidence lies, as neutral information shown on every film (None without a lung model).
+
+    Grad-CAM mass of a small network spreads beyond the lungs on most films, so a share alone is no
+    reason for alarm; :func:`evidence_warning` says when it is unusual for this model.
+    """
     share = item.evidence_in_lungs
     if share is None:
         return None
-    if share < LUNG_EVIDENCE_FLOOR:
-        return f"Most of the evidence ({1 - share:.0%}) lies outside the lungs: read with care."
-    return f"{share:.0%} of the evidence lies inside the lung fields."
+    return f"Evidence inside the lung fields: {share:.0%} of the heatmap's mass ({1 - share:.0%} outside)."
+
+
+def evidence_warning(item: ScreenedImage, reference: dict | None) -> str | None:
+    """A warning only when this film's evidence-in-lungs is unusual for the model: below the 5th percentile
+    of its own validation films (``evidence_reference.lung_share_p05`` in the model's metadata).
+
+    A model without that reference gets no warning at all: a fixed level would fire on most films of a
+    model whose heatmaps spread wide, and a warning on every film is no warning.
+    """
+    share = item.evidence_in_lungs
+    try:
+        level = float((reference or {})["lung_share_p05"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if share is None or share >= level:
+        return None
+    return (
+        f"Unusual for this model: only {share:.0%} of the evidence lies inside the lung fields, less than on "
+        f"95% of its validation films (5th percentile {level:.0%}). The result may rest on something outside "
+        "the lungs (a marker, a tube, the edge of the film): read with care."
+    )
 
 
 # --------------------------------------------------------------------------------- screening results
 
 
 def decision_text(item: ScreenedImage) -> str:
-    """The result in words a clinician acts on."""
+    """The result in the one vocabulary: TB suspected / Borderline (which side) / No TB signs / Unreadable.
+
+    The side comes from the model's own label, which compares the unrounded probability with the
+    unrounded threshold; nothing here rounds before deciding.
+    """
     if not item.ok or item.prediction is None:
         return DECISION_FAILED
-    return DECISION_TB if item.prediction.label == TB else DECISION_NORMAL
+    tb = item.prediction.label == TB
+    if is_borderline(item):
+        return DECISION_BORDERLINE_TB if tb else DECISION_BORDERLINE_NORMAL
+    return DECISION_TB if tb else DECISION_NORMAL
 
 
 def is_tb(item: ScreenedImage) -> bool:
@@ -114,11 +188,11 @@ def fmt_probability(probability: float, threshold: float) -> tuple[str, str]:
     At three decimals 0.9076 and 0.9081 both read 0.908, and "0.908: no TB signs" beside "TB from
     0.908" looks like a contradiction to the person reading it.
     """
-    for digits in range(3, 7):
+    for digits in range(3, 16):
         shown, limit = f"{probability:.{digits}f}", f"{threshold:.{digits}f}"
         if shown != limit or probability == threshold:
             return shown, limit
-    return f"{probability:.6f}", f"{threshold:.6f}"
+    return repr(float(probability)), repr(float(threshold))
 
 
 BORDERLINE_MARGIN = 0.05
@@ -280,54 +354,78 @@ def _text(value) -> str:
 
 SUMMARY_FIELDS = [
     "file",
-    "priority",
-    "decision",
+    "result",
     "tb_probability",
     "threshold",
-    "label",
-    "ok",
+    "operating_point",
+    "fitted_on_site_films",
+    "evidence_in_lungs",
     "warnings",
-    "error",
+    "problem",
     "model_version",
 ]
+INTERNAL_FIELDS = {"film"}  # the worklist's index back into the batch: never exported
 
 
-def summary_rows(items: list[ScreenedImage], predictor, include_identifiers: bool = False) -> list[dict]:
-    """One flat row per upload for the batch table and its CSV; identifiers only when asked for."""
+def summary_rows(
+    items: list[ScreenedImage],
+    predictor,
+    include_identifiers: bool = False,
+    site: dict | None = None,
+    fingerprints: list[str | None] | None = None,
+) -> list[dict]:
+    """One flat row per film for the worklist and its CSV, identity columns first when switched on.
+
+    Probability and threshold are the unrounded floats the decision compared (a CSV showing 0.1024 beside
+    0.102373 and calling it TB looked like an error); unreadable films have no probability, not "None".
+    """
     rows = []
-    for item in items:
+    for index, item in enumerate(items):
         base = result_row(item, predictor)
-        row = {
-            "file": base["file"],
-            "priority": risk_group(item),
-            "decision": decision_text(item),
-            "tb_probability": base["probability"],
-            "threshold": round(float(base["threshold"]), 4),
-            "label": base["label"],
-            "ok": base["ok"],
-            "warnings": base["warning"] or "",
-            "error": base["error"] or "",
-            "model_version": base["model_version"],
-        }
+        row = {}
         if include_identifiers:
             found = identity(item)
             for column in IDENTIFIER_FIELDS.values():
                 row[column] = found.get(column, "")
+        fingerprint = fingerprints[index] if fingerprints and index < len(fingerprints) else None
+        row.update({
+            "file": base["file"],
+            "result": decision_text(item),
+            "tb_probability": None if item.prediction is None else float(item.prediction.probability),
+            "threshold": float(item.prediction.threshold if item.prediction is not None else base["threshold"]),
+            "operating_point": site_text(site, float(base["threshold"])),
+            "fitted_on_site_films": "yes" if fitted_on_site(site, fingerprint) else "",
+            "evidence_in_lungs": base["evidence_in_lungs"],
+            "warnings": base["warning"] or "",
+            "problem": base["error"] or "",
+            "model_version": base["model_version"],
+        })  # fmt: skip
         rows.append(row)
     return rows
 
 
 def summary_csv(rows: list[dict]) -> bytes:
-    """The batch as CSV bytes; every text cell is neutralised so a file name cannot run as a formula."""
-    fields = list(SUMMARY_FIELDS)
+    """The rows as CSV bytes, in the order given (the page gives the worklist's); every text cell is
+    neutralised so a file name cannot run as a formula, and floats keep every digit."""
+    fields: list[str] = []
     for row in rows:
-        fields += [key for key in row if key not in fields]
+        fields += [key for key in row if key not in fields and key not in INTERNAL_FIELDS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
+        writer.writerow({key: spreadsheet_safe("" if value is None else value) for key, value in row.items()})
     return buffer.getvalue().encode("utf-8-sig")  # the BOM lets Excel read accented names correctly
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The worklist as the page shows it: the probability with enough digits to differ from the threshold."""
+    shown = []
+    for row in rows:
+        probability = row.get("tb_probability")
+        text = "" if probability is None else fmt_probability(probability, row["threshold"])[0]
+        shown.append({**row, "tb_probability": text})
+    return shown
 
 
 def batch_counts(items: list[ScreenedImage]) -> dict[str, int]:
@@ -416,15 +514,21 @@ def _limit(name: str, default: int) -> int:
         return default
 
 
-def screen_in_chunks(predictor, files: list[Upload], chunk: int = SCORE_CHUNK, **read_options):
+def screen_in_chunks(
+    predictor, files: list[Upload], chunk: int = SCORE_CHUNK, names: list[str] | None = None, on_scored=None,
+    **read_options,
+):  # fmt: skip
     """Screen a drop of files a chunk at a time, within the per-batch limits; returns (items, notice).
 
     Every file used to be decoded at full size before any was scored, with no cap on how many files or
     pixels one drop could hold: a few hundred large films could exhaust the server's memory for every
     user. Now at most ``MAX_BATCH_FILES`` files are taken, decoded and scored ``chunk`` at a time and
     shrunk for display before the next chunk, and once the drop has used ``MAX_BATCH_MEGAPIXELS`` the
-    remaining files are listed as not screened, with the reason, instead of being decoded.
+    remaining files are listed as not screened, with the reason, instead of being decoded. ``names``
+    (default: the files' own) are what the films are called (pseudonyms with identity off), and
+    ``on_scored`` sees each film before it is shrunk (e.g. to fingerprint the network's input).
     """
+    names = names or [upload.name for upload in files]
     max_files = _limit("CXR_MAX_BATCH_FILES", MAX_BATCH_FILES)
     max_pixels = _limit("CXR_MAX_BATCH_MEGAPIXELS", MAX_BATCH_MEGAPIXELS) * 1_000_000
     taken = files[:max_files]
@@ -437,17 +541,23 @@ def screen_in_chunks(predictor, files: list[Upload], chunk: int = SCORE_CHUNK, *
     items: list[ScreenedImage] = []
     pixels = 0
     for start in range(0, len(taken), chunk):
-        part = taken[start : start + chunk]
+        part = list(zip(names[start : start + chunk], taken[start : start + chunk], strict=True))
         if pixels >= max_pixels:
             reason = (
                 f"not screened: this batch already holds {pixels // 1_000_000} megapixels (limit "
                 f"{max_pixels // 1_000_000}); drop this film again as part of another batch"
             )
-            items += [ScreenedImage(name=upload.name, ok=False, error=reason) for upload in part]
+            for name, _ in part:
+                item = ScreenedImage(name=name, ok=False, error=reason)
+                if on_scored:
+                    on_scored(item)
+                items.append(item)
             continue
-        for item in predictor.screen([(upload.name, upload.data) for upload in part], **read_options):
+        for item in predictor.screen([(name, upload.data) for name, upload in part], **read_options):
             if item.ok and item.image is not None:
                 pixels += item.image.width * item.image.height
+            if on_scored:
+                on_scored(item)
             items.append(shrink_for_display(item))
     return items, notice
 
@@ -473,12 +583,13 @@ def model_change_notice(previous_version: str | None, version: str) -> str | Non
     )
 
 
-def film_label(item: ScreenedImage) -> str:
-    """How a film is named in the film chooser: its priority group, its file name and its probability."""
-    group = risk_group(item)
-    if item.ok and item.prediction is not None:
-        return f"{group} · {item.name} · {item.prediction.probability:.3f}"
-    return f"{group} · {item.name}"
+def pseudonym(position: int) -> str:
+    """How a film is named when patient identity is off: its position on the session's worklist.
+
+    File names often carry a patient's name or record number, so with identity off the upload's name
+    never reaches the page, a CSV, a PDF (text or metadata), an export's file name or a log.
+    """
+    return f"film-{position:02d}"
 
 
 # --------------------------------------------------------------------------------- the viewer
@@ -519,17 +630,57 @@ def result_text(item: ScreenedImage, version: str) -> str:
     if not item.ok or item.prediction is None:
         return f"{DECISION_FAILED}: {item.error}"
     shown, limit = fmt_probability(item.prediction.probability, item.prediction.threshold)
+    decision = decision_text(item)
     return (
-        f"{decision_text(item)}. TB probability {shown} (called TB suspected at {limit} or above), "
+        f"{decision}: {ACTIONS[decision]}. TB probability {shown} (called TB suspected at {limit} or above), "
         f"model {version}. {DISCLAIMER}"
     )
 
 
-MEMO_KEYS = {"films", "model", "version", "items", "notice"}
+MEMO_KEYS = {"films", "model", "version", "items", "notice", "names", "fingerprints", "include_ids"}
 
 
 def valid_memo(memo) -> dict | None:
-    """The Screen page's remembered batch, or None when the session holds anything else under its key."""
+    """The Screen page's remembered worklist, or None when the session holds anything else under its key."""
     if not isinstance(memo, dict) or set(memo) != MEMO_KEYS or not isinstance(memo["items"], list):
         return None
+    if not isinstance(memo["films"], list) or len(memo["films"]) != len(memo["items"]):
+        return None
     return memo if all(isinstance(item, ScreenedImage) for item in memo["items"]) else None
+
+
+# --------------------------------------------------------------------------------- viewer layers
+
+
+def heat_layer(gray: np.ndarray, heatmap: np.ndarray, box, max_side: int = VIEWER_SIDE) -> np.ndarray:
+    """The Grad-CAM as an RGBA layer over the film: jet colours, alpha = the heatmap's value.
+
+    Drawn over the film with an opacity of ``alpha`` it gives exactly :func:`gradcam.overlay`'s blend
+    (per-pixel weight heat x alpha), but as its own layer the browser changes its opacity, and the
+    film's window/level, without a new picture: the viewer keeps the reader's zoom and pan.
+    """
+    from cxr_core.imaging.display import display_scale
+    from cxr_core.imaging.preprocess import CropBox
+
+    height, width = gray.shape[:2]
+    box = box or CropBox(0, 0, height, width)
+    scale = display_scale(height, width, max_side)
+    out_h, out_w = display_gray(gray, max_side).shape[:2]
+    layer = np.zeros((out_h, out_w, 4), np.uint8)
+    top, left = round(box.top * scale), round(box.left * scale)
+    bottom = max(top + 1, min(out_h, round(box.bottom * scale)))
+    right = max(left + 1, min(out_w, round(box.right * scale)))
+    heat = cv2.resize(heatmap.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
+    heat = np.clip(heat, 0.0, 1.0)
+    colours = cv2.applyColorMap((heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    layer[top:bottom, left:right, :3] = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
+    layer[top:bottom, left:right, 3] = np.rint(heat * 255.0).astype(np.uint8)
+    return layer
+
+
+def window_transfer(level: float, width: float) -> tuple[float, float]:
+    """Window/level as a linear map on 0..1 greys (slope, intercept), the same map as
+    :func:`cxr_core.imaging.display.apply_window`, for the browser to apply to the film layer."""
+    width = max(2.0, float(width))
+    slope = 255.0 / (width - 1.0)
+    return slope, (width / 2.0 - float(level)) / (width - 1.0)

@@ -65,7 +65,8 @@ def compare_rows(evaluations: list[Evaluation]) -> list[dict]:
 
 
 def version_rows(registry: Registry) -> list[dict]:
-    """Every registered version, newest first, with the figures needed to choose between them."""
+    """Every usable registered version, newest first, with the figures needed to choose between them;
+    candidates refused by the gate are left out (see :func:`ui.retrain_view.refused_versions`)."""
     try:
         current = registry.current_version()
     except ModelError:
@@ -74,10 +75,15 @@ def version_rows(registry: Registry) -> list[dict]:
         history = registry.history()
     except ModelError:
         history = []
+    from ui.retrain_view import refused_versions
+
+    refused = refused_versions(registry)
     rows = []
     for meta in reversed(registry.versions()):
         summary = meta.get("metrics") or {}
         version = meta["version"]
+        if version in refused:  # failed the gate: listed apart on the Retrain page, never as a usable version
+            continue
         if version == current:
             status = "in use"
         elif version in history:

@@ -17,20 +17,23 @@ from cxr_core.errors import CxrError, DatasetError
 
 
 def score_local_set(data_path: str | Path, predictor, batch: int = 64) -> dict:
-    """Labels, raw scores and paths of every readable film; unreadable ones are listed, never fatal."""
+    """Labels, raw scores, paths and pixel fingerprints of every readable film; unreadable ones are listed,
+    never fatal."""
     from cxr_core.pipeline.datasets import discover, read_record_bytes
+    from cxr_core.registry.sites import film_fingerprint
 
     found = discover(data_path)
     if not found.records:
         raise DatasetError(f"no labelled films found in {Path(data_path).name}")
-    labels, scores, paths, skipped = [], [], [], list(found.skipped)
+    labels, scores, paths, skipped, fingerprints = [], [], [], list(found.skipped), []
     pending: list[tuple] = []
 
     def flush() -> None:
         if not pending:
             return
         predictions = predictor.predict(np.stack([item[2] for item in pending])[..., None])
-        for (record, label, _), prediction in zip(pending, predictions, strict=True):
+        for (record, label, pixels), prediction in zip(pending, predictions, strict=True):
+            fingerprints.append(film_fingerprint(pixels))
             labels.append(label)
             scores.append(prediction.probability)
             paths.append(record.display_path)
@@ -50,6 +53,7 @@ def score_local_set(data_path: str | Path, predictor, batch: int = 64) -> dict:
         "labels": np.asarray(labels, dtype=np.int64),
         "scores": np.asarray(scores, dtype=np.float64),
         "paths": paths,
+        "fingerprints": fingerprints,  # of the network's input, to mark these films when screened later
         "skipped": skipped,
         "sources": sorted({record.source for record in found.records}),
     }

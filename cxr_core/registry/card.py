@@ -218,6 +218,7 @@ def render_model_card(
             )
     lines += _original_comparison(report)
     lines += _evidence_section(report)
+    lines += evidence_warning_paragraph(metadata)
     lines += [
         "",
         "## Known limits",
@@ -239,6 +240,27 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def evidence_warning_paragraph(metadata: dict) -> list[str]:
+    """How the Screen page decides that a film's evidence is unusual, from ``evidence_reference`` in the
+    metadata; without that key no film is warned about, and the card says so."""
+    reference = metadata.get("evidence_reference")
+    if not isinstance(reference, dict) or reference.get("lung_share_p05") is None:
+        return [
+            "",
+            "**When a film's evidence is called unusual.** This version records no reference for the share of",
+            "Grad-CAM evidence inside the lung fields, so the Screen page shows that share as information only",
+            "and warns about no film.",
+        ]
+    how = str(reference.get("how") or "").strip()
+    return [
+        "",
+        "**When a film's evidence is called unusual.** The Screen page shows every film's share of Grad-CAM",
+        f"evidence inside the lung fields as information, and warns only below {float(reference['lung_share_p05']):.1%}:",
+        f"the 5th percentile over the {reference.get('n_films', 'n/a')} {reference.get('split', 'validation')} films of",
+        f"this version (median {float(reference.get('lung_share_p50') or 0):.1%})." + (f" {how}" if how else ""),
+    ]
 
 
 def _original_comparison(report: dict) -> list[str]:

@@ -10,11 +10,18 @@ threshold is chosen on k-1 folds and counted on the k-th), never the optimistic 
 that chose it.
 
 Profiles live in ``<registry>/sites/<name>.json``; ``<registry>/sites/active.json`` names the one in
-use (atomically replaced, like the model pointer). Creating, activating and reverting write audit lines.
+use (atomically replaced, like the model pointer), so ``active`` and the other pointer words are reserved
+and never a profile's name. Creating, activating, refusing, overriding and switching off write audit lines.
+
+A profile is switched on only when its cross-validated sensitivity (the point estimate over films that did
+not choose the threshold) reaches its floor: the profile's own floor, never below the WHO minimum of 90%
+(a referral budget has no floor of its own, so it gets the WHO one). Below it, only an admin's explicit
+override with a written reason switches it on, and the audit line keeps the reason and both figures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +38,60 @@ SITES_DIR = "sites"
 ACTIVE_FILE = "active.json"
 WEAK_PER_CLASS = 50  # below this many films of a class, the page says the estimate is weak
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_NAMES = frozenset({"active", "none", "default", "previous", "current"})  # pointer words
+
+
+class SiteFloorError(CxrError):
+    """Activation refused: the profile's cross-validated sensitivity is below its floor."""
+
+
+def check_name(name: str) -> str:
+    """A profile name that is a safe file name and not one of the pointer files' words."""
+    if not _NAME.match(name or ""):
+        raise CxrError("A site name uses letters, digits, '.', '_' or '-' (at most 64 characters).")
+    if name.lower() in RESERVED_NAMES:
+        raise CxrError(
+            f"{name!r} is a reserved word ({', '.join(sorted(RESERVED_NAMES))}); choose another site name."
+        )
+    return name
+
+
+def film_fingerprint(model_input: np.ndarray) -> str:
+    """A film's identity without its identity: sha256 of the network's input pixels (no name, no header).
+
+    The same picture under any file name or container gives the same fingerprint, which is how a
+    screened film is recognised as one of the films a site profile was fitted on.
+    """
+    pixels = np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
+    return hashlib.sha256(pixels.tobytes()).hexdigest()
+
+
+def sensitivity_floor(profile: dict) -> float:
+    """The floor a profile must reach to be switched on: its own, never below the WHO minimum."""
+    own = profile.get("min_sensitivity")
+    return max(float(own) if own is not None else 0.0, metrics.WHO_MIN_SENSITIVITY)
+
+
+def floor_check(profile: dict) -> dict:
+    """Whether the profile reaches its floor, on which figure (stated), with the CI beside it."""
+    cv = (profile.get("evidence") or {}).get("cross_validated") or {}
+    measured = cv.get("sensitivity")
+    floor = sensitivity_floor(profile)
+    ok = measured is not None and measured >= floor
+    return {
+        "floor": floor,
+        "measured": measured,
+        "ci": cv.get("sensitivity_ci"),
+        "basis": "cross-validated sensitivity (point estimate)",
+        "ok": ok,
+        "message": None
+        if ok
+        else (
+            f"The profile {profile.get('name')!r} reaches a cross-validated sensitivity (point estimate) of "
+            + ("n/a" if measured is None else f"{measured:.1%}")
+            + f", below its floor of {floor:.0%}: switching it on would miss more TB than the floor allows."
+        ),
+    }
 
 
 @dataclass
@@ -129,10 +190,14 @@ def build_profile(
     card_auc: float | None = None,
     created_by: str | None = None,
     n_boot: int = 1000,
+    fitted_on: list[str] | None = None,
 ) -> dict:
-    """The profile for ``name``: threshold chosen on every local film, evidence from cross-validation."""
-    if not _NAME.match(name or ""):
-        raise CxrError("A site name uses letters, digits, '.', '_' or '-' (at most 64 characters).")
+    """The profile for ``name``: threshold chosen on every local film, evidence from cross-validation.
+
+    ``fitted_on`` are the :func:`film_fingerprint` of the films that chose the threshold, so a screened
+    film that was one of them is marked: its result is not an independent test of the profile.
+    """
+    check_name(name)
     labels, scores = np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=np.float64)
     n_tb, n_normal = int(labels.sum()), int(len(labels) - labels.sum())
     if n_tb < 2 or n_normal < 2:
@@ -170,6 +235,7 @@ def build_profile(
         },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "created_by": created_by or audit.default_actor(),
+        "fitted_on": sorted(set(fitted_on or [])),
     }
     return profile
 
@@ -182,11 +248,14 @@ class SiteProfiles:
         self.folder = self.root / SITES_DIR
 
     def path(self, name: str) -> Path:
-        if not _NAME.match(name or ""):
-            raise CxrError(f"There is no site profile named {name!r}.")
+        try:
+            check_name(name)
+        except CxrError as error:
+            raise CxrError(f"There is no site profile named {name!r}.") from error
         return self.folder / f"{name}.json"
 
     def save(self, profile: dict, actor: str | None = None) -> Path:
+        check_name(profile["name"])
         path = self.path(profile["name"])
         replaced = path.exists()
         write_json_atomic(path, profile)
@@ -198,7 +267,7 @@ class SiteProfiles:
     def names(self) -> list[str]:
         if not self.folder.is_dir():
             return []
-        return sorted(p.stem for p in self.folder.glob("*.json") if p.name != ACTIVE_FILE)
+        return sorted(p.stem for p in self.folder.glob("*.json") if p.stem.lower() not in RESERVED_NAMES)
 
     def load(self, name: str) -> dict:
         profile = read_json_or_empty(self.path(name))
@@ -206,17 +275,51 @@ class SiteProfiles:
             raise CxrError(f"There is no site profile named {name!r}.")
         return profile
 
+    def pointer(self) -> dict:
+        """What ``active.json`` holds: name, since (UTC), by, previous, and an override reason when one was given."""
+        return read_json_or_empty(self.folder / ACTIVE_FILE)
+
     def active_name(self) -> str | None:
-        return read_json_or_empty(self.folder / ACTIVE_FILE).get("name")
+        return self.pointer().get("name")
 
     def active(self) -> dict | None:
-        name = self.active_name()
-        return self.load(name) if name else None
+        """The profile in use with ``in_use`` (since, by, override) from the pointer; None without one."""
+        pointer = self.pointer()
+        name = pointer.get("name")
+        if not name:
+            return None
+        profile = self.load(name)
+        profile["in_use"] = {key: pointer.get(key) for key in ("since", "by", "override")}
+        return profile
 
-    def activate(self, name: str | None, actor: str | None = None) -> None:
-        """Make ``name`` the profile in use (None: back to the model's own threshold)."""
+    def activate(self, name: str | None, actor: str | None = None, override_reason: str | None = None) -> dict:
+        """Make ``name`` the profile in use (None: switch profiles off, back to the model's own threshold).
+
+        Refused (and audited as refused) when the profile is below its sensitivity floor, unless
+        ``override_reason`` says why an admin switches it on anyway; that reason is audited too.
+        """
         previous = self.active_name()
-        if name is not None:
-            self.load(name)  # refuses an unknown name before anything changes
-        write_json_atomic(self.folder / ACTIVE_FILE, {"name": name, "previous": previous})
-        audit.record("site_activate", root=self.root, actor=actor, site=name, previous=previous)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        if name is None:
+            write_json_atomic(self.folder / ACTIVE_FILE, {"name": None, "previous": previous, "since": now,
+                                                          "by": actor})  # fmt: skip
+            audit.record("site_activate", root=self.root, actor=actor, site=None, previous=previous,
+                         outcome="switched_off")  # fmt: skip
+            return {"name": None}
+        profile = self.load(name)  # refuses an unknown name before anything changes
+        check = floor_check(profile)
+        reason = (override_reason or "").strip()
+        if not check["ok"] and not reason:
+            audit.record("site_activate", root=self.root, actor=actor, site=name, previous=previous,
+                         version=profile.get("model_version"), outcome="refused", floor=check["floor"],
+                         cross_validated_sensitivity=check["measured"])  # fmt: skip
+            raise SiteFloorError(
+                f"{check['message']} Switch it on only with an explicit, audited override and a reason."
+            )
+        write_json_atomic(self.folder / ACTIVE_FILE, {"name": name, "previous": previous, "since": now, "by": actor,
+                                                      "override": reason or None})  # fmt: skip
+        audit.record("site_activate", root=self.root, actor=actor, site=name, previous=previous,
+                     version=profile.get("model_version"), outcome="override" if not check["ok"] else "ok",
+                     floor=check["floor"], cross_validated_sensitivity=check["measured"],
+                     **({"reason": reason} if not check["ok"] else {}))  # fmt: skip
+        return check

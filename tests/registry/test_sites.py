@@ -16,10 +16,13 @@ from cxr_core.errors import CxrError
 from cxr_core.registry import audit
 from cxr_core.registry.sites import (
     OperatingRule,
+    SiteFloorError,
     SiteProfiles,
     apply_calibration,
     build_profile,
     cross_validated_operating_point,
+    floor_check,
+    sensitivity_floor,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,22 +84,76 @@ def test_weak_evidence_is_named_and_bad_sets_refused():
         build_profile("../etc", "v1", labels, scores, OperatingRule(0.9))
 
 
+def _with_cv_sensitivity(profile: dict, sensitivity: float) -> dict:
+    """The profile as measured with another cross-validated sensitivity (the floor check reads only that)."""
+    profile["evidence"]["cross_validated"]["sensitivity"] = sensitivity
+    return profile
+
+
 def test_profiles_are_saved_activated_reverted_and_audited(tmp_path):
     labels, scores = _scores()
     sites = SiteProfiles(tmp_path)
-    sites.save(build_profile("clinic-a", "v1", labels, scores, OperatingRule(0.9), n_boot=50), actor="t")
-    sites.save(build_profile("clinic-b", "v1", labels, scores, OperatingRule(0.95), n_boot=50), actor="t")
+    a = _with_cv_sensitivity(build_profile("clinic-a", "v1", labels, scores, OperatingRule(0.9), n_boot=50), 0.93)
+    b = _with_cv_sensitivity(build_profile("clinic-b", "v1", labels, scores, OperatingRule(0.95), n_boot=50), 0.96)
+    sites.save(a, actor="t")
+    sites.save(b, actor="t")
     assert sites.names() == ["clinic-a", "clinic-b"] and sites.active() is None
     sites.activate("clinic-a", actor="admin")
     sites.activate("clinic-b", actor="admin")
-    assert sites.active()["name"] == "clinic-b"
+    active = sites.active()
+    assert active["name"] == "clinic-b" and active["in_use"]["by"] == "admin" and active["in_use"]["since"]
     sites.activate(None, actor="admin")  # revert to the model's own threshold
     assert sites.active() is None
     with pytest.raises(CxrError):
         sites.activate("nowhere")
-    actions = [(e["action"], e.get("site")) for e in audit.read(tmp_path)]
-    assert actions == [("site_activate", None), ("site_activate", "clinic-b"), ("site_activate", "clinic-a"),
-                       ("site_profile", "clinic-b"), ("site_profile", "clinic-a")]  # fmt: skip
+    actions = [(e["action"], e.get("site"), e["outcome"]) for e in audit.read(tmp_path)]
+    assert actions == [("site_activate", None, "switched_off"), ("site_activate", "clinic-b", "ok"),
+                       ("site_activate", "clinic-a", "ok"), ("site_profile", "clinic-b", "created"),
+                       ("site_profile", "clinic-a", "created")]  # fmt: skip
+
+
+def test_a_profile_below_its_floor_is_refused_unless_an_audited_override_says_why(tmp_path):
+    """The issue's case: a "sensitivity >= 0.90" profile with cross-validated sensitivity 86.7%."""
+    labels, scores = _scores()
+    sites = SiteProfiles(tmp_path)
+    sites.save(_with_cv_sensitivity(build_profile("weak", "v1", labels, scores, OperatingRule(0.9), n_boot=50), 0.867))
+    with pytest.raises(SiteFloorError, match=r"86\.7%.*below its floor of 90%"):
+        sites.activate("weak", actor="admin")
+    assert sites.active() is None
+    refused = audit.read(tmp_path)[0]
+    assert (refused["action"], refused["outcome"], refused["site"]) == ("site_activate", "refused", "weak")
+    assert refused["floor"] == 0.9 and refused["cross_validated_sensitivity"] == 0.867
+    with pytest.raises(SiteFloorError):
+        sites.activate("weak", actor="admin", override_reason="   ")  # a blank reason is no reason
+    sites.activate("weak", actor="dr-admin", override_reason="no other test available this quarter")
+    assert sites.active()["in_use"]["override"] == "no other test available this quarter"
+    override = audit.read(tmp_path)[0]
+    assert override["outcome"] == "override" and override["reason"] == "no other test available this quarter"
+    assert override["actor"] == "dr-admin"
+
+
+def test_a_referral_budget_carries_the_who_floor_and_a_floor_is_never_below_it():
+    labels, scores = _scores()
+    budget = build_profile("budget", "v1", labels, scores, OperatingRule(None, referrals_per_100=5), n_boot=50)
+    assert sensitivity_floor(budget) == 0.9
+    assert not floor_check(budget)["ok"]  # 5 referrals per 100 at 50% prevalence cannot reach 90%
+    low = build_profile("low", "v1", labels, scores, OperatingRule(0.6), n_boot=50)
+    assert sensitivity_floor(low) == 0.9
+    high = build_profile("high", "v1", labels, scores, OperatingRule(0.97), n_boot=50)
+    assert sensitivity_floor(high) == 0.97
+
+
+@pytest.mark.parametrize("name", ["active", "Active", "none", "current"])
+def test_reserved_names_are_refused(tmp_path, name):
+    """A profile named "active" once overwrote the pointer file and went live on "Create"."""
+    labels, scores = _scores(20)
+    with pytest.raises(CxrError, match="reserved"):
+        build_profile(name, "v1", labels, scores, OperatingRule(0.9), n_boot=20)
+    profile = build_profile("fine", "v1", labels, scores, OperatingRule(0.9), n_boot=20)
+    sites = SiteProfiles(tmp_path)
+    with pytest.raises(CxrError, match="reserved"):
+        sites.save({**profile, "name": name})
+    assert not (tmp_path / "sites" / "active.json").exists() and sites.active() is None
 
 
 @pytest.mark.slow

@@ -34,10 +34,10 @@ def test_worklist_is_sorted_by_risk_and_filtered_by_result():
         "normal.png",
         "broken.png",
     ]
-    assert [r["priority"] for r in listed] == [
+    assert [r["result"] for r in listed] == [
         "TB suspected",
         "TB suspected",
-        "Borderline",
+        "Borderline (no-TB side)",
         "No TB signs",
         "Unreadable",
     ]
@@ -268,3 +268,47 @@ def test_version_comparison_withholds_figures_of_a_tiny_split():
         and rows["WHO minimum met"] == "too few test films (n=4)"
     )
     assert rows["Operating threshold"] == "0.5000"
+
+
+def _text_boxes(fig) -> list[tuple[str, object]]:
+    renderer = fig.canvas.get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text()]
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_the_pdf_never_overlaps_whatever_the_length_of_names_and_messages(ok):
+    """Every text box of the page is measured with matplotlib's renderer: none intersects another or a
+    picture, and all lie on the page; long names without spaces and long messages included."""
+    import matplotlib
+
+    name = "Patient_" + "VeryLongFileNameWithoutAnySpaces" * 8 + ".dcm"
+    if ok:
+        item = screened(name, PREDICTOR.threshold + 0.01, warnings=["small image: 200x180, " + "less reliable " * 30])
+        mask = np.zeros(item.image.pixels.shape, np.uint8)
+        mask[20:80, 10:40] = 1
+        mask[20:80, 60:90] = 1
+        item.lung_mask = mask
+    else:
+        item = screened(name, error="image file is truncated or corrupt: " + "the decoder stopped early; " * 60)
+    with matplotlib.rc_context(report_pdf._RC):
+        fig = report_pdf.report_figure(item, model_version="v-test-" + "x" * 80, include_identifiers=False)
+    boxes = _text_boxes(fig)
+    page = fig.bbox
+    assert len(boxes) >= 8
+    for text, box in boxes:
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 + 0.5 and page.y0 <= box.y0 and box.y1 <= page.y1, text
+    for i, (first, a) in enumerate(boxes):
+        for second, b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (first[:40], second[:40])
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for text, box in boxes:
+            assert not ax.get_window_extent(renderer).overlaps(box), text[:40]
+    written = "\n".join(text for text, _ in boxes)
+    if ok:
+        assert screening_view.DECISION_BORDERLINE_TB in written and "Borderline:" in written  # the flag
+        assert "Evidence inside the lung fields" in written or item.evidence_in_lungs is None
+        outlines = [line for ax in fig.axes for line in ax.lines]
+        assert len(outlines) == 4  # two lung fields, on the film and on the Grad-CAM
+    else:
+        assert "Result:" in written and "Problem:" in written and "…" in written  # cut, not run over

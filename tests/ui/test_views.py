@@ -54,7 +54,37 @@ def test_decisions_are_plain_words():
         screening_view.decision_text(screened("c.png", error="not an image"))
         == screening_view.DECISION_FAILED
     )
-    assert "refer" in screening_view.DECISION_TB
+    assert "refer" in screening_view.ACTIONS[screening_view.DECISION_TB]
+    t = PREDICTOR.threshold
+    # close to the threshold: borderline, and which side of it, from the unrounded comparison
+    assert screening_view.decision_text(screened("d.png", t + 0.01)) == screening_view.DECISION_BORDERLINE_TB
+    assert screening_view.decision_text(screened("e.png", t - 0.01)) == screening_view.DECISION_BORDERLINE_NORMAL
+
+
+def test_the_csv_compares_and_prints_unrounded_values_in_the_pages_vocabulary():
+    """p = 0.102373 beside a threshold of 0.10237301 is below it: the CSV must show both digits that say so."""
+    item = screened("a.png", 0.5)
+    item.prediction.threshold, item.prediction.probability = 0.10237301, 0.102373
+    item.prediction.label = NORMAL
+    unreadable = screened("b.png", error="image file is truncated or corrupt")
+    rows = screening_view.summary_rows([item, unreadable], PREDICTOR)
+    parsed = list(csv.DictReader(io.StringIO(screening_view.summary_csv(rows).decode("utf-8-sig"))))
+    assert float(parsed[0]["tb_probability"]) < float(parsed[0]["threshold"])
+    assert parsed[0]["threshold"] == "0.10237301" and parsed[0]["tb_probability"] == "0.102373"
+    assert parsed[0]["result"] == screening_view.DECISION_BORDERLINE_NORMAL
+    assert parsed[1]["result"] == "Unreadable" and parsed[1]["tb_probability"] == ""
+    assert {row["result"] for row in parsed} <= set(screening_view.RESULTS)
+    assert "label" not in parsed[0] and "priority" not in parsed[0]  # no second vocabulary
+    shown = screening_view.table_rows(rows)[0]["tb_probability"]
+    assert shown != f"{item.prediction.threshold:.{len(shown) - 2}f}"  # the page shows enough digits too
+
+
+def test_identity_columns_come_first_when_shown():
+    item = screened("scan.dcm", 0.7, metadata={"PatientName": "Doe^Jane", "PatientID": "1"})
+    row = screening_view.summary_rows([item], PREDICTOR, include_identifiers=True)[0]
+    assert list(row)[: len(screening_view.IDENTIFIER_FIELDS)] == list(screening_view.IDENTIFIER_FIELDS.values())
+    header = screening_view.summary_csv([row]).decode("utf-8-sig").splitlines()[0].split(",")
+    assert header[:2] == ["patient_name", "patient_id"]
 
 
 def test_probability_never_looks_equal_to_the_threshold():
@@ -90,8 +120,8 @@ def test_summary_csv_neutralises_formulas_in_file_names():
     for row in parsed:
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@")), value
-    assert parsed[0]["decision"] == screening_view.DECISION_TB
-    assert parsed[2]["error"] == "image file is truncated or corrupt"
+    assert parsed[0]["result"] == screening_view.DECISION_TB
+    assert parsed[2]["problem"] == "image file is truncated or corrupt"
     assert parsed[2]["tb_probability"] == ""
     assert parsed[0]["model_version"] == "v-test"
 
