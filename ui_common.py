@@ -336,7 +336,7 @@ def film_figure(film, heat=None, contours=None, height: int = VIEWER_HEIGHT, fil
         figure.add_trace(
             go.Heatmap(
                 z=[[0.0, 1.0]], zmin=0.0, zmax=1.0, opacity=0.0, colorscale="Jet", hoverinfo="skip", showscale=True,
-                colorbar={"title": {"text": "TB probability"}, "thickness": 12, "len": 0.5,
+                colorbar={"title": {"text": "Grad-CAM, TB probability"}, "thickness": 12, "len": 0.5,
                           "tickvals": [0, 0.25, 0.5, 0.75, 1]},
             )
         )  # fmt: skip

@@ -94,7 +94,8 @@ def film_card(item, serving, include_ids: bool, film_key: str, fingerprint: str 
                 )
                 + ". Scroll or drag to zoom, use the pan tool to move, double-click to see the whole film. "
                 + (
-                    "Heatmap colour is in units of the TB probability (the same scale for every film): the "
+                    "Heatmap: Grad-CAM (the network's evidence for TB; for this network its class activation "
+                    "map), coloured in units of the TB probability (the same scale for every film): the "
                     "strongest spot shows the film's probability, blue-green about 0.3, yellow 0.6, red near 1, "
                     "and a film scored 0.07 stays almost clear. Where the colour sits is where the network found "
                     "what drove its score; it is not a lesion outline."

@@ -27,7 +27,7 @@ from _common import PYTHON, ROOT, emit, log, machine, median, parser, pct, pngs_
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, running_dashboard
 
-CAPTION = "Heatmap colour is in units of the TB probability (the same scale for every film)"
+CAPTION = "Heatmap: Grad-CAM (the network's evidence for TB"
 SHOWN = (
     f"() => document.body.innerText.includes({json.dumps(CAPTION)})"
     " && document.querySelector('.js-plotly-plot image') !== null"

@@ -49,9 +49,10 @@ st.caption(
     f"{ev.metadata.get('threshold_rule', 'rule not recorded')}."
 )
 
-tab_report, tab_curves, tab_threshold, tab_errors, tab_compare = st.tabs(
-    ["Report", "ROC, PR and calibration", "Threshold explorer", "Errors with Grad-CAM", "Compare versions"]
-)
+tab_report, tab_curves, tab_threshold, tab_errors, tab_evidence, tab_compare = st.tabs(
+    ["Report", "ROC, PR and calibration", "Threshold explorer", "Errors with Grad-CAM", "Where the evidence lies",
+     "Compare versions"]
+)  # fmt: skip
 
 few = evaluation_view.too_few_test_films(ev)
 
@@ -348,6 +349,61 @@ with tab_errors:
                     else:
                         st.markdown(f"**{ui_common.md(entry.name)}** — {entry.kind}")
                         st.caption(entry.problem)
+
+@st.cache_data(max_entries=6, show_spinner="Computing Grad-CAM for test films with radiologists' boxes…")
+def lesion_gallery(model_dir: str, sha256: str, version: str) -> list[evaluation_view.GalleryEntry]:
+    evaluation = evaluation_view.load_evaluation(ui_common.registry(), version)
+    return evaluation_view.lesion_gallery(ui_common.load_predictor(model_dir, sha256), evaluation, limit=6)
+
+
+with tab_evidence:
+    st.markdown(
+        "Where the model's **Grad-CAM** (its evidence for TB, in TB-probability units on the Screen page) lies, "
+        "against the lung model's fields grown by 5 % of the film's longer side (hila and pleura count) and the "
+        "radiologists' lesion boxes. A model that learned the hospital puts its evidence on borders, markers "
+        "and the abdomen; one that learned the disease puts it in the lungs, on the lesions."
+    )
+    held_out = evaluation_view.held_out_evidence_rows(ev)
+    if held_out:
+        st.markdown("**At hospitals the recipe never saw** (leave-one-source-out, means over seeds)")
+        st.dataframe(held_out, hide_index=True, width="stretch")
+        st.caption(
+            "Shortcut audit: a logistic regression on a 16x16 thumbnail of the whole film and five intensity "
+            "statistics, trained on the same split. It needs no pathology; where it comes close to the network, "
+            "the figure says more about the data than about what the network sees."
+        )
+    rows = evaluation_view.evidence_rows(ev)
+    if rows:
+        st.markdown("**Test split, per source and class**")
+        st.dataframe(rows, hide_index=True, width="stretch")
+    else:
+        st.info("This version's evaluation has no evidence measures (it predates them).")
+    for sentence in (evaluation_view.lesion_summary(ev), evaluation_view.robustness_summary(ev)):
+        if sentence:
+            st.markdown(sentence)
+    audit = evaluation_view.shortcut_rows(ev)
+    if audit:
+        st.markdown("**Shortcut audit on the test split**")
+        st.dataframe(audit, hide_index=True, width="stretch")
+    if ev.predictions:
+        try:
+            serving = screening_view.serving_model(registry, version)
+            lesion_entries = lesion_gallery(str(serving.model_dir), serving.sha256, version)
+        except CxrError as error:
+            st.error(str(error))
+            lesion_entries = []
+        if lesion_entries:
+            st.markdown("**Test films with radiologists' boxes** (white): the film, and the model's map")
+            for entry in lesion_entries:
+                left, right = st.columns(2)
+                if entry.overlay is None:
+                    left.markdown(f"**{ui_common.md(entry.name)}**")
+                    left.caption(entry.problem)
+                    continue
+                left.image(entry.image, caption=f"{entry.name}: radiologists' boxes", width="stretch")
+                right.image(
+                    entry.overlay, caption=f"Grad-CAM, TB probability {entry.probability:.3f}", width="stretch"
+                )
 
 with tab_compare:
     if len(versions) < 2:

@@ -263,3 +263,43 @@ def test_missing_predictions_do_not_break_the_page(dashboard):
     at.run()
     assert not at.exception
     assert any("predictions.csv is missing" in i.value for i in at.info)
+
+
+SHIPPED_WITH_EVIDENCE = "v20261202-065311"  # the first version evaluated with the evidence measures
+
+
+def test_where_the_evidence_lies_tab_shows_the_measures_and_the_radiologists_boxes(dashboard, shared_cxr):
+    """The shipped version copied into the page's registry: its held-out and test-split evidence tables,
+    the lesion test sentence, the shortcut audit and test films drawn with the radiologists' boxes."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from cxr_core.modelling.predictor import Predictor
+
+    project_models = Path(__file__).resolve().parent.parent / "models"
+    shutil.copytree(project_models / SHIPPED_WITH_EVIDENCE, dashboard.root / SHIPPED_WITH_EVIDENCE)
+    ev = evaluation_view.load_evaluation(dashboard.registry, SHIPPED_WITH_EVIDENCE)
+    rows = evaluation_view.evidence_rows(ev)
+    tb_all = next(r for r in rows if r["source"] == "all sources" and r["class"] == "Tuberculosis")
+    assert tb_all["films"] == ev.metrics["evidence_where"]["all/Tuberculosis"]["films"] > 300
+    assert {r["held-out hospital"] for r in evaluation_view.held_out_evidence_rows(ev)} == {"da", "rahmandb", "shenzhen"}
+    assert "lesion test set" in evaluation_view.lesion_summary(ev)
+
+    at = open_evaluation()
+    at.selectbox(key="eval_version").set_value(SHIPPED_WITH_EVIDENCE).run()
+    assert not at.exception, at.exception
+    texts = " ".join(md.value for md in at.markdown)
+    assert "At hospitals the recipe never saw" in texts and "radiologists' boxes" in texts
+    assert evaluation_view.lesion_summary(ev) in texts and evaluation_view.robustness_summary(ev) in texts
+    frames = [df.value for df in at.dataframe]
+    assert any("TB films: peak inside the lungs" in frame.columns for frame in frames)
+    assert any("ROC AUC, shortcut audit" in frame.columns for frame in frames)
+
+    entries = evaluation_view.lesion_gallery(Predictor(dashboard.root / SHIPPED_WITH_EVIDENCE), ev, limit=3)
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry.overlay is not None and entry.image.ndim == 3
+        white = np.all(entry.image == 255, axis=-1)  # the boxes are drawn in pure white on the film
+        assert white.sum() > 50, entry.name

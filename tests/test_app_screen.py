@@ -135,10 +135,10 @@ def test_upload_real_xray_shows_probability_decision_and_overlay(dashboard):
         download_labels(at)
     )
     assert any(
-        "Heatmap colour is in units of the TB probability (the same scale for every film)" in c.value for c in at.caption
+        "Heatmap: Grad-CAM (the network's evidence for TB" in c.value for c in at.caption
     )
     legends = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showscale")]
-    assert len(legends) == 1 and legends[0]["colorbar"]["title"]["text"] == "TB probability"
+    assert len(legends) == 1 and legends[0]["colorbar"]["title"]["text"] == "Grad-CAM, TB probability"
     assert (legends[0]["zmin"], legends[0]["zmax"]) == (0.0, 1.0)  # the overlay's colours, in probability units
     at.toggle(key="show_heatmap").set_value(False).run()
     assert "g.colorbar { display: none; }" in viewer_style(at)  # hidden by the browser, the figure unchanged

@@ -66,7 +66,7 @@ def test_upload_in_a_real_browser(server, chromium):
             )
             expect(
                 page.get_by_text(
-                    "Heatmap colour is in units of the TB probability (the same scale for every film)", exact=False
+                    "Heatmap: Grad-CAM (the network's evidence for TB", exact=False
                 )
             ).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-screen.png"), full_page=True)

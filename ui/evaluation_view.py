@@ -378,6 +378,7 @@ class GalleryEntry:
     image: np.ndarray | None = None  # the original, shrunk for display
     overlay: np.ndarray | None = None
     problem: str | None = None
+    film_shape: tuple[int, int] | None = None  # the film's own size (boxes are in its pixels)
 
 
 def misclassified(evaluation: Evaluation, threshold: float | None = None) -> list[dict]:
@@ -443,6 +444,7 @@ def error_gallery(
                 continue
             entry.image = display_gray(item.image.pixels)
             entry.overlay = overlay(item.image.pixels, item.prediction.heatmap, item.box, alpha)
+            entry.film_shape = item.image.pixels.shape[:2]
     return entries
 
 
@@ -717,3 +719,128 @@ def same_films_comparison(first: Evaluation, second: Evaluation) -> dict:
         result["rows"].append({"": label, **{v: getter(r) for v, r in figures.items()}})
     result["notice"] = few
     return result
+
+
+# ----------------------------------------------------------------------------- where the evidence lies
+
+
+def _share(value) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def evidence_rows(evaluation: Evaluation) -> list[dict]:
+    """The test split's evidence figures per source and class (metrics.json ``evidence_where``)."""
+    where = evaluation.metrics.get("evidence_where") or {}
+    rows = []
+    for key, values in sorted(where.items(), key=lambda item: (item[0].startswith("all/"), item[0])):
+        if not isinstance(values, dict) or "/" not in key:
+            continue
+        source, klass = key.split("/", 1)
+        rows.append({
+            "source": "all sources" if source == "all" else source, "class": klass, "films": values.get("films"),
+            "Grad-CAM mass inside the lungs": _share(values.get("lung_share")),
+            "peak inside the lungs": _share(values.get("peak_in_lungs")),
+            "mass in the film's outer band": _share(values.get("outer_band")),
+        })  # fmt: skip
+    return rows
+
+
+def held_out_evidence_rows(evaluation: Evaluation) -> list[dict]:
+    """The same figures on each hospital the recipe never saw (LOSO), means over seeds, with the audit."""
+    summary = ((evaluation.loso or {}).get("summary") or {}).get("loso") or {}
+    rows = []
+    for source, cell in sorted(summary.items()):
+        tb = cell.get("evidence_tb") or {}
+        if not tb:
+            continue
+        rows.append({
+            "held-out hospital": source,
+            "TB films: mass inside the lungs": _share((tb.get("lung_share") or {}).get("mean")),
+            "TB films: peak inside the lungs": _share((tb.get("peak_in_lungs") or {}).get("mean")),
+            "ROC AUC (network)": _spread_text(cell.get("roc_auc")),
+            "ROC AUC (shortcut audit)": _spread_text(cell.get("shortcut_auc")),
+        })  # fmt: skip
+    return rows
+
+
+def lesion_summary(evaluation: Evaluation) -> str | None:
+    """One sentence on the lesion test set: pointing game and mass on the radiologists' boxes."""
+    lesion = (evaluation.metrics.get("evidence_where") or {}).get("lesion_test")
+    if not lesion or lesion.get("pointing") is None:
+        return None
+    return (
+        f"On the {lesion['films']} films of the lesion test set (TBX11K TB films no training run saw, boxes "
+        f"drawn by radiologists) the map's peak lies on a lesion on {lesion['pointing']:.0%} of films; "
+        f"{lesion['lesion_share']:.0%} of its mass lies on the boxes, against {lesion['uniform_share']:.0%} "
+        f"for an evenly spread map ({lesion['lesion_vs_uniform']:.1f}x)."
+    )
+
+
+def robustness_summary(evaluation: Evaluation) -> str | None:
+    strips = evaluation.metrics.get("strips_and_markers") or {}
+    if not strips.get("films"):
+        return None
+    return (
+        f"With a strip of 5–15 % of the height added on one edge (dark or bright) and a text marker burnt in, "
+        f"{strips['flipped']} of {strips['films']} test decisions changed ({strips['flipped_share']:.1%}) and "
+        f"the map's peak lay on the strip on {strips['peak_on_strip']} ({strips['peak_on_strip_share']:.1%})."
+    )
+
+
+def shortcut_rows(evaluation: Evaluation) -> list[dict]:
+    """The shortcut audit (thumbnail + intensity statistics) beside the network, per two-class source."""
+    shortcut = evaluation.metrics.get("shortcut") or {}
+    return [
+        {"test films": "all (pooled)" if key == "all" else key,
+         "ROC AUC, network": fmt_ci(values.get("cnn_auc"), None),
+         "ROC AUC, shortcut audit": fmt_ci(values.get("shortcut_auc"), None)}  # fmt: skip
+        for key, values in sorted(shortcut.items(), key=lambda item: (item[0] == "all", item[0]))
+        if isinstance(values, dict) and values.get("cnn_auc") is not None
+    ]
+
+
+def lesion_boxes_for(data_root: str | None) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Radiologists' boxes (``lesions.csv`` beside the dataset's manifest), keyed by the recorded path."""
+    if not data_root:
+        return {}
+    found = dataset_root(resolve_data_path(data_root)) / "lesions.csv"
+    if not found.is_file():
+        return {}
+    boxes: dict[str, list] = {}
+    with open(found, newline="") as handle:
+        for row in csv.DictReader(handle):
+            boxes.setdefault(row["path"], []).append(tuple(int(float(row[k])) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return boxes
+
+
+def draw_boxes(picture: np.ndarray, boxes, film_shape: tuple[int, int]) -> np.ndarray:
+    """The radiologists' boxes in white on a picture shown at another size than the film."""
+    import cv2
+
+    out = picture.copy()
+    scale_y, scale_x = out.shape[0] / film_shape[0], out.shape[1] / film_shape[1]
+    thickness = max(1, round(out.shape[0] / 256))
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (round(x0 * scale_x), round(y0 * scale_y)), (round(x1 * scale_x), round(y1 * scale_y)),
+                      (255, 255, 255), thickness)  # fmt: skip
+    return out
+
+
+def lesion_gallery(predictor, evaluation: Evaluation, alpha: float = 0.4, limit: int = 6) -> list[GalleryEntry]:
+    """Test films with radiologists' boxes: the film with the boxes beside the model's map with them.
+
+    Test films only (never trained on); the first ``limit`` in the order of predictions.csv.
+    """
+    data_root = evaluation.metadata.get("data_path")
+    boxes = lesion_boxes_for(data_root)
+    rows = [row for row in evaluation.predictions if row["path"] in boxes][:limit]
+    entries = error_gallery(predictor, rows, alpha=alpha, limit=limit, data_root=data_root)
+    for entry, row in zip(entries, rows, strict=True):
+        entry.kind = "TB film with radiologists' boxes"
+        if entry.image is None or entry.overlay is None:
+            continue
+        film_shape = entry.film_shape or entry.image.shape[:2]
+        entry.image = draw_boxes(np.dstack([entry.image] * 3) if entry.image.ndim == 2 else entry.image,
+                                 boxes[row["path"]], film_shape)  # fmt: skip
+        entry.overlay = draw_boxes(entry.overlay, boxes[row["path"]], film_shape)
+    return entries
