@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from cxr_core.errors import ModelError
 from cxr_core.imaging.decode import read_image
 from cxr_core.imaging.preprocess import preprocess
+from cxr_core.modelling.networks import last_conv_name
 from cxr_core.modelling.predictor import NORMAL, TB, Predictor, ScreenedImage, spreadsheet_safe
 from cxr_core.registry.store import Registry
 
@@ -140,7 +141,9 @@ def test_screen_keeps_order_and_reports_bad_inputs(predictor, real_xray_path):
         assert 0.0 <= p.probability <= 1.0
         assert p.threshold == predictor.threshold
         assert p.label == (TB if p.probability >= predictor.threshold else NORMAL)
-        assert p.heatmap.shape == (28, 28) and np.isfinite(p.heatmap).all()
+        # the map has the deepest feature map's cells (16x16 for the shipped CAM network at 128 px)
+        cells = tuple(predictor.model.get_layer(last_conv_name(predictor.model)).output.shape[1:3])
+        assert p.heatmap.shape == cells and np.isfinite(p.heatmap).all()
         assert p.heatmap.min() >= 0.0 and p.heatmap.max() <= 1.0
         assert item.model_input.shape == (128, 128) and item.image.format in ("PNG", "JPEG")
     by_name = {s.name: s for s in screened}
