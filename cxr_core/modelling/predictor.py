@@ -312,7 +312,9 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
     return {
         "file": item.name,
         "ok": item.ok,
-        "probability": None if prediction is None else round(prediction.probability, 6),
+        # unrounded: a site threshold is one film's own score, so a rounded probability could sit below a
+        # threshold it reached (the decision compares the unrounded values; the row must show why)
+        "probability": None if prediction is None else float(prediction.probability),
         "label": None if prediction is None else prediction.label,
         "threshold": predictor.threshold,
         "model_version": predictor.version,

@@ -241,7 +241,7 @@ class Worker:
 
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         prediction = item.prediction
-        probability = round(float(prediction.probability), 6)  # as the CLI's predict reports it
+        probability = round(float(prediction.probability), 6)  # a DICOM decimal string holds 16 characters
         share = item.evidence_in_lungs
         result = dicom_out.ScreeningResult(
             probability=probability,
