@@ -220,13 +220,13 @@ def test_promotion_is_used_without_restart(dashboard):
     at = upload(open_screen(), (TB_XRAY.name, TB_XRAY.read_bytes()))
     before = dashboard.registry.current_version()
     assert any(before in c.value for c in at.caption)
-    old_probability = at.dataframe[0].value.iloc[0]["tb_probability"]
+    old_probability = float(at.dataframe[0].value.iloc[0]["tb_probability"])  # shown as text, enough digits
     promote_for_setup(dashboard.registry, "v-copy")
     at.run()
     assert any("v-copy" in c.value for c in at.caption)
     assert at.dataframe[0].value.iloc[0]["model_version"] == "v-copy"
     # v-copy's weights differ (output shifted by 1.5 logits): the new weights score, not just the new label
-    assert abs(at.dataframe[0].value.iloc[0]["tb_probability"] - old_probability) > 0.05
+    assert abs(float(at.dataframe[0].value.iloc[0]["tb_probability"]) - old_probability) > 0.05
     # AppTest keeps what the entry script (app.py) drew only on a session's first run, so the sidebar
     # is checked in a fresh session.
     assert "v-copy" in " ".join(texts(open_screen().sidebar.markdown))
