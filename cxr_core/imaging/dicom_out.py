@@ -55,7 +55,7 @@ PRIVATE_SCHEME = "99CXRTB"
 _UUID_NAMESPACE = uuid.UUID("6f1c3c2e-9a55-4c1e-9a7e-2f0f3d1c7b11")
 
 # Copied verbatim when the source film has them; a result without a Study Instance UID cannot be filed.
-_COPIED = (
+IDENTITY_KEYS = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -276,7 +276,7 @@ def secondary_capture(
 def _document_base(ds, identity: dict[str, Any]):
     """Character set, patient and study identity (Type 2 present, empty when unknown), equipment."""
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names with accents survive
-    for key in _COPIED:
+    for key in IDENTITY_KEYS:
         value = identity.get(key)
         if value not in (None, ""):
             setattr(ds, key, str(value))
@@ -389,7 +389,7 @@ def structured_report(
     model = result.model_version
     instance_uid = result_uid(str(source.SOPInstanceUID), model, "SR", root=uid_root)
 
-    ds = _document_base(Dataset(), {key: source.get(key) for key in _COPIED})
+    ds = _document_base(Dataset(), {key: source.get(key) for key in IDENTITY_KEYS})
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
     ds.file_meta.MediaStorageSOPInstanceUID = instance_uid

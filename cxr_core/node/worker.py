@@ -35,18 +35,6 @@ log = logging.getLogger("cxr_core.node")
 
 SERVING_RECHECK_SECONDS = 10.0
 SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success, or stored with a coercion warning
-IDENTITY_KEYS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "StudyID",
-    "ReferringPhysicianName",
-)
 
 
 @dataclass
@@ -256,7 +244,7 @@ class Worker:
             warnings=tuple(item.warnings),
         )
         sr = dicom_out.structured_report(header, result, uid_root=self.uid_root)
-        identity = {key: header.get(key) for key in IDENTITY_KEYS}
+        identity = {key: header.get(key) for key in dicom_out.IDENTITY_KEYS}
         orientation = header.get("PatientOrientation")
         identity["PatientOrientation"] = "\\".join(orientation) if orientation else ""
         picture = overlay(item.image.pixels, prediction.heatmap, item.box, 0.4, max_side=self.sc_max_side)
