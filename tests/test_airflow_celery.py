@@ -299,7 +299,7 @@ def test_training_dag_runs_on_celery_workers(celery_airflow, kaggle_tree):
     assert all(ti["state"] == "success" and ti["hostname"] in WORKERS for ti in tasks.values())
     registry = Registry(celery_airflow.tmp / "models")
     versions = registry.versions()
-    shipped = {path.name for path in (PROJECT_ROOT / "models").glob("v*") if path.is_dir()}
+    shipped = {path.name for path in (PROJECT_ROOT / "models").glob("v*") if (path / "model.keras").is_file()}
     assert len(versions) == len(shipped) + 1  # the shipped versions and the one this run trained
     work = celery_airflow.tmp / "work" / result["run_id"]
     assert sha256_file(work / "model" / "model.keras") in {meta.get("model_sha256") for meta in versions}

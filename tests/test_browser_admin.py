@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_app_screen as shared
+from gatekeeping import ADMIN, PASSWORD
 from servers import CHROMIUM_ARGS, running_dashboard
-from test_app_retrain import PASSWORD
 from tools import need_chromium
 
 from cxr_core.registry import audit
@@ -30,14 +30,21 @@ def registry_copy(seed, tmp_path) -> Path:
 
 
 def serve(models: Path, tmp_path: Path):
+    from cxr_core import auth
+
+    users = tmp_path / "admin_users.toml"  # a named administrator of this test's own
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != auth.ENV_PASSWORD},
         "CXR_MODELS_DIR": str(models),
         "CXR_JOBS_DIR": str(tmp_path / "jobs"),
         "CXR_SECRETS_FILE": str(tmp_path / "no-secrets.toml"),
-        "CXR_ADMIN_PASSWORD": PASSWORD,
+        auth.ENV_USERS_FILE: str(users),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    with pytest.MonkeyPatch.context() as patch:  # the account (and its audit line) land in this test's copy
+        patch.setenv(auth.ENV_USERS_FILE, str(users))
+        patch.setenv("CXR_MODELS_DIR", str(models))
+        auth.add_user(ADMIN, PASSWORD)
     return running_dashboard(tmp_path / "streamlit.log", env)
 
 
@@ -72,7 +79,8 @@ def open_page(page, url: str, link: str, title: str) -> None:
 def unlock(page) -> None:
     from playwright.sync_api import expect
 
-    page.get_by_label("Admin password").fill(PASSWORD)
+    page.get_by_label("Admin user name").fill(ADMIN)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_role("button", name="Unlock").click()
     expect(page.get_by_text("Admin actions unlocked")).to_be_visible(timeout=60_000)
 

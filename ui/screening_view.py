@@ -532,6 +532,7 @@ def screen_in_chunks(
     max_files = _limit("CXR_MAX_BATCH_FILES", MAX_BATCH_FILES)
     max_pixels = _limit("CXR_MAX_BATCH_MEGAPIXELS", MAX_BATCH_MEGAPIXELS) * 1_000_000
     taken = files[:max_files]
+    names = names[: len(taken)]
     notice = None
     if len(files) > max_files:
         notice = (
