@@ -16,7 +16,7 @@ import numpy as np
 
 from cxr_core import metrics, settings
 from cxr_core.fsutil import atomic_directory, write_json_atomic
-from cxr_core.pipeline.ingest import load_split
+from cxr_core.pipeline.ingest import load_extras, load_split
 from cxr_core.settings import Layout
 
 ORIGINAL_SYSTEM = {"accuracy": 0.975, "tb_recall": 0.922, "tb_precision": 0.935, "threshold": 0.5}
@@ -52,8 +52,9 @@ def run_evaluate(
         for source in sorted(set(sources))
     }
     report["evidence"] = evidence_by_source(y_test, sources, predictions)
-    report["evidence_where"] = evidence_where(ingest_dir, y_test, rows, predictions)
-    report["shortcut"] = shortcut_audit(ingest_dir, y_test, probabilities, rows, int(params["seed"]))
+    test_extras = load_extras(ingest_dir, rows)  # lung masks and audit features of the test films, read once
+    report["evidence_where"] = evidence_where(test_extras, y_test, rows, predictions)
+    report["shortcut"] = shortcut_audit(ingest_dir, test_extras, y_test, probabilities, rows, int(params["seed"]))
     reread = reread_test_films(rows, y_test, probabilities, predictions, predictor)
     report["framing"] = reread["framing"]
     report["strips_and_markers"] = reread["strips"]
@@ -129,7 +130,7 @@ def evidence_by_source(labels: np.ndarray, sources: np.ndarray, predictions: lis
     return result
 
 
-def evidence_where(ingest_dir, labels: np.ndarray, rows: list[dict], predictions: list) -> dict:
+def evidence_where(extras: dict, labels: np.ndarray, rows: list[dict], predictions: list) -> dict:
     """Where the evidence lies on the test films, per source and class, and on the lesion test set.
 
     Against the lung model's fields grown by 5 % of the film's longer side (hila and pleura count) and,
@@ -137,9 +138,8 @@ def evidence_where(ingest_dir, labels: np.ndarray, rows: list[dict], predictions
     whether its peak is (pointing game), beside what a uniform map would score.
     """
     from cxr_core.modelling.evidence import film_evidence, summarise_evidence
-    from cxr_core.pipeline.ingest import lesion_masks, load_extras
+    from cxr_core.pipeline.ingest import lesion_masks
 
-    extras = load_extras(ingest_dir, rows)
     if not extras["available"] or not extras["masks"].any():
         return {"note": "not measured: this ingest has no lung masks (made without the lung model)"}
     side = extras["masks"].shape[1]
@@ -164,14 +164,14 @@ def evidence_where(ingest_dir, labels: np.ndarray, rows: list[dict], predictions
     return result
 
 
-def shortcut_audit(ingest_dir, labels: np.ndarray, probabilities: np.ndarray, rows: list[dict], seed: int) -> dict:
+def shortcut_audit(
+    ingest_dir, test: dict, labels: np.ndarray, probabilities: np.ndarray, rows: list[dict], seed: int
+) -> dict:
     """The low-level reference (:mod:`cxr_core.pipeline.shortcut`) trained on this split, beside the CNN."""
-    from cxr_core.pipeline.ingest import load_extras
     from cxr_core.pipeline.shortcut import SHORTCUT_NAME, auc_or_none, fit_shortcut, shortcut_scores
 
     _, train_labels, train_rows = load_split(ingest_dir, "train")
     train = load_extras(ingest_dir, train_rows)
-    test = load_extras(ingest_dir, rows)
     if not (train["available"] and test["available"]):
         return {"note": "not measured: this ingest has no audit features"}
     model = fit_shortcut(train["thumbs"], train_labels, seed)

@@ -109,14 +109,13 @@ def _fit_and_score(
     import keras
 
     from cxr_core.pipeline.shortcut import auc_or_none, fit_shortcut, shortcut_scores
-    from cxr_core.pipeline.train import choose_operating_threshold, evidence_targets, fit_network
+    from cxr_core.pipeline.train import choose_operating_threshold, fit_network, targets_for
 
     sources = [rows[i]["source"] for i in train_idx]
     targets = {"targets_train": None, "targets_val": None}
-    evidence = params.get("evidence") or {}
-    if extras is not None and (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0):
+    if extras is not None:  # the same rule as run_train: no lung masks in the ingest, no evidence loss
         for key, idx in (("targets_train", train_idx), ("targets_val", val_idx)):
-            targets[key] = evidence_targets(extras["masks"][idx], [rows[i] for i in idx])
+            targets[key] = targets_for(params, extras["masks"][idx], [rows[i] for i in idx])
     started = time.perf_counter()
     if resume and save_to is not None and Path(save_to).exists():  # scored again, not trained again
         from cxr_core.modelling.networks import load_model

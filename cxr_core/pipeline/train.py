@@ -56,7 +56,7 @@ def fit_network(
     steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
     weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]))
     evidence = params.get("evidence") or {}
-    guided = targets_train is not None and (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0)
+    guided = targets_train is not None and trains_on_evidence(params)
     if guided:
         trainer, map_side = evidence_trainer(model, evidence)
         trainer.compile(
@@ -230,20 +230,32 @@ def evidence_reference(ingest_dir, val_rows: list[dict], raw_maps: np.ndarray) -
     }
 
 
+def trains_on_evidence(params: dict) -> bool:
+    """Whether the recipe (a ``train`` section) asks for the evidence loss."""
+    evidence = params.get("evidence") or {}
+    return evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0
+
+
+def targets_for(params: dict, masks: np.ndarray, rows: list[dict]) -> np.ndarray | None:
+    """The evidence targets of these films, or None: the recipe asks for no evidence loss, or the ingest
+    was made without the lung model (``ingest.lung_check`` false) and has no fields to aim at. Then the
+    network trains without the loss, and the model's metadata and card say so."""
+    if not trains_on_evidence(params) or not masks.any():
+        return None
+    return evidence_targets(masks, rows)
+
+
 def training_targets(ingest_dir, params: dict, train_rows: list[dict], val_rows: list[dict]):
-    """The evidence targets of the train and validation films when the recipe trains on evidence."""
+    """The evidence targets of the train and validation films (both None when there are none)."""
     from cxr_core.pipeline.ingest import load_extras
 
-    evidence = params.get("evidence") or {}
-    if not (evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0):
+    if not trains_on_evidence(params):
         return None, None
-    train_extras, val_extras = load_extras(ingest_dir, train_rows), load_extras(ingest_dir, val_rows)
-    if not train_extras["available"] or not train_extras["masks"].any():
-        # An ingest made without the lung model (ingest.lung_check false) has no fields to aim at: the
-        # network is trained without the evidence loss, and the model's metadata and card say so.
+    train = targets_for(params, load_extras(ingest_dir, train_rows)["masks"], train_rows)
+    if train is None:
         print("no lung masks in this ingest: training without the evidence loss", flush=True)
         return None, None
-    return evidence_targets(train_extras["masks"], train_rows), evidence_targets(val_extras["masks"], val_rows)
+    return train, targets_for(params, load_extras(ingest_dir, val_rows)["masks"], val_rows)
 
 
 def make_optimizer(params: dict, steps_per_epoch: int):
@@ -340,11 +352,9 @@ def run_train(
         }
         if reference:
             metadata["evidence_reference"] = reference
-        evidence = params.get("evidence") or {}
-        wanted = evidence.get("lung_weight", 0) > 0 or evidence.get("lesion_weight", 0) > 0
         metadata["evidence_training"] = (
             "evidence loss applied" if targets_train is not None
-            else "evidence loss asked for but not applied: the ingest had no lung masks" if wanted
+            else "evidence loss asked for but not applied: the ingest had no lung masks" if trains_on_evidence(params)
             else "no evidence loss"
         )  # fmt: skip
         write_json_atomic(staging / Layout.METADATA, metadata)
