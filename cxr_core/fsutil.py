@@ -92,3 +92,36 @@ def read_json_or_empty(path: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    lock_file: str | Path, timeout: float, busy: Exception, mode: int = 0o644, poll: float = 0.05
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created with ``mode``), shared by every process.
+
+    Waits at most ``timeout`` seconds, then raises ``busy`` (the caller's own message for a person);
+    a non-blocking attempt in a loop, so a stuck holder never hangs a dashboard request for ever.
+    """
+    import fcntl
+    import time
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise busy from None
+                time.sleep(poll)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -21,9 +21,7 @@ compromised session cannot flood it: corrections and withdrawals still work at t
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import os
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.errors import CxrError
-from cxr_core.fsutil import write_bytes_atomic, write_text_atomic
+from cxr_core.fsutil import exclusive_lock, write_bytes_atomic, write_text_atomic
 from cxr_core.registry import audit
 
 OUTCOMES = {"tb": "Tuberculosis", "not_tb": "Normal"}
@@ -50,26 +48,10 @@ def quota() -> int:
         return DEFAULT_QUOTA
 
 
-@contextlib.contextmanager
 def _locked(folder: Path):
     """Exclusive lock on the local set, shared by every dashboard process and the CLI on this machine."""
-    import time
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o660)
-    try:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise CxrError("Another outcome is being saved; try again in a moment.") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
+    busy = CxrError("Another outcome is being saved; try again in a moment.")
+    return exclusive_lock(folder / ".lock", LOCK_TIMEOUT_S, busy, mode=0o660, poll=0.02)
 
 
 def local_set_dir() -> Path:

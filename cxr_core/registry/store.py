@@ -24,21 +24,18 @@ way around it is an explicit ``override_reason``, written to the audit trail.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cxr_core import settings
 from cxr_core.errors import ModelError
-from cxr_core.fsutil import fsync_directory, write_json_atomic
+from cxr_core.fsutil import exclusive_lock, fsync_directory, write_json_atomic
 from cxr_core.registry import audit
 
 MODEL_FILE = settings.Layout.MODEL
@@ -302,29 +299,10 @@ class Registry:
 
     # ---------------------------------------------------------------- writing
 
-    @contextlib.contextmanager
-    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    def lock(self, timeout: float = LOCK_TIMEOUT_S):
         """Exclusive registry lock shared by every process (dashboard, CLI, Airflow) on this machine."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise ModelError(
-                            "Another process is changing the model registry; try again in a minute."
-                        ) from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        busy = ModelError("Another process is changing the model registry; try again in a minute.")
+        return exclusive_lock(self.root / LOCK_FILE, timeout, busy)
 
     def new_version_name(self) -> str:
         """A free version name, so a pipeline can write it into the card before registering."""
