@@ -100,7 +100,7 @@ def _params_of(args) -> dict:
 
 
 def _data_path(args, params: dict) -> Path:
-    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
 
     return allowed_dataset_path(args.data or params["data"]["path"])
 
@@ -185,7 +185,7 @@ def _loso(args) -> int:
 
 def _calibrate(args) -> int:
     from cxr_core.modelling.predictor import Predictor
-    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
     from cxr_core.pipeline.local_validation import local_report, score_local_set
     from cxr_core.registry.sites import OperatingRule, SiteProfiles, build_profile
     from cxr_core.registry.store import Registry
@@ -229,7 +229,7 @@ def _calibrate(args) -> int:
 
 
 def _lungs_train(args) -> int:
-    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
     from cxr_core.pipeline.lung_training import run_lung_train
     from cxr_core.registry.store import Registry
     from cxr_core.settings import lung_models_dir

@@ -7,7 +7,7 @@ import ui_common
 from cxr_core import settings
 from cxr_core.errors import CxrError
 from cxr_core.pipeline import jobs
-from cxr_core.pipeline.datasets import save_uploaded_zip
+from cxr_core.pipeline.dataset_roots import save_uploaded_zip
 from cxr_core.settings import load_params
 from ui import evaluation_view, retrain_view, versions_view
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui_common
 from cxr_core.errors import CxrError
-from cxr_core.pipeline.datasets import allowed_dataset_path, save_uploaded_zip
+from cxr_core.pipeline.dataset_roots import allowed_dataset_path, save_uploaded_zip
 from cxr_core.pipeline.outcomes import local_set_counts, local_set_dir
 from cxr_core.registry.sites import SiteProfiles, floor_check
 from cxr_core.settings import project_relative

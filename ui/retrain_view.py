@@ -13,8 +13,8 @@ from cxr_core.errors import CxrError
 
 def check_dataset_path(text: str) -> Path:
     """The dataset folder or zip a user typed: only inside the configured dataset roots (see
-    :func:`cxr_core.pipeline.datasets.allowed_dataset_path`), with a clear message otherwise."""
-    from cxr_core.pipeline.datasets import allowed_dataset_path
+    :func:`cxr_core.pipeline.dataset_roots.allowed_dataset_path`), with a clear message otherwise."""
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
 
     return allowed_dataset_path(text)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cxr_core.errors import DatasetError
 from cxr_core.imaging.decode import IMAGE_EXTENSIONS
+from cxr_core.pipeline.dataset_roots import inside_allowed_roots
 
 # No chest X-ray is this large; anything bigger is a zip bomb or a mistake.
 MAX_MEMBER_BYTES = 200 * 1024 * 1024
@@ -439,36 +440,12 @@ def discover(root: str | os.PathLike) -> DiscoveryResult:
         records, layout_skipped = found
         skipped.extend(layout_skipped)
     if isinstance(tree, _DirTree):
-        records = _inside_allowed_roots(records, tree.root, skipped)
+        records = inside_allowed_roots(records, tree.root, skipped)
     if not records:
         raise DatasetError(_nothing_found_message(root_str, tree, layout, skipped, notes))
     records.sort(key=lambda r: (r.path, r.member or ""))
     skipped.sort()
     return DiscoveryResult(records=records, skipped=skipped, layout=layout)
-
-
-OUTSIDE_ROOTS = "points outside the dataset folder and the configured dataset folders (symlink or manifest path)"
-
-
-def _inside_allowed_roots(records: list[Record], root: str, skipped: list[tuple[str, str]]) -> list[Record]:
-    """Keep only films whose real location (symlinks and ``..`` resolved) is inside the dataset's own
-    folder or a configured dataset root.
-
-    A manifest may name absolute or ``../`` paths and a folder may hold symlinks; followed blindly, they
-    let a dataset pull any file the server can read (another patient's films, a key) into training, the
-    evaluation gallery or an error message. Checked on the resolved path, so a symlink cannot hide it.
-    """
-    from cxr_core.settings import dataset_roots
-
-    allowed = [Path(os.path.realpath(root)), *(Path(os.path.realpath(r)) for r in dataset_roots())]
-    kept = []
-    for record in records:
-        real = Path(os.path.realpath(record.path))
-        if any(real == base or base in real.parents for base in allowed):
-            kept.append(record)
-        else:
-            skipped.append((record.path, OUTSIDE_ROOTS))
-    return kept
 
 
 def _nothing_found_message(root: str, tree: _Tree, layout: str, skipped, notes) -> str:
@@ -582,93 +559,3 @@ def dataset_fingerprint(records: list[Record]) -> str:
     for key, label, size in sorted(rows):
         digest.update(f"{key}\0{label}\0{size}\n".encode())
     return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------- dataset roots, uploads
-
-MAX_UPLOAD_BYTES = 50 * 1024**2  # the dashboard's upload limit (.streamlit/config.toml maxUploadSize)
-MAX_UPLOAD_MEMBERS = 100_000
-MAX_UPLOAD_INFLATED = 20 * 1024**3  # what an uploaded zip may hold once unpacked
-MAX_COMPRESSION_RATIO = 200  # X-rays barely compress; a zip bomb compresses by thousands
-
-
-def allowed_dataset_path(text: str | os.PathLike) -> Path:
-    """A dataset path a user typed, accepted only inside the configured dataset roots.
-
-    The check is made on the resolved path (``..`` and symlinks followed) *before* anything is looked
-    up, and the refusal names only the allowed folders: whether something exists elsewhere on the
-    server, and how many files it holds, is not the user's to learn.
-    """
-    from cxr_core.settings import dataset_roots, resolve_data_path
-
-    text = str(text or "").strip()
-    if not text:
-        raise DatasetError("Enter the path of a dataset folder or .zip file.")
-    roots = dataset_roots()
-    path = resolve_data_path(text)
-    if not any(path == root or root in path.parents for root in roots):
-        shown = ", ".join(_shown(root) for root in roots)
-        raise DatasetError(
-            f"Datasets are read only from the configured dataset folders ({shown}). Put the dataset there, "
-            "or ask the operator to add its folder to CXR_DATASET_ROOTS."
-        )
-    if not path.exists():
-        raise DatasetError(f"There is no dataset at {_shown(path)}.")
-    if path.is_file() and path.suffix.lower() != ".zip":
-        raise DatasetError(f"{_shown(path)} is a file; give a dataset folder or a .zip archive.")
-    return path
-
-
-def _shown(path: Path) -> str:
-    from cxr_core.settings import PROJECT_ROOT
-
-    try:
-        return str(path.relative_to(PROJECT_ROOT)) + ("/" if path.is_dir() else "")
-    except ValueError:
-        return str(path)
-
-
-def save_uploaded_zip(data: bytes, name: str) -> Path:
-    """Keep a dataset .zip uploaded by an admin in the uploads folder, after checking it is safe to read.
-
-    Refused: more than :data:`MAX_UPLOAD_BYTES`, not a zip, member names that climb out (``..``,
-    absolute paths), too many members, and zip bombs (declared unpacked size or compression ratio far
-    beyond what X-rays give). Written under a content-derived name in one rename, so a half-written
-    upload is never visible.
-    """
-    import hashlib
-    import io
-    import re
-
-    from cxr_core.fsutil import write_bytes_atomic
-    from cxr_core.settings import uploads_dir
-
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise DatasetError(f"The archive is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise DatasetError("The upload is not a readable .zip archive.") from error
-    if len(members) > MAX_UPLOAD_MEMBERS:
-        raise DatasetError(
-            f"The archive holds {len(members)} entries; at most {MAX_UPLOAD_MEMBERS} are accepted."
-        )
-    inflated = 0
-    for member in members:
-        parts = member.filename.replace("\\", "/").split("/")
-        if (
-            member.filename.startswith(("/", "\\"))
-            or ".." in parts
-            or re.match(r"^[A-Za-z]:", member.filename)
-        ):
-            raise DatasetError(f"The archive names a file outside itself ({member.filename!r}); refused.")
-        inflated += member.file_size
-        if member.compress_size and member.file_size / member.compress_size > MAX_COMPRESSION_RATIO:
-            raise DatasetError("The archive unpacks to far more than X-rays could; refused as a zip bomb.")
-    if inflated > MAX_UPLOAD_INFLATED:
-        raise DatasetError("The archive unpacks to more than 20 GB; refused.")
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem)[:60] or "dataset"
-    target = uploads_dir() / f"{stem}-{hashlib.sha256(data).hexdigest()[:10]}.zip"
-    write_bytes_atomic(target, data)
-    return target

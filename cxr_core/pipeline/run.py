@@ -110,7 +110,7 @@ def run_pipeline(
         if progress:
             progress(event)
 
-    from cxr_core.pipeline.datasets import allowed_dataset_path
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
 
     data_path = allowed_dataset_path(data_path)  # every driver, the Retrain page's jobs included
     work_dir = Path(work_dir)

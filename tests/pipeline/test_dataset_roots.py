@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cxr_core.errors import DatasetError
-from cxr_core.pipeline.datasets import MAX_UPLOAD_BYTES, allowed_dataset_path, save_uploaded_zip
+from cxr_core.pipeline.dataset_roots import MAX_UPLOAD_BYTES, allowed_dataset_path, save_uploaded_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -234,7 +234,7 @@ def test_read_record_bytes_of_a_vanished_file_is_a_dataset_error(tmp_path):
 
 def test_films_outside_the_allowed_roots_are_refused_whether_by_manifest_or_symlink(tmp_path, monkeypatch):
     """A manifest naming absolute or ../ paths, or a symlink in the folder, used to pull in any readable file."""
-    from cxr_core.pipeline.datasets import OUTSIDE_ROOTS
+    from cxr_core.pipeline.dataset_roots import OUTSIDE_ROOTS
 
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # discovery looks at names and places, not pixels
     dataset = tmp_path / "roots" / "clinic"
