@@ -84,3 +84,32 @@ def test_training_batches_are_augmented_within_range():
     x, y, w = next(iter(dataset))
     assert x.shape == (8, 128, 128, 1) and float(tf.reduce_min(x)) >= 0 and float(tf.reduce_max(x)) <= 255
     assert not np.allclose(x.numpy(), films.astype(np.float32))
+
+
+def test_the_blur_of_the_sharpness_augmentation_is_opencvs_gaussian_with_reflected_edges():
+    import cv2
+
+    films = _films(2)
+    blurred = augment._gaussian_blur(tf.constant(films), augment.SHARPNESS_SIGMA).numpy()
+    for film, ours in zip(films, blurred, strict=True):
+        theirs = cv2.GaussianBlur(film[..., 0], (7, 7), augment.SHARPNESS_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+        np.testing.assert_allclose(ours[..., 0], theirs, atol=1e-3)
+
+
+def test_the_sharpness_augmentation_blurs_some_films_and_edge_enhances_others():
+    """Each film gets its own unsharp-mask amount in [-1, 1]: both directions occur in one batch."""
+    films = np.random.default_rng(1).uniform(0, 255, (64, 32, 32, 1)).astype(np.float32)
+    detail = films - augment._gaussian_blur(tf.constant(films), augment.SHARPNESS_SIGMA).numpy()
+    changed = augment._sharpness(tf.constant(films), 1.0, seed=7).numpy()
+    amounts = ((changed - films) * detail).sum(axis=(1, 2, 3)) / (detail * detail).sum(axis=(1, 2, 3))
+    residual = changed - films - amounts[:, None, None, None] * detail
+    assert np.abs(residual).max() < 1e-2  # exactly x + a * (x - blur(x)), one a per film
+    assert amounts.min() >= -1.0 - 1e-4 and amounts.max() <= 1.0 + 1e-4
+    assert (amounts < -0.3).sum() >= 10 and (amounts > 0.3).sum() >= 10
+
+
+def test_the_sharpness_recipe_trains_with_it_and_the_shipped_default_does_not():
+    from cxr_core.settings import with_recipe
+
+    assert with_recipe(load_params()["train"], "cam-evidence-sharpness")["augment"]["sharpness"] == 1.0
+    assert load_params()["train"]["augment"]["sharpness"] == 0.0
