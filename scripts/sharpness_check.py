@@ -23,13 +23,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TOLERANCE = 0.05
-UPSCALE_SIDE = 3000
+CHANGES = ("upscale3000", "blur", "unsharp")
 
 
 def films_of(data: Path, source: str, count: int) -> list[dict]:
@@ -39,20 +37,17 @@ def films_of(data: Path, source: str, count: int) -> list[dict]:
     return sorted(rows, key=lambda row: row["md5"])[:count]
 
 
-def variants_of(image, cam_side: int, lungs):
+def variants_of(image, cam_side: int, lungs) -> list[np.ndarray]:
+    """The network's input for the film as it is, upscaled, blurred and edge-enhanced (evaluate's changes)."""
     from cxr_core.imaging.preprocess import model_input_from_image
+    from cxr_core.pipeline.evaluate import softer_and_sharper, upscaled
 
     original = model_input_from_image(image, cam_side, lungs=lungs, crop_to_lungs=True).pixels
-    height, width = image.pixels.shape
-    scale = UPSCALE_SIDE / max(height, width)
-    size = (round(width * scale), round(height * scale))
-    upscaled = cv2.resize(image.pixels, size, interpolation=cv2.INTER_CUBIC)
-    upscale = model_input_from_image(
-        replace(image, pixels=upscaled), cam_side, lungs=lungs, crop_to_lungs=True
-    ).pixels
-    blur = cv2.GaussianBlur(original, (0, 0), 0.7)
-    unsharp = cv2.addWeighted(original, 1.5, cv2.GaussianBlur(original, (0, 0), 1.0), -0.5, 0)
-    return [original, upscale, blur, unsharp]
+    large = upscaled(image.pixels)
+    moved = replace(image, pixels=large, height=large.shape[0], width=large.shape[1])
+    upscale = model_input_from_image(moved, cam_side, lungs=lungs, crop_to_lungs=True).pixels
+    softer = softer_and_sharper(original)
+    return [original, upscale, softer["blur"], softer["unsharp"]]
 
 
 def main() -> int:
@@ -68,6 +63,7 @@ def main() -> int:
     from cxr_core.modelling.gradcam import GradCam
     from cxr_core.modelling.lungs import load_lung_model
     from cxr_core.modelling.networks import load_model
+    from cxr_core.pipeline.evaluate import ACQUISITION_TOLERANCE, probability_changes
 
     lungs = load_lung_model()
     data = Path(args.data)
@@ -81,22 +77,18 @@ def main() -> int:
             ]
             batch = np.stack([pixels for stack in stacks for pixels in stack])[..., None]
             probabilities = np.asarray(cam(batch).probabilities, dtype=float).reshape(len(stacks), 4)
-            changes = probabilities[:, 1:] - probabilities[:, :1]
             row = {"model": model_path, "source": source, "films": len(stacks)}
-            for column, name in enumerate(["upscale3000", "blur", "unsharp"]):
-                dp = changes[:, column]
-                row[name] = {
-                    "median_abs": round(float(np.median(np.abs(dp))), 4),
-                    "over_tolerance": round(float(np.mean(np.abs(dp) > TOLERANCE)), 3),
-                    "median_signed": round(float(np.median(dp)), 4),
-                }
+            for column, name in enumerate(CHANGES, start=1):
+                row[name] = probability_changes(
+                    probabilities[:, 0], probabilities[:, column], [source] * len(stacks)
+                )["all"]
             report.append(row)
             print(
                 f"{model_path}  {source:9s} n={len(stacks)}  "
                 + "  ".join(
-                    f"{name}: |dp| {row[name]['median_abs']:.3f}, >{TOLERANCE} {row[name]['over_tolerance']:.0%}, "
+                    f"{name}: |dp| {row[name]['median_abs']:.3f}, >{ACQUISITION_TOLERANCE} {row[name]['over_tolerance']:.0%}, "
                     f"dp {row[name]['median_signed']:+.3f}"
-                    for name in ("upscale3000", "blur", "unsharp")
+                    for name in CHANGES
                 ),
                 flush=True,
             )

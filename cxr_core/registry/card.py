@@ -218,6 +218,7 @@ def render_model_card(
             )
     lines += _original_comparison(report)
     lines += _evidence_section(report)
+    lines += _acquisition_section(report)
     lines += evidence_warning_paragraph(metadata)
     lines += [
         "",
@@ -318,6 +319,39 @@ def _evidence_section(report: dict) -> list[str]:
             f"padded with black bars to {framing['normal_pad_aspect']:.2f}:1, {framing['flipped']} of "
             f"{framing['films']} test decisions changed ({framing['share']:.1%}; target <= 5 %).",
         ]
+    return lines
+
+
+ACQUISITION_ROWS = (
+    ("upscale3000", "the film at 3,000 px (bicubic), through the whole path"),
+    ("blur", "the network's input blurred (Gaussian, sigma 0.7 px)"),
+    ("unsharp", "the network's input edge-enhanced (unsharp mask 0.5, sigma 1 px)"),
+)
+
+
+def _acquisition_section(report: dict) -> list[str]:
+    """How far the probability moves when only the film's resolution or sharpness changes."""
+    found = report.get("acquisition") or {}
+    rows = [(name, label, (found.get(name) or {}).get("all") or {}) for name, label in ACQUISITION_ROWS]
+    rows = [row for row in rows if row[2].get("films")]
+    if not rows:
+        return []
+    tolerance = float(found.get("tolerance", 0.05))
+    lines = [
+        "",
+        "### Resolution and sharpness",
+        "",
+        "Hospitals differ most in detector resolution and edge enhancement, not in disease: the same test films",
+        f"changed only in that (target: |change of probability| <= {tolerance} on every film, as between file formats):",
+        "",
+        f"| change | films | median abs. change | films beyond {tolerance} | median signed change |",
+        "|---|---|---|---|---|",
+    ]
+    for _, label, values in rows:
+        lines.append(
+            f"| {label} | {values['films']} | {_fmt(values['median_abs'])} | {_fmt(values['over_tolerance'])} | "
+            f"{values['median_signed']:+.3f} |"
+        )
     return lines
 
 

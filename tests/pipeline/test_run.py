@@ -288,3 +288,38 @@ def test_a_promotion_serves_the_new_weights(pipeline_run, tmp_path):
     assert abs(from_a - from_b) > 0.05, (from_a, from_b)
     expected_b = float(load_model(second / "model.keras")(film.astype(np.float32), training=False)[0, 0])
     assert from_b == pytest.approx(expected_b, abs=1e-5)
+
+
+def test_the_report_measures_resolution_and_sharpness_on_every_test_film(pipeline_run):
+    root, result, _ = pipeline_run
+    version_dir = Registry(root / "models").version_dir(result["version"])
+    report = json.loads((version_dir / "metrics.json").read_text())
+    films = sum(values["n"] for values in report["per_source"].values())
+    acquisition = report["acquisition"]
+    for change in ("upscale3000", "blur", "unsharp"):
+        overall = acquisition[change]["all"]
+        assert overall["films"] == films, change  # every test film, the upscaled ones through the whole path
+        assert 0.0 <= overall["over_tolerance"] <= 1.0
+        assert abs(overall["median_signed"]) <= overall["median_abs"]
+    assert "### Resolution and sharpness" in (version_dir / "MODEL_CARD.md").read_text()
+
+
+def test_probability_changes_are_summed_up_per_source_with_their_sign():
+    from cxr_core.pipeline.evaluate import probability_changes
+
+    found = probability_changes([0.1, 0.2, 0.3, 0.4], [0.2, 0.2, 0.25, 0.5], ["a", "a", "b", "b"])
+    assert found["all"] == {"films": 4, "median_abs": 0.075, "over_tolerance": 0.5, "median_signed": 0.05}
+    assert found["b"] == {"films": 2, "median_abs": 0.075, "over_tolerance": 0.5, "median_signed": 0.025}
+
+
+def test_blur_softens_and_the_unsharp_mask_sharpens_an_edge():
+    import numpy as np
+
+    from cxr_core.pipeline.evaluate import softer_and_sharper
+
+    film = np.full((32, 32), 60, np.uint8)
+    film[:, 16:] = 180
+    variants = softer_and_sharper(film)
+    step = lambda image: int(image[16, 16]) - int(image[16, 15])  # noqa: E731
+    assert step(variants["blur"]) < step(film)
+    assert variants["unsharp"][16, 16] > 180 and variants["unsharp"][16, 15] < 60  # overshoot on both sides
