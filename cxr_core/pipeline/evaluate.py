@@ -72,13 +72,6 @@ def run_evaluate(
         "tolerance": ACQUISITION_TOLERANCE,
     }
     report["strips_and_markers"] = reread["strips"]
-    for source, shares in reread["lung_shares"].items():
-        report["evidence"].setdefault(source, {"tb_films": len(shares)})["lung_share"] = round(
-            float(np.mean(shares)), 4
-        )
-    every = [share for shares in reread["lung_shares"].values() for share in shares]
-    if every and "all" in report["evidence"]:
-        report["evidence"]["all"]["lung_share"] = round(float(np.mean(every)), 4)
     for source, shares in reread["film_band_shares"].items():  # the film's own edges, not the input's
         report["evidence"].setdefault(source, {"tb_films": len(shares)})["film_band_share"] = round(
             float(np.mean(shares)), 4
@@ -323,18 +316,20 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     """What only the original films can tell: framing robustness, and evidence inside the lungs.
 
     Framing: TB films cropped wide and normals padded with bars go through the same path as any film;
-    a decision that changes was taken on the framing (target: at most 5 % flip). Lungs: the share of
-    each TB film's Grad-CAM mass inside its lung fields, when a lung model is in use. Upscale: the
+    a decision that changes was taken on the framing (target: at most 5 % flip). Film band: the share
+    of each TB film's Grad-CAM mass in the film's own outer band (the crop box recorded at ingest lays
+    the map onto the film; inside the lungs is measured from the ingest's masks, ``evidence_where``). Upscale: the
     film at 3,000 px through the whole path (lung model, crop), as a modern detector's image arrives.
     """
     from dataclasses import replace
 
     from cxr_core.errors import CxrError, ImageError
     from cxr_core.imaging.decode import read_image
-    from cxr_core.modelling.evidence import outer_band_share_in_film, share_inside
+    from cxr_core.imaging.preprocess import CropBox
+    from cxr_core.modelling.evidence import outer_band_share_in_film
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
-    perturbed, before, lung_shares, band_shares, refused = [], [], {}, {}, 0
+    perturbed, before, band_shares, refused = [], [], {}, 0
     striped, strip_boxes, strip_before, strip_refused = [], [], [], 0
     upscaled_inputs, upscaled_before, upscaled_sources = [], [], []
     for index, (row, label, probability, prediction) in enumerate(
@@ -359,17 +354,11 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
                 upscaled_sources.append(row["source"])
             except ImageError:
                 pass  # refused once upscaled: counted by the films figure, which then falls short
-            if label == 1 and prediction.raw_heatmap is not None:
-                found = predictor.model_input_from_image(image)
+            if label == 1 and prediction.raw_heatmap is not None and row.get("box_top", "") != "":
+                box = CropBox(*(int(row[key]) for key in ("box_top", "box_left", "box_bottom", "box_right")))
                 band_shares.setdefault(row["source"], []).append(
-                    outer_band_share_in_film(prediction.raw_heatmap, found.box, image.pixels.shape)
+                    outer_band_share_in_film(prediction.raw_heatmap, box, image.pixels.shape)
                 )
-                if found.lungs is not None:
-                    box = found.box
-                    region = found.lungs["mask"][box.top : box.bottom, box.left : box.right]
-                    share = share_inside(prediction.raw_heatmap, region)
-                    if share is not None:
-                        lung_shares.setdefault(row["source"], []).append(share)
             changed = crop_wide(image.pixels) if label == 1 else pad_bars(image.pixels)
             moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
             perturbed.append(predictor.model_input_from_image(moved).pixels)
@@ -405,7 +394,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     if upscaled_inputs:
         scored = predictor.predict(np.stack(upscaled_inputs)[..., None])
         upscale = probability_changes(upscaled_before, [p.probability for p in scored], upscaled_sources)
-    return {"framing": framing, "lung_shares": lung_shares, "film_band_shares": band_shares, "strips": strips,
+    return {"framing": framing, "film_band_shares": band_shares, "strips": strips,
             "upscale": upscale}  # fmt: skip
 
 

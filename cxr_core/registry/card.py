@@ -299,17 +299,16 @@ def _evidence_section(report: dict) -> list[str]:
     if evidence:
         lines += [
             "Share of Grad-CAM mass in the outer eighth of the **film** on each side (borders, corners, markers,",
-            "chest walls: the hospital, not the lungs; target <= 0.10), in the outer eighth of the network's own",
-            "input (for a lung-box input this band is mostly lung), and inside the lung fields; mean over the TB",
-            "test films:",
+            "chest walls: the hospital, not the lungs; target <= 0.10) and in the outer eighth of the network's own",
+            "input (for a lung-box input this band is mostly lung); mean over the TB test films:",
             "",
-            "| source | TB films | film's outer band | input's outer band | inside the lungs |",
-            "|---|---|---|---|---|",
+            "| source | TB films | film's outer band | input's outer band |",
+            "|---|---|---|---|",
         ]
         for source, values in sorted(evidence.items(), key=lambda item: (item[0] == "all", item[0])):
             lines.append(
                 f"| {source} | {values['tb_films']} | {_fmt(values.get('film_band_share'))} | "
-                f"{_fmt(values.get('outer_band_share'))} | {_fmt(values.get('lung_share'))} |"
+                f"{_fmt(values.get('outer_band_share'))} |"
             )
     lines += _evidence_where_lines(report)
     if framing.get("films"):
