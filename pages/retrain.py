@@ -232,7 +232,7 @@ else:
     st.caption("There is no earlier version to roll back to.")
 
 st.subheader("Refused candidates")
-pruned = retrain_view.prune_refused(registry)
+pruned = retrain_view.prune_refused(registry, actor=ui_common.actor())
 refused = retrain_view.refused_versions(registry)
 if refused:
     st.dataframe(

@@ -169,6 +169,9 @@ def test_failed_gate_candidates_are_listed_apart_pruned_and_never_usable(admin):
     assert retrain_view.KEEP_REFUSED == 3
     assert not (registry.root / "v20000101-000000").exists()  # ... older ones are deleted
     assert any("Deleted now: v20000101-000000, v20000102-000000" in c.value for c in at.caption)
+    deletions = [e for e in audit.read(registry.root) if e.get("action") == "refused_deleted"]
+    assert sorted(e["version"] for e in deletions) == ["v20000101-000000", "v20000102-000000"]
+    assert all(e["reasons"] == ["ROC AUC 0.333 on 4 films"] and e["actor"] for e in deletions)
     usable = [row["version"] for row in versions_view.version_rows(registry)]
     assert not set(kept) & set(usable) and "v-copy" in usable
     assert not [b for b in at.button if any(v in b.label for v in kept)]  # never offered for promotion

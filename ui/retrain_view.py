@@ -259,12 +259,21 @@ def refused_versions(registry) -> dict[str, list[str]]:
     }
 
 
-def prune_refused(registry, keep: int = KEEP_REFUSED) -> list[str]:
-    """Delete all but the newest ``keep`` refused candidates (version names sort by creation time)."""
+def prune_refused(registry, keep: int = KEEP_REFUSED, actor: str | None = None) -> list[str]:
+    """Delete all but the newest ``keep`` refused candidates (version names sort by creation time).
+
+    A registered version disappearing is a change to the registry like any other: each deletion leaves
+    an audit line with who caused it and why the gate had refused the candidate.
+    """
     import shutil
 
-    refused = sorted(refused_versions(registry))
-    doomed = refused[: max(0, len(refused) - keep)]
+    from cxr_core.registry import audit
+
+    refused = refused_versions(registry)
+    names = sorted(refused)
+    doomed = names[: max(0, len(names) - keep)]
     for version in doomed:
         shutil.rmtree(registry.version_dir(version), ignore_errors=True)
+        audit.record("refused_deleted", root=registry.root, version=version, actor=actor,
+                     reasons=refused[version], kept=keep)  # fmt: skip
     return doomed
