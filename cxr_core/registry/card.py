@@ -351,6 +351,15 @@ def _acquisition_section(report: dict) -> list[str]:
             f"| {label} | {values['films']} | {_fmt(values['median_abs'])} | {_fmt(values['over_tolerance'])} | "
             f"{values['median_signed']:+.3f} |"
         )
+    worst = max(rows, key=lambda row: abs(row[2]["median_signed"]))
+    if abs(worst[2]["median_signed"]) > tolerance:
+        lines += [
+            "",
+            f"**This version reads sharpness as evidence**: {worst[1]} moves its probability by a median "
+            f"{worst[2]['median_signed']:+.3f}, in the same direction on most films. A hospital whose processing is",
+            "sharper or softer than the development data's gets systematically higher or lower scores: validate on",
+            "the site's own films and use a site profile, whose threshold is chosen on them.",
+        ]
     return lines
 
 
