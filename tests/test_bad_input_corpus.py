@@ -198,7 +198,7 @@ def check_outcome(name: str, ok: bool, probability, error, refused: dict, refere
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="the evidence-trained CAM network is sensitive to resampling (README)")
+@pytest.mark.xfail(strict=True, reason="the shipped CAM network reads sharpness as evidence (README; model card)")
 def test_the_upscaled_film_scores_like_the_original(predictor, corpus):
     _, files, _ = corpus
     original, upscaled = predictor.screen([(n, files[n]) for n in ("reference.png", "xray-3000x3000.png")])
