@@ -301,25 +301,32 @@ VIEWER_HEIGHT = 560  # the viewer with its controls fits a 1366x768 laptop scree
 VIEWER_BOX = "film_viewer"  # the container key: the viewer's style rules are scoped to it
 
 
+COLORBAR_MARGIN = 180  # px right of the film: the colour bar with its ticks and its title above it
+
+
 def film_figure(film, heat=None, contours=None, height: int = VIEWER_HEIGHT, film_key: str = "film"):
     """A zoomable, pannable view of one film: the film (gray), the Grad-CAM layer (RGBA) and the lung outline.
 
     The figure depends on the film alone. Window/level, heatmap opacity and the on/off switches are applied
     by the browser (:func:`viewer_style`), so changing them sends no new figure: Streamlit would mount a
     new chart for a new figure and the reader's zoom would be lost. Plotly's own tools do the rest: scroll
-    or drag to zoom, the pan tool to move, double-click to reset. Each layer is one PNG
-    (``binary_string``), so a 2048-px film stays light. The colour bar reads the heatmap's hues as TB
-    probability (its units, see ``cxr_core.modelling.gradcam``).
+    or drag to zoom, the pan tool to move, double-click to reset. Each layer is one lossless PNG
+    (:func:`screening_view.png_source`), so a 2048-px film stays light. The colour bar reads the heatmap's
+    hues as TB probability (its units, see ``cxr_core.modelling.gradcam``).
+
+    The right margin already holds the colour bar: with a narrower one Plotly measured the bar, widened
+    the margin and drew the whole figure a second time, on every film shown (``autoexpand`` still widens
+    it where a font is wider). Its tick labels cannot overflow that margin, so they are not measured
+    label by label to be hidden (``ticklabeloverflow``).
     """
-    import plotly.express as px
     import plotly.graph_objects as go
 
-    figure = px.imshow(film, binary_string=True, binary_compression_level=1, contrast_rescaling="infer")
-    figure.update_traces(hovertemplate="x %{x}, y %{y}<extra></extra>")
+    axes = {"anchor": "y", "domain": [0.0, 1.0]}, {"anchor": "x", "domain": [0.0, 1.0]}  # as px.imshow set them
+    figure = go.Figure(layout={"xaxis": axes[0], "yaxis": axes[1]})
+    hover = "x %{x}, y %{y}<extra></extra>"
+    figure.add_trace(go.Image(source=screening_view.png_source(film), name="0", hovertemplate=hover))
     if heat is not None:
-        layer = px.imshow(heat, binary_string=True, binary_compression_level=1).data[0]
-        layer.update(hoverinfo="skip", hovertemplate=None)
-        figure.add_trace(layer)
+        figure.add_trace(go.Image(source=screening_view.png_source(heat), name="0", hoverinfo="skip"))
     for points in contours or []:
         closed = list(points) + [points[0]]
         figure.add_trace(
@@ -337,15 +344,15 @@ def film_figure(film, heat=None, contours=None, height: int = VIEWER_HEIGHT, fil
             go.Heatmap(
                 z=[[0.0, 1.0]], zmin=0.0, zmax=1.0, opacity=0.0, colorscale="Jet", hoverinfo="skip", showscale=True,
                 colorbar={"title": {"text": "Grad-CAM, TB probability"}, "thickness": 12, "len": 0.5,
-                          "tickvals": [0, 0.25, 0.5, 0.75, 1]},
+                          "tickvals": [0, 0.25, 0.5, 0.75, 1], "ticklabeloverflow": "allow"},
             )
         )  # fmt: skip
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor="x")
     figure.update_layout(
-        height=height, margin={"l": 0, "r": 90 if heat is not None else 0, "t": 0, "b": 0}, dragmode="zoom",
-        uirevision=film_key,
-    )
+        height=height, margin={"l": 0, "r": COLORBAR_MARGIN if heat is not None else 0, "t": 0, "b": 0},
+        dragmode="zoom", uirevision=film_key,
+    )  # fmt: skip
     return figure
 
 

@@ -679,6 +679,27 @@ def heat_layer(gray: np.ndarray, heatmap: np.ndarray, box, max_side: int = VIEWE
     return layer
 
 
+def png_source(pixels: np.ndarray) -> str:
+    """A gray (2-D) or RGBA picture as the lossless PNG data URI a Plotly image layer shows.
+
+    OpenCV's encoder at the fastest level, where Plotly's own (``px.imshow(binary_string=True)``, through
+    Pillow) took two to three times as long for the same pixels. A gray film uses run-length deflate
+    after PNG's row filters: on real X-rays about a fifth smaller than the default and no slower. The
+    heat layer, mostly transparent outside the lung box, is smaller with the default strategy.
+    """
+    import base64
+
+    if pixels.ndim == 2:
+        options = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    else:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)  # OpenCV writes BGRA channel order
+        options = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, png = cv2.imencode(".png", pixels, options)
+    if not ok:
+        raise ValueError(f"could not encode a {pixels.shape} picture as PNG")
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+
+
 def window_transfer(level: float, width: float) -> tuple[float, float]:
     """Window/level as a linear map on 0..1 greys (slope, intercept), the same map as
     :func:`cxr_core.imaging.display.apply_window`, for the browser to apply to the film layer."""
