@@ -27,6 +27,25 @@ def _figure(film_key: str, film, item, contours):
 
 
 
+VIEWER_PRELOAD = "viewer_preload"  # the container key of the hidden chart that loads Plotly early
+
+
+def preload() -> None:
+    """An empty chart, hidden, drawn while the films of a drop are scored.
+
+    The browser loads Plotly's script (4.7 MB, most of it evaluated on the page's one thread) only when a
+    page first draws a chart. That took place after the server had sent the viewer, between the drop and
+    the film on the screen; started with the scoring, it overlaps the server's work. The chart has no axes
+    and no traces, so drawing it costs next to nothing, and the page removes it once the films are scored.
+    """
+    import plotly.graph_objects as go
+
+    empty = go.Figure(layout={"xaxis": {"visible": False}, "yaxis": {"visible": False}, "height": 10})
+    st.html(f"<style>.st-key-{VIEWER_PRELOAD} {{ display: none; }}</style>")  # before the chart: never shown
+    with st.container(key=VIEWER_PRELOAD):
+        st.plotly_chart(empty, config=ui_common.VIEWER_CONFIG, key="viewer_preload_chart")
+
+
 def film_card(item, serving, include_ids: bool, film_key: str, fingerprint: str | None = None) -> None:
     """The chosen film: viewer with heatmap and window/level on the left, the result and exports right.
 

@@ -84,6 +84,9 @@ if memo is None:
     memo = {"films": [], "model": model_key, "version": serving.version, "items": [], "names": [],
             "fingerprints": [], "include_ids": include_ids,
             "notice": screening_view.model_change_notice(previous, serving.version)}  # fmt: skip
+# A slot at the same place on every run, empty when nothing is scored: while films are scored it holds the
+# viewer's hidden preload, so that the browser loads Plotly while the server works (ui_viewer.preload).
+warm_up = st.empty()
 todo = files[len(memo["films"]) :]
 if todo:
     start = len(memo["films"])
@@ -95,10 +98,13 @@ if todo:
     def _fingerprint(item) -> None:
         memo["fingerprints"].append(film_fingerprint(item.model_input) if item.model_input is not None else None)
 
+    with warm_up.container():
+        ui_viewer.preload()
     with st.spinner(f"Screening {len(todo)} image(s)…"):  # in chunks, within the per-batch limits
         scored, limit_notice = screening_view.screen_in_chunks(
             predictor, todo, names=names, on_scored=_fingerprint, include_identifiers=include_ids
         )
+    warm_up.empty()
     if limit_notice:
         memo["notice"] = " ".join(filter(None, [memo.get("notice"), limit_notice]))
     taken = len(scored)  # past the per-batch file limit, films are left off the worklist, not marked
