@@ -46,12 +46,16 @@ def preload() -> None:
         st.plotly_chart(empty, config=ui_common.VIEWER_CONFIG, key="viewer_preload_chart")
 
 
+@st.fragment
 def film_card(item, serving, include_ids: bool, film_key: str, fingerprint: str | None = None) -> None:
     """The chosen film: viewer with heatmap and window/level on the left, the result and exports right.
 
     ``serving`` is the model in use (``ui_common.serving_model_or_none``), ``include_ids`` the identity
     switch, ``film_key`` names the film for the viewer's figure cache (its zoom survives every control),
     ``fingerprint`` is the network input's fingerprint (to mark films that fitted the active site profile).
+
+    A fragment: a control of the card (window/level, opacity, the switches, the outcome form) reruns the
+    card alone, not the page around it, whose worklist, table and exports do not depend on them.
     """
     with st.container(border=True):
         st.markdown(f"#### {ui_common.md(item.name)}")
