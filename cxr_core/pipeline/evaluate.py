@@ -42,7 +42,7 @@ def run_evaluate(
 
     params = settings.section("evaluate", params)
     predictor = Predictor(model_dir)
-    y_test, probabilities, rows, predictions = score_split(ingest_dir, predictor, "test")
+    y_test, probabilities, rows, predictions, test_images = score_split(ingest_dir, predictor, "test")
     threshold = predictor.threshold
     report = metrics.evaluate(
         y_test,
@@ -67,7 +67,7 @@ def run_evaluate(
     reread = reread_test_films(rows, y_test, probabilities, predictions, predictor)
     report["framing"] = reread["framing"]
     report["acquisition"] = {
-        **acquisition_of_inputs(ingest_dir, predictor, probabilities, rows),
+        **acquisition_of_inputs(test_images, predictor, probabilities, rows),
         "upscale3000": reread["upscale"],
         "tolerance": ACQUISITION_TOLERANCE,
     }
@@ -300,10 +300,10 @@ def probability_changes(before, after, sources) -> dict:
     return table
 
 
-def acquisition_of_inputs(ingest_dir, predictor, probabilities, rows) -> dict:
-    """Blur and unsharp mask of every test film's own input: two more batched passes, no file read."""
-    images, _, _ = load_split(ingest_dir, "test")
-    variants = [softer_and_sharper(image[..., 0] if image.ndim == 3 else image) for image in images]
+def acquisition_of_inputs(images: np.ndarray, predictor, probabilities, rows) -> dict:
+    """Blur and unsharp mask of every test film's own input (``(n, side, side, 1)`` as scored): two more
+    batched passes, no file read."""
+    variants = [softer_and_sharper(image[..., 0]) for image in images]
     sources = [row["source"] for row in rows]
     found = {}
     for name in ("blur", "unsharp"):
@@ -313,7 +313,7 @@ def acquisition_of_inputs(ingest_dir, predictor, probabilities, rows) -> dict:
 
 
 def reread_test_films(rows: list[dict], labels, probabilities, predictions, predictor) -> dict:
-    """What only the original films can tell: framing robustness, and evidence inside the lungs.
+    """What only the original films can tell: framing, strips and markers, the film's band, resolution.
 
     Framing: TB films cropped wide and normals padded with bars go through the same path as any film;
     a decision that changes was taken on the framing (target: at most 5 % flip). Film band: the share
@@ -462,7 +462,7 @@ def _input_recipe(preprocessing: dict | None) -> tuple:
 
 
 def score_split(ingest_dir: str | Path, predictor, split: str = "test"):
-    """Labels, probabilities, manifest rows and predictions of one split's shards, scored by ``predictor``.
+    """Labels, probabilities, manifest rows, predictions and images of one split's shards, scored by ``predictor``.
 
     Also used to score the *current* model on a candidate's test split, so the quality gate compares
     two models on the same images rather than each on its own test set.
@@ -474,4 +474,4 @@ def score_split(ingest_dir: str | Path, predictor, split: str = "test"):
         raise DatasetError(f"the {split} split is empty; ingest a larger dataset")
     predictions = predictor.predict(images)
     probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
-    return labels, probabilities, rows, predictions
+    return labels, probabilities, rows, predictions, images

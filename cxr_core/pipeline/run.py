@@ -72,7 +72,7 @@ def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict:
     try:
         predictor = Predictor(registry.version_dir(version))
         if same_preprocessing(predictor, ingest_dir):
-            labels, probabilities, _, _ = score_split(ingest_dir, predictor, "test")  # the model loaded once
+            labels, probabilities, _, _, _ = score_split(ingest_dir, predictor, "test")  # the model loaded once
         else:  # another input path (say whole film vs lung crop): each model sees the films its own way
             labels, probabilities = score_films_through_own_path(ingest_dir, predictor)
             if len(labels) == 0:
