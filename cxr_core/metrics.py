@@ -43,7 +43,7 @@ POSITIVE_LABEL = 1
 WHO_MIN_SENSITIVITY = 0.90
 WHO_MIN_SPECIFICITY = 0.70
 
-THRESHOLD_RULES = ("sensitivity_floor", "youden", "fixed")
+THRESHOLD_RULES = ("sensitivity_floor", "sensitivity_bound", "youden", "fixed")
 FALLBACK_THRESHOLD = 0.5
 
 # Bootstrap resamples are built as (chunk, n) index matrices; this caps a chunk at ~2M indices so a
@@ -242,7 +242,11 @@ def select_threshold(
 
     ``sensitivity_floor``: among thresholds whose sensitivity is at least ``min_sensitivity``, the one
     with the highest specificity; among equal specificities, the highest sensitivity (a screening test
-    should not give up TB cases for nothing); only then the higher threshold. ``youden``: maximise
+    should not give up TB cases for nothing); only then the higher threshold. ``sensitivity_bound``: the
+    same, but it is the lower end of the sensitivity's 95 % Wilson interval that must reach the floor. A
+    threshold placed where the validation films give exactly the floor sits on a coin toss: a model as
+    good as the last one then falls under the floor on the test split about half the time (the quality
+    gate refused such a candidate on 2026-12-02); the bound buys margin with specificity. ``youden``: maximise
     sensitivity + specificity - 1 (ties -> higher threshold). ``fixed``: ``fixed_threshold`` as given.
     Candidates are the distinct scores (roc_curve thresholds), so the choice is reproducible exactly.
     """
@@ -268,17 +272,31 @@ def select_threshold(
 
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     spec = 1.0 - fpr
-    if rule == "sensitivity_floor":
+    if rule in ("sensitivity_floor", "sensitivity_bound"):
         if not 0.0 <= float(min_sensitivity) <= 1.0:
             raise ValueError(f"min_sensitivity must be in [0, 1], got {min_sensitivity!r}")
-        ok = np.flatnonzero(tpr >= float(min_sensitivity) - _FLOOR_TOLERANCE)
-        # always non-empty: the lowest threshold (the smallest score) has sensitivity 1
+        if rule == "sensitivity_floor":
+            held = tpr
+        else:
+            held = np.array([wilson_interval(int(round(t * n_pos)), n_pos)[0] for t in tpr])
+        ok = np.flatnonzero(held >= float(min_sensitivity) - _FLOOR_TOLERANCE)
+        short = ok.size == 0  # too few TB films for any bound to reach the floor: the highest bound
+        if short:  # (every TB film found), never an arbitrary fallback that may miss them
+            ok = np.flatnonzero(held >= held.max() - _FLOOR_TOLERANCE)
         # lexsort: last key is primary -> max specificity, then max sensitivity, then max threshold
         best = ok[np.lexsort((-thresholds[ok], -tpr[ok], -spec[ok]))[0]]
+        held_by = "sensitivity" if rule == "sensitivity_floor" else "the lower 95 % bound of sensitivity"
+        bound = "" if rule == "sensitivity_floor" else f", lower bound {held[best]:.3f}"
         reason = (
-            f"highest specificity with sensitivity >= {float(min_sensitivity):g} "
-            f"(achieved sensitivity {tpr[best]:.3f}, specificity {spec[best]:.3f})"
+            f"highest specificity with {held_by} >= {float(min_sensitivity):g} "
+            f"(achieved sensitivity {tpr[best]:.3f}{bound}, specificity {spec[best]:.3f})"
         )
+        if rule == "sensitivity_bound" and short:
+            reason = (
+                f"with {n_pos} TB films no threshold's lower 95 % sensitivity bound reaches "
+                f"{float(min_sensitivity):g}; took the highest bound ({held[best]:.3f}): every TB film found, "
+                f"specificity {spec[best]:.3f}"
+            )
     else:
         finite = np.flatnonzero(np.isfinite(thresholds))
         j = tpr[finite] - fpr[finite]

@@ -92,7 +92,7 @@ class ModelSettings:
 
 @dataclass
 class ThresholdSettings:
-    rule: str = "sensitivity_floor"  # or "youden", or "fixed" (with value)
+    rule: str = "sensitivity_floor"  # or "sensitivity_bound" (its 95 % lower bound), "youden", "fixed"
     min_sensitivity: float = 0.90  # the WHO minimum for a screening test, held on the validation split
     value: float = 0.5
 
@@ -196,8 +196,6 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
 
 
-# Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.
-# "reference" is the original system's network and recipe, kept selectable beside the shipped one.
 # Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.
 # "reference" is the original system's network and recipe. Lung cropping is an ingest setting: compare
 # with the original whole-film input by running LOSO on an ingest made with ingest.lung_crop false.

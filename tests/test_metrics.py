@@ -469,3 +469,25 @@ def test_curves_single_class():
     assert out["roc"] == [] and out["pr"] == []
     assert len(out["calibration"]) == 3 and len(out["confusion"]) == 3
     assert json.dumps(out, allow_nan=False)
+
+
+def test_sensitivity_bound_holds_the_floor_with_margin():
+    # 200 TB films scored 0.005..1.0 and 200 normals 0.0025..0.5: at the plain floor the threshold sits where
+    # exactly 180 TB films are found; the bound asks the Wilson lower end to reach 0.90, so more of them.
+    y = np.r_[np.ones(200), np.zeros(200)]
+    p = np.r_[np.linspace(0.005, 1.0, 200), np.linspace(0.0025, 0.5, 200)]
+    floor = m.select_threshold(y, p, rule="sensitivity_floor", min_sensitivity=0.90)
+    bound = m.select_threshold(y, p, rule="sensitivity_bound", min_sensitivity=0.90)
+    assert floor.sensitivity == pytest.approx(0.90)
+    found = int(round(bound.sensitivity * 200))
+    assert m.wilson_interval(found, 200)[0] >= 0.90 > m.wilson_interval(found - 1, 200)[0]
+    assert bound.threshold < floor.threshold and bound.specificity < floor.specificity
+    assert bound.rule == "sensitivity_bound" and "lower 95 % bound" in bound.reason
+    assert m.operating_point(y, p, bound.threshold)["sensitivity"] == pytest.approx(bound.sensitivity)
+
+
+def test_sensitivity_bound_with_too_few_tb_films_finds_them_all():
+    # five TB films: even 5/5 has a Wilson lower bound of 0.57, so no threshold reaches 0.90
+    choice = m.select_threshold(CHOICE_Y, CHOICE_P, rule="sensitivity_bound", min_sensitivity=0.90)
+    assert choice.sensitivity == 1.0 and choice.threshold == 0.50
+    assert "no threshold's lower 95 % sensitivity bound reaches 0.9" in choice.reason
