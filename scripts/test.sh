@@ -17,4 +17,6 @@ if ((${#apt_needed[@]})); then
 fi
 .venv/bin/ruff check .
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest "$@"
+# Two workers, whole files each (module fixtures train once): most of the suite waits on subprocesses
+# (Airflow tasks, browsers, CLI runs), so two overlap well on two cores. CXR_TEST_WORKERS=0 runs serially.
+exec .venv/bin/python -m pytest -n "${CXR_TEST_WORKERS:-2}" --dist loadfile "$@"
