@@ -88,6 +88,7 @@ class ModelSettings:
     filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
     dense_units: int = 0
     dropout: float = 0.3
+    standardize: bool = False  # cam only: each film to zero mean, unit variance before the first convolution
 
 
 @dataclass
@@ -227,6 +228,14 @@ RECIPES: dict[str, dict] = {
     # read sharpness as disease (an unsharp mask raised its probability by a median 0.29).
     "cam-evidence-sharpness": {
         "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
+        "augment": {"sharpness": 1.0},
+    },
+    # cam-evidence-sharpness with each film standardised inside the network (zero mean, unit variance):
+    # overall brightness and contrast are what the shortcut audit reads as the hospital.
+    "cam-evidence-sharpness-standardized": {
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3,
+                  "standardize": True},
         "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
         "augment": {"sharpness": 1.0},
     },

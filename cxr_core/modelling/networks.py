@@ -78,6 +78,7 @@ def build_cam_model(
     pools: int = 3,
     dropout: float = 0.3,
     dense_units: int = 0,
+    standardize: bool = False,
 ) -> keras.Model:
     """Conv-BN-ReLU stages, global average pooling and ONE sigmoid unit: a network whose map is its reason.
 
@@ -88,12 +89,16 @@ def build_cam_model(
     what keeps a corner cue from being wired into the decision by a position-tied weight. Only the first
     ``pools`` stages are followed by 2x2 pooling, so the map keeps ``side / 2**pools`` cells a side
     (16x16 at 128 px): lesions are small. ``dense_units`` is accepted for settings compatibility and
-    must stay 0.
+    must stay 0. ``standardize`` gives every film zero mean and unit variance before the first
+    convolution (a LayerNormalization over the whole picture, nothing learnt): a hospital's exposure and
+    processing set a film's overall brightness and contrast, which the shortcut audit reads as the site.
     """
     if dense_units:
         raise ValueError("the CAM network has no hidden dense layer (model.dense_units must be 0)")
     inputs = keras.Input(shape=(side, side, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    if standardize:
+        x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, name="per_film_standardize")(x)
     for stage, count in enumerate(filters, start=1):
         if 1 < stage <= pools + 1:
             x = layers.MaxPooling2D(2, name=f"pool{stage - 1}")(x)
@@ -128,6 +133,11 @@ def build_network(side: int, model_settings: dict) -> keras.Model:
     name = settings.pop("architecture", "reference")
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    standardize = bool(settings.pop("standardize", False))
+    if name == "cam":
+        settings["standardize"] = standardize
+    elif standardize:
+        raise ValueError("model.standardize is built into the cam architecture only")
     return ARCHITECTURES[name](side=side, **settings)
 
 

@@ -125,3 +125,30 @@ def test_compact_network_is_small_and_gradcam_reads_its_last_activation():
     )
     with pytest.raises(ValueError, match="unknown architecture"):
         build_network(128, {"architecture": "transformer"})
+
+
+def test_a_standardised_cam_network_ignores_a_films_overall_brightness_and_contrast(real_xray_path, tmp_path):
+    import keras
+
+    from cxr_core.modelling.networks import build_network
+
+    keras.utils.set_random_seed(0)  # an untrained network: fix it (seeds 0-5 all pass)
+    settings = {"architecture": "cam", "filters": [8, 16, 32, 32, 32], "dense_units": 0, "dropout": 0.3}
+    net = build_network(128, {**settings, "standardize": True})
+    plain = build_network(128, settings)
+    gray = np.array(Image.open(real_xray_path).convert("L"))
+    small, _ = preprocess_with_box(gray)
+    darker_flatter = np.clip(small.astype(np.float32) * 0.7 + 20, 0, 255).round().astype(np.uint8)
+    batch = np.stack([small, darker_flatter])[..., None]
+    loaded = load_model(save_model(net, tmp_path / "standardised.keras"))  # the layer survives a reload
+    result = GradCam(loaded)(batch)
+    assert abs(result.probabilities[0] - result.probabilities[1]) < 2e-3, "rounding to uint8 is the only change"
+    first, second = result.heatmaps.reshape(2, -1)
+    assert first.max() > 0 and np.corrcoef(first, second)[0, 1] > 0.95, "the map stays where it was"
+    # without the layer the same two films are two different inputs to the network
+    unstandardised = plain(batch.astype(np.float32), training=False).numpy()[:, 0]
+    standardised_raw = net(batch.astype(np.float32), training=False).numpy()[:, 0]
+    assert abs(unstandardised[0] - unstandardised[1]) > 10 * abs(standardised_raw[0] - standardised_raw[1])
+    with pytest.raises(ValueError, match="cam architecture only"):
+        build_network(128, {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64,
+                            "dropout": 0.5, "standardize": True})  # fmt: skip
