@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _common import PYTHON, ROOT, emit, log, machine, parser
 
-BENCHMARKS = ("score_one", "batch_cli", "ingest", "train", "page", "archive")
+BENCHMARKS = ("score_one", "batch_cli", "ingest", "train", "page", "archive", "archive_celery")
 
 
 def main() -> None:

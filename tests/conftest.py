@@ -72,6 +72,7 @@ LONG_FILES_FIRST = (
     "tests/test_airflow_dag.py",
     "tests/test_bench_smoke.py",
     "tests/test_airflow_celery.py",
+    "tests/test_bench_archive_celery.py",
     "tests/test_browser_workflow.py",
     "tests/pipeline/test_run.py",
     "tests/test_batch_dag.py",

@@ -1,0 +1,123 @@
+"""Archive screening on the distributed engine: ``tb_batch_screening`` on one and on two Celery workers.
+
+Subject: the DAG as a hospital runs it (bench/celery_stack.py: PostgreSQL, Redis, scheduler,
+api-server, ``airflow celery worker`` processes with one task slot each), triggered through the CLI and
+timed from the trigger to the run's success (polled every second), first with one worker, then with a
+second worker added; the DAG plans one shard per worker (its ``workers`` param). Also printed: the span
+from the first task's start to the last task's end, as the metadata database recorded them.
+Baseline, on the same films in the same run, right before: the plain batch CLI
+(``python -m cxr_core predict FOLDER --format jsonl``, one process), timed end to end.
+
+Needs airflow-venv/ and the local PostgreSQL and Redis services (127.0.0.1:5432 and :6379, or
+CXR_TEST_PG / CXR_TEST_REDIS); uses Redis database 12 (CXR_BENCH_REDIS_DB) so a test run beside it
+does not share the broker.
+
+    .venv/bin/python bench/archive_celery.py            # 2,000 films (real 512x512 PNGs)
+    .venv/bin/python bench/archive_celery.py --quick    # 48 films
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import PYTHON, ROOT, emit, log, machine, parser, pngs_512, scratch, target
+from batch_cli import run_cli
+
+sys.path.insert(0, str(ROOT))
+from bench.celery_stack import StackError, celery_airflow  # noqa: E402 (after the project root is importable)
+
+WORKER_NAMES = ("cxr-bench-worker-1", "cxr-bench-worker-2")
+RUN_TIMEOUT_S = 1800
+
+
+def dag_run(stack, folder: Path, films: int, workers: int) -> dict:
+    result = stack.run("tb_batch_screening", {"source": str(folder), "workers": workers}, timeout=RUN_TIMEOUT_S)
+    summary = json.loads((stack.tmp / "work" / result["run_id"] / "summary.json").read_text())
+    if summary["films"] != films or summary["unreadable"]:
+        raise SystemExit(f"incomplete: {summary['films']} of {films} films, {summary['unreadable']} unreadable")
+    shards = [ti for ti in result["tis"] if ti["task_id"] == "predict_shard"]
+    span = max(ti["end"] for ti in result["tis"]) - min(ti["start"] for ti in result["tis"])
+    return {
+        "films_per_s": round(films / result["waited_s"], 2),
+        "trigger_to_success_s": round(result["waited_s"], 1),
+        "task_span_s": round(span, 1),
+        "shards": len(shards),
+        "shard_seconds": [round(ti["end"] - ti["start"], 1) for ti in shards],
+        "shard_hosts": sorted({ti["hostname"] for ti in shards}),
+    }
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=2000, help="films in the archive (real PNGs, repeated)")
+    args = p.parse_args()
+    if args.quick:
+        args.size = 48
+    started = time.perf_counter()
+    sources = pngs_512(args.data)
+    with scratch("archive-celery") as root:
+        folder = root / "archive"
+        folder.mkdir()
+        for i in range(args.size):
+            source = sources[i % len(sources)]
+            shutil.copyfile(source, folder / f"{i:05d}-{source.name}")
+        # Warm the page cache (TensorFlow's libraries, the model) so that neither side pays a cold start.
+        subprocess.run([PYTHON, "-m", "cxr_core", "predict", str(next(folder.iterdir()))], cwd=ROOT, capture_output=True)
+        log(f"archive-celery: plain CLI on {args.size} films ...")
+        cli = run_cli(folder, args.size, [])
+        log(f"archive-celery: CLI {cli['wall_s']:.1f} s")
+        stack_dir = root / "stack"
+        stack_dir.mkdir()
+        redis_db = int(os.environ.get("CXR_BENCH_REDIS_DB", "12"))
+        try:
+            with celery_airflow(
+                stack_dir, project_python=PYTHON, redis_db=redis_db, workers=WORKER_NAMES[:1],
+                CXR_DATASET_ROOTS=str(root),
+            ) as stack:  # fmt: skip
+                log("archive-celery: one worker ...")
+                one = dag_run(stack, folder, args.size, workers=1)
+                log(f"archive-celery: one worker {one['trigger_to_success_s']} s; adding a second ...")
+                stack.add_workers(WORKER_NAMES[1])
+                two = dag_run(stack, folder, args.size, workers=2)
+                log(f"archive-celery: two workers {two['trigger_to_success_s']} s")
+        except StackError as error:
+            raise SystemExit(f"the Celery stack failed: {error}") from None
+    if len(two["shard_hosts"]) != 2:
+        raise SystemExit(f"the two shards ran on {two['shard_hosts']}, not on both workers")
+    cli_rate = args.size / cli["wall_s"]
+    emit(
+        {
+            "benchmark": "archive_celery",
+            "machine": machine(),
+            "params": {"films": args.size, "executor": "CeleryExecutor, Redis broker, PostgreSQL; 1 slot a worker",
+                       "shards": "one per worker (the DAG's default plan)"},
+            "figures": {"one_worker": one, "two_workers": two},
+            "baseline": {
+                "what": "python -m cxr_core predict FOLDER --format jsonl, one process",
+                "cli_films_per_s": round(cli_rate, 2),
+                "cli_wall_s": round(cli["wall_s"], 1),
+            },
+            "ratios": {
+                "one_worker_over_cli": round(one["films_per_s"] / cli_rate, 3),
+                "two_workers_over_cli": round(two["films_per_s"] / cli_rate, 3),
+                "two_over_one": round(two["films_per_s"] / one["films_per_s"], 3),
+            },
+            "targets": {
+                "one_worker_over_cli": target(
+                    one["films_per_s"] / cli_rate, 0.8, ">=", ">= 80% of the plain CLI on one worker"
+                )
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        args.output,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

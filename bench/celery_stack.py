@@ -1,0 +1,264 @@
+"""Airflow 3 on the distributed engine, started on this machine for a test or a benchmark.
+
+PostgreSQL metadata database (a fresh database, dropped afterwards), the CeleryExecutor with Redis as
+broker (a database number of its own, flushed before and after), an api-server (Airflow 3 tasks talk to
+its execution API), a scheduler, a dag-processor and ``airflow celery worker`` processes with distinct
+hostnames, one task at a time each. Every process runs in its own process group and is stopped whole,
+also when the caller fails. Shared by ``tests/test_airflow_celery.py`` (does the engine run the DAGs?)
+and ``bench/archive_celery.py`` (how fast on one and on two workers?), so both start the same stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW_PYTHON = ROOT / "airflow-venv" / "bin" / "python"
+AIRFLOW_BIN = AIRFLOW_PYTHON.parent / "airflow"
+DAGS_FOLDER = ROOT / "training" / "dags"
+PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1)
+REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
+
+
+class StackError(RuntimeError):
+    """The stack did not start, or a run did not end in success; the message carries the logs."""
+
+
+# Run with airflow-venv's python: create or drop the database, flush the Redis database.
+SERVICES = textwrap.dedent(
+    """
+    import sys, psycopg2, redis
+    action, host, port, db, redis_host, redis_port, redis_db = sys.argv[1:8]
+    connection = psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres",
+                                  connect_timeout=5)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        if action == "create":
+            cursor.execute(f'CREATE DATABASE "{db}"')
+        else:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+            cursor.execute(f'DROP DATABASE IF EXISTS "{db}"')
+    connection.close()
+    redis.Redis(host=redis_host, port=int(redis_port), db=int(redis_db), socket_timeout=5).flushdb()
+    """
+)
+
+# Polls the metadata database until the run ends; prints the run's state, its start and end as the
+# database recorded them, and its task instances.
+WAIT_FOR_RUN = textwrap.dedent(
+    """
+    import json, sys, time, psycopg2
+    dsn, dag_id, run_id, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
+            row = cursor.fetchone()
+            state = row and row[0]
+            if state in ("success", "failed"):
+                break
+        time.sleep(1)
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT task_id, map_index, state, hostname, try_number, "
+            "EXTRACT(EPOCH FROM start_date), EXTRACT(EPOCH FROM end_date) FROM task_instance "
+            "WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index", (dag_id, run_id))
+        keys = ("task_id", "map_index", "state", "hostname", "try_number", "start", "end")
+        tis = [dict(zip(keys, (float(v) if k in ("start", "end") and v is not None else v
+                              for k, v in zip(keys, r)))) for r in cursor.fetchall()]
+    print(json.dumps({"state": state, "tis": tis}))
+    """
+)
+
+# Imported by each worker through AIRFLOW__CORE__HOSTNAME_CALLABLE: two workers on one machine would
+# otherwise record the same hostname on their task instances.
+HOSTNAME_MODULE = "import os\n\ndef hostname():\n    return os.environ['CXR_WORKER_NAME']\n"
+
+
+def answers(host: str, port: str) -> bool:
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a started process and everything it spawned (its own process group)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _services(action: str, database: str, redis_db: int) -> None:
+    done = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", SERVICES, action, PG_HOST, PG_PORT, database,
+         REDIS_HOST, REDIS_PORT, str(redis_db)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise StackError(f"{action} {database}: {done.stderr[-2000:]}")
+
+
+class CeleryAirflow:
+    """A running stack: add workers, trigger a DAG and wait for its run (state and task instances)."""
+
+    def __init__(self, env: dict, tmp: Path, dsn: str, stack: ExitStack):
+        self.env, self.tmp, self.dsn, self._stack = env, tmp, dsn, stack
+        self.logs = tmp / "logs"
+        self.started: list[tuple[str, subprocess.Popen]] = []
+        self.workers: list[str] = []
+
+    def diagnostics(self) -> str:
+        parts = []
+        for path in sorted(self.logs.rglob("*.log")):
+            parts.append(f"--- {path.relative_to(self.logs)}\n" + path.read_text(errors="replace")[-2500:])
+        return "\n".join(parts)[-15000:]
+
+    def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(AIRFLOW_BIN), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self, name: str, *args: str, **extra: str) -> None:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed by the ExitStack)
+        self._stack.callback(log.close)
+        process = subprocess.Popen(
+            [str(AIRFLOW_BIN), *args],
+            env={**self.env, **extra},
+            cwd=self.tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped whole, with its children
+        )
+        self.started.append((name, process))
+
+    def check_running(self) -> None:
+        for name, process in self.started:
+            if process.poll() is not None:
+                raise StackError(f"{name} exited early:\n{self.diagnostics()}")
+
+    def add_workers(self, *names: str, timeout: float = 180) -> None:
+        """Start Celery workers (one task at a time each) and wait until each listens."""
+        for name in names:
+            self.start(
+                name, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1",
+                AIRFLOW__CORE__HOSTNAME_CALLABLE="cxr_stack_hostname.hostname",
+                CXR_WORKER_NAME=name,
+                PYTHONPATH=str(self.tmp / "hostmod"),
+            )  # fmt: skip
+        self.workers.extend(names)
+        deadline = time.monotonic() + timeout
+        while not all("ready." in (self.logs / f"{name}.log").read_text(errors="replace") for name in names):
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise StackError(f"the Celery workers did not start:\n{self.diagnostics()}")
+            time.sleep(1)
+
+    def run(self, dag_id: str, conf: dict, timeout: float) -> dict:
+        """Trigger one run and wait for it; raises StackError unless it ends in success."""
+        run_id = f"cxr_stack_{secrets.token_hex(4)}"
+        deadline = time.monotonic() + 180  # the DAG can be triggered once the dag-processor stored it
+        while True:
+            self.check_running()
+            triggered = self.airflow("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
+            if triggered.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"could not trigger {dag_id}:\n{triggered.stderr[-2000:]}")
+            time.sleep(3)
+        began = time.monotonic()
+        waited = subprocess.run(
+            [str(AIRFLOW_PYTHON), "-c", WAIT_FOR_RUN, self.dsn, dag_id, run_id, str(timeout)],
+            capture_output=True, text=True, timeout=timeout + 60,
+        )  # fmt: skip
+        if waited.returncode != 0:
+            raise StackError(waited.stderr[-3000:])
+        result = json.loads(waited.stdout.strip().splitlines()[-1])
+        result["run_id"], result["waited_s"] = run_id, time.monotonic() - began
+        print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s")
+        if result["state"] != "success":
+            raise StackError(f"{json.dumps(result, indent=1)}\n{self.diagnostics()}")
+        return result
+
+
+@contextmanager
+def celery_airflow(
+    tmp: Path, *, project_python: str, redis_db: int, workers: tuple[str, ...] = (), **cxr_env: str
+) -> Iterator[CeleryAirflow]:
+    """The whole stack in ``tmp`` (home, logs, work), torn down on exit; ``cxr_env`` are CXR_* settings
+    for the tasks (``CXR_MODELS_DIR``, ``CXR_PARAMS_FILE``, ``CXR_DATASET_ROOTS``...)."""
+    if not AIRFLOW_PYTHON.exists():
+        raise StackError("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
+    for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
+        if not answers(host, port):
+            raise StackError(f"{what} does not answer on {host}:{port}")
+    database = f"cxr_airflow_{os.getpid()}_{secrets.token_hex(3)}"
+    dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}"
+    (tmp / "logs").mkdir(parents=True, exist_ok=True)
+    (tmp / "hostmod").mkdir(exist_ok=True)
+    (tmp / "hostmod" / "cxr_stack_hostname.py").write_text(HOSTNAME_MODULE)
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CXR_", "PYTHONPATH"))}
+    env.update(
+        AIRFLOW_HOME=str(tmp / "airflow-home"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{database}",
+        AIRFLOW__CELERY__BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+        AIRFLOW__CELERY__RESULT_BACKEND=f"db+postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}",
+        AIRFLOW__CELERY__WORKER_CONCURRENCY="1",  # one task at a time each: two shards need two workers
+        AIRFLOW__API__PORT=str(api_port),
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32),  # shared by api-server and workers
+        AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(tmp / "logs" / "tasks"),
+        CXR_PROJECT_PYTHON=project_python,
+        CXR_AIRFLOW_WORK_DIR=str(tmp / "work"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        **cxr_env,
+    )
+    _services("drop", database, redis_db)
+    _services("create", database, redis_db)
+    with ExitStack() as stack:
+        stack.callback(_services, "drop", database, redis_db)
+        running = CeleryAirflow(env, tmp, dsn, stack)
+        stack.callback(lambda: [stop_group(process) for _, process in reversed(running.started)])
+        migrated = running.airflow("db", "migrate", timeout=300)
+        if migrated.returncode != 0:
+            raise StackError(migrated.stdout[-3000:] + migrated.stderr[-3000:])
+        running.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
+        running.start("scheduler", "scheduler")
+        running.start("dag-processor", "dag-processor")
+        if workers:  # all listening before anything is queued (else the first could take every shard)
+            running.add_workers(*workers)
+        yield running

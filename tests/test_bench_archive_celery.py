@@ -1,0 +1,43 @@
+"""bench/archive_celery.py still runs: once, at a tiny size, on its own Celery stack.
+
+A file of its own so that the two-worker runner can give it a core while the other benchmarks' smoke
+run takes the other. Nothing is timed or compared with a target: only that both runs end, on the
+workers they should, and the figures are printed.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tools import missing
+
+from bench.celery_stack import AIRFLOW_PYTHON, PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, answers
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900)]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, tmp_path):
+    if not AIRFLOW_PYTHON.exists():
+        missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
+    for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
+        if not answers(host, port):
+            missing(f"{what} does not answer on {host}:{port}")
+    run = subprocess.run(
+        [sys.executable, "bench/archive_celery.py", "--quick", "--data", str(shared_cxr), "-o", str(tmp_path / "c.json")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=840,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    result = json.loads(run.stdout)
+    assert json.loads((tmp_path / "c.json").read_text()) == result
+    one, two = result["figures"]["one_worker"], result["figures"]["two_workers"]
+    assert one["shards"] == 1 and len(one["shard_hosts"]) == 1
+    assert two["shards"] == 2 and two["shard_hosts"] == ["cxr-bench-worker-1", "cxr-bench-worker-2"]
+    for figures in (one, two):
+        assert figures["films_per_s"] > 0 and figures["trigger_to_success_s"] > 0 and figures["task_span_s"] > 0
+    assert result["baseline"]["cli_films_per_s"] > 0
+    assert set(result["ratios"]) == {"one_worker_over_cli", "two_workers_over_cli", "two_over_one"}
+    assert set(result["targets"]["one_worker_over_cli"]) == {"target", "value", "met"}
