@@ -101,6 +101,19 @@ def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path) -> d
     return result
 
 
+def archive_folder(root: Path, sources: list[Path], size: int) -> Path:
+    """``size`` real films (the sources repeated) in ``root/archive``, and a first predict run on one of
+    them to warm the page cache (TensorFlow's libraries, the model): neither side pays a cold start."""
+    folder = root / "archive"
+    folder.mkdir()
+    for i in range(size):
+        source = sources[i % len(sources)]
+        shutil.copyfile(source, folder / f"{i:05d}-{source.name}")
+    first = folder / sorted(os.listdir(folder))[0]
+    subprocess.run([PYTHON, "-m", "cxr_core", "predict", str(first)], cwd=ROOT, capture_output=True)
+    return folder
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     # An archive, not a folder: Airflow's own cost per run (planning, merging, starting a task: about 8 s
@@ -123,18 +136,7 @@ def main() -> None:
     sources = pngs_512(args.data)
 
     with scratch("archive") as root:
-        folder = root / "archive"
-        folder.mkdir()
-        for i in range(args.size):
-            source = sources[i % len(sources)]
-            shutil.copyfile(source, folder / f"{i:05d}-{source.name}")
-
-        # Warm the page cache (TensorFlow's libraries, the model) so that neither side pays a cold start.
-        subprocess.run(
-            [PYTHON, "-m", "cxr_core", "predict", str(folder / next(iter(sorted(os.listdir(folder)))))],
-            cwd=ROOT,
-            capture_output=True,
-        )
+        folder = archive_folder(root, sources, args.size)
         log(f"archive: plain CLI on {args.size} films ...")
         cli = run_cli(folder, args.size, [])
         log(f"archive: CLI {cli['wall_s']:.1f} s (start-up {cli['startup_s']:.1f} s)")

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from _common import PYTHON, ROOT, emit, log, machine, parser, pngs_512, scratch, target
+from archive import archive_folder
 from batch_cli import run_cli
 
 sys.path.insert(0, str(ROOT))
@@ -62,13 +61,7 @@ def main() -> None:
     started = time.perf_counter()
     sources = pngs_512(args.data)
     with scratch("archive-celery") as root:
-        folder = root / "archive"
-        folder.mkdir()
-        for i in range(args.size):
-            source = sources[i % len(sources)]
-            shutil.copyfile(source, folder / f"{i:05d}-{source.name}")
-        # Warm the page cache (TensorFlow's libraries, the model) so that neither side pays a cold start.
-        subprocess.run([PYTHON, "-m", "cxr_core", "predict", str(next(folder.iterdir()))], cwd=ROOT, capture_output=True)
+        folder = archive_folder(root, sources, args.size)
         log(f"archive-celery: plain CLI on {args.size} films ...")
         cli = run_cli(folder, args.size, [])
         log(f"archive-celery: CLI {cli['wall_s']:.1f} s")
