@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -200,7 +201,8 @@ class CeleryAirflow:
             raise StackError(waited.stderr[-3000:])
         result = json.loads(waited.stdout.strip().splitlines()[-1])
         result["run_id"], result["waited_s"] = run_id, time.monotonic() - began
-        print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s")
+        # standard error: a benchmark's standard output is its JSON document
+        print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s", file=sys.stderr)
         if result["state"] != "success":
             raise StackError(f"{json.dumps(result, indent=1)}\n{self.diagnostics()}")
         return result
