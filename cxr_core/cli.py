@@ -190,6 +190,8 @@ def _calibrate(args) -> int:
     from cxr_core.registry.sites import OperatingRule, SiteProfiles, build_profile
     from cxr_core.registry.store import Registry
 
+    if args.override_floor and not args.activate:  # before minutes of scoring, not after
+        raise CxrError("--override-floor only goes with --activate")
     registry = Registry()
     model_dir, warning = registry.resolve_with_warning(None)
     if warning:
@@ -214,8 +216,8 @@ def _calibrate(args) -> int:
     }
     sites = SiteProfiles(registry.root)
     sites.save(profile)
-    if args.activate:
-        sites.activate(profile["name"])
+    if args.activate:  # saved first: a refusal below the floor keeps the profile for a later decision
+        sites.activate(profile["name"], override_reason=args.override_floor)  # actor: cli:<user>
     evidence = profile["evidence"]
     print(json.dumps({
         "site": profile["name"], "model_version": profile["model_version"], "threshold": profile["threshold"],
@@ -500,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--referrals-per-100", type=float, default=None, help="or: a referral budget")
     calibrate.add_argument("--calibration", choices=["platt", "isotonic"], default=None)
     calibrate.add_argument("--activate", action="store_true", help="make it the profile in use")
+    calibrate.add_argument(
+        "--override-floor", metavar="REASON", default=None,
+        help="with --activate: switch it on even below its sensitivity floor; the reason goes to the audit trail",
+    )  # fmt: skip
     calibrate.add_argument("--n-boot", type=int, default=1000)
     calibrate.set_defaults(handler=_calibrate)
 

@@ -197,3 +197,20 @@ def test_calibrate_and_predict_at_the_site_threshold_on_real_films(tmp_path, sha
         (r["probability"] >= r["threshold"]) == (r["label"] == "Tuberculosis") for r in results if r["ok"]
     )
     assert [e["action"] for e in audit.read(models)][:1] == ["site_profile"]
+
+    # A budget of one referral per 100 films cannot keep 90 % sensitivity: --activate refuses (the
+    # profile is kept for a later decision), --override-floor switches it on with the reason audited.
+    tight = ("calibrate", "--data", str(local), "--name", "tight-budget", "--referrals-per-100", "1",
+             "--activate", "--n-boot", "50")  # fmt: skip
+    refused = cli(*tight)
+    assert refused.returncode != 0 and "below its floor" in refused.stderr, refused.stderr[-2000:]
+    assert (models / "sites" / "tight-budget.json").is_file()
+    overridden = cli(*tight, "--override-floor", "pilot: a second reader reads every film")
+    assert overridden.returncode == 0, overridden.stderr[-2000:]
+    assert json.loads(overridden.stdout)["active"] == "tight-budget"
+    switches = [e for e in audit.read(models) if e["action"] == "site_activate"]  # newest first
+    assert [e["outcome"] for e in switches] == ["override", "refused"]
+    assert switches[0]["reason"] == "pilot: a second reader reads every film"
+    assert switches[0]["actor"].startswith("cli:")
+    lonely = cli("calibrate", "--data", str(local), "--name", "x", "--override-floor", "why")
+    assert lonely.returncode != 0 and "only goes with --activate" in lonely.stderr
