@@ -19,4 +19,6 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 # Two workers, whole files each (module fixtures train once): most of the suite waits on subprocesses
 # (Airflow tasks, browsers, CLI runs), so two overlap well on two cores. CXR_TEST_WORKERS=0 runs serially.
-exec .venv/bin/python -m pytest -n "${CXR_TEST_WORKERS:-2}" --dist loadfile "$@"
+# --no-loadscope-reorder: xdist would otherwise hand out files by test count, the one-test minute-long
+# files last (tests/conftest.py puts them first).
+exec .venv/bin/python -m pytest -n "${CXR_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

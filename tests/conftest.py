@@ -87,7 +87,7 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: place for place, name in enumerate(LONG_FILES_FIRST)}
 
     def order(item):
-        path = item.path.relative_to(PROJECT_ROOT).as_posix()
+        path = Path(os.path.relpath(item.path, PROJECT_ROOT)).as_posix()
         return rank.get(path, len(rank))
 
     items.sort(key=order)  # stable: the order inside a file, and of the other files, is kept
