@@ -9,8 +9,8 @@ Baseline, on the same films in the same run, right before: the plain batch CLI
 (``python -m cxr_core predict FOLDER --format jsonl``, one process), timed end to end.
 
 Needs airflow-venv/ and the local PostgreSQL and Redis services (127.0.0.1:5432 and :6379, or
-CXR_TEST_PG / CXR_TEST_REDIS); uses Redis database 12 (CXR_BENCH_REDIS_DB) so a test run beside it
-does not share the broker.
+CXR_TEST_PG / CXR_TEST_REDIS); its tasks go through a Celery queue of its own, so a test run beside it
+does not take them.
 
     .venv/bin/python bench/archive_celery.py            # 2,000 films (real 512x512 PNGs)
     .venv/bin/python bench/archive_celery.py --quick    # 48 films

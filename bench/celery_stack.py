@@ -18,9 +18,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +36,12 @@ class StackError(RuntimeError):
     """The stack did not start, or a run did not end in success; the message carries the logs."""
 
 
-# Run with airflow-venv's python: create or drop the database, flush the Redis database.
+# Run with airflow-venv's python: create or drop the database; on drop, delete the stack's own queue
+# from Redis (other stacks may share the Redis database: nothing else is touched).
 SERVICES = textwrap.dedent(
     """
     import sys, psycopg2, redis
-    action, host, port, db, redis_host, redis_port, redis_db = sys.argv[1:8]
+    action, host, port, db, redis_host, redis_port, redis_db, queue = sys.argv[1:9]
     connection = psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres",
                                   connect_timeout=5)
     connection.autocommit = True
@@ -50,7 +52,8 @@ SERVICES = textwrap.dedent(
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
             cursor.execute(f'DROP DATABASE IF EXISTS "{db}"')
     connection.close()
-    redis.Redis(host=redis_host, port=int(redis_port), db=int(redis_db), socket_timeout=5).flushdb()
+    if action == "drop":
+        redis.Redis(host=redis_host, port=int(redis_port), db=int(redis_db), socket_timeout=5).delete(queue)
     """
 )
 
@@ -102,23 +105,33 @@ def free_port() -> int:
 
 
 def stop_group(process: subprocess.Popen) -> None:
-    """Stop a started process and everything it spawned (its own process group)."""
-    if process.poll() is not None:
-        return
+    """Stop a started process and everything it spawned (its own process group), also when the leader
+    has already exited: a scheduler that died leaves its task processes behind in the group."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
     except ProcessLookupError:
-        pass
+        return
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, or a leader that ignored TERM
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
 
 
-def _services(action: str, database: str, redis_db: int) -> None:
+def _stop_all(processes: list[tuple[str, subprocess.Popen]]) -> None:
+    for _, process in reversed(processes):
+        stop_group(process)  # never raises: one that will not stop does not keep the others running
+
+
+def _raise_on_sigterm(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def _services(action: str, database: str, redis_db: int, queue: str) -> None:
     done = subprocess.run(
         [str(AIRFLOW_PYTHON), "-c", SERVICES, action, PG_HOST, PG_PORT, database,
-         REDIS_HOST, REDIS_PORT, str(redis_db)],
+         REDIS_HOST, REDIS_PORT, str(redis_db), queue],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if done.returncode != 0:
@@ -128,8 +141,8 @@ def _services(action: str, database: str, redis_db: int) -> None:
 class CeleryAirflow:
     """A running stack: add workers, trigger a DAG and wait for its run (state and task instances)."""
 
-    def __init__(self, env: dict, tmp: Path, dsn: str, stack: ExitStack):
-        self.env, self.tmp, self.dsn, self._stack = env, tmp, dsn, stack
+    def __init__(self, env: dict, tmp: Path, dsn: str, queue: str, stack: ExitStack):
+        self.env, self.tmp, self.dsn, self.queue, self._stack = env, tmp, dsn, queue, stack
         self.logs = tmp / "logs"
         self.started: list[tuple[str, subprocess.Popen]] = []
         self.workers: list[str] = []
@@ -164,10 +177,13 @@ class CeleryAirflow:
                 raise StackError(f"{name} exited early:\n{self.diagnostics()}")
 
     def add_workers(self, *names: str, timeout: float = 180) -> None:
-        """Start Celery workers (one task at a time each) and wait until each listens."""
+        """Start Celery workers and wait until each listens: a task queued earlier would all go to the
+        first worker up. One task at a time each, so two shards need two workers; only this stack's
+        queue; no log server (it would take the fixed port 8793 on every interface)."""
         for name in names:
             self.start(
                 name, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1",
+                "--queues", self.queue, "--skip-serve-logs",
                 AIRFLOW__CORE__HOSTNAME_CALLABLE="cxr_stack_hostname.hostname",
                 CXR_WORKER_NAME=name,
                 PYTHONPATH=str(self.tmp / "hostmod"),
@@ -181,7 +197,8 @@ class CeleryAirflow:
             time.sleep(1)
 
     def run(self, dag_id: str, conf: dict, timeout: float) -> dict:
-        """Trigger one run and wait for it; raises StackError unless it ends in success."""
+        """Trigger one run and wait for it. Raises StackError unless it ends in success, with the
+        processes' logs, since a failed run on a distributed engine is otherwise hard to place."""
         run_id = f"cxr_stack_{secrets.token_hex(4)}"
         deadline = time.monotonic() + 180  # the DAG can be triggered once the dag-processor stored it
         while True:
@@ -212,14 +229,19 @@ class CeleryAirflow:
 def celery_airflow(
     tmp: Path, *, project_python: str, redis_db: int, workers: tuple[str, ...] = (), **cxr_env: str
 ) -> Iterator[CeleryAirflow]:
-    """The whole stack in ``tmp`` (home, logs, work), torn down on exit; ``cxr_env`` are CXR_* settings
-    for the tasks (``CXR_MODELS_DIR``, ``CXR_PARAMS_FILE``, ``CXR_DATASET_ROOTS``...)."""
+    """The whole stack in ``tmp`` (home, logs, work), torn down on exit, also on SIGTERM (a timed-out
+    benchmark must not leave Airflow running with a database and a queue behind). ``cxr_env`` are CXR_*
+    settings for the tasks (``CXR_MODELS_DIR``, ``CXR_PARAMS_FILE``, ``CXR_DATASET_ROOTS``...); the
+    caller's own CXR_* environment is not passed on, so the tasks use nothing of the caller's by accident.
+    The stack's tasks go to a Celery queue of its own: another stack on the same Redis database (a test
+    and a benchmark at once) neither takes its tasks nor loses its own."""
     if not AIRFLOW_PYTHON.exists():
         raise StackError("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
     for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
         if not answers(host, port):
             raise StackError(f"{what} does not answer on {host}:{port}")
-    database = f"cxr_airflow_{os.getpid()}_{secrets.token_hex(3)}"
+    token = f"{os.getpid()}_{secrets.token_hex(3)}"
+    database, queue = f"cxr_airflow_{token}", f"cxr_{token}"
     dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}"
     (tmp / "logs").mkdir(parents=True, exist_ok=True)
     (tmp / "hostmod").mkdir(exist_ok=True)
@@ -237,6 +259,7 @@ def celery_airflow(
         AIRFLOW__CELERY__BROKER_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
         AIRFLOW__CELERY__RESULT_BACKEND=f"db+postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}",
         AIRFLOW__CELERY__WORKER_CONCURRENCY="1",  # one task at a time each: two shards need two workers
+        AIRFLOW__OPERATORS__DEFAULT_QUEUE=queue,
         AIRFLOW__API__PORT=str(api_port),
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
         AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32),  # shared by api-server and workers
@@ -246,15 +269,19 @@ def celery_airflow(
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(tmp / "logs" / "tasks"),
         CXR_PROJECT_PYTHON=project_python,
         CXR_AIRFLOW_WORK_DIR=str(tmp / "work"),
+        CXR_LUNG_CACHE_DIR=str(tmp / "lung-cache"),  # never the project's work/
         TF_CPP_MIN_LOG_LEVEL="2",
-        **cxr_env,
     )
-    _services("drop", database, redis_db)
-    _services("create", database, redis_db)
+    env.update(cxr_env)
+    previous_handler = signal.getsignal(signal.SIGTERM)
     with ExitStack() as stack:
-        stack.callback(_services, "drop", database, redis_db)
-        running = CeleryAirflow(env, tmp, dsn, stack)
-        stack.callback(lambda: [stop_group(process) for _, process in reversed(running.started)])
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_on_sigterm)
+            stack.callback(signal.signal, signal.SIGTERM, previous_handler)
+        stack.callback(_services, "drop", database, redis_db, queue)  # also after a half-done create
+        _services("create", database, redis_db, queue)
+        running = CeleryAirflow(env, tmp, dsn, queue, stack)
+        stack.callback(_stop_all, running.started)
         migrated = running.airflow("db", "migrate", timeout=300)
         if migrated.returncode != 0:
             raise StackError(migrated.stdout[-3000:] + migrated.stderr[-3000:])

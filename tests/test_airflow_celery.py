@@ -6,7 +6,7 @@ on a tiny real dataset and registers into a copy of the project's registry (``mo
 
 Everything runs on this machine against the local PostgreSQL (127.0.0.1:5432, trust auth, user
 postgres) and Redis (127.0.0.1:6379) services: the test creates a fresh database per run and drops it
-afterwards, uses a Redis database number of its own (flushed before and after), and stops every
+afterwards, sends its tasks through a Celery queue of its own (deleted afterwards), and stops every
 process it started (each in its own process group), also when it fails. Under ``CI=true`` a service
 that does not answer fails the test (tests/tools.py ``missing()``); elsewhere it skips with the reason.
 

@@ -193,6 +193,7 @@ def airflow_env(tmp: Path, **extra: str) -> dict:
         TF_CPP_MIN_LOG_LEVEL="2",
         CXR_PROJECT_PYTHON=sys.executable,
         CXR_DATASET_ROOTS=tempfile.gettempdir(),  # this deployment reads datasets from the test's tmp folders
+        CXR_LUNG_CACHE_DIR=str(tmp / "lung-cache"),  # never the project's work/
     )
     env.update(extra)
     return env
