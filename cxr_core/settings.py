@@ -203,7 +203,7 @@ class Settings:
 RECIPES: dict[str, dict] = {
     "shipped": {},
     "reference": {
-        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5, "standardize": False},
         "augment": {
             "rotation": 0.03, "zoom_in": 0.1, "zoom_out": 0.1, "translation": 0.06, "fill_mode": "nearest",
             "contrast": 0.2, "brightness": 0.1, "gamma": 0.0, "lowres_p": 0.0, "noise": 0.0,
@@ -211,23 +211,23 @@ RECIPES: dict[str, dict] = {
     },
     # The previous shipped recipe: the reference network on the lungs' box (an ingest with lung_crop).
     "lungbox-reference": {
-        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5, "standardize": False},
         "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
     },
     # A network whose class activation map is its explanation, without and with the evidence loss (the
     # latter is the shipped recipe since 2026-12-02, see docs/model-ablation.md).
     "cam": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
         "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
     },
     "cam-evidence": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
         "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
     },
     # cam-evidence shown every film at a random sharpness (blurred to edge-enhanced): the shipped network
     # read sharpness as disease (an unsharp mask raised its probability by a median 0.29).
     "cam-evidence-sharpness": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
         "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
         "augment": {"sharpness": 1.0},
     },
@@ -240,7 +240,7 @@ RECIPES: dict[str, dict] = {
         "augment": {"sharpness": 1.0},
     },
     "compact-site-erasing": {
-        "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},
+        "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3, "standardize": False},
         "augment": {
             "rotation": 0.04, "zoom_in": 0.4, "zoom_out": 0.15, "translation": 0.08, "fill_mode": "constant",
             "contrast": 0.3, "brightness": 0.15, "gamma": 0.4, "lowres_p": 0.5, "noise": 6.0,
@@ -272,13 +272,27 @@ def _merge(base: dict, overrides: dict, where: str) -> dict:
     return result
 
 
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _as_bool(value: Any) -> bool:
+    """A switch from YAML, a form, ``--set`` or an Airflow conf: ``bool("false")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError
+
+
 def _coerce(default: Any, value: Any, name: str) -> Any:
     """Values take the type of their default, so a form's 30.0 epochs or YAML's "0.9" cannot slip by."""
     if value is None or isinstance(default, str | list):
         return value
     try:
         if isinstance(default, bool):
-            return bool(value)
+            return _as_bool(value)
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError

@@ -39,12 +39,20 @@ def test_a_partial_section_is_completed_and_typed():
     assert train["patience"] == settings.TrainSettings().patience
 
 
+def test_a_switch_written_as_text_means_what_it_says():
+    for text, meant in (("false", False), ("False", False), ("no", False), ("0", False), ("true", True), ("1", True)):
+        assert settings.section("train", {"model": {"standardize": text}})["model"]["standardize"] is meant
+    assert settings.section("ingest", {"lung_crop": 0})["lung_crop"] is False
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         ({"epoch": 5}, "unknown setting train.epoch"),
         ({"epochs": 2.5}, "train.epochs must be a int"),
         ({"augment": 3}, "train.augment must be a mapping"),
+        ({"augment": {"flip": "maybe"}}, "train.augment.flip must be a bool"),
+        ({"model": {"standardize": 2}}, "train.model.standardize must be a bool"),
     ],
 )
 def test_bad_settings_are_refused_by_name(overrides, message):
