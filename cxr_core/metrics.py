@@ -202,6 +202,15 @@ def wilson_interval(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _wilson_lower(rates: np.ndarray, trials: int, alpha: float = 0.05) -> np.ndarray:
+    """``wilson_interval``'s lower end for many observed rates over the same number of trials at once."""
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
+    denom = 1.0 + z * z / trials
+    centre = (rates + z * z / (2 * trials)) / denom
+    half = z / denom * np.sqrt(rates * (1 - rates) / trials + z * z / (4 * trials * trials))
+    return np.maximum(0.0, centre - half)
+
+
 # --------------------------------------------------------------------------------------------------
 # thresholds
 
@@ -245,8 +254,8 @@ def select_threshold(
     should not give up TB cases for nothing); only then the higher threshold. ``sensitivity_bound``: the
     same, but it is the lower end of the sensitivity's 95 % Wilson interval that must reach the floor. A
     threshold placed where the validation films give exactly the floor sits on a coin toss: a model as
-    good as the last one then falls under the floor on the test split about half the time (the quality
-    gate refused such a candidate on 2026-12-02); the bound buys margin with specificity. ``youden``: maximise
+    good as the last one then falls under the floor on the test split about half the time; the bound
+    buys margin with specificity. ``youden``: maximise
     sensitivity + specificity - 1 (ties -> higher threshold). ``fixed``: ``fixed_threshold`` as given.
     Candidates are the distinct scores (roc_curve thresholds), so the choice is reproducible exactly.
     """
@@ -275,10 +284,7 @@ def select_threshold(
     if rule in ("sensitivity_floor", "sensitivity_bound"):
         if not 0.0 <= float(min_sensitivity) <= 1.0:
             raise ValueError(f"min_sensitivity must be in [0, 1], got {min_sensitivity!r}")
-        if rule == "sensitivity_floor":
-            held = tpr
-        else:
-            held = np.array([wilson_interval(int(round(t * n_pos)), n_pos)[0] for t in tpr])
+        held = tpr if rule == "sensitivity_floor" else _wilson_lower(tpr, n_pos)
         ok = np.flatnonzero(held >= float(min_sensitivity) - _FLOOR_TOLERANCE)
         short = ok.size == 0  # too few TB films for any bound to reach the floor: the highest bound
         if short:  # (every TB film found), never an arbitrary fallback that may miss them
@@ -293,9 +299,9 @@ def select_threshold(
         )
         if rule == "sensitivity_bound" and short:
             reason = (
-                f"with {n_pos} TB films no threshold's lower 95 % sensitivity bound reaches "
-                f"{float(min_sensitivity):g}; took the highest bound ({held[best]:.3f}): every TB film found, "
-                f"specificity {spec[best]:.3f}"
+                f"highest specificity that finds every TB film (with {n_pos} TB films no threshold's lower "
+                f"95 % sensitivity bound reaches {float(min_sensitivity):g}; highest bound {held[best]:.3f}, "
+                f"specificity {spec[best]:.3f})"
             )
     else:
         finite = np.flatnonzero(np.isfinite(thresholds))

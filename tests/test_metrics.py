@@ -490,4 +490,7 @@ def test_sensitivity_bound_with_too_few_tb_films_finds_them_all():
     # five TB films: even 5/5 has a Wilson lower bound of 0.57, so no threshold reaches 0.90
     choice = m.select_threshold(CHOICE_Y, CHOICE_P, rule="sensitivity_bound", min_sensitivity=0.90)
     assert choice.sensitivity == 1.0 and choice.threshold == 0.50
+    assert choice.reason.startswith("highest specificity that finds every TB film")  # "chosen as the ..."
     assert "no threshold's lower 95 % sensitivity bound reaches 0.9" in choice.reason
+    rates = np.array([0.0, 0.5, 0.9, 1.0])
+    np.testing.assert_allclose(m._wilson_lower(rates, 40), [m.wilson_interval(int(r * 40), 40)[0] for r in rates])

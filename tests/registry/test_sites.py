@@ -208,7 +208,7 @@ def test_calibrate_and_predict_at_the_site_threshold_on_real_films(tmp_path, sha
     overridden = cli(*tight, "--override-floor", "pilot: a second reader reads every film")
     assert overridden.returncode == 0, overridden.stderr[-2000:]
     assert json.loads(overridden.stdout)["active"] == "tight-budget"
-    switches = [e for e in audit.read(models) if e["action"] == "site_activate"]  # newest first
+    switches = [e for e in audit.read(models) if e["action"] == "site_activate" and e.get("site") == "tight-budget"]  # newest first
     assert [e["outcome"] for e in switches] == ["override", "refused"]
     assert switches[0]["reason"] == "pilot: a second reader reads every film"
     assert switches[0]["actor"].startswith("cli:")
