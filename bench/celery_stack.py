@@ -53,7 +53,8 @@ SERVICES = textwrap.dedent(
             cursor.execute(f'DROP DATABASE IF EXISTS "{db}"')
     connection.close()
     if action == "drop":
-        redis.Redis(host=redis_host, port=int(redis_port), db=int(redis_db), socket_timeout=5).delete(queue)
+        broker = redis.Redis(host=redis_host, port=int(redis_port), db=int(redis_db), socket_timeout=5)
+        broker.delete(queue, "_kombu.binding." + queue)
     """
 )
 
