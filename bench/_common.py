@@ -293,7 +293,15 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
         with open(path, "rb") as handle:
             return handle.read()
 
+    import tensorflow as tf
+
+    # The classifier's bare forward pass, for the second limit: what the networks alone cost per film.
+    bare_forward = tf.function(
+        lambda x: predictor.model(x, training=False),
+        input_signature=[tf.TensorSpec([None, predictor.side, predictor.side, 1], tf.float32)],
+    )
     predictor.screen([(files[0].name, files[0])])  # trace the compiled functions outside the clock
+    bare_forward(tf.zeros([2, predictor.side, predictor.side, 1]))
     if lungs is not None:
         lungs.probabilities([lungs.lung_input(read_image(files[0]).pixels)[0]] * 2)
     for start in range(0, len(files), batch):
@@ -340,12 +348,22 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
             )
         batch_pixels = np.stack([item.pixels for item in prepared])[..., None]
         predictions = timed_step(f"classifier + Grad-CAM + OOD ({per_call})", predictor.predict, batch_pixels)
+        timed_step(
+            f"limit: classifier forward alone ({per_call})",
+            lambda b: bare_forward(tf.constant(b, tf.float32)).numpy(),
+            batch_pixels,
+        )
         for item, prediction in zip(prepared, predictions, strict=True):
             row = ScreenedImage(
                 name="x", ok=True, image=item.image, box=item.box, prediction=prediction, lungs=item.lungs
             )
             timed_step("result row (lung-evidence share)", result_row, row, predictor)
     per_image = {name: round(1000 * seconds / len(files), 3) for name, seconds in spent.items()}
+    lung_network = next((v for k, v in per_image.items() if k.startswith("lung network")), 0.0)
+    per_image["limit 2: decode + resize + both networks' bare inference"] = round(
+        per_image["limit: read + decode + resize"] + lung_network
+        + per_image[f"limit: classifier forward alone ({per_call})"], 3,
+    )  # fmt: skip
     return {
         "images": len(files),
         "model": predictor.version,

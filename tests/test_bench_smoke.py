@@ -27,14 +27,17 @@ EXPECTED = {
     "batch_cli": {
         "figures": ["images_per_s", "startup_s", "wall_s", "cpu_ms_per_image", "failed_rows"],
         "baseline": ["images_per_s", "cpu_ms_per_image"],
-        "ratios": ["of_limit", "cpu_time_of_limit"],
-        "targets": ["of_limit"],
+        "ratios": ["of_limit", "cpu_time_of_limit", "of_inference_limit"],
+        "limit_2": ["cpu_ms_per_image", "images_per_s"],
+        "targets": ["of_limit", "of_inference_limit"],
     },
     "ingest": {
         "figures": ["n", "4n"],
         "baseline": ["limit_images_per_s", "original"],
-        "ratios": ["of_limit_n", "of_limit_4n", "peak_rss_4n_over_n", "original_peak_rss_4n_over_n"],
-        "targets": ["of_limit_n", "of_limit_4n", "memory"],
+        "ratios": ["of_limit_n", "of_limit_4n", "peak_rss_4n_over_n", "original_peak_rss_4n_over_n",
+                   "of_inference_limit_n", "of_inference_limit_4n"],
+        "limit_2": ["cpu_ms_per_image", "images_per_s"],
+        "targets": ["of_limit_n", "of_limit_4n", "of_inference_limit_n", "memory"],
     },
     "train": {
         "figures": ["images_per_s", "cpu_ms_per_image", "epoch_s", "epoch_4200_s"],
@@ -91,6 +94,8 @@ def test_every_benchmark_runs_once_at_a_tiny_size_and_prints_its_figures(shared_
         == 4 * combined["benchmarks"]["ingest"]["figures"]["n"]["images"]
     )
     assert combined["benchmarks"]["batch_cli"]["figures"]["failed_rows"] == 0
+    cli = combined["benchmarks"]["batch_cli"]
+    assert cli["limit_2"]["images_per_s"] < cli["baseline"]["images_per_s"]  # the networks cost something
     assert combined["benchmarks"]["score_one"]["baseline"]["max_probability_difference"] < 1e-4
 
 
