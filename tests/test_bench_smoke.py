@@ -96,6 +96,12 @@ def test_every_benchmark_runs_once_at_a_tiny_size_and_prints_its_figures(shared_
     assert combined["benchmarks"]["batch_cli"]["figures"]["failed_rows"] == 0
     cli = combined["benchmarks"]["batch_cli"]
     assert cli["limit_2"]["images_per_s"] < cli["baseline"]["images_per_s"]  # the networks cost something
+    table = subprocess.run(
+        [sys.executable, "bench/table.py", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert table.returncode == 0, table.stderr
+    body = [line for line in table.stdout.splitlines() if line.startswith("| ") and not line.startswith("| what")]
+    assert len(body) == len(names) and all(line.count(" | ") == 5 for line in body), table.stdout
     assert combined["benchmarks"]["score_one"]["baseline"]["max_probability_difference"] < 1e-4
 
 
