@@ -105,6 +105,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def unavailable() -> str | None:
+    """What the stack would miss on this machine (airflow-venv/, PostgreSQL, Redis), or None: one
+    check for the stack itself and for the tests that must fail (CI) or skip with the reason."""
+    if not AIRFLOW_PYTHON.exists():
+        return "airflow-venv/ is missing: run `bash scripts/setup_airflow.sh` (scripts/test.sh does it)"
+    for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
+        if not answers(host, port):
+            return f"{what} does not answer on {host}:{port}"
+    return None
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """Stop a started process and everything it spawned (its own process group), also when the leader
     has already exited: a scheduler that died leaves its task processes behind in the group."""
@@ -146,7 +157,6 @@ class CeleryAirflow:
         self.env, self.tmp, self.dsn, self.queue, self._stack = env, tmp, dsn, queue, stack
         self.logs = tmp / "logs"
         self.started: list[tuple[str, subprocess.Popen]] = []
-        self.workers: list[str] = []
 
     def diagnostics(self) -> str:
         parts = []
@@ -189,7 +199,6 @@ class CeleryAirflow:
                 CXR_WORKER_NAME=name,
                 PYTHONPATH=str(self.tmp / "hostmod"),
             )  # fmt: skip
-        self.workers.extend(names)
         deadline = time.monotonic() + timeout
         while not all("ready." in (self.logs / f"{name}.log").read_text(errors="replace") for name in names):
             self.check_running()
@@ -236,11 +245,9 @@ def celery_airflow(
     caller's own CXR_* environment is not passed on, so the tasks use nothing of the caller's by accident.
     The stack's tasks go to a Celery queue of its own: another stack on the same Redis database (a test
     and a benchmark at once) neither takes its tasks nor loses its own."""
-    if not AIRFLOW_PYTHON.exists():
-        raise StackError("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
-    for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
-        if not answers(host, port):
-            raise StackError(f"{what} does not answer on {host}:{port}")
+    missing = unavailable()
+    if missing:
+        raise StackError(missing)
     token = f"{os.getpid()}_{secrets.token_hex(3)}"
     database, queue = f"cxr_airflow_{token}", f"cxr_{token}"
     dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}"

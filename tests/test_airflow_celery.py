@@ -25,15 +25,7 @@ from test_airflow_dag import write_params
 from test_batch_dag import check_merged_output, films_folder
 from tools import missing
 
-from bench.celery_stack import (
-    AIRFLOW_PYTHON,
-    PG_HOST,
-    PG_PORT,
-    REDIS_HOST,
-    REDIS_PORT,
-    answers,
-    celery_airflow,
-)
+from bench.celery_stack import celery_airflow, unavailable
 from cxr_core.registry.store import Registry, sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,12 +38,8 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def celery_airflow_stack(tmp_path_factory, shared_cxr):
-    if not AIRFLOW_PYTHON.exists():
-        missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh` (scripts/test.sh does it)")
-    if not answers(PG_HOST, PG_PORT):
-        missing(f"PostgreSQL does not answer on {PG_HOST}:{PG_PORT}")
-    if not answers(REDIS_HOST, REDIS_PORT):
-        missing(f"Redis does not answer on {REDIS_HOST}:{REDIS_PORT}")
+    if reason := unavailable():
+        missing(reason)
     tmp = tmp_path_factory.mktemp("celery")
     # A registry of its own (a copy of the project's, so predict scores with the shipped model) that
     # the training DAG may promote into without touching models/.

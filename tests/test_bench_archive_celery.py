@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tools import missing
 
-from bench.celery_stack import AIRFLOW_PYTHON, PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, answers
+from bench.celery_stack import unavailable
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -21,11 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, tmp_path):
-    if not AIRFLOW_PYTHON.exists():
-        missing("airflow-venv/ is missing: run `bash scripts/setup_airflow.sh`")
-    for what, host, port in (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT)):
-        if not answers(host, port):
-            missing(f"{what} does not answer on {host}:{port}")
+    if reason := unavailable():
+        missing(reason)
     bench = subprocess.Popen(
         [sys.executable, "bench/archive_celery.py", "--quick", "--data", str(shared_cxr), "-o", str(tmp_path / "c.json")],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
