@@ -190,24 +190,26 @@ def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int
     return float(np.abs(sum_prob - sum_true).sum() / y.size)
 
 
-def wilson_interval(successes: int, trials: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
-    """Wilson score interval: unlike the normal approximation it stays inside [0, 1] at 0% or 100%."""
-    if trials <= 0:
-        return None, None
-    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-    phat = successes / trials
-    denom = 1.0 + z * z / trials
-    centre = (phat + z * z / (2 * trials)) / denom
-    half = z / denom * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wilson_lower(rates: np.ndarray, trials: int, alpha: float = 0.05) -> np.ndarray:
-    """``wilson_interval``'s lower end for many observed rates over the same number of trials at once."""
+def _wilson_centre_half(rates, trials: int, alpha: float):
+    """Centre and half-width of the Wilson score interval, for one observed rate or an array of them."""
     z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
     denom = 1.0 + z * z / trials
     centre = (rates + z * z / (2 * trials)) / denom
     half = z / denom * np.sqrt(rates * (1 - rates) / trials + z * z / (4 * trials * trials))
+    return centre, half
+
+
+def wilson_interval(successes: int, trials: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    """Wilson score interval: unlike the normal approximation it stays inside [0, 1] at 0% or 100%."""
+    if trials <= 0:
+        return None, None
+    centre, half = _wilson_centre_half(successes / trials, trials, alpha)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def _wilson_lower(rates: np.ndarray, trials: int, alpha: float = 0.05) -> np.ndarray:
+    """``wilson_interval``'s lower end for many observed rates over the same number of trials at once."""
+    centre, half = _wilson_centre_half(rates, trials, alpha)
     return np.maximum(0.0, centre - half)
 
 
