@@ -203,7 +203,7 @@ class Settings:
 RECIPES: dict[str, dict] = {
     "shipped": {},
     "reference": {
-        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5, "standardize": False},
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
         "augment": {
             "rotation": 0.03, "zoom_in": 0.1, "zoom_out": 0.1, "translation": 0.06, "fill_mode": "nearest",
             "contrast": 0.2, "brightness": 0.1, "gamma": 0.0, "lowres_p": 0.0, "noise": 0.0,
@@ -211,23 +211,23 @@ RECIPES: dict[str, dict] = {
     },
     # The previous shipped recipe: the reference network on the lungs' box (an ingest with lung_crop).
     "lungbox-reference": {
-        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5, "standardize": False},
+        "model": {"architecture": "reference", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.5},
         "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
     },
     # A network whose class activation map is its explanation, without and with the evidence loss (the
     # latter is the shipped recipe since 2026-12-02, see docs/model-ablation.md).
     "cam": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
         "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
     },
     "cam-evidence": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
         "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
     },
     # cam-evidence shown every film at a random sharpness (blurred to edge-enhanced): the shipped network
     # read sharpness as disease (an unsharp mask raised its probability by a median 0.29).
     "cam-evidence-sharpness": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3, "standardize": False},
+        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
         "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
         "augment": {"sharpness": 1.0},
     },
@@ -240,7 +240,7 @@ RECIPES: dict[str, dict] = {
         "augment": {"sharpness": 1.0},
     },
     "compact-site-erasing": {
-        "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3, "standardize": False},
+        "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},
         "augment": {
             "rotation": 0.04, "zoom_in": 0.4, "zoom_out": 0.15, "translation": 0.08, "fill_mode": "constant",
             "contrast": 0.3, "brightness": 0.15, "gamma": 0.4, "lowres_p": 0.5, "noise": 6.0,
@@ -310,10 +310,18 @@ def section(name: str, overrides: dict | None = None) -> dict:
 
 
 def with_recipe(train: dict, recipe: str) -> dict:
-    """A ``train`` section with a named recipe's overrides applied (same type checks as any override)."""
+    """A ``train`` section with a named recipe's overrides applied (same type checks as any override).
+
+    A recipe that names a network gets that network whole: its ``model`` section starts from the
+    built-in defaults, not from params.yaml, so a model setting of the params file (say
+    ``standardize: true``) cannot leak into a comparison row or onto a network that has no such option.
+    """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    return _merge(section("train", train), RECIPES[recipe], "train.")
+    base = section("train", train)
+    if "model" in RECIPES[recipe]:
+        base["model"] = defaults("train")["model"]
+    return _merge(base, RECIPES[recipe], "train.")
 
 
 def complete(params: dict | None) -> dict:

@@ -102,3 +102,15 @@ def test_cli_writes_a_run_params_file_from_form_values_and_set(tmp_path):
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown setting train.nonsense" in bad.stderr
+
+
+def test_a_recipe_gets_its_network_whole_not_the_params_files_model_settings():
+    params_train = {"model": {"architecture": "cam", "standardize": True, "dropout": 0.1}, "epochs": 7}
+    for name, recipe in settings.RECIPES.items():
+        train = settings.with_recipe(params_train, name)
+        assert train["epochs"] == 7  # the rest of the params file still counts
+        if "model" in recipe:
+            assert train["model"] == {**settings.defaults("train")["model"], **recipe["model"]}, name
+    assert settings.with_recipe(params_train, "cam-evidence-sharpness")["model"]["standardize"] is False
+    assert settings.with_recipe(params_train, "cam-evidence-sharpness-standardized")["model"]["standardize"] is True
+    assert settings.with_recipe(params_train, "shipped")["model"]["standardize"] is True  # the params file's own
