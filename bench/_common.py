@@ -359,11 +359,15 @@ def stage_costs(files: list[Path], model: str | None = None, batch: int = 32) ->
             )
             timed_step("result row (lung-evidence share)", result_row, row, predictor)
     per_image = {name: round(1000 * seconds / len(files), 3) for name, seconds in spent.items()}
-    lung_network = next((v for k, v in per_image.items() if k.startswith("lung network")), 0.0)
+    # The second limits: decode + resize + the bare inference of the networks a path runs (ingest runs
+    # the lung network only; the CLI both).
+    with_lungs = per_image["limit: read + decode + resize"] + next(
+        (v for k, v in per_image.items() if k.startswith("lung network")), 0.0
+    )
+    per_image["limit 2: decode + resize + the lung network's bare inference"] = round(with_lungs, 3)
     per_image["limit 2: decode + resize + both networks' bare inference"] = round(
-        per_image["limit: read + decode + resize"] + lung_network
-        + per_image[f"limit: classifier forward alone ({per_call})"], 3,
-    )  # fmt: skip
+        with_lungs + per_image[f"limit: classifier forward alone ({per_call})"], 3
+    )
     return {
         "images": len(files),
         "model": predictor.version,
