@@ -344,6 +344,11 @@ def _models(args) -> int:
         print(f"current model: {registry.rollback()}")
     elif args.action == "verdict":
         print(json.dumps(registry.verdict(args.target), indent=2))
+    elif args.action == "convert":
+        from cxr_core.modelling.runtime import write_classifier_tflite
+
+        twin = registry.add_serving_twin(args.target, write_classifier_tflite)
+        print(f"{args.target}: model.tflite written (sha256 {twin}), equal to Keras within 1e-4; TFLite serves")
     elif args.action == "card":
         from cxr_core.registry.card import write_card
 
@@ -543,10 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(handler=_pipeline)
 
     models = commands.add_parser("models", help="list, register, promote or roll back model versions")
-    models.add_argument("action", choices=["list", "register", "promote", "rollback", "card", "verdict"])
+    models.add_argument("action", choices=["list", "register", "promote", "rollback", "card", "verdict", "convert"])
     models.add_argument(
         "target", nargs="?",
-        help="candidate folder (register) or version (promote, verdict; card: default current)",
+        help="candidate folder (register) or version (promote, verdict, convert; card: default current)",
     )  # fmt: skip
     models.add_argument("--promote", action="store_true", help="with register: make it current")
     models.add_argument(
@@ -592,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "models" and args.action in ("register", "promote", "verdict") and not args.target:
+    if args.command == "models" and args.action in ("register", "promote", "verdict", "convert") and not args.target:
         print(f"error: models {args.action} needs a target", file=sys.stderr)
         return 2
     try:

@@ -437,6 +437,7 @@ class Layout:
     MODEL = "model.keras"
     METADATA = "metadata.json"
     OOD = "ood.npz"
+    TFLITE = "model.tflite"  # the network converted for serving; tflite_sha256 in metadata.json
     HISTORY_CSV = "history.csv"
     HISTORY_JSON = "history.json"
     # evaluate/ (and a registry version)

@@ -19,7 +19,6 @@ JSRT/SCR research use only. A model trained on them is for non-commercial resear
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -411,20 +410,10 @@ class LungModel:
         return self._model
 
     def _converted(self) -> bytes | None:
-        """The model's TFLite twin (model.tflite, made from model.keras at training), if it has one.
+        """The model's TFLite twin (model.tflite, made from model.keras at training), if it has one."""
+        from cxr_core.modelling.runtime import read_converted
 
-        Trusted only if its checksum is the one recorded in the metadata, like model.keras itself.
-        """
-        from cxr_core.errors import ModelError
-        from cxr_core.modelling.runtime import LUNG_TFLITE
-
-        path, expected = self.model_dir / LUNG_TFLITE, self.metadata.get("tflite_sha256")
-        if not expected or not path.is_file():
-            return None
-        blob = path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != expected:
-            raise ModelError(f"the converted lung model in {self.model_dir} is corrupt (checksum mismatch)")
-        return blob
+        return read_converted(self.model_dir, self.metadata, "lung model")
 
     def segment(self, gray: np.ndarray) -> dict:
         """Mask at the picture's own size (0/255), its box, the share of the frame, and plausibility."""

@@ -107,8 +107,8 @@ class Predictor:
     """A registry version (or any folder with ``model.keras`` and ``metadata.json``) ready to score."""
 
     def __init__(self, model_dir: str | Path):
-        from cxr_core.modelling.gradcam import GradCam
         from cxr_core.modelling.networks import load_model
+        from cxr_core.modelling.runtime import serving_scorer
 
         self.model_dir = Path(model_dir)
         model_path = self.model_dir / Layout.MODEL
@@ -133,7 +133,10 @@ class Predictor:
         self.site: str | None = None
         self.side = int(self.model.input_shape[1])
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
-        self._cam = GradCam(self.model)
+        # TFLite when the version carries its checked twin (docs/performance.md: twice as fast for one
+        # film, level batched, same outputs); else the Keras Grad-CAM pass
+        self._cam = serving_scorer(self.model, self.model_dir, self.metadata)
+        self.runtime = self._cam.name
         self.preprocessing = self.metadata.get("preprocessing") or {}
         self.lungs = _lung_model_for(self.preprocessing)
         self.crop_to_lungs = bool(self.preprocessing.get("lung_crop")) and self.lungs is not None

@@ -337,6 +337,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             # what serving runs (LungModel): the same network converted here, once, from model.keras
             "tflite_sha256": write_lung_tflite(staging),
         }
+        metadata["tflite_model_sha256"] = metadata["model_sha256"]  # the weights the twin was made from
         write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
         (staging / Layout.CARD).write_text(render_lung_card(metadata))

@@ -16,7 +16,7 @@ from cxr_core.registry import audit
 from cxr_core.registry.card import INGEST_SUMMARY_FILE, render_model_card
 from cxr_core.settings import Layout, project_relative
 
-CANDIDATE_FILES = (Layout.MODEL, Layout.OOD, Layout.HISTORY_CSV, Layout.HISTORY_JSON)
+CANDIDATE_FILES = (Layout.MODEL, Layout.TFLITE, Layout.OOD, Layout.HISTORY_CSV, Layout.HISTORY_JSON)
 
 
 def assemble_candidate(work_dir: str | Path, version: str | None = None) -> Path:

@@ -287,6 +287,7 @@ def run_train(
     """Train, choose the threshold, fit the OOD reference, and write a servable model folder."""
     from cxr_core.modelling.gradcam import GradCam
     from cxr_core.modelling.networks import save_model
+    from cxr_core.modelling.runtime import write_classifier_tflite
 
     params = settings.section("train", params)
     ingest_dir = Path(ingest_dir)
@@ -314,6 +315,7 @@ def run_train(
         )
         (staging / "checkpoint.keras").unlink(missing_ok=True)
         save_model(model, staging / Layout.MODEL)
+        tflite_sha256 = write_classifier_tflite(staging, model)  # serving's runtime; None: Keras serves
 
         cam = GradCam(model)
         val_scores = cam(x_val)
@@ -350,6 +352,8 @@ def run_train(
             "train_seconds": round(time.perf_counter() - started, 1),
             "model_sha256": sha256_file(staging / Layout.MODEL),  # `predict --model work/model` checks it
         }
+        if tflite_sha256:  # with the weights it was converted from: a twin of other weights is never served
+            metadata.update(tflite_sha256=tflite_sha256, tflite_model_sha256=metadata["model_sha256"])
         if reference:
             metadata["evidence_reference"] = reference
         metadata["evidence_training"] = (

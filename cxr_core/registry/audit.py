@@ -35,7 +35,7 @@ FILE_MODE = 0o660
 ACTIONS = (
     "retrain_start", "retrain_cancel", "gate_verdict", "promote", "rollback", "register",
     "site_profile", "site_activate", "outcome_recorded", "login", "login_failed", "user_added",
-    "refused_deleted",
+    "refused_deleted", "serving_twin",
 )  # fmt: skip
 
 

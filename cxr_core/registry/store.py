@@ -476,6 +476,38 @@ class Registry:
         audit.record("promote", root=self.root, version=version, previous=previous, actor=actor,
                      model_sha256=sha, kind=self.kind, **details)  # fmt: skip
 
+    def add_serving_twin(self, version: str, convert, actor: str | None = None) -> str:
+        """Give a registered version its serving twin (``model.tflite``, checksum in its metadata).
+
+        ``convert(version_dir) -> sha256 | None`` writes the twin (``cxr_core.modelling.runtime``: the
+        registry records, it does not know networks). The weights, their sha256 and so every gate
+        verdict stay as they are: the twin is the same network in another runtime, written only if it
+        reproduces Keras, so what the product decides does not change. It does change what runs, so
+        it leaves an audit line. Versions trained since the twin existed carry it from training.
+        """
+        sha = None
+        try:
+            with self.lock():
+                self.verify(version)
+                directory = self.version_dir(version)
+                meta = self.metadata(version)
+                sha = meta.get("model_sha256")
+                twin = convert(directory)
+                if twin is None:
+                    raise ModelError(
+                        f"{version} cannot be served by TFLite (a head layer without a numpy gradient, "
+                        "or outputs that differ from Keras by more than 1e-4): Keras keeps serving it."
+                    )
+                meta.update(tflite_sha256=twin, tflite_model_sha256=sha)
+                write_json_atomic(directory / METADATA_FILE, meta)
+        except ModelError as error:
+            audit.record("serving_twin", root=self.root, version=version, actor=actor,
+                         outcome=f"refused: {error}", model_sha256=sha, kind=self.kind)  # fmt: skip
+            raise
+        audit.record("serving_twin", root=self.root, version=version, actor=actor,
+                     model_sha256=sha, tflite_sha256=twin, kind=self.kind)  # fmt: skip
+        return twin
+
     def rollback(self, actor: str | None = None) -> str:
         """Go back to the most recent earlier version that still passes its checksum, and return it."""
         current = None

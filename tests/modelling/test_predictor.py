@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from cxr_core.errors import ModelError
 from cxr_core.imaging.decode import read_image
 from cxr_core.imaging.preprocess import preprocess
+from cxr_core.modelling import runtime
 from cxr_core.modelling.networks import last_conv_name
 from cxr_core.modelling.predictor import NORMAL, TB, Predictor, ScreenedImage, spreadsheet_safe
 from cxr_core.registry.store import Registry
@@ -74,11 +75,15 @@ def test_predictor_loads_the_current_version_once_and_scores_batches(predictor, 
     assert len(results) == len(names)
     assert predictor.model is model, "scoring must not reload the model"
 
-    # Batched scores equal one-at-a-time scores, and the compiled function never retraced for the
-    # batch sizes 32, 8 and 1.
+    # Batched scores equal one-at-a-time scores. The TFLite twin serves with two interpreters whatever
+    # the batch sizes (32, then 8 and 1 film by film), and Keras' compiled pass never retraces for them.
     singles = [predictor.predict(batch[i : i + 1])[0].probability for i in (0, 17, 39)]
     np.testing.assert_allclose(singles, [results[i].probability for i in (0, 17, 39)], atol=1e-5)
-    assert predictor._cam._run.experimental_get_tracing_count() == 1
+    assert predictor.runtime == "tflite" and sorted(predictor._cam._interpreters) == [1, 32]
+    keras_scorer = runtime.KerasScorer(model)
+    for size in (32, 8, 1):
+        keras_scorer(batch[:size])
+    assert keras_scorer._cam._run.experimental_get_tracing_count() == 1
 
     # Serving reproduces what evaluation recorded for the same images (no train/serve skew).
     recorded = [float(test_split[n]["probability"]) for n in names]

@@ -57,6 +57,10 @@ def cam_network(side: int = 128):
             n = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n),
                                rng.uniform(0.5, 2.0, n)])  # fmt: skip
+    # mostly positive evidence weights: with an unseeded draw the whole map could sum below zero and the
+    # comparison would be of all-zero maps (it once was, depending on what ran before)
+    dense = model.get_layer("tb_probability")
+    dense.set_weights([rng.normal(0.5, 0.5, (32, 1)).astype("float32"), np.zeros(1, "float32")])
     return model
 
 
@@ -185,3 +189,130 @@ def test_the_converted_lung_model_passes_real_xrays_of_every_source(served_lungs
         for row in shared_records(source)[:4]:
             found = to_model_input(shared_cxr / row["path"], lungs=served_lungs).lungs
             assert found["ok"] and 0.05 < found["area_fraction"] < 0.65, (row["path"], found["reason"])
+
+
+# ------------------------------------------------------------- the classifier served by its TFLite twin
+def _strip_twin(version_dir):
+    """A version folder as it was before it had a twin (model.tflite and its two metadata fields gone)."""
+    import json
+
+    (version_dir / runtime.TFLITE_FILE).unlink(missing_ok=True)
+    meta = json.loads((version_dir / "metadata.json").read_text())
+    for key in ("tflite_sha256", "tflite_model_sha256"):
+        meta.pop(key, None)
+    (version_dir / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_the_shipped_classifier_is_served_by_its_tflite_twin_with_keras_results(real_films, monkeypatch):
+    model_dir = Registry(models_dir()).resolve()
+    served = Predictor(model_dir)
+    assert served.runtime == "tflite"
+    monkeypatch.setenv("CXR_CLASSIFIER_RUNTIME", "keras")
+    keras_served = Predictor(model_dir)
+    assert keras_served.runtime == "keras"
+    uploads = [(path.name, path.read_bytes()) for path in real_films]
+    batch, expected = served.screen(uploads), keras_served.screen(uploads)
+    one_at_a_time = [served.screen([upload])[0] for upload in uploads[:6]]  # a single upload: batch of one
+    assert all(item.ok for item in expected)
+    for got, want in zip(batch + one_at_a_time, expected + expected[:6], strict=True):
+        assert abs(got.prediction.probability - want.prediction.probability) <= TOLERANCE
+        assert np.abs(got.prediction.heatmap - want.prediction.heatmap).max() <= TOLERANCE
+        assert got.prediction.label == want.prediction.label
+        assert abs(got.prediction.ood_distance - want.prediction.ood_distance) <= 1e-3 * max(
+            1.0, want.prediction.ood_distance
+        )
+        assert got.evidence["peak_in_lungs"] == want.evidence["peak_in_lungs"]
+    probabilities = [item.prediction.probability for item in expected]
+    assert min(probabilities) < served.threshold < max(probabilities)  # both decisions compared
+
+
+def test_a_twin_of_other_weights_is_not_served(tmp_path):
+    """Weights replaced after the conversion: the stale twin is left alone and Keras serves the new ones."""
+    import json
+
+    from cxr_core.modelling.networks import load_model, save_model
+    from cxr_core.registry.store import sha256_file
+
+    copy = tmp_path / "version"
+    shutil.copytree(Registry(models_dir()).resolve(), copy)
+    model = load_model(copy / "model.keras")
+    head = model.get_layer("tb_probability")
+    kernel, bias = head.get_weights()
+    head.set_weights([-kernel, bias + 1.0])
+    save_model(model, copy / "model.keras")
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["model_sha256"] = sha256_file(copy / "model.keras")
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    predictor = Predictor(copy)
+    assert predictor.runtime == "keras"
+    film = np.full((1, predictor.side, predictor.side, 1), 90, np.uint8)
+    expected = float(model(film.astype(np.float32), training=False)[0, 0])
+    assert predictor.predict(film)[0].probability == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_damaged_classifier_twin_is_refused(tmp_path):
+    copy = tmp_path / "version"
+    shutil.copytree(Registry(models_dir()).resolve(), copy)
+    data = bytearray((copy / runtime.TFLITE_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / runtime.TFLITE_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="converted classifier .* corrupt"):
+        Predictor(copy)
+
+
+def test_models_convert_gives_a_version_its_twin_keeps_its_verdict_and_is_audited(tmp_path, monkeypatch):
+    from cxr_core.cli import main
+    from cxr_core.registry import audit
+
+    shipped = Registry(models_dir()).resolve()
+    shipped_meta = Registry(models_dir()).metadata(shipped.name)
+    candidate = tmp_path / "candidate"
+    shutil.copytree(shipped, candidate)
+    _strip_twin(candidate)
+    monkeypatch.setenv("CXR_MODELS_DIR", str(tmp_path / "models"))
+    registry = Registry(tmp_path / "models")
+    version = registry.register(candidate)
+    registry.record_verdict(version, {"passed": True, "policy": "p"})
+    verdict = registry.verdict(version)
+    assert Predictor(registry.version_dir(version)).runtime == "keras"
+
+    assert main(["models", "convert", version]) == 0
+    meta = registry.metadata(version)
+    assert meta["tflite_model_sha256"] == meta["model_sha256"] == shipped_meta["model_sha256"]
+    # the same network converted again gives the same file the shipped version carries
+    assert meta["tflite_sha256"] == shipped_meta["tflite_sha256"]
+    assert registry.verdict(version) == verdict  # same weights, same verdict
+    assert Predictor(registry.version_dir(version)).runtime == "tflite"
+    entry = audit.read(registry.root)[0]
+    assert (entry["action"], entry["version"], entry["outcome"]) == ("serving_twin", version, "ok")
+    assert entry["tflite_sha256"] == meta["tflite_sha256"]
+
+
+def test_a_network_without_a_numpy_gradient_gets_no_twin_and_the_refusal_is_audited(tmp_path):
+    import json
+
+    import keras
+    from keras import layers
+
+    from cxr_core.modelling.networks import save_model
+    from cxr_core.registry import audit
+    from cxr_core.registry.store import sha256_file
+
+    inputs = keras.Input((32, 32, 1))
+    x = layers.Conv2D(4, 3, name="conv1")(inputs)
+    x = layers.LayerNormalization()(layers.Flatten()(x))
+    model = keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="tb_probability")(x))
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    save_model(model, candidate / "model.keras")
+    (candidate / "metadata.json").write_text(
+        json.dumps({"model_sha256": sha256_file(candidate / "model.keras")})
+    )
+    registry = Registry(tmp_path / "models")
+    version = registry.register(candidate)
+    with pytest.raises(ModelError, match="cannot be served by TFLite"):
+        registry.add_serving_twin(version, runtime.write_classifier_tflite)
+    assert not (registry.version_dir(version) / runtime.TFLITE_FILE).exists()
+    assert "tflite_sha256" not in registry.metadata(version)
+    entry = audit.read(registry.root)[0]
+    assert entry["action"] == "serving_twin" and entry["outcome"].startswith("refused")

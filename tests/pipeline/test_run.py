@@ -49,6 +49,7 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
         "predictions.csv",
         "ood.npz",
         "MODEL_CARD.md",
+        "model.tflite",
     ):
         assert (version_dir / name).exists(), name
     for plot in ("roc", "pr", "calibration", "confusion"):
@@ -60,6 +61,11 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
     assert metadata["metrics"]["test_images"] > 0
     card = (version_dir / "MODEL_CARD.md").read_text()
     assert result["version"] in card and "not a medical device" in card and "Per source" in card
+    # the serving twin is made at training, from these very weights, and serves them
+    assert metadata["tflite_model_sha256"] == metadata["model_sha256"]
+    from cxr_core.modelling.predictor import Predictor
+
+    assert Predictor(version_dir).runtime == "tflite"
 
 
 def test_gate_verdict_decides_promotion(pipeline_run):
