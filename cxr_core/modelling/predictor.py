@@ -312,6 +312,7 @@ def predict_paths(
 def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
     """The flat record exported by the CLI and the dashboard's CSV."""
     prediction = item.prediction
+    in_lungs = item.evidence_in_lungs  # once: it resizes the heatmap to the film (a third of a ms)
     return {
         "file": item.name,
         "ok": item.ok,
@@ -322,7 +323,7 @@ def result_row(item: ScreenedImage, predictor: Predictor) -> dict:
         "threshold": predictor.threshold,
         "model_version": predictor.version,
         "site": predictor.site,
-        "evidence_in_lungs": None if item.evidence_in_lungs is None else round(item.evidence_in_lungs, 3),
+        "evidence_in_lungs": None if in_lungs is None else round(in_lungs, 3),
         "error": item.error,
         "warning": "; ".join(item.warnings) or None,
     }
