@@ -303,11 +303,13 @@ LUNG_TFLITE = TFLITE_FILE
 
 
 def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
-    """A version's TFLite twin, if it has one for these weights, trusted only with the recorded checksum.
+    """A version's TFLite twin, if it has one for the weights in its model.keras, checksum checked.
 
-    The twin records the sha256 of the model.keras it was converted from (``tflite_model_sha256``):
-    when the weights were replaced since, the twin is stale and Keras serves the weights that are
-    there (a warning says so). A damaged or swapped twin file is refused, like model.keras itself.
+    The twin records the sha256 of the model.keras it was converted from (``tflite_model_sha256``;
+    twins made before that field existed were made at registration, from the weights of
+    ``model_sha256``). It is compared with the file itself, not with the metadata alone: when
+    model.keras was replaced since, the twin is stale and Keras serves the weights that are there (a
+    warning says so). A damaged or swapped twin file is refused, like model.keras itself.
     """
     import hashlib
     import logging
@@ -315,12 +317,16 @@ def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
 
     from cxr_core.errors import ModelError
 
-    path, expected = Path(model_dir) / TFLITE_FILE, metadata.get("tflite_sha256")
+    model_dir = Path(model_dir)
+    path, expected = model_dir / TFLITE_FILE, metadata.get("tflite_sha256")
     if not expected or not path.is_file():
         return None
-    if metadata.get("tflite_model_sha256") != metadata.get("model_sha256"):
+    made_from = metadata.get("tflite_model_sha256") or metadata.get("model_sha256")
+    keras_file = model_dir / Layout.MODEL
+    weights = hashlib.sha256(keras_file.read_bytes()).hexdigest() if keras_file.is_file() else None
+    if made_from is None or made_from != weights:
         logging.getLogger(__name__).warning(
-            "the converted %s in %s was made from other weights than its model.keras: Keras serves it",
+            "the converted %s in %s was not made from the weights now in its model.keras: Keras serves it",
             what, model_dir,
         )  # fmt: skip
         return None
@@ -330,14 +336,25 @@ def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
     return blob
 
 
+CLASSIFIER_RUNTIMES = ("tflite", "keras")
+
+
 def serving_scorer(model, model_dir, metadata: dict):
     """The classifier's scorer: TFLite when the version carries its checked twin, else Keras.
 
-    ``CXR_CLASSIFIER_RUNTIME=keras`` forces Keras (a comparison, or a suspected runtime problem).
+    ``CXR_CLASSIFIER_RUNTIME=keras`` forces Keras (a comparison, or a suspected runtime problem); any
+    other value than the two is refused rather than read as one of them.
     """
     import os
 
-    if os.environ.get("CXR_CLASSIFIER_RUNTIME", "tflite") == "tflite":
+    from cxr_core.errors import ModelError
+
+    chosen = os.environ.get("CXR_CLASSIFIER_RUNTIME", "tflite").strip().lower()
+    if chosen not in CLASSIFIER_RUNTIMES:
+        raise ModelError(
+            f"CXR_CLASSIFIER_RUNTIME is {chosen!r}; it must be one of {', '.join(CLASSIFIER_RUNTIMES)}"
+        )
+    if chosen == "tflite":
         blob = read_converted(model_dir, metadata, "classifier")
         if blob is not None:
             return TfliteScorer(model, blob=blob)
@@ -347,10 +364,11 @@ def serving_scorer(model, model_dir, metadata: dict):
 def write_classifier_tflite(model_dir, model=None) -> str | None:
     """Convert a classifier folder's model.keras to model.tflite beside it; return its sha256.
 
-    None, and no file, when the network's head has no numpy gradient (:class:`UnsupportedModel`) or
-    the converted network does not reproduce Keras on a check batch within ``EQUALITY_TOLERANCE``:
-    Keras then serves it, as before. Converting costs seconds, so it is done once, when the model is
-    trained or converted by ``models convert``, never at start-up.
+    None, and no file, when the network's head has no numpy gradient (:class:`UnsupportedModel`, also
+    raised from inside the check for an activation or pooling it does not know) or the converted
+    network does not reproduce Keras on the check batch within ``EQUALITY_TOLERANCE``: Keras then
+    serves it, as before. Converting costs seconds, so it is done once, when the model is trained or
+    converted by ``models convert``, never at start-up.
     """
     from pathlib import Path
 
@@ -364,10 +382,10 @@ def write_classifier_tflite(model_dir, model=None) -> str | None:
         model = load_model(model_dir / Layout.MODEL)
     try:
         split_at_features(model)
+        blob = to_tflite(forward_model(model))
+        if conversion_error(model, blob) > EQUALITY_TOLERANCE:
+            return None
     except UnsupportedModel:
-        return None
-    blob = to_tflite(forward_model(model))
-    if conversion_error(model, blob) > EQUALITY_TOLERANCE:
         return None
     target = model_dir / TFLITE_FILE
     write_bytes_atomic(target, blob)
@@ -378,26 +396,28 @@ EQUALITY_TOLERANCE = 1e-4  # |dp| and heatmap, as issue #23 asks of a serving ru
 
 
 def conversion_error(model, blob: bytes) -> float:
-    """Largest difference from Keras (probability, heatmap) on a fixed check batch of film-like inputs.
+    """Largest difference from Keras on a fixed check batch of film-like inputs.
 
-    The inputs are smooth random fields (not white noise, which saturates every network at one end),
-    so the probabilities and maps compared spread over their range. Real films are compared in the
-    tests; this guards the conversion wherever it runs.
+    Probability and heatmap absolutely, the embedding (the OOD check's input) relative to its scale.
+    33 inputs, so that both of the scorer's interpreters (a batch of 32 and a single film) are
+    compared. The inputs are smooth random fields (not white noise, which saturates every network at
+    one end), so the probabilities and maps compared spread over their range. Real films are compared
+    in the tests; this guards the conversion wherever it runs.
     """
     import cv2
 
     side = int(model.input_shape[1])
     rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (16, 8, 8), dtype=np.uint8)
+    coarse = rng.integers(0, 256, (TfliteScorer.BATCH + 1, 8, 8), dtype=np.uint8)
     inputs = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_CUBIC) for c in coarse])
     expected = KerasScorer(model)(inputs)
     got = TfliteScorer(model, blob=blob)(inputs)
-    alone = TfliteScorer(model, blob=blob)(inputs[:1])
+    scale = max(1.0, float(np.abs(expected.embeddings).max()))
     return float(
         max(
             np.abs(got.probabilities - expected.probabilities).max(),
-            np.abs(alone.probabilities - expected.probabilities[:1]).max(),
             np.abs(got.heatmaps - expected.heatmaps).max(),
+            np.abs(got.embeddings - expected.embeddings).max() / scale,
         )
     )
 
