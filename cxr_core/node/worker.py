@@ -89,8 +89,9 @@ class Serving:
             if warning:
                 log.warning("%s", warning)
             log.info(
-                "screening with model %s, threshold %.4f%s",
+                "screening with model %s (%s), threshold %.4f%s",
                 predictor.version,
+                predictor.runtime,
                 predictor.threshold,
                 f", site profile {predictor.site}" if predictor.site else "",
             )
