@@ -439,8 +439,12 @@ def test_trainer_crash_is_retried_without_half_written_outputs(tmp_path, kaggle_
     assert not list(work.glob(".*staging-*")) and not list(work.glob(".*retired-*"))
     model_dir = work / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
-        ["history.csv", "history.json", "metadata.json", "model.keras", "ood.npz"]
+        ["history.csv", "history.json", "metadata.json", "model.keras", "model.tflite", "ood.npz"]
     )
+    # The serving twin is whole: its sha256 and the weights it was made from are the retry's own.
+    trained = json.loads((model_dir / "metadata.json").read_text())
+    assert sha256_file(model_dir / "model.tflite") == trained["tflite_sha256"]
+    assert trained["tflite_model_sha256"] == sha256_file(model_dir / "model.keras")
     assert (
         len(json.loads((model_dir / "history.json").read_text())["loss"])
         == xcom["model_trainer"]["epochs_run"]
