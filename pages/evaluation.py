@@ -392,6 +392,9 @@ with tab_evidence:
         except CxrError as error:
             st.error(str(error))
             lesion_entries = []
+        missing_boxes = evaluation_view.missing_lesion_boxes(ev)
+        if missing_boxes:
+            st.info(missing_boxes)
         if lesion_entries:
             st.markdown("**Test films with radiologists' boxes** (white): the film, and the model's map")
             for entry in lesion_entries:

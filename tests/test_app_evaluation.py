@@ -303,3 +303,38 @@ def test_where_the_evidence_lies_tab_shows_the_measures_and_the_radiologists_box
         assert entry.overlay is not None and entry.image.ndim == 3
         white = np.all(entry.image == 255, axis=-1)  # the boxes are drawn in pure white on the film
         assert white.sum() > 50, entry.name
+
+
+def test_lesion_boxes_follow_the_data_to_a_dataset_root_and_their_absence_is_said(dashboard, shared_cxr, monkeypatch):
+    """Deployed where the training data is not at the recorded path, the page finds it under a configured
+    dataset root (the boxes are drawn), and where it is nowhere it says so instead of dropping the gallery."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    from cxr_core.modelling.predictor import Predictor
+
+    project_models = Path(__file__).resolve().parent.parent / "models"
+    shutil.copytree(project_models / SHIPPED_WITH_EVIDENCE, dashboard.root / SHIPPED_WITH_EVIDENCE)
+    metadata_file = dashboard.root / SHIPPED_WITH_EVIDENCE / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["data_path"] = "/mnt/retired-disk/data/cxr"  # where another machine kept it
+    metadata_file.write_text(json.dumps(metadata))
+    mounted = dashboard.root.parent / "mounted"
+    (mounted / "data").mkdir(parents=True)
+    (mounted / "data" / "cxr").symlink_to(shared_cxr)  # the operator's mount, with the same trailing folders
+    monkeypatch.setenv("CXR_DATASET_ROOTS", f"{mounted}{os.pathsep}{dashboard.root.parent / 'uploads'}")
+    ev = evaluation_view.load_evaluation(dashboard.registry, SHIPPED_WITH_EVIDENCE)
+    assert evaluation_view.missing_lesion_boxes(ev) is None
+    entries = evaluation_view.lesion_gallery(Predictor(dashboard.root / SHIPPED_WITH_EVIDENCE), ev, limit=2)
+    assert len(entries) == 2 and all(entry.overlay is not None for entry in entries)
+
+    monkeypatch.setenv("CXR_DATASET_ROOTS", str(dashboard.root.parent / "empty-root"))
+    message = evaluation_view.missing_lesion_boxes(ev)
+    assert "/mnt/retired-disk/data/cxr" in message and "empty-root" in message and "CXR_DATASET_ROOTS" in message
+    at = open_evaluation()
+    at.selectbox(key="eval_version").set_value(SHIPPED_WITH_EVIDENCE).run()
+    assert not at.exception, at.exception
+    assert message in [info.value for info in at.info]
+    assert not any("Test films with radiologists' boxes" in md.value for md in at.markdown)

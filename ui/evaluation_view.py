@@ -17,10 +17,11 @@ from cxr_core import metrics
 from cxr_core.errors import CxrError, DatasetError
 from cxr_core.fsutil import read_json_or_empty
 from cxr_core.imaging.display import display_gray
+from cxr_core.pipeline.dataset_roots import locate_recorded_dataset
 from cxr_core.pipeline.evaluate import dataset_root
 from cxr_core.registry.card import LOSO_FILE, LOSO_REFERENCE_FILE
 from cxr_core.registry.store import Registry
-from cxr_core.settings import PROJECT_ROOT, Layout, resolve_data_path
+from cxr_core.settings import PROJECT_ROOT, Layout, dataset_roots
 
 # --------------------------------------------------------------------------------- evaluation artifacts
 
@@ -398,7 +399,8 @@ def _resolve_image_path(path: str, data_root: str | None = None) -> str:
     """
     if not path or os.path.isabs(path) and os.path.exists(path):
         return path
-    for base in (dataset_root(resolve_data_path(data_root)) if data_root else None, PROJECT_ROOT):
+    located = locate_recorded_dataset(data_root)
+    for base in (dataset_root(located) if located else None, PROJECT_ROOT):
         if base is not None and (Path(base) / path).exists():
             return str(Path(base) / path)
     return path
@@ -801,9 +803,10 @@ def shortcut_rows(evaluation: Evaluation) -> list[dict]:
 
 def lesion_boxes_for(data_root: str | None) -> dict[str, list[tuple[int, int, int, int]]]:
     """Radiologists' boxes (``lesions.csv`` beside the dataset's manifest), keyed by the recorded path."""
-    if not data_root:
+    located = locate_recorded_dataset(data_root)
+    if located is None:
         return {}
-    found = dataset_root(resolve_data_path(data_root)) / "lesions.csv"
+    found = dataset_root(located) / "lesions.csv"
     if not found.is_file():
         return {}
     boxes: dict[str, list] = {}
@@ -811,6 +814,27 @@ def lesion_boxes_for(data_root: str | None) -> dict[str, list[tuple[int, int, in
         for row in csv.DictReader(handle):
             boxes.setdefault(row["path"], []).append(tuple(int(float(row[k])) for k in ("xmin", "ymin", "xmax", "ymax")))
     return boxes
+
+
+def missing_lesion_boxes(evaluation: Evaluation) -> str | None:
+    """Why the gallery of radiologists' boxes cannot be drawn here, when the evaluation measured them.
+
+    The boxes are read from the training dataset, which may not be on this machine (or not where the
+    model recorded it): without this, the page would drop the gallery without a word.
+    """
+    lesion = (evaluation.metrics.get("evidence_where") or {}).get("lesion_test")
+    if not lesion or not lesion.get("films"):
+        return None
+    recorded = evaluation.metadata.get("data_path")
+    if lesion_boxes_for(recorded):
+        return None
+    roots = os.pathsep.join(str(root) for root in dataset_roots())
+    return (
+        f"The radiologists' boxes of the {lesion['films']} lesion test films cannot be drawn here: no "
+        f"lesions.csv was found with the model's training data (recorded as {recorded or 'unknown'}), "
+        f"nor under the configured dataset folders ({roots}). Put the dataset in one of them, or add its "
+        "folder to CXR_DATASET_ROOTS; the figures above were measured at training and stand."
+    )
 
 
 def draw_boxes(picture: np.ndarray, boxes, film_shape: tuple[int, int]) -> np.ndarray:

@@ -103,6 +103,33 @@ def save_uploaded_zip(data: bytes, name: str) -> Path:
     return target
 
 
+def locate_recorded_dataset(recorded: str | os.PathLike | None) -> Path | None:
+    """Where the dataset a model recorded at training lives on this machine, or None.
+
+    A model records its dataset relative to the project (``../shared/data/cxr``); deployed elsewhere
+    (the container mounts the data at ``/data``, an operator keeps it on another disk) that path
+    names nothing, and the Evaluation page would lose its test films and the radiologists' boxes
+    without a word. So the recorded place is tried first, then the same trailing folders
+    (``data/cxr``, ``cxr``) under each configured dataset root, longest first: only folders an operator
+    allowed, never a search of the disk.
+    """
+    from cxr_core.settings import dataset_roots, resolve_data_path
+
+    if not recorded:
+        return None
+    path = resolve_data_path(recorded)
+    if path.exists():
+        return path
+    parts = Path(recorded).parts[1 if Path(recorded).anchor else 0 :]
+    tails = [Path(*parts[-n:]) for n in range(min(3, len(parts)), 0, -1) if ".." not in parts[-n:]]
+    for tail in tails:
+        for root in dataset_roots():
+            candidate = root / tail
+            if candidate.exists():
+                return candidate
+    return None
+
+
 OUTSIDE_ROOTS = (
     "points outside the dataset folder and the configured dataset folders (symlink or manifest path)"
 )

@@ -98,3 +98,18 @@ def test_the_cli_pipeline_refuses_a_dataset_outside_the_roots(roots, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "configured dataset folders" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_models_recorded_dataset_is_found_again_under_a_configured_root(roots, tmp_path):
+    """A model trained beside ``../shared/data/cxr`` and deployed where the data is mounted elsewhere
+    (the container's ``/data``) still finds its test films; only the allowed roots are looked in."""
+    from cxr_core.pipeline.dataset_roots import locate_recorded_dataset
+
+    allowed, _ = roots
+    assert locate_recorded_dataset(str(allowed / "kaggle")) == allowed / "kaggle"  # where it was recorded
+    (allowed / "data" / "cxr").mkdir(parents=True)
+    assert locate_recorded_dataset("../elsewhere/data/cxr") == allowed / "data" / "cxr"  # the longest tail first
+    assert locate_recorded_dataset("/mnt/old-disk/kaggle") == allowed / "kaggle"
+    (tmp_path / "not-a-root" / "lost").mkdir(parents=True)
+    assert locate_recorded_dataset("../nowhere/lost") is None  # exists on disk, but in no allowed root
+    assert locate_recorded_dataset(None) is None and locate_recorded_dataset("") is None
