@@ -47,15 +47,16 @@ _keep_tensorflow_state_between_runs()
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model (first use only)…")
-def load_predictor(model_dir: str, sha256: str):
-    """One Predictor per model file per server process; a promotion changes the key, not the server."""
+def load_predictor(model_dir: str, sha256: str, tflite_sha256: str | None = None):
+    """One Predictor per model file (and serving twin) per server process; a promotion or a conversion
+    changes the key, not the server."""
     from cxr_core.modelling.predictor import Predictor
 
     return Predictor(model_dir)
 
 
 def predictor_for(serving: screening_view.ServingModel):
-    predictor = load_predictor(str(serving.model_dir), serving.sha256)
+    predictor = load_predictor(str(serving.model_dir), serving.sha256, serving.tflite_sha256)
     predictor.use_site(serving.site)  # the server-wide site profile; cheap, and follows a switch at once
     return predictor
 

@@ -59,6 +59,7 @@ class ServingModel:
     warning: str | None = None
     site: dict | None = None  # the active site profile, when it was set for this model version
     evidence_reference: dict | None = None  # where this model's validation films put their evidence
+    tflite_sha256: str | None = None  # the serving twin of these weights, when one was converted
 
 
 def serving_model(registry: Registry | None = None, version: str | None = None) -> ServingModel:
@@ -90,9 +91,12 @@ def serving_model(registry: Registry | None = None, version: str | None = None) 
         )
         warning = f"{warning} {note}" if warning else note
     reference = meta.get("evidence_reference")
+    # A twin converted after the server started (`models convert`) changes the cache key too, so the
+    # faster runtime is picked up on the next run instead of after a restart.
+    twin = meta.get("tflite_sha256") if meta.get("tflite_model_sha256") == sha else None
     return ServingModel(
         version=version, model_dir=model_dir, sha256=sha, threshold=threshold, warning=warning, site=site,
-        evidence_reference=reference if isinstance(reference, dict) else None,
+        evidence_reference=reference if isinstance(reference, dict) else None, tflite_sha256=twin,
     )  # fmt: skip
 
 

@@ -70,14 +70,16 @@ class Serving:
             log.warning("site profile not used: %s", error)
             profile = None
         model_file = Path(model_dir) / "model.keras"
+        twin = Path(model_dir) / "model.tflite"  # converted later (`models convert`): served without a restart
         key = (
             str(model_dir),
             model_file.stat().st_mtime_ns,
+            twin.stat().st_mtime_ns if twin.exists() else None,
             json.dumps(profile, sort_keys=True, default=str),
         )
         if key != self._key:
             predictor = (
-                Predictor(model_dir) if self.predictor is None or key[:2] != self._key[:2] else self.predictor
+                Predictor(model_dir) if self.predictor is None or key[:3] != self._key[:3] else self.predictor
             )
             try:
                 predictor.use_site(profile)

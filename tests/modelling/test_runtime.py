@@ -280,8 +280,10 @@ def test_a_damaged_classifier_twin_is_refused(tmp_path):
 
 def test_models_convert_gives_a_version_its_twin_keeps_its_verdict_and_is_audited(tmp_path, monkeypatch):
     from cxr_core.cli import main
+    from cxr_core.node import worker
     from cxr_core.registry import audit
     from cxr_core.registry.store import sha256_file
+    from ui import screening_view
 
     shipped = Registry(models_dir()).resolve()
     shipped_meta = Registry(models_dir()).metadata(shipped.name)
@@ -294,8 +296,14 @@ def test_models_convert_gives_a_version_its_twin_keeps_its_verdict_and_is_audite
     registry.record_verdict(version, {"passed": True, "policy": "p"})
     verdict = registry.verdict(version)
     assert Predictor(registry.version_dir(version)).runtime == "keras"
+    monkeypatch.setattr(worker, "SERVING_RECHECK_SECONDS", 0.0)
+    node_serving = worker.Serving(model=version)  # a running PACS node, started before the conversion
+    assert node_serving.get().runtime == "keras"
+    assert screening_view.serving_model(registry, version).tflite_sha256 is None  # the dashboard's cache key
 
     assert main(["models", "convert", version]) == 0
+    assert node_serving.get().runtime == "tflite"  # picked up without a restart
+    assert screening_view.serving_model(registry, version).tflite_sha256 == registry.metadata(version)["tflite_sha256"]
     meta = registry.metadata(version)
     assert meta["tflite_model_sha256"] == meta["model_sha256"] == shipped_meta["model_sha256"]
     assert meta["tflite_sha256"] == sha256_file(registry.version_dir(version) / runtime.TFLITE_FILE)
