@@ -312,14 +312,18 @@ with tab_threshold:
     threshold_explorer(ev)
 
 
+# Keyed on where the training data was found too: data moved into place shows on the next run.
 @st.cache_data(max_entries=6, show_spinner="Computing Grad-CAM for the misclassified test images…")
-def gallery(model_dir: str, sha256: str, version: str) -> tuple[list[evaluation_view.GalleryEntry], int]:
+def gallery(
+    model_dir: str, sha256: str, twin: str | None, version: str, data_root: str | None
+) -> tuple[list[evaluation_view.GalleryEntry], int]:
     evaluation = evaluation_view.load_evaluation(ui_common.registry(), version)
     rows = evaluation_view.misclassified(evaluation)
-    predictor = ui_common.load_predictor(model_dir, sha256)
-    return evaluation_view.error_gallery(
-        predictor, rows, limit=12, data_root=predictor.metadata.get("data_path")
-    ), len(rows)
+    predictor = ui_common.load_predictor(model_dir, sha256, twin)
+    return evaluation_view.error_gallery(predictor, rows, limit=12, data_root=data_root), len(rows)
+
+
+data_folder = evaluation_view.training_data_folder(ev)
 
 
 with tab_errors:
@@ -328,7 +332,7 @@ with tab_errors:
     else:
         try:
             serving = screening_view.serving_model(registry, version)
-            entries, total = gallery(str(serving.model_dir), serving.sha256, version)
+            entries, total = gallery(str(serving.model_dir), serving.sha256, serving.tflite_sha256, version, data_folder)
         except CxrError as error:
             st.error(str(error))
             entries, total = [], 0
@@ -351,9 +355,12 @@ with tab_errors:
                         st.caption(entry.problem)
 
 @st.cache_data(max_entries=6, show_spinner="Computing Grad-CAM for test films with radiologists' boxes…")
-def lesion_gallery(model_dir: str, sha256: str, version: str) -> list[evaluation_view.GalleryEntry]:
+def lesion_gallery(
+    model_dir: str, sha256: str, twin: str | None, version: str, data_root: str | None
+) -> list[evaluation_view.GalleryEntry]:
     evaluation = evaluation_view.load_evaluation(ui_common.registry(), version)
-    return evaluation_view.lesion_gallery(ui_common.load_predictor(model_dir, sha256), evaluation, limit=6)
+    predictor = ui_common.load_predictor(model_dir, sha256, twin)
+    return evaluation_view.lesion_gallery(predictor, evaluation, limit=6, data_root=data_root)
 
 
 with tab_evidence:
@@ -388,11 +395,13 @@ with tab_evidence:
     if ev.predictions:
         try:
             serving = screening_view.serving_model(registry, version)
-            lesion_entries = lesion_gallery(str(serving.model_dir), serving.sha256, version)
+            lesion_entries = lesion_gallery(
+                str(serving.model_dir), serving.sha256, serving.tflite_sha256, version, data_folder
+            )
         except CxrError as error:
             st.error(str(error))
             lesion_entries = []
-        missing_boxes = evaluation_view.missing_lesion_boxes(ev)
+        missing_boxes = evaluation_view.missing_lesion_boxes(ev, data_folder)
         if missing_boxes:
             st.info(missing_boxes)
         if lesion_entries:

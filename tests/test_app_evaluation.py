@@ -319,20 +319,22 @@ def test_lesion_boxes_follow_the_data_to_a_dataset_root_and_their_absence_is_sai
     shutil.copytree(project_models / SHIPPED_WITH_EVIDENCE, dashboard.root / SHIPPED_WITH_EVIDENCE)
     metadata_file = dashboard.root / SHIPPED_WITH_EVIDENCE / "metadata.json"
     metadata = json.loads(metadata_file.read_text())
-    metadata["data_path"] = "/mnt/retired-disk/data/cxr"  # where another machine kept it
+    recorded = f"/mnt/retired-disk/{shared_cxr.parent.name}/{shared_cxr.name}"  # where another machine kept it
+    metadata["data_path"] = recorded
     metadata_file.write_text(json.dumps(metadata))
-    mounted = dashboard.root.parent / "mounted"
-    (mounted / "data").mkdir(parents=True)
-    (mounted / "data" / "cxr").symlink_to(shared_cxr)  # the operator's mount, with the same trailing folders
-    monkeypatch.setenv("CXR_DATASET_ROOTS", f"{mounted}{os.pathsep}{dashboard.root.parent / 'uploads'}")
+    # the operator's mount holds the same trailing folders (here: the shared data's own parent)
+    monkeypatch.setenv("CXR_DATASET_ROOTS", f"{shared_cxr.parent.parent}{os.pathsep}{dashboard.root.parent / 'up'}")
     ev = evaluation_view.load_evaluation(dashboard.registry, SHIPPED_WITH_EVIDENCE)
-    assert evaluation_view.missing_lesion_boxes(ev) is None
+    found = evaluation_view.training_data_folder(ev)
+    assert found == str(shared_cxr.parent.parent / shared_cxr.parent.name / shared_cxr.name)
+    assert evaluation_view.missing_lesion_boxes(ev, found) is None
     entries = evaluation_view.lesion_gallery(Predictor(dashboard.root / SHIPPED_WITH_EVIDENCE), ev, limit=2)
     assert len(entries) == 2 and all(entry.overlay is not None for entry in entries)
 
     monkeypatch.setenv("CXR_DATASET_ROOTS", str(dashboard.root.parent / "empty-root"))
-    message = evaluation_view.missing_lesion_boxes(ev)
-    assert "/mnt/retired-disk/data/cxr" in message and "empty-root" in message and "CXR_DATASET_ROOTS" in message
+    assert evaluation_view.training_data_folder(ev) is None
+    message = evaluation_view.missing_lesion_boxes(ev, None)
+    assert recorded in message and "empty-root" in message and "CXR_DATASET_ROOTS" in message
     at = open_evaluation()
     at.selectbox(key="eval_version").set_value(SHIPPED_WITH_EVIDENCE).run()
     assert not at.exception, at.exception

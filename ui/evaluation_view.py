@@ -21,7 +21,7 @@ from cxr_core.pipeline.dataset_roots import locate_recorded_dataset
 from cxr_core.pipeline.evaluate import dataset_root
 from cxr_core.registry.card import LOSO_FILE, LOSO_REFERENCE_FILE
 from cxr_core.registry.store import Registry
-from cxr_core.settings import PROJECT_ROOT, Layout, dataset_roots
+from cxr_core.settings import PROJECT_ROOT, Layout, dataset_roots, resolve_data_path
 
 # --------------------------------------------------------------------------------- evaluation artifacts
 
@@ -399,8 +399,7 @@ def _resolve_image_path(path: str, data_root: str | None = None) -> str:
     """
     if not path or os.path.isabs(path) and os.path.exists(path):
         return path
-    located = locate_recorded_dataset(data_root)
-    for base in (dataset_root(located) if located else None, PROJECT_ROOT):
+    for base in (dataset_root(resolve_data_path(data_root)) if data_root else None, PROJECT_ROOT):
         if base is not None and (Path(base) / path).exists():
             return str(Path(base) / path)
     return path
@@ -801,12 +800,25 @@ def shortcut_rows(evaluation: Evaluation) -> list[dict]:
     ]
 
 
+def training_data_folder(evaluation: Evaluation) -> str | None:
+    """Where the model's training dataset is on this machine (see ``locate_recorded_dataset``), or None.
+
+    Found once per page run and passed to the galleries (and their cache keys), so data moved into
+    place is picked up on the next run.
+    """
+    relative = tuple(row["path"] for row in evaluation.predictions if row["path"] and not os.path.isabs(row["path"]))
+    located = locate_recorded_dataset(evaluation.metadata.get("data_path"), holds=relative[:3])
+    return str(located) if located else None
+
+
 def lesion_boxes_for(data_root: str | None) -> dict[str, list[tuple[int, int, int, int]]]:
-    """Radiologists' boxes (``lesions.csv`` beside the dataset's manifest), keyed by the recorded path."""
-    located = locate_recorded_dataset(data_root)
-    if located is None:
+    """Radiologists' boxes (``lesions.csv`` beside the dataset's manifest), keyed by the recorded path.
+
+    ``data_root``: the dataset's folder on this machine (:func:`training_data_folder`).
+    """
+    if not data_root:
         return {}
-    found = dataset_root(located) / "lesions.csv"
+    found = dataset_root(resolve_data_path(data_root)) / "lesions.csv"
     if not found.is_file():
         return {}
     boxes: dict[str, list] = {}
@@ -816,7 +828,7 @@ def lesion_boxes_for(data_root: str | None) -> dict[str, list[tuple[int, int, in
     return boxes
 
 
-def missing_lesion_boxes(evaluation: Evaluation) -> str | None:
+def missing_lesion_boxes(evaluation: Evaluation, data_root: str | None) -> str | None:
     """Why the gallery of radiologists' boxes cannot be drawn here, when the evaluation measured them.
 
     The boxes are read from the training dataset, which may not be on this machine (or not where the
@@ -826,9 +838,9 @@ def missing_lesion_boxes(evaluation: Evaluation) -> str | None:
     if not lesion or not lesion.get("films"):
         return None
     recorded = evaluation.metadata.get("data_path")
-    if lesion_boxes_for(recorded):
+    if lesion_boxes_for(data_root):
         return None
-    roots = os.pathsep.join(str(root) for root in dataset_roots())
+    roots = os.pathsep.join(str(root) for root in dataset_roots()) or "none configured"
     return (
         f"The radiologists' boxes of the {lesion['films']} lesion test films cannot be drawn here: no "
         f"lesions.csv was found with the model's training data (recorded as {recorded or 'unknown'}), "
@@ -850,12 +862,15 @@ def draw_boxes(picture: np.ndarray, boxes, film_shape: tuple[int, int]) -> np.nd
     return out
 
 
-def lesion_gallery(predictor, evaluation: Evaluation, alpha: float = 0.4, limit: int = 6) -> list[GalleryEntry]:
+def lesion_gallery(
+    predictor, evaluation: Evaluation, alpha: float = 0.4, limit: int = 6, data_root: str | None = None
+) -> list[GalleryEntry]:
     """Test films with radiologists' boxes: the film with the boxes beside the model's map with them.
 
     Test films only (never trained on); the first ``limit`` in the order of predictions.csv.
+    ``data_root``: the dataset's folder on this machine; found from the model's record when not given.
     """
-    data_root = evaluation.metadata.get("data_path")
+    data_root = data_root or training_data_folder(evaluation)
     boxes = lesion_boxes_for(data_root)
     rows = [row for row in evaluation.predictions if row["path"] in boxes][:limit]
     entries = error_gallery(predictor, rows, alpha=alpha, limit=limit, data_root=data_root)

@@ -93,7 +93,8 @@ def serving_model(registry: Registry | None = None, version: str | None = None) 
     reference = meta.get("evidence_reference")
     # A twin converted after the server started (`models convert`) changes the cache key too, so the
     # faster runtime is picked up on the next run instead of after a restart.
-    twin = meta.get("tflite_sha256") if meta.get("tflite_model_sha256") == sha else None
+    made_from = meta.get("tflite_model_sha256") or meta.get("model_sha256")  # as runtime.read_converted reads it
+    twin = meta.get("tflite_sha256") if made_from == sha else None
     return ServingModel(
         version=version, model_dir=model_dir, sha256=sha, threshold=threshold, warning=warning, site=site,
         evidence_reference=reference if isinstance(reference, dict) else None, tflite_sha256=twin,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.errors import CxrError
+from cxr_core.fsutil import read_json_or_empty
 from cxr_core.imaging import dicom_out
 from cxr_core.node.queue import FAILED, FilmQueue
 
@@ -70,11 +71,13 @@ class Serving:
             log.warning("site profile not used: %s", error)
             profile = None
         model_file = Path(model_dir) / "model.keras"
-        twin = Path(model_dir) / "model.tflite"  # converted later (`models convert`): served without a restart
+        # A twin converted later (`models convert`) is served without a restart. Keyed on the metadata,
+        # which the registry writes after the twin's file, so the key never names a half-made twin.
+        meta = read_json_or_empty(Path(model_dir) / "metadata.json")
         key = (
             str(model_dir),
             model_file.stat().st_mtime_ns,
-            twin.stat().st_mtime_ns if twin.exists() else None,
+            (meta.get("tflite_sha256"), meta.get("tflite_model_sha256")),
             json.dumps(profile, sort_keys=True, default=str),
         )
         if key != self._key:

@@ -103,29 +103,41 @@ def save_uploaded_zip(data: bytes, name: str) -> Path:
     return target
 
 
-def locate_recorded_dataset(recorded: str | os.PathLike | None) -> Path | None:
+def locate_recorded_dataset(recorded: str | os.PathLike | None, holds: tuple[str, ...] = ()) -> Path | None:
     """Where the dataset a model recorded at training lives on this machine, or None.
 
     A model records its dataset relative to the project (``../shared/data/cxr``); deployed elsewhere
     (the container mounts the data at ``/data``, an operator keeps it on another disk) that path
     names nothing, and the Evaluation page would lose its test films and the radiologists' boxes
-    without a word. So the recorded place is tried first, then the same trailing folders
-    (``data/cxr``, ``cxr``) under each configured dataset root, longest first: only folders an operator
-    allowed, never a search of the disk.
+    without a word. The recorded place is the model's own record, written when an admin trained it, and
+    is used as it stands when it exists. Otherwise the same trailing folders (``shared/data/cxr``,
+    ``data/cxr``, ``cxr``; longest first) are looked for under each configured dataset root only, with
+    ``..`` refused and the real path (symlinks followed) required to stay inside that root. A name as
+    short as ``cxr`` could be another dataset, so a candidate counts only if it ``holds`` the given
+    paths (a few of the model's recorded test films, relative to the dataset).
     """
+    from pathlib import PureWindowsPath
+
+    from cxr_core.pipeline.evaluate import dataset_root
     from cxr_core.settings import dataset_roots, resolve_data_path
 
     if not recorded:
         return None
-    path = resolve_data_path(recorded)
+    text = str(recorded)
+    path = resolve_data_path(text)
     if path.exists():
         return path
-    parts = Path(recorded).parts[1 if Path(recorded).anchor else 0 :]
+    # recorded on Windows (``..\\shared\\data\\cxr``, ``D:\\data\\cxr``): the same folders, another separator
+    written = PureWindowsPath(text) if "\\" in text or re.match(r"^[A-Za-z]:", text) else Path(text)
+    parts = written.parts[1 if written.anchor else 0 :]
     tails = [Path(*parts[-n:]) for n in range(min(3, len(parts)), 0, -1) if ".." not in parts[-n:]]
     for tail in tails:
         for root in dataset_roots():
             candidate = root / tail
-            if candidate.exists():
+            real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(candidate))
+            if not candidate.exists() or real_root not in real.parents:
+                continue
+            if all((dataset_root(candidate) / held).exists() for held in holds):
                 return candidate
     return None
 

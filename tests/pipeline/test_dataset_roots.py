@@ -102,14 +102,25 @@ def test_the_cli_pipeline_refuses_a_dataset_outside_the_roots(roots, tmp_path):
 
 def test_a_models_recorded_dataset_is_found_again_under_a_configured_root(roots, tmp_path):
     """A model trained beside ``../shared/data/cxr`` and deployed where the data is mounted elsewhere
-    (the container's ``/data``) still finds its test films; only the allowed roots are looked in."""
+    (the container's ``/data``) still finds its test films; only inside the allowed roots, and only a
+    folder that holds the model's own films."""
     from cxr_core.pipeline.dataset_roots import locate_recorded_dataset
 
     allowed, _ = roots
+    (allowed / "kaggle" / "Normal" / "n1.png").write_bytes(b"film")
     assert locate_recorded_dataset(str(allowed / "kaggle")) == allowed / "kaggle"  # where it was recorded
     (allowed / "data" / "cxr").mkdir(parents=True)
     assert locate_recorded_dataset("../elsewhere/data/cxr") == allowed / "data" / "cxr"  # the longest tail first
-    assert locate_recorded_dataset("/mnt/old-disk/kaggle") == allowed / "kaggle"
-    (tmp_path / "not-a-root" / "lost").mkdir(parents=True)
-    assert locate_recorded_dataset("../nowhere/lost") is None  # exists on disk, but in no allowed root
+    assert locate_recorded_dataset("/mnt/old-disk/kaggle", holds=("Normal/n1.png",)) == allowed / "kaggle"
+    assert locate_recorded_dataset("D:\\old-disk\\kaggle") == allowed / "kaggle"  # recorded on Windows
+    assert locate_recorded_dataset("..\\shared\\data\\cxr") == allowed / "data" / "cxr"
+    # another dataset that merely shares the folder's name is not taken for the model's
+    assert locate_recorded_dataset("/mnt/old-disk/kaggle", holds=("Normal/other.png",)) is None
+    # a folder of that name outside the roots, or reached from a root by a symlink out of it, is not looked in
+    outside = tmp_path / "not-a-root" / "lost"
+    outside.mkdir(parents=True)
+    assert locate_recorded_dataset("/mnt/old-disk/lost") is None
+    (allowed / "lost").symlink_to(outside)
+    assert locate_recorded_dataset("/mnt/old-disk/lost") is None
+    assert locate_recorded_dataset("/mnt/x/../lost") is None  # a ``..`` in the tail is never joined to a root
     assert locate_recorded_dataset(None) is None and locate_recorded_dataset("") is None
