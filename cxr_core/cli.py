@@ -230,6 +230,31 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _check_unseen(args) -> int:
+    from cxr_core.fsutil import write_json_atomic
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.dataset_roots import allowed_dataset_path
+    from cxr_core.pipeline.unseen_check import report_lines, run_unseen_check
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import resolve_data_path
+
+    data = allowed_dataset_path(args.data)
+    masks = None
+    if args.masks:  # the same boundary as the films: the list's folder must lie inside a dataset root
+        masks = resolve_data_path(args.masks)
+        allowed_dataset_path(masks.parent)
+        if not masks.is_file():
+            raise CxrError(f"there is no mask list at {args.masks}")
+    model_dir, warning = Registry().resolve_with_warning(args.model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    report = run_unseen_check(data, Predictor(model_dir), masks=masks, sources=args.source, n_boot=args.n_boot)
+    if args.out:
+        write_json_atomic(Path(args.out), report)
+    print("\n".join(report_lines(report)))
+    return 0
+
+
 def _lungs_train(args) -> int:
     from cxr_core.pipeline.dataset_roots import allowed_dataset_path
     from cxr_core.pipeline.lung_training import run_lung_train
@@ -513,6 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     calibrate.add_argument("--n-boot", type=int, default=1000)
     calibrate.set_defaults(handler=_calibrate)
+
+    check = commands.add_parser(
+        "check-unseen",
+        help="a hospital in no data here: the model in use on its labelled films, against its experts' marks",
+    )
+    check.add_argument("--data", required=True, help="labelled films (Kaggle folders, NLM, CSV, .zip); "
+                       "lesions.csv beside them (path,kind,xmin,ymin,xmax,ymax) adds the lesion targets")  # fmt: skip
+    check.add_argument("--masks", default=None, help="experts' lung masks: a CSV of image,mask pairs")
+    check.add_argument("--source", action="append", default=None, help="only films of this source (repeatable)")
+    check.add_argument("--model", default=None, help="registry version (default: the one in use)")
+    check.add_argument("--out", default=None, help="write the whole report (every film) as JSON")
+    check.add_argument("--n-boot", type=int, default=1000)
+    check.set_defaults(handler=_check_unseen)
 
     lungs = commands.add_parser("lungs", help="lung-field masks (0/255 PNG, the input's own size) for files")
     lungs.add_argument("paths", nargs="+", metavar="PATH")

@@ -1,0 +1,117 @@
+"""The check at a hospital in no data here, on real films with real experts' masks and radiologists' boxes:
+a small "hospital" built from shared films, scored by the shipped model through the serving path."""
+
+import csv
+import json
+import shutil
+
+import cv2
+import pytest
+from conftest import shared_records
+
+from cxr_core.cli import main
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.pipeline.unseen_check import TARGETS, report_lines, run_unseen_check
+from cxr_core.registry.store import Registry
+from cxr_core.settings import models_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def hospital(shared_cxr, tmp_path_factory):
+    """Six Shenzhen films with their experts' masks (one mask of the wrong shape), two TBX11K films with
+    their radiologists' boxes, and a file that is not an X-ray."""
+    root = tmp_path_factory.mktemp("hospital")
+    lungs = shared_cxr.parent / "lungs"
+    with open(lungs / "manifest.csv", newline="") as handle:
+        expert = {row["image"].removeprefix("../cxr/"): lungs / row["mask"] for row in csv.DictReader(handle)}
+    shenzhen = [r for r in shared_records("shenzhen") if r["path"] in expert]
+    films = [r for r in shenzhen if r["label"] == "Tuberculosis"][:3] + [r for r in shenzhen if r["label"] == "Normal"][:3]
+    with open(shared_cxr / "lesions.csv", newline="") as handle:
+        boxes = list(csv.DictReader(handle))
+    boxed = list(dict.fromkeys(row["path"] for row in boxes))[:2]
+    films += [r for r in shared_records("tbx11k") if r["path"] in boxed]
+    rows, masks = [], []
+    for film in films:
+        target = root / film["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_cxr / film["path"], target)
+        rows.append({"source": film["source"], "label": film["label"], "path": film["path"]})
+        if film["path"] in expert:
+            mask = root / "masks" / target.name
+            mask.parent.mkdir(exist_ok=True)
+            shutil.copy(expert[film["path"]], mask)
+            masks.append({"image": film["path"], "mask": f"masks/{target.name}"})
+    wrong = root / masks[-1]["mask"]  # the last normal's mask, cut to half its width: cannot be laid on the film
+    cv2.imwrite(str(wrong), cv2.imread(str(wrong), cv2.IMREAD_GRAYSCALE)[:, ::2])
+    (root / "shenzhen" / "Normal" / "scan-notes.png").write_bytes(b"typed notes, not an image")
+    rows.append({"source": "shenzhen", "label": "Normal", "path": "shenzhen/Normal/scan-notes.png"})
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["source", "label", "path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(root / "masks.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "mask"])
+        writer.writeheader()
+        writer.writerows(masks)
+    with open(root / "lesions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(boxes[0]))
+        writer.writeheader()
+        writer.writerows(row for row in boxes if row["path"] in boxed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(hospital):
+    return run_unseen_check(hospital, Predictor(Registry(models_dir()).resolve()), masks=hospital / "masks.csv", n_boot=50)
+
+
+def test_every_readable_film_is_scored_and_the_rest_listed_with_the_reason(report):
+    assert report["films"] == 8 and report["sources"] == ["shenzhen", "tbx11k"]
+    assert [entry["path"].endswith("scan-notes.png") for entry in report["skipped"]] == [True]
+    assert report["with_expert_masks"] == 5 and report["mask_problems"] == 1
+    assert report["with_lesion_boxes"] == 2
+    assert report["accuracy"]["n"] == 8 and 0 <= report["accuracy"]["roc_auc"] <= 1
+    assert report["per_source_roc_auc"]["shenzhen"] is not None and report["per_source_roc_auc"]["tbx11k"] is None
+
+
+def test_experts_masks_are_laid_on_the_same_view_as_the_lung_models_fields(report):
+    """Experts' masks and the lung model agree on these films (Dice about 0.96), so on each film the two
+    lung shares agree closely; a mask laid on the wrong grid (transposed, unscaled, not cut to the view's
+    box) would not."""
+    paired = [film for film in report["per_film"] if "experts' lungs" in film]
+    assert len(paired) == 5
+    for film in paired:
+        expert, model = film["experts' lungs"], film["lung model"]
+        assert abs(expert["lung_share"] - model["lung_share"]) < 0.05, film["path"]
+    tb = report["evidence"]["TB films, experts' lungs"]
+    assert tb["films"] == 3 and 0 <= tb["lung_share"] <= 1
+
+
+def test_lesion_figures_and_every_target_follow_from_the_films(report):
+    lesion_films = [film["lesions"] for film in report["per_film"] if "lesions" in film]
+    assert len(lesion_films) == 2
+    for film in lesion_films:
+        assert 0 < film["uniform_share"] < 0.5 and isinstance(film["pointing"], bool)
+    assert report["evidence"]["lesion films"]["pointing"] == sum(f["pointing"] for f in lesion_films) / 2
+    assert [t["target"] for t in report["targets"]] == [what for what, *_ in TARGETS]
+    for target in report["targets"]:
+        assert target["measured"] is not None
+        assert target["met"] == (target["measured"] >= target["at_least"])
+    table = "\n".join(report_lines(report))
+    assert "| lesion films: peak on a radiologist's box (pointing game) | 0.60 |" in table
+
+
+def test_the_command_writes_the_report_and_keeps_to_the_dataset_roots(hospital, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "check.json"
+    code = main(["check-unseen", "--data", str(hospital), "--masks", str(hospital / "masks.csv"),
+                 "--source", "shenzhen", "--out", str(out), "--n-boot", "20"])  # fmt: skip
+    assert code == 0
+    written = json.loads(out.read_text())
+    assert written["films"] == 6 and written["with_lesion_boxes"] == 0
+    printed = capsys.readouterr().out
+    assert "ROC-AUC" in printed and "| lesion films: peak on a radiologist's box (pointing game) | 0.60 | not measurable here | – |" in printed
+    monkeypatch.setenv("CXR_DATASET_ROOTS", str(tmp_path / "elsewhere"))
+    assert main(["check-unseen", "--data", str(hospital)]) == 2
+    assert "configured dataset folders" in capsys.readouterr().err
