@@ -251,7 +251,7 @@ def _check_unseen(args) -> int:
     report = run_unseen_check(data, Predictor(model_dir), masks=masks, sources=args.source, n_boot=args.n_boot)
     if args.out:
         write_json_atomic(Path(args.out), report)
-    print("\n".join(report_lines(report)))
+    print("\n".join(report_lines(report, json_written=bool(args.out))))
     return 0
 
 
@@ -545,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--data", required=True, help="labelled films (Kaggle folders, NLM, CSV, .zip); "
                        "lesions.csv beside them (path,kind,xmin,ymin,xmax,ymax) adds the lesion targets")  # fmt: skip
-    check.add_argument("--masks", default=None, help="experts' lung masks: a CSV of image,mask pairs")
+    check.add_argument("--masks", default=None, help="experts' lung masks: a CSV of image,mask pairs, both "
+                       "relative to the CSV's folder (films inside a .zip are not matched)")  # fmt: skip
     check.add_argument("--source", action="append", default=None, help="only films of this source (repeatable)")
     check.add_argument("--model", default=None, help="registry version (default: the one in use)")
     check.add_argument("--out", default=None, help="write the whole report (every film) as JSON")

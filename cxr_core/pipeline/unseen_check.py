@@ -26,7 +26,7 @@ from cxr_core.errors import CxrError, DatasetError
 
 # (what, measure, figure, at least): the issue's targets, as the evaluation and the README state them
 TARGETS = (
-    ("ROC-AUC at this hospital (the per-hospital LOSO target)", "roc_auc", "auc", 0.85),
+    ("ROC-AUC, all films of this set (the per-hospital LOSO target)", "roc_auc", "auc", 0.85),
     ("TB films: peak of evidence inside the experts' lung fields (grown 5 %)", "experts' lungs", "peak_in_lungs", 0.90),
     ("TB films: share of the map inside the experts' lung fields", "experts' lungs", "lung_share", 0.80),
     ("TB films: peak inside the lung model's fields (what the product reports)", "lung model", "peak_in_lungs", 0.90),
@@ -37,29 +37,54 @@ TARGETS = (
 
 
 def read_mask_manifest(path: str | Path) -> dict[str, str]:
-    """Experts' lung masks: a CSV with ``image`` and ``mask`` columns, relative to the CSV's folder.
-
-    Keyed by the image's real path, so a film is matched to its mask however the dataset names it.
+    """Experts' lung masks: a CSV with ``image`` and ``mask`` columns, both relative to the CSV's folder
+    (as ``lungs/manifest.csv``). Keyed by the image's real path, so a film is matched to its mask however
+    the dataset names it. Films inside .zip archives are not matched (their masks are not looked for).
     """
     path = Path(path)
     folder = path.parent
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns, rows = set(reader.fieldnames or ()), list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"the mask list {path.name} cannot be read ({error})") from error
-    if not rows or not {"image", "mask"} <= set(rows[0]):
+    if not {"image", "mask"} <= columns:
         raise DatasetError(f"the mask list {path.name} needs the columns image and mask (one row per film)")
-    return {os.path.realpath(folder / row["image"]): str(folder / row["mask"]) for row in rows}
+    pairs = {}
+    for line, row in enumerate(rows, start=2):
+        if not row.get("image") or not row.get("mask"):
+            raise DatasetError(f"the mask list {path.name}, line {line}: an image and a mask are both needed")
+        pairs[os.path.realpath(folder / row["image"])] = str(folder / row["mask"])
+    if not pairs:
+        raise DatasetError(f"the mask list {path.name} names no masks")
+    return pairs
+
+
+def _inside_roots(path: str) -> bool:
+    """The real path (symlinks and ``..`` followed) lies in a configured dataset root: a mask list must
+    not make the server read, or reveal the existence of, any file it can reach."""
+    from cxr_core.settings import dataset_roots
+
+    real = Path(os.path.realpath(path))
+    return any(Path(os.path.realpath(root)) in real.parents for root in dataset_roots())
 
 
 def _expert_lungs(mask_file: str, item) -> tuple[np.ndarray | None, str | None]:
-    """The expert's mask on the film's own pixel grid, or why it cannot be used."""
+    """The expert's mask (0/255) on the film's own pixel grid, or why it cannot be used."""
     import cv2
 
-    mask = cv2.imread(mask_file, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        return None, "mask file unreadable"
+    from cxr_core.imaging.decode import read_image
+
+    if not _inside_roots(mask_file):
+        return None, "mask outside the configured dataset folders: not read"
+    try:
+        mask = read_image(mask_file).pixels  # the product's decoder: its size limits apply
+    except (CxrError, OSError) as error:
+        return None, f"mask unreadable ({error})"
+    mask = np.where(mask > 0, 255, 0).astype(np.uint8)  # 0/1 and 0/255 masks alike
+    if not mask.any():
+        return None, "mask is empty"
     height, width = item.image.pixels.shape
     if mask.shape != (height, width):
         if abs(mask.shape[0] / mask.shape[1] - height / width) > 0.02:
@@ -78,7 +103,7 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
     out: dict = {"lung model": item.evidence}
     if raw is None:
         return out
-    side = max(64, 8 * raw.shape[0])  # the frame ScreenedImage.evidence and the evaluation measure in
+    side = max(64, 8 * raw.shape[0])  # ScreenedImage.evidence's frame (the network's input for the shipped one)
     if expert_mask is not None:
         region = expert_mask[box.top : box.bottom, box.left : box.right]
         _, grown = lungs_in_view(region, max(item.image.pixels.shape), side)
@@ -114,8 +139,16 @@ def run_unseen_check(
     if not records:
         wanted = f" of source {', '.join(sources)}" if sources else ""
         raise DatasetError(f"no labelled films{wanted} found in {Path(data_path).name}")
-    lesion_boxes = {os.path.realpath(k): v for k, v in read_lesion_boxes(dataset_root(Path(data_path))).items()}
+    try:
+        lesion_boxes = {os.path.realpath(k): v for k, v in read_lesion_boxes(dataset_root(Path(data_path))).items()}
+    except (KeyError, ValueError, TypeError, csv.Error) as error:
+        raise DatasetError(f"lesions.csv beside the films cannot be read: it needs path,xmin,ymin,xmax,ymax ({error})") from error
     expert_masks = read_mask_manifest(masks) if masks else {}
+    if expert_masks and not any(os.path.realpath(r.path) in expert_masks for r in records if not r.member):
+        raise DatasetError(
+            f"none of the {len(expert_masks)} images of the mask list is among these films: its image paths must "
+            "be relative to the mask list's own folder"
+        )
     skipped = [(path, reason) for path, reason in found.skipped]
     films: list[dict] = []
     for start in range(0, len(records), batch):
@@ -146,7 +179,9 @@ def run_unseen_check(
             films.append(film)
     if not films:
         raise DatasetError(f"none of the {len(records)} films could be screened; the first reason: {skipped[0][1]}")
-    return judge(films, skipped, predictor, n_boot=n_boot)
+    report = judge(films, skipped, predictor, n_boot=n_boot)
+    report["mask_list_rows"] = len(expert_masks)
+    return report
 
 
 def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> dict:
@@ -168,16 +203,26 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "lesion films": summarise_evidence([f["lesions"] for f in films if "lesions" in f]),
     }  # fmt: skip
     figures = {
-        "roc_auc": {"auc": accuracy.get("roc_auc") if both else None},
+        "roc_auc": {"auc": accuracy.get("roc_auc") if both else None, "auc_n": None},
         "lung model": evidence["TB films, lung model"] or {},
         "experts' lungs": evidence["TB films, experts' lungs"] or {},
         "lesions": evidence["lesion films"] or {},
     }
+    figures["roc_auc"].update(auc_n=len(films), auc_ci=accuracy.get("roc_auc_ci") if both else None)
     targets = []
     for what, group, key, least in TARGETS:
         value = figures[group].get(key)
-        targets.append({"target": what, "at_least": least, "measured": value,
-                        "met": None if value is None else bool(value >= least)})  # fmt: skip
+        n = figures[group].get("lesion_share_n" if key == "lesion_vs_uniform" else key + "_n")
+        ci = figures[group].get("auc_ci")
+        if key in ("peak_in_lungs", "pointing") and value is not None and n:
+            ci = list(metrics.wilson_interval(round(value * n), n))  # a share of films: Wilson, as the card
+        low = (ci or [None])[0]
+        targets.append({
+            "target": what, "at_least": least, "measured": value, "n": n, "ci": ci,
+            "met": None if value is None else bool(value >= least),
+            # met by the figure, but its 95 % interval reaches below the target: not yet established
+            "established": None if value is None or low is None else bool(low >= least),
+        })  # fmt: skip
     return {
         "model_version": predictor.version,
         "threshold": threshold,
@@ -199,7 +244,7 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
     }
 
 
-def report_lines(report: dict) -> list[str]:
+def report_lines(report: dict, json_written: bool = False) -> list[str]:
     """The report as a Markdown table a programme can paste into its decision record."""
 
     def shown(value, key: str) -> str:
@@ -208,21 +253,37 @@ def report_lines(report: dict) -> list[str]:
         return f"{value:.2f}x" if key == "lesion_vs_uniform" else f"{value:.3f}"
 
     acc = report["accuracy"]
+    left_out = len(report["skipped"])
     lines = [
         f"Model {report['model_version']} on {report['films']} films ({', '.join(report['sources'])}); "
-        f"{len(report['skipped'])} left out (listed in the JSON); {report['with_expert_masks']} with experts' "
-        f"lung masks, {report['with_lesion_boxes']} with lesion boxes.",
+        f"{left_out} left out{' (every one with its reason in the JSON)' if json_written and left_out else ''}; "
+        f"{report['with_expert_masks']} with experts' lung masks ({report.get('mask_list_rows', 0)} in the list, "
+        f"{report['mask_problems']} not usable), {report['with_lesion_boxes']} with lesion boxes.",
     ]
+    for entry in report["skipped"][:5]:
+        lines.append(f"- left out: {entry['path']}: {entry['reason']}")
     if acc.get("roc_auc") is not None:
         low, high = acc.get("roc_auc_ci") or (None, None)
+        interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
         lines.append(
-            f"ROC-AUC {acc['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}); at the threshold {report['threshold']:.4g}: "
+            f"ROC-AUC {acc['roc_auc']:.3f}{interval}; at the threshold {report['threshold']:.4g}: "
             f"sensitivity {acc['sensitivity']:.3f}, specificity {acc['specificity']:.3f}."
         )
-    lines += ["", "| target | at least | measured | met |", "|---|---|---|---|"]
+        per_source = {k: v for k, v in report["per_source_roc_auc"].items() if v is not None}
+        if len(report["sources"]) > 1 and per_source:
+            lines.append("Per source: " + ", ".join(f"{k} {v:.3f}" for k, v in per_source.items()) + ".")
+    lines += ["", "| target | at least | measured (95% CI) | films | met |", "|---|---|---|---|---|"]
     for target in report["targets"]:
         key = next(k for w, _, k, _ in TARGETS if w == target["target"])
-        met = "–" if target["met"] is None else ("yes" if target["met"] else "**no**")
+        if target["met"] is None:
+            met = "–"
+        elif not target["met"]:
+            met = "**no**"
+        else:
+            met = "yes" if target["established"] in (True, None) else "not established (the interval reaches below)"
         least = f"{target['at_least']:.2f}x" if key == "lesion_vs_uniform" else f"{target['at_least']:.2f}"
-        lines.append(f"| {target['target']} | {least} | {shown(target['measured'], key)} | {met} |")
+        measured = shown(target["measured"], key)
+        if target["ci"] and target["ci"][0] is not None:
+            measured += f" ({target['ci'][0]:.3f}-{target['ci'][1]:.3f})"
+        lines.append(f"| {target['target']} | {least} | {measured} | {target['n'] or '–'} | {met} |")
     return lines

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def hospital(shared_cxr, tmp_path_factory):
-    """Six Shenzhen films with their experts' masks (one mask of the wrong shape), two TBX11K films with
-    their radiologists' boxes, and a file that is not an X-ray."""
+    """Six Shenzhen films with their experts' masks (one moved to a corner of the film; one of
+    the wrong shape), two TBX11K films with their radiologists' boxes (one with a "mask" naming a file
+    outside the dataset folders), and a file that is not an X-ray."""
     root = tmp_path_factory.mktemp("hospital")
     lungs = shared_cxr.parent / "lungs"
     with open(lungs / "manifest.csv", newline="") as handle:
@@ -45,6 +46,11 @@ def hospital(shared_cxr, tmp_path_factory):
             masks.append({"image": film["path"], "mask": f"masks/{target.name}"})
     wrong = root / masks[-1]["mask"]  # the last normal's mask, cut to half its width: cannot be laid on the film
     cv2.imwrite(str(wrong), cv2.imread(str(wrong), cv2.IMREAD_GRAYSCALE)[:, ::2])
+    corner = root / masks[2]["mask"]  # the third TB film's "lungs": a small square in the film's lower left corner
+    square = cv2.imread(str(corner), cv2.IMREAD_GRAYSCALE) * 0
+    square[-square.shape[0] // 8 :, : square.shape[1] // 8] = 255
+    cv2.imwrite(str(corner), square)
+    masks.append({"image": boxed[0], "mask": "/etc/hostname"})  # outside every dataset folder: never read
     (root / "shenzhen" / "Normal" / "scan-notes.png").write_bytes(b"typed notes, not an image")
     rows.append({"source": "shenzhen", "label": "Normal", "path": "shenzhen/Normal/scan-notes.png"})
     with open(root / "manifest.csv", "w", newline="") as handle:
@@ -70,19 +76,25 @@ def report(hospital):
 def test_every_readable_film_is_scored_and_the_rest_listed_with_the_reason(report):
     assert report["films"] == 8 and report["sources"] == ["shenzhen", "tbx11k"]
     assert [entry["path"].endswith("scan-notes.png") for entry in report["skipped"]] == [True]
-    assert report["with_expert_masks"] == 5 and report["mask_problems"] == 1
+    assert report["with_expert_masks"] == 5 and report["mask_problems"] == 2 and report["mask_list_rows"] == 7
+    problems = [film.get("mask_problem") or "" for film in report["per_film"]]
+    assert sum("outside the configured dataset folders" in problem for problem in problems) == 1
     assert report["with_lesion_boxes"] == 2
     assert report["accuracy"]["n"] == 8 and 0 <= report["accuracy"]["roc_auc"] <= 1
     assert report["per_source_roc_auc"]["shenzhen"] is not None and report["per_source_roc_auc"]["tbx11k"] is None
 
 
-def test_experts_masks_are_laid_on_the_same_view_as_the_lung_models_fields(report):
+def test_experts_masks_are_laid_on_the_same_view_as_the_lung_models_fields(report, hospital):
     """Experts' masks and the lung model agree on these films (Dice about 0.96), so on each film the two
-    lung shares agree closely; a mask laid on the wrong grid (transposed, unscaled, not cut to the view's
-    box) would not."""
+    lung shares agree closely; a mask laid on the wrong grid (flipped, unscaled, not cut to the view's
+    box) would not. The mask moved to a corner shows the experts' mask, not the lung model's, is measured."""
     paired = [film for film in report["per_film"] if "experts' lungs" in film]
     assert len(paired) == 5
-    for film in paired:
+    with open(hospital / "masks.csv", newline="") as handle:
+        moved = list(csv.DictReader(handle))[2]["image"]
+    cornered = next(film for film in paired if film["path"].endswith(moved))
+    assert cornered["experts' lungs"]["lung_share"] < 0.2 and cornered["lung model"]["lung_share"] > 0.9
+    for film in (film for film in paired if film is not cornered):
         expert, model = film["experts' lungs"], film["lung model"]
         assert abs(expert["lung_share"] - model["lung_share"]) < 0.05, film["path"]
     tb = report["evidence"]["TB films, experts' lungs"]
@@ -97,8 +109,12 @@ def test_lesion_figures_and_every_target_follow_from_the_films(report):
     assert report["evidence"]["lesion films"]["pointing"] == sum(f["pointing"] for f in lesion_films) / 2
     assert [t["target"] for t in report["targets"]] == [what for what, *_ in TARGETS]
     for target in report["targets"]:
-        assert target["measured"] is not None
+        assert target["measured"] is not None and target["n"] >= 2
         assert target["met"] == (target["measured"] >= target["at_least"])
+        low, high = target["ci"] or (None, None)
+        if target["target"].startswith(("ROC-AUC", "TB films: peak", "lesion films: peak")):
+            assert low <= target["measured"] <= high  # bootstrap for the AUC, Wilson for shares of films
+            assert target["established"] == (low >= target["at_least"])
     table = "\n".join(report_lines(report))
     assert "| lesion films: peak on a radiologist's box (pointing game) | 0.60 |" in table
 
@@ -111,7 +127,15 @@ def test_the_command_writes_the_report_and_keeps_to_the_dataset_roots(hospital, 
     written = json.loads(out.read_text())
     assert written["films"] == 6 and written["with_lesion_boxes"] == 0
     printed = capsys.readouterr().out
-    assert "ROC-AUC" in printed and "| lesion films: peak on a radiologist's box (pointing game) | 0.60 | not measurable here | – |" in printed
+    assert "ROC-AUC" in printed
+    assert "| lesion films: peak on a radiologist's box (pointing game) | 0.60 | not measurable here | – | – |" in printed
+    stray = tmp_path / "stray-masks.csv"  # a list whose images are none of these films: said, not ignored
+    stray.write_text("image,mask\nelsewhere/film.png,elsewhere/mask.png\n")
+    assert main(["check-unseen", "--data", str(hospital), "--masks", str(stray)]) == 2
+    assert "none of the 1 images of the mask list is among these films" in capsys.readouterr().err
+    stray.write_text("film,lungs\nx.png,y.png\n")
+    assert main(["check-unseen", "--data", str(hospital), "--masks", str(stray)]) == 2
+    assert "needs the columns image and mask" in capsys.readouterr().err
     monkeypatch.setenv("CXR_DATASET_ROOTS", str(tmp_path / "elsewhere"))
     assert main(["check-unseen", "--data", str(hospital)]) == 2
     assert "configured dataset folders" in capsys.readouterr().err
