@@ -208,7 +208,8 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "experts' lungs": evidence["TB films, experts' lungs"] or {},
         "lesions": evidence["lesion films"] or {},
     }
-    figures["roc_auc"].update(auc_n=len(films), auc_ci=accuracy.get("roc_auc_ci") if both else None)
+    if both:  # one class alone has no ROC-AUC
+        figures["roc_auc"].update(auc_n=len(films), auc_ci=accuracy.get("roc_auc_ci"))
     targets = []
     for what, group, key, least in TARGETS:
         value = figures[group].get(key)
