@@ -18,6 +18,17 @@ import sys
 from pathlib import Path
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as dotted keys (``augment.zoom_in``), so each one is compared on its own."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a loso --save-models output folder (loso.json, models/)")
@@ -35,9 +46,10 @@ def main() -> int:
         return 2
     loso = json.loads((args.run / "loso.json").read_text())
     metadata = json.loads((args.like / "metadata.json").read_text())
-    differs = sorted(
-        key for key in set(loso["params"]) | set(metadata.get("params") or {})
-        if key != "seed" and loso["params"].get(key) != (metadata.get("params") or {}).get(key)
+    fold_settings, template_settings = _flat(loso["params"]), _flat(metadata.get("params") or {})
+    differs = sorted(  # settings added to the code since one of the two ran are missing there: not compared
+        key for key in set(fold_settings) & set(template_settings)
+        if key != "seed" and fold_settings[key] != template_settings[key]
     )  # fmt: skip
     if differs:  # the fold would be scored on another recipe's input or described by another's settings
         print(f"the fold's training settings differ from {args.like.name}'s: {', '.join(differs)}", file=sys.stderr)
