@@ -245,13 +245,16 @@ def _check_unseen(args) -> int:
         allowed_dataset_path(masks.parent)
         if not masks.is_file():
             raise CxrError(f"there is no mask list at {args.masks}")
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):  # before minutes of scoring, not after
+        raise CxrError(f"--out {args.out} must name a file in an existing folder")
     model_dir, warning = Registry().resolve_with_warning(args.model)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     report = run_unseen_check(data, Predictor(model_dir), masks=masks, sources=args.source, n_boot=args.n_boot)
-    if args.out:
-        write_json_atomic(Path(args.out), report)
-    print("\n".join(report_lines(report, json_written=bool(args.out))))
+    print("\n".join(report_lines(report, json_written=out is not None)))  # shown even if the file fails
+    if out is not None:
+        write_json_atomic(out, report)
     return 0
 
 
@@ -543,12 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
         "check-unseen",
         help="a hospital in no data here: the model in use on its labelled films, against its experts' marks",
     )
-    check.add_argument("--data", required=True, help="labelled films (Kaggle folders, NLM, CSV, .zip); "
-                       "lesions.csv beside them (path,kind,xmin,ymin,xmax,ymax) adds the lesion targets")  # fmt: skip
+    check.add_argument("--data", required=True, help="labelled films (Kaggle folders, NLM, manifest, .zip); "
+                       "lesions.csv beside them (path,xmin,ymin,xmax,ymax) adds the lesion targets")  # fmt: skip
     check.add_argument("--masks", default=None, help="experts' lung masks: a CSV of image,mask pairs, both "
                        "relative to the CSV's folder (films inside a .zip are not matched)")  # fmt: skip
     check.add_argument("--source", action="append", default=None, help="only films of this source (repeatable)")
-    check.add_argument("--model", default=None, help="registry version (default: the one in use)")
+    check.add_argument("--model", default=None, help="registry version or model folder (default: the one in use)")
     check.add_argument("--out", default=None, help="write the whole report (every film) as JSON")
     check.add_argument("--n-boot", type=int, default=1000)
     check.set_defaults(handler=_check_unseen)

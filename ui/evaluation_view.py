@@ -807,7 +807,10 @@ def training_data_folder(evaluation: Evaluation) -> str | None:
     place is picked up on the next run.
     """
     relative = tuple(row["path"] for row in evaluation.predictions if row["path"] and not os.path.isabs(row["path"]))
-    located = locate_recorded_dataset(evaluation.metadata.get("data_path"), holds=relative[:3])
+    try:
+        located = locate_recorded_dataset(evaluation.metadata.get("data_path"), holds=relative[:3])
+    except OSError:  # a folder the server may not read: the page says the data is not found, it does not fail
+        return None
     return str(located) if located else None
 
 

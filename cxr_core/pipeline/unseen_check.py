@@ -24,7 +24,9 @@ import numpy as np
 from cxr_core import metrics
 from cxr_core.errors import CxrError, DatasetError
 
-# (what, measure, figure, at least): the issue's targets, as the evaluation and the README state them
+# (what, where it is measured, figure, at least): the issue's targets that one hospital's films can answer.
+# Not here: the LOSO mean over hospitals, within-source AUC (a split of the development data), strips and
+# markers (`evaluate` measures those on any ingest).
 TARGETS = (
     ("ROC-AUC, all films of this set (the per-hospital LOSO target)", "roc_auc", "auc", 0.85),
     ("TB films: peak of evidence inside the experts' lung fields (grown 5 %)", "experts' lungs", "peak_in_lungs", 0.90),
@@ -147,7 +149,7 @@ def run_unseen_check(
     if expert_masks and not any(os.path.realpath(r.path) in expert_masks for r in records if not r.member):
         raise DatasetError(
             f"none of the {len(expert_masks)} images of the mask list is among these films: its image paths must "
-            "be relative to the mask list's own folder"
+            "be relative to the mask list's own folder (films inside a .zip are never matched to masks)"
         )
     skipped = [(path, reason) for path, reason in found.skipped]
     films: list[dict] = []
@@ -180,7 +182,7 @@ def run_unseen_check(
     if not films:
         raise DatasetError(f"none of the {len(records)} films could be screened; the first reason: {skipped[0][1]}")
     report = judge(films, skipped, predictor, n_boot=n_boot)
-    report["mask_list_rows"] = len(expert_masks)
+    report["mask_list_images"] = len(expert_masks)
     return report
 
 
@@ -258,7 +260,7 @@ def report_lines(report: dict, json_written: bool = False) -> list[str]:
     lines = [
         f"Model {report['model_version']} on {report['films']} films ({', '.join(report['sources'])}); "
         f"{left_out} left out{' (every one with its reason in the JSON)' if json_written and left_out else ''}; "
-        f"{report['with_expert_masks']} with experts' lung masks ({report.get('mask_list_rows', 0)} in the list, "
+        f"{report['with_expert_masks']} with experts' lung masks ({report.get('mask_list_images', 0)} in the list, "
         f"{report['mask_problems']} not usable), {report['with_lesion_boxes']} with lesion boxes.",
     ]
     for entry in report["skipped"][:5]:

@@ -76,7 +76,7 @@ def report(hospital):
 def test_every_readable_film_is_scored_and_the_rest_listed_with_the_reason(report):
     assert report["films"] == 8 and report["sources"] == ["shenzhen", "tbx11k"]
     assert [entry["path"].endswith("scan-notes.png") for entry in report["skipped"]] == [True]
-    assert report["with_expert_masks"] == 5 and report["mask_problems"] == 2 and report["mask_list_rows"] == 7
+    assert report["with_expert_masks"] == 5 and report["mask_problems"] == 2 and report["mask_list_images"] == 7
     problems = [film.get("mask_problem") or "" for film in report["per_film"]]
     assert sum("outside the configured dataset folders" in problem for problem in problems) == 1
     assert report["with_lesion_boxes"] == 2
