@@ -129,6 +129,8 @@ def test_the_command_writes_the_report_and_keeps_to_the_dataset_roots(hospital, 
     printed = capsys.readouterr().out
     assert "ROC-AUC" in printed
     assert "| lesion films: peak on a radiologist's box (pointing game) | 0.60 | not measurable here | – | – |" in printed
+    assert main(["check-unseen", "--data", str(hospital), "--out", str(tmp_path)]) == 2  # refused before scoring
+    assert "must name a file in an existing folder" in capsys.readouterr().err
     stray = tmp_path / "stray-masks.csv"  # a list whose images are none of these films: said, not ignored
     stray.write_text("image,mask\nelsewhere/film.png,elsewhere/mask.png\n")
     assert main(["check-unseen", "--data", str(hospital), "--masks", str(stray)]) == 2
