@@ -39,12 +39,11 @@ def main() -> int:
     args = parser.parse_args()
 
     network = args.run / "models" / f"loso-{args.holdout}-s{args.seed}.keras"
-    runs = json.loads((args.run / "loso.json").read_text())["runs"]
-    fold = [r for r in runs if r["kind"] == "loso" and r["holdout"] == args.holdout and r["seed"] == args.seed]
+    loso = json.loads((args.run / "loso.json").read_text())
+    fold = [r for r in loso["runs"] if r["kind"] == "loso" and r["holdout"] == args.holdout and r["seed"] == args.seed]
     if not network.is_file() or len(fold) != 1:
         print(f"no fold network or record for {args.holdout} seed {args.seed} in {args.run}", file=sys.stderr)
         return 2
-    loso = json.loads((args.run / "loso.json").read_text())
     metadata = json.loads((args.like / "metadata.json").read_text())
     fold_settings, template_settings = _flat(loso["params"]), _flat(metadata.get("params") or {})
     differs = sorted(  # settings added to the code since one of the two ran are missing there: not compared

@@ -134,12 +134,26 @@ def locate_recorded_dataset(recorded: str | os.PathLike | None, holds: tuple[str
     for tail in tails:
         for root in dataset_roots():
             candidate = root / tail
-            real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(candidate))
-            if not candidate.exists() or real_root not in real.parents:
+            if not candidate.exists() or not real_path_inside(candidate, allowed_bases(root)):
                 continue
             if all((dataset_root(candidate) / held).exists() for held in holds):
                 return candidate
     return None
+
+
+def allowed_bases(*folders: str | os.PathLike) -> list[Path]:
+    """The real paths of ``folders``, or of the configured dataset roots when none are given: resolved
+    once, so checking many files against them costs no further look-ups of the roots."""
+    from cxr_core.settings import dataset_roots
+
+    return [Path(os.path.realpath(folder)) for folder in (folders or dataset_roots())]
+
+
+def real_path_inside(path: str | os.PathLike, bases: list[Path]) -> bool:
+    """The real path (symlinks and ``..`` followed) is one of ``bases`` or lies under one: checked on the
+    resolved path, so neither a symlink nor a ``..`` can hide where a file really is."""
+    real = Path(os.path.realpath(path))
+    return any(real == base or base in real.parents for base in bases)
 
 
 OUTSIDE_ROOTS = (
@@ -155,13 +169,10 @@ def inside_allowed_roots(records: list, root: str, skipped: list[tuple[str, str]
     let a dataset pull any file the server can read (another patient's films, a key) into training, the
     evaluation gallery or an error message. Checked on the resolved path, so a symlink cannot hide it.
     """
-    from cxr_core.settings import dataset_roots
-
-    allowed = [Path(os.path.realpath(root)), *(Path(os.path.realpath(r)) for r in dataset_roots())]
+    allowed = allowed_bases(root) + allowed_bases()
     kept = []
     for record in records:
-        real = Path(os.path.realpath(record.path))
-        if any(real == base or base in real.parents for base in allowed):
+        if real_path_inside(record.path, allowed):
             kept.append(record)
         else:
             skipped.append((record.path, OUTSIDE_ROOTS))

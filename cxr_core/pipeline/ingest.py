@@ -538,10 +538,18 @@ def load_extras(ingest_dir: str | Path, rows: list[dict]) -> dict[str, np.ndarra
     return {"masks": masks, "thumbs": thumbs, "available": available}
 
 
+def lesion_mask(boxes_in_frame, side: int) -> np.ndarray:
+    """(side, side) uint8 0/1: boxes already in the network's frame (:func:`boxes_in_view`), filled out
+    to whole pixels, so every path that measures lesion evidence draws the boxes alike."""
+    out = np.zeros((side, side), np.uint8)
+    for x0, y0, x1, y1 in boxes_in_frame:
+        out[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = 1
+    return out
+
+
 def lesion_masks(rows: list[dict], side: int) -> np.ndarray:
     """(n, side, side) uint8 0/1: the radiologists' boxes of each row in the network's frame (0 if none)."""
     out = np.zeros((len(rows), side, side), np.uint8)
     for i, row in enumerate(rows):
-        for x0, y0, x1, y1 in json.loads(row.get("lesions") or "[]"):
-            out[i, int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = 1
+        out[i] = lesion_mask(json.loads(row.get("lesions") or "[]"), side)
     return out

@@ -63,22 +63,18 @@ def read_mask_manifest(path: str | Path) -> dict[str, str]:
     return pairs
 
 
-def _inside_roots(path: str) -> bool:
-    """The real path (symlinks and ``..`` followed) lies in a configured dataset root: a mask list must
-    not make the server read, or reveal the existence of, any file it can reach."""
-    from cxr_core.settings import dataset_roots
+def _expert_lungs(mask_file: str, item, roots: list[Path]) -> tuple[np.ndarray | None, str | None]:
+    """The expert's mask (0/255) on the film's own pixel grid, or why it cannot be used.
 
-    real = Path(os.path.realpath(path))
-    return any(Path(os.path.realpath(root)) in real.parents for root in dataset_roots())
-
-
-def _expert_lungs(mask_file: str, item) -> tuple[np.ndarray | None, str | None]:
-    """The expert's mask (0/255) on the film's own pixel grid, or why it cannot be used."""
+    Only inside the dataset roots: a mask list must not make the server read, or reveal the existence
+    of, any file it can reach.
+    """
     import cv2
 
     from cxr_core.imaging.decode import read_image
+    from cxr_core.pipeline.dataset_roots import real_path_inside
 
-    if not _inside_roots(mask_file):
+    if not real_path_inside(mask_file, roots):
         return None, "mask outside the configured dataset folders: not read"
     try:
         mask = read_image(mask_file).pixels  # the product's decoder: its size limits apply
@@ -99,7 +95,7 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
     """One screened film's evidence: against the lung model's fields (as the product reports it), the
     experts' mask, and the radiologists' boxes, all in the network's view as evaluation measures them."""
     from cxr_core.modelling.evidence import film_evidence, lungs_in_view
-    from cxr_core.pipeline.ingest import boxes_in_view
+    from cxr_core.pipeline.ingest import boxes_in_view, lesion_mask
 
     raw, box = item.prediction.raw_heatmap, item.box
     out: dict = {"lung model": item.evidence}
@@ -111,9 +107,7 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
         _, grown = lungs_in_view(region, max(item.image.pixels.shape), side)
         out["experts' lungs"] = film_evidence(raw, grown)
     if boxes:
-        lesions = np.zeros((side, side), np.uint8)
-        for x0, y0, x1, y1 in boxes_in_view(boxes, box, side):
-            lesions[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = 1
+        lesions = lesion_mask(boxes_in_view(boxes, box, side), side)
         if lesions.any():
             out["lesions"] = film_evidence(raw, None, lesions)
     return out
@@ -132,6 +126,7 @@ def run_unseen_check(
     Unreadable films, and films the serving path refuses (not a chest X-ray, no plausible lungs), are
     listed with their reason and left out, never fatal: the report says how many.
     """
+    from cxr_core.pipeline.dataset_roots import allowed_bases
     from cxr_core.pipeline.datasets import discover, read_record_bytes
     from cxr_core.pipeline.evaluate import dataset_root
     from cxr_core.pipeline.ingest import read_lesion_boxes
@@ -151,6 +146,7 @@ def run_unseen_check(
             f"none of the {len(expert_masks)} images of the mask list is among these films: its image paths must "
             "be relative to the mask list's own folder (films inside a .zip are never matched to masks)"
         )
+    roots = allowed_bases()
     skipped = [(path, reason) for path, reason in found.skipped]
     films: list[dict] = []
     for start in range(0, len(records), batch):
@@ -168,7 +164,7 @@ def run_unseen_check(
             real = os.path.realpath(record.path) if not record.member else None
             mask, mask_problem = (None, None)
             if real in expert_masks:
-                mask, mask_problem = _expert_lungs(expert_masks[real], item)
+                mask, mask_problem = _expert_lungs(expert_masks[real], item, roots)
             film = {
                 "path": record.display_path,
                 "source": record.source,
@@ -205,13 +201,13 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "lesion films": summarise_evidence([f["lesions"] for f in films if "lesions" in f]),
     }  # fmt: skip
     figures = {
-        "roc_auc": {"auc": accuracy.get("roc_auc") if both else None, "auc_n": None},
+        # one class alone has no ROC-AUC
+        "roc_auc": {"auc": accuracy.get("roc_auc"), "auc_n": len(films), "auc_ci": accuracy.get("roc_auc_ci")}
+        if both else {},
         "lung model": evidence["TB films, lung model"] or {},
         "experts' lungs": evidence["TB films, experts' lungs"] or {},
         "lesions": evidence["lesion films"] or {},
     }
-    if both:  # one class alone has no ROC-AUC
-        figures["roc_auc"].update(auc_n=len(films), auc_ci=accuracy.get("roc_auc_ci"))
     targets = []
     for what, group, key, least in TARGETS:
         value = figures[group].get(key)
