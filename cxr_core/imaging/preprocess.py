@@ -314,19 +314,53 @@ def _border_run(means: np.ndarray, stds: np.ndarray, limit: int) -> int:
     return run
 
 
+FIRST_BORDER_BLOCK = 16  # lines measured at once from each edge; most films have no strip at all
+
+
+def _edge_run(lines, limit: int) -> int:
+    """Border lines from one edge, measuring only as far as the run goes.
+
+    ``lines(start, stop)`` gives those lines (counted from the edge) as rows of a float32 array. Each
+    line's mean and spread are computed exactly as over the whole picture (the same per-line
+    reduction), but the picture's middle, which the run never reaches, is not measured: on every path
+    that meets a film (lung input and content box) this was a quarter of the CPU of the lung network.
+    """
+    run, start, block = 0, 0, FIRST_BORDER_BLOCK
+    while start < limit:
+        stop = min(limit, start + block)
+        pixels = lines(start, stop)
+        found = _border_run(pixels.mean(axis=1), pixels.std(axis=1), stop - start)
+        run += found
+        if found < stop - start:
+            break
+        start, block = stop, block * 4
+    return run
+
+
 def _trim_uniform_borders(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     height, width = gray.shape
     if height < 8 or width < 8:
         return gray, (0, 0)
-    pixels = gray.astype(np.float32)
-    row_mean, row_std = pixels.mean(axis=1), pixels.std(axis=1)
-    col_mean, col_std = pixels.mean(axis=0), pixels.std(axis=0)
     row_limit = int(height * MAX_BORDER_FRACTION)
     col_limit = int(width * MAX_BORDER_FRACTION)
-    top = _border_run(row_mean, row_std, row_limit)
-    bottom = _border_run(row_mean[::-1], row_std[::-1], row_limit)
-    left = _border_run(col_mean, col_std, col_limit)
-    right = _border_run(col_mean[::-1], col_std[::-1], col_limit)
+    columns = gray.T  # a view: a column's line is read as a row, its values in the same order
+
+    def from_top(start, stop):
+        return gray[start:stop].astype(np.float32)
+
+    def from_bottom(start, stop):
+        return gray[height - stop : height - start][::-1].astype(np.float32)
+
+    def from_left(start, stop):
+        return columns[start:stop].astype(np.float32)
+
+    def from_right(start, stop):
+        return columns[width - stop : width - start][::-1].astype(np.float32)
+
+    top = _edge_run(from_top, row_limit)
+    bottom = _edge_run(from_bottom, row_limit)
+    left = _edge_run(from_left, col_limit)
+    right = _edge_run(from_right, col_limit)
     return gray[top : height - bottom, left : width - right], (top, left)
 
 

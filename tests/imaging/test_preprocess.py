@@ -73,3 +73,50 @@ def test_to_model_input_is_decode_check_preprocess(real_xray_path):
 def test_flat_image_does_not_crash():
     out, box = preprocess_with_box(np.full((300, 300), 77, np.uint8))
     assert out.shape == (128, 128) and isinstance(box, CropBox)
+
+
+def _trim_measuring_every_line(gray):
+    """The border trim as it was first written: every line's mean and spread, then the runs."""
+    from cxr_core.imaging.preprocess import MAX_BORDER_FRACTION, _border_run
+
+    height, width = gray.shape
+    pixels = gray.astype(np.float32)
+    row_mean, row_std = pixels.mean(axis=1), pixels.std(axis=1)
+    col_mean, col_std = pixels.mean(axis=0), pixels.std(axis=0)
+    row_limit, col_limit = int(height * MAX_BORDER_FRACTION), int(width * MAX_BORDER_FRACTION)
+    top = _border_run(row_mean, row_std, row_limit)
+    bottom = _border_run(row_mean[::-1], row_std[::-1], row_limit)
+    left = _border_run(col_mean, col_std, col_limit)
+    right = _border_run(col_mean[::-1], col_std[::-1], col_limit)
+    return (top, left), (height - top - bottom, width - left - right)
+
+
+def test_the_trim_measures_only_the_edges_and_finds_what_measuring_every_line_finds(shared_cxr):
+    """Real films of every source, bare and with strips from 1 line to past the quarter limit.
+
+    The trim measures lines from each edge in growing blocks and stops at the first line with
+    content; a strip as wide as a block, or wider, must still be found whole.
+    """
+    from conftest import shared_records
+
+    from cxr_core.imaging.preprocess import FIRST_BORDER_BLOCK, _trim_uniform_borders
+
+    rng = np.random.default_rng(7)
+    widths = [1, FIRST_BORDER_BLOCK - 1, FIRST_BORDER_BLOCK, FIRST_BORDER_BLOCK + 1, 5 * FIRST_BORDER_BLOCK, 200]
+    trimmed_any = 0
+    for source in ("shenzhen", "da", "rahmandb", "tbx11k", "openist"):
+        for row in shared_records(source)[:4]:
+            film = np.array(Image.open(shared_cxr / row["path"]).convert("L"))
+            variants = [film]
+            for width in widths:
+                framed = film.copy()
+                value = int(rng.choice([0, 3, 250, 255]))
+                edge = int(rng.integers(4))
+                region = [np.s_[:width], np.s_[-width:], np.s_[:, :width], np.s_[:, -width:]][edge]
+                framed[region] = value
+                variants.append(framed)
+            for picture in variants:
+                trimmed, corner = _trim_uniform_borders(picture)
+                assert (corner, trimmed.shape) == _trim_measuring_every_line(picture)
+                trimmed_any += trimmed.shape != picture.shape
+    assert trimmed_any >= 5 * 4 * len(widths) // 2, "most framed films should have lost their strip"
