@@ -328,7 +328,10 @@ def _edge_run(lines, limit: int) -> int:
     run, start, block = 0, 0, FIRST_BORDER_BLOCK
     while start < limit:
         stop = min(limit, start + block)
-        pixels = lines(start, stop)
+        # Never a block of one line: a lone column is contiguous, numpy would sum it pairwise instead of
+        # line by line, and its spread could differ in the last bit right at BORDER_STD. The extra line
+        # exists (limit is a quarter of the side) and is not judged.
+        pixels = lines(start, max(stop, start + 2))
         found = _border_run(pixels.mean(axis=1), pixels.std(axis=1), stop - start)
         run += found
         if found < stop - start:

@@ -120,3 +120,35 @@ def test_the_trim_measures_only_the_edges_and_finds_what_measuring_every_line_fi
                 assert (corner, trimmed.shape) == _trim_measuring_every_line(picture)
                 trimmed_any += trimmed.shape != picture.shape
     assert trimmed_any >= 5 * 4 * len(widths) // 2, "most framed films should have lost their strip"
+
+
+def test_a_last_block_of_one_line_is_judged_as_measuring_every_line_judges_it():
+    """A column whose spread is BORDER_STD to the last bit, alone in the trim's last block.
+
+    At widths where the quarter limit leaves a single line after the first block (68-71 columns:
+    limit 17), that line was measured on its own, summed another way: this column's spread came out
+    5.9999995 (border) where the whole-picture measurement gives 6.0 (content), and the two trims
+    differed by one column (found in review).
+    """
+    from cxr_core.imaging.preprocess import FIRST_BORDER_BLOCK, _trim_uniform_borders
+
+    # 100 integers with a variance of exactly 36 (found by a search over normal samples)
+    column = np.array(COLUMN_WITH_SPREAD_SIX, np.uint8)
+    rng = np.random.default_rng(0)
+    picture = rng.integers(40, 221, size=(column.size, 70)).astype(np.uint8)
+    picture[:, :FIRST_BORDER_BLOCK] = 0
+    picture[:, FIRST_BORDER_BLOCK] = column
+    expected_left = FIRST_BORDER_BLOCK  # the column is content, measured as a whole picture's column
+    assert _trim_measuring_every_line(picture)[0][1] == expected_left
+    for variant in (picture, picture[:, ::-1], np.ascontiguousarray(picture.T), picture.T):
+        trimmed, corner = _trim_uniform_borders(variant)
+        assert (corner, trimmed.shape) == _trim_measuring_every_line(variant)
+
+
+COLUMN_WITH_SPREAD_SIX = [
+    95, 106, 95, 108, 113, 101, 99, 92, 103, 90, 97, 97, 103, 105, 103, 101, 101, 99, 93, 96, 98, 97, 87,
+    105, 101, 101, 101, 97, 110, 112, 105, 101, 100, 94, 99, 107, 112, 96, 105, 102, 91, 90, 104, 89, 102,
+    100, 107, 93, 88, 106, 89, 102, 106, 99, 103, 99, 102, 97, 93, 106, 108, 100, 100, 96, 103, 111, 109,
+    92, 100, 106, 109, 102, 94, 106, 98, 102, 100, 101, 98, 98, 94, 100, 95, 81, 91, 102, 101, 104, 92,
+    104, 108, 92, 99, 95, 101, 101, 101, 96, 98, 99,
+]  # fmt: skip
