@@ -5,7 +5,8 @@ plus three re-encoded copies of each with small perturbations (a brightness offs
 noise: different bytes, so every copy is decoded and hashed, and a near duplicate of its original).
 Subject: ``cxr_core.pipeline.ingest.run_ingest`` with the ``ingest`` section of params.yaml, each run in a
 fresh process (decoders imported and the lung model loaded before its clock starts, the loading reported
-apart) whose whole process tree's RSS is sampled every 25 ms.
+apart, and an empty lung cache of its own: a first ingest) whose whole process tree's RSS is sampled
+every 25 ms.
 Baselines, measured in the same run around each ingest: the decode-and-resize-only limit on the same
 files (throughput), and the original approach, float32 images accumulated in a list, stacked and
 pickled, in a fresh process likewise (memory; it runs no lung model, so its speed is not comparable).
@@ -20,6 +21,7 @@ step, measured apart on real files of every source (``stages``), and the ratio t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -148,9 +150,13 @@ def child_original(data: Path, out: Path) -> dict:
 
 def run_child(kind: str, data: Path, out: Path) -> dict:
     """One ingest in a fresh process; its time (measured inside) and the peak RSS of its process tree."""
+    # A lung cache of its own, empty: the project's work/cache (filled by any earlier ingest of the same
+    # films, e.g. a LOSO run) or the N run's entries would let the 4N run skip the lung network.
+    cache = out.parent / f"lung-cache-{out.name}"
     process = subprocess.Popen(
         [PYTHON, __file__, "--child", kind, str(data), str(out)],
         cwd=ROOT,
+        env={**os.environ, "CXR_LUNG_CACHE_DIR": str(cache)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
