@@ -317,13 +317,14 @@ def _border_run(means: np.ndarray, stds: np.ndarray, limit: int) -> int:
 FIRST_BORDER_BLOCK = 16  # lines measured at once from each edge; most films have no strip at all
 
 
-def _edge_run(lines, limit: int) -> int:
+def _edge_run(lines: np.ndarray, limit: int) -> int:
     """Border lines from one edge, measuring only as far as the run goes.
 
-    ``lines(start, stop)`` gives those lines (counted from the edge) as rows of a float32 array. Each
-    line's mean and spread are computed exactly as over the whole picture (the same per-line
-    reduction), but the picture's middle, which the run never reaches, is not measured: on every path
-    that meets a film (lung input and content box) this was a quarter of the CPU of the lung network.
+    ``lines`` is a view of the picture whose rows are its lines counted from that edge (``gray``,
+    ``gray[::-1]``, ``gray.T``, ``gray.T[::-1]``). Each line's mean and spread are computed exactly as
+    over the whole picture (the same per-line reduction), but the picture's middle, which the run never
+    reaches, is not measured: on every path that meets a film (lung input and content box) this was a
+    quarter of the CPU of the lung network.
     """
     run, start, block = 0, 0, FIRST_BORDER_BLOCK
     while start < limit:
@@ -331,7 +332,7 @@ def _edge_run(lines, limit: int) -> int:
         # Never a block of one line: a lone column is contiguous, numpy would sum it pairwise instead of
         # line by line, and its spread could differ in the last bit right at BORDER_STD. The extra line
         # exists (limit is a quarter of the side) and is not judged.
-        pixels = lines(start, max(stop, start + 2))
+        pixels = lines[start : max(stop, start + 2)].astype(np.float32)
         found = _border_run(pixels.mean(axis=1), pixels.std(axis=1), stop - start)
         run += found
         if found < stop - start:
@@ -346,24 +347,11 @@ def _trim_uniform_borders(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int]
         return gray, (0, 0)
     row_limit = int(height * MAX_BORDER_FRACTION)
     col_limit = int(width * MAX_BORDER_FRACTION)
-    columns = gray.T  # a view: a column's line is read as a row, its values in the same order
-
-    def from_top(start, stop):
-        return gray[start:stop].astype(np.float32)
-
-    def from_bottom(start, stop):
-        return gray[height - stop : height - start][::-1].astype(np.float32)
-
-    def from_left(start, stop):
-        return columns[start:stop].astype(np.float32)
-
-    def from_right(start, stop):
-        return columns[width - stop : width - start][::-1].astype(np.float32)
-
-    top = _edge_run(from_top, row_limit)
-    bottom = _edge_run(from_bottom, row_limit)
-    left = _edge_run(from_left, col_limit)
-    right = _edge_run(from_right, col_limit)
+    # views, no copies: each edge's lines as rows, in the order the run walks them
+    top = _edge_run(gray, row_limit)
+    bottom = _edge_run(gray[::-1], row_limit)
+    left = _edge_run(gray.T, col_limit)
+    right = _edge_run(gray.T[::-1], col_limit)
     return gray[top : height - bottom, left : width - right], (top, left)
 
 
