@@ -116,6 +116,11 @@ class TrainSettings:
     # Within each class, sources are balanced up to this weight per image, so a source that supplies few
     # images of a class counts for more and "this hospital means TB" costs the network something.
     max_source_weight: float = 20.0
+    # Loss weight of a source that supplies only one class to the training split (TBX11K: TB only, Open-i:
+    # normals only): "looks like TBX11K" separates the classes as well as the disease does. 0 keeps such
+    # films out of the classification loss and of early stopping's validation AUC, but they still teach
+    # the evidence loss where to look (lung fields, TBX11K's lesion boxes).
+    single_class_source_weight: float = 1.0
     seed: int = 42
     optimizer: str = "adam"  # or "adamw" (with weight_decay)
     weight_decay: float = 0.0001

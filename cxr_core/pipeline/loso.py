@@ -123,7 +123,8 @@ def _fit_and_score(
         model, epochs_run, seconds = load_model(save_to), None, None
     else:
         model, history = fit_network(
-            images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params, **targets
+            images[train_idx], labels[train_idx], sources, images[val_idx], labels[val_idx], params, **targets,
+            sources_val=[rows[i]["source"] for i in val_idx],
         )
         epochs_run, seconds = len(history.history["loss"]), round(time.perf_counter() - started, 1)
         if save_to is not None:

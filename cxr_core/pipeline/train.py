@@ -38,6 +38,7 @@ def fit_network(
     targets_train: np.ndarray | None = None,
     targets_val: np.ndarray | None = None,
     checkpoint: Path | None = None,
+    sources_val: list[str] | None = None,
 ):
     """Build and fit the network the settings name; early stopping restores the best validation epoch.
 
@@ -54,7 +55,11 @@ def fit_network(
     keras.utils.set_random_seed(seed)
     model = build_network(x_train.shape[1], params["model"])
     steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
-    weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]))
+    single_weight = float(params.get("single_class_source_weight", 1.0))
+    weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]), single_weight)
+    val_weights = None
+    if single_weight != 1.0 and sources_val is not None:
+        val_weights = validation_weights(sources_val, single_class_sources(y_train, sources_train), single_weight)
     evidence = params.get("evidence") or {}
     guided = targets_train is not None and trains_on_evidence(params)
     if guided:
@@ -67,9 +72,13 @@ def fit_network(
         train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
         factor = x_train.shape[1] // map_side
         pooled_val = tf.nn.avg_pool2d(targets_val.astype(np.float32) / 255.0, factor, factor, "VALID")
-        val_ds = tf.data.Dataset.from_tensor_slices(
-            (x_val, {OUTPUT: y_val.astype(np.float32), EVIDENCE: pooled_val})
-        ).batch(256)
+        val_outputs = {OUTPUT: y_val.astype(np.float32), EVIDENCE: pooled_val}
+        if val_weights is None:
+            val_ds = tf.data.Dataset.from_tensor_slices((x_val, val_outputs)).batch(256)
+        else:
+            val_ds = tf.data.Dataset.from_tensor_slices(
+                (x_val, val_outputs, {OUTPUT: val_weights, EVIDENCE: np.ones_like(val_weights)})
+            ).batch(256)
         callbacks = [_PlainMetricNames(OUTPUT), *(callbacks or [])]
     else:
         trainer = model
@@ -79,7 +88,8 @@ def fit_network(
             metrics=[keras.metrics.AUC(name="auc")],
         )
         train_ds = training_dataset(x_train, y_train, weights, params, seed)
-        val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(256)
+        val_data = (x_val, y_val.astype(np.float32)) + (() if val_weights is None else (val_weights,))
+        val_ds = tf.data.Dataset.from_tensor_slices(val_data).batch(256)
         callbacks = list(callbacks or [])
     stop = keras.callbacks.EarlyStopping(
         monitor="val_auc", mode="max", patience=int(params["patience"]), restore_best_weights=True
@@ -307,6 +317,7 @@ def run_train(
             params,
             targets_train=targets_train,
             targets_val=targets_val,
+            sources_val=[row["source"] for row in val_rows],
             checkpoint=staging / "checkpoint.keras",  # a crash backup; early stopping restores the best epoch
             callbacks=[
                 keras.callbacks.CSVLogger(str(staging / Layout.HISTORY_CSV)),
@@ -369,16 +380,22 @@ def run_train(
     return metadata
 
 
-def sample_weights(labels: np.ndarray, sources: list[str], max_source_weight: float = 1.0) -> np.ndarray:
+def sample_weights(
+    labels: np.ndarray, sources: list[str], max_source_weight: float = 1.0, single_class_source_weight: float = 1.0
+) -> np.ndarray:
     """Per-image loss weights: classes balanced, and within a class its sources balanced up to a cap.
 
     With ``max_source_weight`` above 1, a source that supplies few images of a class (say six normals
     from the hospitals that supplied the TB images) counts for more, so "this hospital means TB" costs
     the network something. The cap stops a handful of images from dominating the loss.
+    ``single_class_source_weight`` scales the films of sources that supply only one class here: their
+    source and their label are the same fact, so they reward recognising the source. Each class keeps
+    its total weight, carried by the remaining sources.
     """
     labels = np.asarray(labels)
     sources = np.asarray(sources)
     class_weights = balanced_class_weights(labels)
+    single = np.isin(sources, single_class_sources(labels, sources))
     weights = np.ones(len(labels), dtype=np.float64)
     for label, class_weight in class_weights.items():
         in_class = labels == label
@@ -386,8 +403,27 @@ def sample_weights(labels: np.ndarray, sources: list[str], max_source_weight: fl
         for name, count in zip(names, counts, strict=True):
             share = in_class.sum() / (len(names) * count)
             weights[in_class & (sources == name)] = min(max(share, 1.0), max_source_weight)
+        weights[in_class & single] *= single_class_source_weight
+        if weights[in_class].sum() <= 0:
+            raise ValueError(
+                f"every film of class {label} comes from a source with only that class, and "
+                f"train.single_class_source_weight is {single_class_source_weight}: nothing would teach "
+                "that class; give a source with both classes or raise the weight"
+            )
         weights[in_class] *= class_weight * in_class.sum() / weights[in_class].sum()
     return weights
+
+
+def single_class_sources(labels: np.ndarray, sources: list[str]) -> list[str]:
+    """Sources that supply films of only one class in this set (their name predicts the label)."""
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    return sorted(name for name in set(sources.tolist()) if len(np.unique(labels[sources == name])) == 1)
+
+
+def validation_weights(sources_val: list[str], single_in_training: list[str], weight: float) -> np.ndarray:
+    """Weights of the validation films for early stopping's AUC: the training split's rule, so an epoch
+    is not chosen for telling one single-class source from another."""
+    return np.where(np.isin(np.asarray(sources_val), single_in_training), weight, 1.0).astype(np.float32)
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
