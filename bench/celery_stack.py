@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_PYTHON = ROOT / "airflow-venv" / "bin" / "python"
 AIRFLOW_BIN = AIRFLOW_PYTHON.parent / "airflow"
 DAGS_FOLDER = ROOT / "training" / "dags"
+# Settings of docker-compose.yml that change how fast a run goes, so what is measured is what deploys
+# (tests/test_docker_files.py holds the two equal): a worker slot is free within 1 s of its task's end.
+DEPLOYMENT_TUNING = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1"}
 PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1)
 REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
 
@@ -76,13 +79,19 @@ WAIT_FOR_RUN = textwrap.dedent(
         time.sleep(1)
     with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
         cursor.execute(
-            "SELECT task_id, map_index, state, hostname, try_number, "
-            "EXTRACT(EPOCH FROM start_date), EXTRACT(EPOCH FROM end_date) FROM task_instance "
-            "WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index", (dag_id, run_id))
-        keys = ("task_id", "map_index", "state", "hostname", "try_number", "start", "end")
-        tis = [dict(zip(keys, (float(v) if k in ("start", "end") and v is not None else v
+            "SELECT task_id, map_index, state, hostname, try_number, EXTRACT(EPOCH FROM scheduled_dttm), "
+            "EXTRACT(EPOCH FROM queued_dttm), EXTRACT(EPOCH FROM start_date), EXTRACT(EPOCH FROM end_date) "
+            "FROM task_instance WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index",
+            (dag_id, run_id))
+        times = ("scheduled", "queued", "start", "end")
+        keys = ("task_id", "map_index", "state", "hostname", "try_number", *times)
+        tis = [dict(zip(keys, (float(v) if k in times and v is not None else v
                               for k, v in zip(keys, r)))) for r in cursor.fetchall()]
-    print(json.dumps({"state": state, "tis": tis}))
+        cursor.execute(
+            "SELECT EXTRACT(EPOCH FROM queued_at), EXTRACT(EPOCH FROM start_date), EXTRACT(EPOCH FROM end_date) "
+            "FROM dag_run WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
+        run = dict(zip(("queued", "start", "end"), (v and float(v) for v in cursor.fetchone())))
+    print(json.dumps({"state": state, "tis": tis, "run": run}))
     """
 )
 
@@ -274,6 +283,7 @@ def celery_airflow(
         AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        **DEPLOYMENT_TUNING,
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(tmp / "logs" / "tasks"),
         CXR_PROJECT_PYTHON=project_python,
         CXR_AIRFLOW_WORK_DIR=str(tmp / "work"),

@@ -41,6 +41,13 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
     assert two["shards"] == 2 and two["shard_hosts"] == ["cxr-bench-worker-1", "cxr-bench-worker-2"]
     for figures in (one, two):
         assert figures["films_per_s"] > 0 and figures["trigger_to_success_s"] > 0 and figures["task_span_s"] > 0
+        # the timeline: each task scheduled, queued, started and ended in that order, in the run's order
+        rows = figures["timeline"]
+        assert rows[0]["what"] == "dag run" and rows[1]["what"] == "plan_shards" and rows[-1]["what"] == "merge_results"
+        assert len(rows) == 3 + figures["shards"]
+        for row in rows[1:]:
+            assert 0 <= row["scheduled"] <= row["queued"] <= row["start"] <= row["end"] <= rows[0]["end"], row
+        assert rows[1]["end"] <= min(row["start"] for row in rows[2:-1]) <= rows[-1]["start"]
     assert result["baseline"]["cli_films_per_s"] > 0
     assert set(result["ratios"]) == {"one_worker_over_cli", "two_workers_over_cli", "two_over_one"}
     assert set(result["targets"]["one_worker_over_cli"]) == {"target", "value", "met"}

@@ -261,6 +261,17 @@ def test_every_airflow_setting_is_a_real_option(tmp_path):
     assert unknown == [], f"Airflow does not know these settings: {unknown}"
 
 
+def test_the_benchmarked_celery_stack_runs_with_the_deployments_speed_settings():
+    """bench/archive_celery.py and tests/test_airflow_celery.py start bench/celery_stack.py: its figures
+    say something about a deployment only if the settings that set the pace are the compose file's."""
+    from bench.celery_stack import DEPLOYMENT_TUNING
+
+    airflow_env = yaml.safe_load(COMPOSE_FILE.read_text())["x-airflow"]["environment"]
+    assert DEPLOYMENT_TUNING
+    for name, value in DEPLOYMENT_TUNING.items():
+        assert str(airflow_env.get(name)) == value, name
+
+
 # ----------------------------------------------------------------------------------- Dockerfile
 
 
