@@ -90,7 +90,10 @@ def main() -> None:
     sources = [path.parent.parent.name for path, _ in items]
     repeat = np.arange(args.size) % len(items)
     x, y = pictures[repeat], labels[repeat]
-    weights = sample_weights(y, [sources[i] for i in repeat], float(params["max_source_weight"]))
+    weights = sample_weights(
+        y, [sources[i] for i in repeat], float(params["max_source_weight"]),
+        float(params.get("single_class_source_weight", 1.0)),
+    )  # fmt: skip
     log(f"train: {len(items)} distinct X-rays repeated to {len(x)} images")
 
     def compiled():

@@ -23,6 +23,7 @@ from cxr_core import metrics, settings
 from cxr_core.fsutil import atomic_directory, write_json_atomic
 from cxr_core.modelling import ood
 from cxr_core.pipeline.ingest import load_split
+from cxr_core.pipeline.loso import MIN_PER_CLASS
 from cxr_core.registry.store import sha256_file
 from cxr_core.settings import Layout
 
@@ -46,7 +47,8 @@ def fit_network(
     (:mod:`cxr_core.pipeline.loso`) both call it, so LOSO measures exactly the recipe that ships.
     With evidence weights in ``params["evidence"]`` and targets (see :func:`evidence_targets`) the
     network is also trained on where its evidence lies (:func:`evidence_loss`); what is returned is
-    always the plain serving network.
+    always the plain serving network. ``sources_val`` lets early stopping's validation AUC weigh the
+    validation films by the training split's source rule (``single_class_source_weight``).
     """
     from cxr_core.modelling.networks import OUTPUT, build_network
     from cxr_core.pipeline.augment import training_dataset
@@ -60,6 +62,14 @@ def fit_network(
     val_weights = None
     if single_weight != 1.0 and sources_val is not None:
         val_weights = validation_weights(sources_val, single_class_sources(y_train, sources_train), single_weight)
+        if len(np.unique(np.asarray(y_val)[val_weights > 0])) < 2:
+            raise ValueError(
+                "with train.single_class_source_weight 0 the validation films left hold one class only, so "
+                "early stopping would have no AUC to follow: validate on a source that has both classes"
+            )
+    # With validation weights the AUC early stopping follows must use them: Keras applies sample
+    # weights only to weighted_metrics. Without them the shipped recipe's metric stays as it was.
+    auc_metric = "weighted_metrics" if val_weights is not None else "metrics"
     evidence = params.get("evidence") or {}
     guided = targets_train is not None and trains_on_evidence(params)
     if guided:
@@ -67,7 +77,7 @@ def fit_network(
         trainer.compile(
             optimizer=make_optimizer(params, steps),
             loss={OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)},
-            metrics={OUTPUT: [keras.metrics.AUC(name="auc")]},
+            **{auc_metric: {OUTPUT: [keras.metrics.AUC(name="auc")]}},
         )
         train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
         factor = x_train.shape[1] // map_side
@@ -85,7 +95,7 @@ def fit_network(
         model.compile(
             optimizer=make_optimizer(params, steps),
             loss="binary_crossentropy",
-            metrics=[keras.metrics.AUC(name="auc")],
+            **{auc_metric: [keras.metrics.AUC(name="auc")]},
         )
         train_ds = training_dataset(x_train, y_train, weights, params, seed)
         val_data = (x_val, y_val.astype(np.float32)) + (() if val_weights is None else (val_weights,))
@@ -392,6 +402,10 @@ def sample_weights(
     source and their label are the same fact, so they reward recognising the source. Each class keeps
     its total weight, carried by the remaining sources.
     """
+    if not 0.0 <= single_class_source_weight < float("inf"):
+        raise ValueError(
+            f"train.single_class_source_weight must be a number >= 0, not {single_class_source_weight}"
+        )
     labels = np.asarray(labels)
     sources = np.asarray(sources)
     class_weights = balanced_class_weights(labels)
@@ -414,10 +428,17 @@ def sample_weights(
     return weights
 
 
-def single_class_sources(labels: np.ndarray, sources: list[str]) -> list[str]:
-    """Sources that supply films of only one class in this set (their name predicts the label)."""
+def single_class_sources(labels: np.ndarray, sources: list[str], min_per_class: int = MIN_PER_CLASS) -> list[str]:
+    """Sources that supply fewer than ``min_per_class`` films of one of the classes here (their name
+    predicts the label): TBX11K, with one stray normal among 641 TB films, is one; LOSO's rule for
+    which sources can be judged within themselves (:data:`cxr_core.pipeline.loso.MIN_PER_CLASS`)."""
     labels, sources = np.asarray(labels), np.asarray(sources)
-    return sorted(name for name in set(sources.tolist()) if len(np.unique(labels[sources == name])) == 1)
+    classes = np.unique(labels)
+    return sorted(
+        name
+        for name in set(sources.tolist())
+        if min(int(np.sum(labels[sources == name] == label)) for label in classes) < min_per_class
+    )
 
 
 def validation_weights(sources_val: list[str], single_in_training: list[str], weight: float) -> np.ndarray:

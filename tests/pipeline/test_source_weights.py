@@ -38,6 +38,21 @@ def test_a_class_taught_only_by_single_class_sources_is_refused_with_a_reason():
         sample_weights(labels, ["tb_only"] * 10 + ["both"] * 10, 20.0, single_class_source_weight=0.0)
 
 
+def test_a_stray_film_of_the_other_class_does_not_make_a_source_two_class():
+    """TBX11K has one normal among 641 TB films: it is a single-class source, the stray film included."""
+    labels = np.array([1] * 40 + [0] * 1 + [1] * 20 + [0] * 20)
+    sources = ["tbx"] * 41 + ["both"] * 40
+    assert single_class_sources(labels, sources) == ["tbx"]
+    weights = sample_weights(labels, sources, 20.0, single_class_source_weight=0.0)
+    assert np.all(weights[:41] == 0) and np.all(weights[41:] > 0)
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_a_weight_that_is_not_a_number_at_least_zero_is_refused(weight):
+    with pytest.raises(ValueError, match=">= 0"):
+        sample_weights(TRAIN_LABELS, SOURCES, 20.0, single_class_source_weight=weight)
+
+
 def test_validation_films_follow_the_training_splits_sources():
     weights = validation_weights(["both", "tb_only", "elsewhere"], ["tb_only", "normal_only"], 0.0)
     np.testing.assert_array_equal(weights, [1.0, 0.0, 1.0])
@@ -91,3 +106,50 @@ def test_without_single_class_sources_in_the_loss_the_network_learns_the_sign_no
         auc[weight] = roc_auc_score(test[1], model.predict(test[0], verbose=0).ravel())
     assert auc[0.0] >= 0.8, auc  # the blob
     assert auc[1.0] < auc[0.0] - 0.2, auc  # pulled towards the marker's answer
+
+
+@pytest.mark.slow
+def test_early_stopping_follows_the_auc_of_the_weighted_validation_films():
+    """Keras applies sample weights only to weighted metrics: the validation AUC in the history must be
+    the AUC of the films that count. Here the single-class sources' validation films are labelled against
+    the blob, so counting them would pull the AUC down."""
+    import keras
+
+    from cxr_core.pipeline.train import fit_network
+
+    rng = np.random.default_rng(1)
+    train = _stack(
+        _films(rng, 48, "both", 1, None), _films(rng, 48, "both", 0, None),
+        _films(rng, 48, "tb_only", 1, None), _films(rng, 48, "normal_only", 0, None),
+    )  # fmt: skip
+    counted = _stack(_films(rng, 24, "both", 1, None), _films(rng, 24, "both", 0, None))
+    against = _films(rng, 24, "tb_only", 0, None)[0], np.ones(24, np.int32), ["tb_only"] * 24
+    blob = _films(rng, 24, "normal_only", 1, None)[0], np.zeros(24, np.int32), ["normal_only"] * 24
+    val = _stack(counted, against, blob)
+    params = settings.with_recipe({}, "cam")
+    params.update(epochs=1, patience=5, seed=0, batch_size=32, learning_rate=0.003, single_class_source_weight=0.0)
+    params["model"]["filters"] = [8, 16, 16]
+    params["augment"].update(rotation=0.0, zoom_in=0.0, zoom_out=0.0, translation=0.0, contrast=0.0, brightness=0.0)
+    model, history = fit_network(*train, val[0], val[1], params, sources_val=val[2])
+    scores = model.predict(val[0], verbose=0).ravel()
+    weights = (np.asarray(val[2]) == "both").astype(np.float32)
+    weighted, unweighted = keras.metrics.AUC(), keras.metrics.AUC()
+    weighted.update_state(val[1], scores, sample_weight=weights)
+    unweighted.update_state(val[1], scores)
+    assert float(weighted.result()) > float(unweighted.result()) + 0.1  # the films against the blob count
+    assert history.history["val_auc"][0] == pytest.approx(float(weighted.result()), abs=1e-3)
+
+
+def test_validation_left_with_one_class_is_refused_before_training():
+    """Early stopping would follow an AUC of 0 every epoch and silently keep the first epoch."""
+    from cxr_core.pipeline.train import fit_network
+
+    rng = np.random.default_rng(2)
+    train = _stack(
+        _films(rng, 12, "both", 1, None), _films(rng, 12, "both", 0, None), _films(rng, 12, "tb_only", 1, None)
+    )
+    val = _stack(_films(rng, 4, "both", 0, None), _films(rng, 4, "tb_only", 1, None))
+    params = settings.with_recipe({}, "cam")
+    params.update(epochs=1, single_class_source_weight=0.0)
+    with pytest.raises(ValueError, match="one class only"):
+        fit_network(*train, val[0], val[1], params, sources_val=val[2])
