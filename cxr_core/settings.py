@@ -202,6 +202,10 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
 
 
+# A source with fewer films than this of a class counts as single-class (TBX11K: one stray normal among
+# 641 TB films): LOSO does not judge it within itself, and train.single_class_source_weight applies to it.
+MIN_FILMS_PER_CLASS = 10
+
 # Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section.
 # "reference" is the original system's network and recipe. Lung cropping is an ingest setting: compare
 # with the original whole-film input by running LOSO on an ingest made with ingest.lung_crop false.

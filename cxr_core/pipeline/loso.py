@@ -41,7 +41,7 @@ def load_ingested(ingest_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[
     return images, labels, rows
 
 
-MIN_PER_CLASS = 10  # a source with one stray normal (TBX11K has one) cannot be judged within itself
+MIN_PER_CLASS = settings.MIN_FILMS_PER_CLASS  # a source with one stray normal (TBX11K) cannot be judged within itself
 
 
 def two_class_sources(rows: list[dict], min_per_class: int = MIN_PER_CLASS) -> list[str]:

@@ -23,7 +23,6 @@ from cxr_core import metrics, settings
 from cxr_core.fsutil import atomic_directory, write_json_atomic
 from cxr_core.modelling import ood
 from cxr_core.pipeline.ingest import load_split
-from cxr_core.pipeline.loso import MIN_PER_CLASS
 from cxr_core.registry.store import sha256_file
 from cxr_core.settings import Layout
 
@@ -428,10 +427,12 @@ def sample_weights(
     return weights
 
 
-def single_class_sources(labels: np.ndarray, sources: list[str], min_per_class: int = MIN_PER_CLASS) -> list[str]:
+def single_class_sources(
+    labels: np.ndarray, sources: list[str], min_per_class: int = settings.MIN_FILMS_PER_CLASS
+) -> list[str]:
     """Sources that supply fewer than ``min_per_class`` films of one of the classes here (their name
     predicts the label): TBX11K, with one stray normal among 641 TB films, is one; LOSO's rule for
-    which sources can be judged within themselves (:data:`cxr_core.pipeline.loso.MIN_PER_CLASS`)."""
+    which sources can be judged within themselves (:data:`cxr_core.settings.MIN_FILMS_PER_CLASS`)."""
     labels, sources = np.asarray(labels), np.asarray(sources)
     classes = np.unique(labels)
     return sorted(
