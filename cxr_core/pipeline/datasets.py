@@ -29,6 +29,20 @@ from cxr_core.errors import DatasetError
 from cxr_core.imaging.decode import IMAGE_EXTENSIONS
 from cxr_core.pipeline.dataset_roots import inside_allowed_roots
 
+
+def sources_with_both_classes(labels, sources, min_per_class: int) -> list[str]:
+    """Sources that supply both classes, at least ``min_per_class`` films of each (TBX11K, with one
+    stray normal among its TB films, does not): where a within-source AUC means anything, and where a
+    source's look does not stand for its label."""
+    counts: dict[str, Counter] = {}
+    for source, label in zip(sources, labels, strict=True):
+        counts.setdefault(str(source), Counter())[str(label)] += 1
+    return sorted(
+        source for source, by_label in counts.items()
+        if len(by_label) == 2 and min(by_label.values()) >= min_per_class
+    )  # fmt: skip
+
+
 # No chest X-ray is this large; anything bigger is a zip bomb or a mistake.
 MAX_MEMBER_BYTES = 200 * 1024 * 1024
 LABEL_NAMES = {"Normal": 0, "Tuberculosis": 1}

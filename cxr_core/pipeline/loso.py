@@ -18,7 +18,6 @@ Every fold is repeated over several seeds (run-to-run spread on a hospital of ~1
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from cxr_core import metrics, settings
 from cxr_core.fsutil import write_json_atomic
+from cxr_core.pipeline.datasets import sources_with_both_classes
 from cxr_core.pipeline.ingest import load_split
 
 REPORT_FILE = "loso.json"
@@ -47,13 +47,7 @@ MIN_PER_CLASS = settings.MIN_FILMS_PER_CLASS  # a source with one stray normal (
 def two_class_sources(rows: list[dict], min_per_class: int = MIN_PER_CLASS) -> list[str]:
     """Sources that supply both classes (at least ``min_per_class`` films of each): the only ones where
     a within-source AUC means anything."""
-    counts: dict[str, Counter] = {}
-    for row in rows:
-        counts.setdefault(row["source"], Counter())[str(row["label"])] += 1
-    return sorted(
-        source for source, by_label in counts.items()
-        if len(by_label) == 2 and min(by_label.values()) >= min_per_class
-    )  # fmt: skip
+    return sources_with_both_classes([row["label"] for row in rows], [row["source"] for row in rows], min_per_class)
 
 
 def holdout_split(rows: list[dict], holdout: str) -> dict[str, np.ndarray]:

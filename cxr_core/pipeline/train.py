@@ -22,6 +22,7 @@ import tensorflow as tf
 from cxr_core import metrics, settings
 from cxr_core.fsutil import atomic_directory, write_json_atomic
 from cxr_core.modelling import ood
+from cxr_core.pipeline.datasets import sources_with_both_classes
 from cxr_core.pipeline.ingest import load_split
 from cxr_core.registry.store import sha256_file
 from cxr_core.settings import Layout
@@ -431,15 +432,10 @@ def single_class_sources(
     labels: np.ndarray, sources: list[str], min_per_class: int = settings.MIN_FILMS_PER_CLASS
 ) -> list[str]:
     """Sources that supply fewer than ``min_per_class`` films of one of the classes here (their name
-    predicts the label): TBX11K, with one stray normal among 641 TB films, is one; LOSO's rule for
-    which sources can be judged within themselves (:data:`cxr_core.settings.MIN_FILMS_PER_CLASS`)."""
-    labels, sources = np.asarray(labels), np.asarray(sources)
-    classes = np.unique(labels)
-    return sorted(
-        name
-        for name in set(sources.tolist())
-        if min(int(np.sum(labels[sources == name] == label)) for label in classes) < min_per_class
-    )
+    predicts the label): TBX11K, with one stray normal among 641 TB films, is one. The complement of
+    LOSO's two-class sources, by the same rule (:func:`~cxr_core.pipeline.datasets.sources_with_both_classes`)."""
+    labels, sources = np.asarray(labels).tolist(), np.asarray(sources).tolist()
+    return sorted(set(sources) - set(sources_with_both_classes(labels, sources, min_per_class)))
 
 
 def validation_weights(sources_val: list[str], single_in_training: list[str], weight: float) -> np.ndarray:
