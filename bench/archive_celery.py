@@ -5,8 +5,17 @@ api-server, ``airflow celery worker`` processes with one task slot each), trigge
 timed from the trigger to the run's success (polled every second), first with one worker, then with a
 second worker added; the DAG plans one shard per worker (its ``workers`` param). Also printed: the span
 from the first task's start to the last task's end, as the metadata database recorded them.
-Baseline, on the same films in the same run, right before: the plain batch CLI
-(``python -m cxr_core predict FOLDER --format jsonl``, one process), timed end to end.
+
+A hospital's Celery workers are long-lived: they run the DAG night after night, so a worker's own
+one-time start-up (its first request to the API server, its first task's imports: about 4 s on the
+first task it ever runs) is paid once per worker, not per archive. The one-worker figure the target is
+judged on is therefore a run on a worker that has run the DAG once before (``one_worker``); the very
+first run on a newly started worker is measured and printed too (``one_worker_new``), on the same films.
+The two-worker run follows a small run that gave each worker its first task. Every DAG run still starts
+its task processes, TensorFlow and both models afresh, as the CLI does.
+Baseline, on the same films in the same run: the plain batch CLI (``python -m cxr_core predict FOLDER
+--format jsonl``, one process), timed end to end before, between and after the one-worker runs; the
+median of the three is the figure the ratios use (the machine's share of its cores drifts over minutes).
 
 Needs airflow-venv/ and the local PostgreSQL and Redis services (127.0.0.1:5432 and :6379, or
 CXR_TEST_PG / CXR_TEST_REDIS); its tasks go through a Celery queue of its own, so a test run beside it
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,6 +43,7 @@ from bench.celery_stack import StackError, celery_airflow  # noqa: E402 (after t
 
 WORKER_NAMES = ("cxr-bench-worker-1", "cxr-bench-worker-2")
 RUN_TIMEOUT_S = 1800
+WARM_UP_FILMS = 8  # a shard each for two workers: the run only has to give each worker a task
 
 
 def dag_run(stack, folder: Path, films: int, workers: int) -> dict:
@@ -76,9 +87,18 @@ def main() -> None:
     sources = pngs_512(args.data)
     with scratch("archive-celery") as root:
         folder = archive_folder(root, sources, args.size)
-        log(f"archive-celery: plain CLI on {args.size} films ...")
-        cli = run_cli(folder, args.size, [])
-        log(f"archive-celery: CLI {cli['wall_s']:.1f} s")
+        warm_up = root / "warm-up"
+        warm_up.mkdir()
+        for film in sorted(folder.iterdir())[:WARM_UP_FILMS]:
+            shutil.copyfile(film, warm_up / film.name)
+        clis = []
+
+        def cli_run() -> None:
+            log(f"archive-celery: plain CLI on {args.size} films ...")
+            clis.append(run_cli(folder, args.size, []))
+            log(f"archive-celery: CLI {clis[-1]['wall_s']:.1f} s")
+
+        cli_run()
         stack_dir = root / "stack"
         stack_dir.mkdir()
         redis_db = int(os.environ.get("CXR_BENCH_REDIS_DB", "12"))
@@ -87,31 +107,43 @@ def main() -> None:
                 stack_dir, project_python=PYTHON, redis_db=redis_db, workers=WORKER_NAMES[:1],
                 CXR_DATASET_ROOTS=str(root),
             ) as stack:  # fmt: skip
-                log("archive-celery: one worker ...")
+                log("archive-celery: one worker, its first run ...")
+                one_new = dag_run(stack, folder, args.size, workers=1)
+                log(f"archive-celery: one new worker {one_new['trigger_to_success_s']} s")
+                cli_run()
+                log("archive-celery: the same worker again ...")
                 one = dag_run(stack, folder, args.size, workers=1)
-                log(f"archive-celery: one worker {one['trigger_to_success_s']} s; adding a second ...")
+                log(f"archive-celery: one warm worker {one['trigger_to_success_s']} s")
+                cli_run()
+                log("archive-celery: adding a second worker; a small run gives each its first task ...")
                 stack.add_workers(WORKER_NAMES[1])
+                dag_run(stack, warm_up, WARM_UP_FILMS, workers=2)
                 two = dag_run(stack, folder, args.size, workers=2)
                 log(f"archive-celery: two workers {two['trigger_to_success_s']} s")
         except StackError as error:
             raise SystemExit(f"the Celery stack failed: {error}") from None
     if len(two["shard_hosts"]) != 2:
         raise SystemExit(f"the two shards ran on {two['shard_hosts']}, not on both workers")
-    cli_rate = args.size / cli["wall_s"]
+    cli_walls = sorted(cli["wall_s"] for cli in clis)
+    cli_rate = args.size / cli_walls[len(cli_walls) // 2]
     emit(
         {
             "benchmark": "archive_celery",
             "machine": machine(),
             "params": {"films": args.size, "executor": "CeleryExecutor, Redis broker, PostgreSQL; 1 slot a worker",
-                       "shards": "one per worker (the DAG's default plan)"},
-            "figures": {"one_worker": one, "two_workers": two},
+                       "shards": "one per worker (the DAG's default plan)",
+                       "workers": "one_worker: a worker that has run the DAG before; one_worker_new: its first run; "
+                                  f"two_workers: after a {WARM_UP_FILMS}-film run gave each worker its first task"},
+            "figures": {"one_worker": one, "one_worker_new": one_new, "two_workers": two},
             "baseline": {
-                "what": "python -m cxr_core predict FOLDER --format jsonl, one process",
+                "what": "python -m cxr_core predict FOLDER --format jsonl, one process; median of the runs "
+                        "before, between and after the one-worker runs",
                 "cli_films_per_s": round(cli_rate, 2),
-                "cli_wall_s": round(cli["wall_s"], 1),
+                "cli_wall_s": [round(cli["wall_s"], 1) for cli in clis],
             },
             "ratios": {
                 "one_worker_over_cli": round(one["films_per_s"] / cli_rate, 3),
+                "one_new_worker_over_cli": round(one_new["films_per_s"] / cli_rate, 3),
                 "two_workers_over_cli": round(two["films_per_s"] / cli_rate, 3),
                 "two_over_one": round(two["films_per_s"] / one["films_per_s"], 3),
             },

@@ -36,10 +36,12 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
     assert bench.returncode == 0, stdout[-4000:] + stderr[-4000:]
     result = json.loads(stdout)
     assert json.loads((tmp_path / "c.json").read_text()) == result
-    one, two = result["figures"]["one_worker"], result["figures"]["two_workers"]
-    assert one["shards"] == 1 and len(one["shard_hosts"]) == 1
+    one, one_new, two = (result["figures"][key] for key in ("one_worker", "one_worker_new", "two_workers"))
+    # the warm figure is the same worker's second run: the first one is what a new worker costs
+    assert one["shards"] == one_new["shards"] == 1
+    assert one["shard_hosts"] == one_new["shard_hosts"] == ["cxr-bench-worker-1"]
     assert two["shards"] == 2 and two["shard_hosts"] == ["cxr-bench-worker-1", "cxr-bench-worker-2"]
-    for figures in (one, two):
+    for figures in (one, one_new, two):
         assert figures["films_per_s"] > 0 and figures["trigger_to_success_s"] > 0 and figures["task_span_s"] > 0
         # the timeline: each task scheduled, queued, started and ended in that order, in the run's order
         rows = figures["timeline"]
@@ -49,5 +51,10 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
             assert 0 <= row["scheduled"] <= row["queued"] <= row["start"] <= row["end"] <= rows[0]["end"], row
         assert rows[1]["end"] <= min(row["start"] for row in rows[2:-1]) <= rows[-1]["start"]
     assert result["baseline"]["cli_films_per_s"] > 0
-    assert set(result["ratios"]) == {"one_worker_over_cli", "two_workers_over_cli", "two_over_one"}
+    walls = result["baseline"]["cli_wall_s"]  # before, between and after the one-worker runs: their median
+    assert len(walls) == 3 and all(wall > 0 for wall in walls)
+    assert result["baseline"]["cli_films_per_s"] == pytest.approx(48 / sorted(walls)[1], rel=0.02)
+    assert set(result["ratios"]) == {
+        "one_worker_over_cli", "one_new_worker_over_cli", "two_workers_over_cli", "two_over_one"
+    }  # fmt: skip
     assert set(result["targets"]["one_worker_over_cli"]) == {"target", "value", "met"}
