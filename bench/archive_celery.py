@@ -139,8 +139,9 @@ def main() -> None:
     beside = [(cli_rates[i] + cli_rates[i + 1]) / 2 for i in range(len(cli_rates) - 1)]
     new_ratio = one_new["films_per_s"] / beside[0]
     warm_ratios = [run["films_per_s"] / rate for run, rate in zip(warm_runs, beside[1:], strict=True)]
-    one = warm_runs[sorted(range(len(warm_ratios)), key=warm_ratios.__getitem__)[len(warm_ratios) // 2]]
-    one_ratio = median(warm_ratios)
+    # the median round, figures and ratio from the same run (an even --rounds takes the upper middle one)
+    middle = sorted(range(len(warm_ratios)), key=warm_ratios.__getitem__)[len(warm_ratios) // 2]
+    one, one_ratio = warm_runs[middle], warm_ratios[middle]
     emit(
         {
             "benchmark": "archive_celery",

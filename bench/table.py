@@ -88,19 +88,13 @@ def rows(benchmarks: dict) -> list[str]:
     if "archive_celery" in benchmarks:
         r = benchmarks["archive_celery"]
         one, two = r["figures"]["one_worker"], r["figures"]["two_workers"]
-        new = r["figures"].get("one_worker_new")  # runs before 2026-12-04 timed only a new worker
-        rounds = r["figures"].get("one_worker_rounds_over_cli", [])
-        if new and rounds:
-            first = (f"1 warm worker {one['films_per_s']:.1f} films/s (median of {len(rounds)} runs; ratios "
-                     f"{', '.join(f'{ratio:.2f}' for ratio in rounds)}), Airflow's time outside the shard "
-                     f"{one['outside_shards_s']:.1f} s; the worker's first run {new['films_per_s']:.1f} films/s, "
-                     f"{new['outside_shards_s']:.1f} s outside")
-            ratio = f"{r['ratios']['one_worker_over_cli']:.2f} (first run {r['ratios']['one_new_worker_over_cli']:.2f})"
-            baseline = f"plain CLI, run before and after each one-worker run: {r['baseline']['cli_films_per_s']:.1f} films/s (median)"
-        else:
-            first = f"1 worker {one['films_per_s']:.1f} films/s"
-            ratio = f"{r['ratios']['one_worker_over_cli']:.2f}"
-            baseline = f"plain CLI: {r['baseline']['cli_films_per_s']:.1f} films/s"
+        new, rounds = r["figures"]["one_worker_new"], r["figures"]["one_worker_rounds_over_cli"]
+        first = (f"1 warm worker {one['films_per_s']:.1f} films/s (median of {len(rounds)} runs; ratios "
+                 f"{', '.join(f'{ratio:.2f}' for ratio in rounds)}), Airflow's time outside the shard "
+                 f"{one['outside_shards_s']:.1f} s; the worker's first run {new['films_per_s']:.1f} films/s, "
+                 f"{new['outside_shards_s']:.1f} s outside")
+        ratio = f"{r['ratios']['one_worker_over_cli']:.2f} (first run {r['ratios']['one_new_worker_over_cli']:.2f})"
+        baseline = f"plain CLI, run before and after each one-worker run: {r['baseline']['cli_films_per_s']:.1f} films/s (median)"
         out.append(
             f"| archive DAG on Celery (PostgreSQL, Redis), {r['params']['films']:,} films, trigger to success | "
             f"{first}; 2 workers {two['films_per_s']:.1f} films/s | {baseline} | {ratio}; "

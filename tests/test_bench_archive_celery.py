@@ -66,3 +66,15 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
         "one_worker_over_cli", "one_new_worker_over_cli", "two_workers_over_cli", "two_over_one"
     }  # fmt: skip
     assert set(result["targets"]["one_worker_over_cli"]) == {"target", "value", "met"}
+    # bench/table.py renders the README's row from it: six columns, the warm and the first-run ratios
+    document = {"machine": result["machine"], "seconds": result["seconds"], "failed": [], "targets_met": 0,
+                "targets_total": 1, "benchmarks": {"archive_celery": result}}  # fmt: skip
+    (tmp_path / "all.json").write_text(json.dumps(document))
+    table = subprocess.run(
+        [sys.executable, "bench/table.py", str(tmp_path / "all.json")], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith("| archive DAG on Celery")]
+    assert row.count(" | ") == 5, row
+    assert f"{result['ratios']['one_worker_over_cli']:.2f} (first run {result['ratios']['one_new_worker_over_cli']:.2f})" in row
