@@ -21,6 +21,8 @@ it is unavailable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cxr_core.modelling.gradcam import CamBatch, absolute_heatmaps
@@ -69,7 +71,50 @@ def _activation_name(layer) -> str:
     return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
 
-def head_gradient(head, output, features: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class HeadStep:
+    """One head layer as plain numpy: what its forward and backward passes need, read once."""
+
+    kind: str
+    activation: str = "linear"
+    pool: tuple = ()
+    strides: tuple = ()
+    padding: str = "valid"
+    kernel: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class FrozenHead:
+    """A classifier's head and output weights copied out of Keras when a scorer is built.
+
+    Reading a Keras variable into numpy costs about half a millisecond, on every film, when done per
+    call; a served model's weights do not change (the converted forward network froze them too).
+    """
+
+    steps: tuple[HeadStep, ...]
+    output_kernel: np.ndarray
+
+
+def freeze_head(head, output) -> FrozenHead:
+    """The head layers (as :func:`split_at_features` returns them) with their weights as numpy arrays."""
+    steps = []
+    for layer in head:
+        kind = layer.__class__.__name__
+        if kind == "MaxPooling2D":
+            steps.append(HeadStep(kind, pool=tuple(layer.pool_size), strides=tuple(layer.strides or layer.pool_size),
+                                  padding=layer.padding))  # fmt: skip
+        elif kind == "Dense":
+            steps.append(HeadStep(kind, _activation_name(layer), kernel=np.asarray(layer.kernel, np.float32),
+                                  bias=np.asarray(layer.bias, np.float32)))  # fmt: skip
+        elif kind == "Activation":
+            steps.append(HeadStep(kind, _activation_name(layer)))
+        else:  # Flatten, GlobalAveragePooling2D, ReLU, Dropout (identity at inference)
+            steps.append(HeadStep(kind, "relu" if kind == "ReLU" else "linear"))
+    return FrozenHead(tuple(steps), np.asarray(output.kernel, np.float32)[:, 0].copy())
+
+
+def head_gradient(head: FrozenHead, features: np.ndarray) -> np.ndarray:
     """d(pre-sigmoid logit)/d(feature maps) for a batch, by the head's layers' backward passes in numpy.
 
     Max pooling sends each window's gradient to its first maximum in row-major order, as TensorFlow's
@@ -77,40 +122,36 @@ def head_gradient(head, output, features: np.ndarray) -> np.ndarray:
     """
     activations = [np.asarray(features, np.float32)]
     x = activations[0]
-    for layer in head:  # forward, keeping what each backward step needs
-        kind = layer.__class__.__name__
-        if kind == "MaxPooling2D":
-            x = _max_pool(x, layer.pool_size, layer.strides, layer.padding)
-        elif kind == "Flatten":
+    for step in head.steps:  # forward, keeping what each backward step needs
+        if step.kind == "MaxPooling2D":
+            x = _max_pool(x, step.pool, step.strides, step.padding)
+        elif step.kind == "Flatten":
             x = x.reshape(len(x), -1)
-        elif kind == "GlobalAveragePooling2D":
+        elif step.kind == "GlobalAveragePooling2D":
             x = x.mean(axis=(1, 2))
-        elif kind == "Dense":
-            z = x @ np.asarray(layer.kernel, np.float32) + np.asarray(layer.bias, np.float32)
-            x = _activate(z, _activation_name(layer))
-        elif kind in ("ReLU", "Activation"):
-            x = _activate(x, "relu" if kind == "ReLU" else _activation_name(layer))
+        elif step.kind == "Dense":
+            x = _activate(x @ step.kernel + step.bias, step.activation)
+        elif step.kind in ("ReLU", "Activation"):
+            x = _activate(x, step.activation)
         activations.append(x)  # Dropout: identity at inference
-    grad = np.broadcast_to(np.asarray(output.kernel, np.float32)[:, 0], x.shape).copy()
-    for layer, before, after in zip(
-        reversed(head), reversed(activations[:-1]), reversed(activations[1:]), strict=True
+    grad = np.broadcast_to(head.output_kernel, x.shape).copy()
+    for step, before, after in zip(
+        reversed(head.steps), reversed(activations[:-1]), reversed(activations[1:]), strict=True
     ):
-        kind = layer.__class__.__name__
-        if kind == "MaxPooling2D":
-            grad = _max_pool_backward(before, grad, layer.pool_size, layer.strides)
-        elif kind == "Flatten":
+        if step.kind == "MaxPooling2D":
+            grad = _max_pool_backward(before, grad, step.pool, step.strides)
+        elif step.kind == "Flatten":
             grad = grad.reshape(before.shape)
-        elif kind == "GlobalAveragePooling2D":
+        elif step.kind == "GlobalAveragePooling2D":
             h, w = before.shape[1:3]
             grad = np.broadcast_to(grad[:, None, None, :] / (h * w), before.shape).copy()
-        elif kind == "Dense":
-            name = _activation_name(layer)
-            if name == "relu":
+        elif step.kind == "Dense":
+            if step.activation == "relu":
                 grad = grad * (after > 0)
-            elif name != "linear":
-                raise UnsupportedModel(f"no numpy gradient for a Dense layer with {name}")
-            grad = grad @ np.asarray(layer.kernel, np.float32).T
-        elif kind in ("ReLU", "Activation"):
+            elif step.activation != "linear":
+                raise UnsupportedModel(f"no numpy gradient for a Dense layer with {step.activation}")
+            grad = grad @ step.kernel.T
+        elif step.kind in ("ReLU", "Activation"):
             grad = grad * (after > 0)
     return grad.astype(np.float32, copy=False)
 
@@ -150,10 +191,10 @@ def _max_pool_backward(x, grad, pool, strides):
     return out
 
 
-def cam_batch(probabilities, embeddings, features, head, output) -> CamBatch:
+def cam_batch(probabilities, embeddings, features, head: FrozenHead) -> CamBatch:
     """The CamBatch GradCam returns, from a runtime's three outputs."""
     features = np.asarray(features, np.float32)
-    weights = head_gradient(head, output, features).mean(axis=(1, 2), keepdims=True)
+    weights = head_gradient(head, features).mean(axis=(1, 2), keepdims=True)
     raw = np.maximum((weights * features).sum(axis=-1), 0).astype(np.float32)
     probabilities = np.asarray(probabilities, np.float32).reshape(-1)
     return CamBatch(
@@ -199,7 +240,7 @@ class TfliteScorer:
         import os
         import threading
 
-        self._head, self._output = split_at_features(model)[1:]
+        self._head = freeze_head(*split_at_features(model)[1:])
         self._blob = blob if blob is not None else to_tflite(forward_model(model))
         self._threads = threads or min(4, os.cpu_count() or 1)
         self._interpreters: dict[int, tuple] = {}
@@ -228,7 +269,7 @@ class TfliteScorer:
             pieces = [self._run(batch[i : i + self.BATCH]) for i in range(0, whole, self.BATCH)]
             pieces += [self._run(batch[i : i + 1]) for i in range(whole, len(batch))]
         probabilities, embeddings, features = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
-        return cam_batch(probabilities, embeddings, features, self._head, self._output)
+        return cam_batch(probabilities, embeddings, features, self._head)
 
 
 class OnnxScorer:
@@ -239,7 +280,7 @@ class OnnxScorer:
     def __init__(self, model, threads: int | None = None):
         import onnxruntime
 
-        self._head, self._output = split_at_features(model)[1:]
+        self._head = freeze_head(*split_at_features(model)[1:])
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -252,7 +293,7 @@ class OnnxScorer:
         probabilities, embeddings, features = self._session.run(
             None, {self._input: _as_float_batch(batch_uint8)}
         )
-        return cam_batch(probabilities, embeddings, features, self._head, self._output)
+        return cam_batch(probabilities, embeddings, features, self._head)
 
 
 def new_interpreter(blob: bytes, threads: int | None):
