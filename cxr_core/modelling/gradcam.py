@@ -97,6 +97,11 @@ def absolute_heatmaps(raw: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return (shape * np.asarray(probabilities, np.float32)[:, None, None]).astype(np.float32)
 
 
+# OpenCV's jet in RGB order, as a user colour map: one pass per overlay instead of a map and a BGR->RGB swap
+_JET_RGB = np.ascontiguousarray(
+    cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, :, ::-1]
+)
+
 _PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
 
 
@@ -125,9 +130,8 @@ def overlay(
     bottom = max(top + 1, min(rgb.shape[0], round(box.bottom * scale)))
     right = max(left + 1, min(rgb.shape[1], round(box.right * scale)))
     heat = cv2.resize(heatmap.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_CUBIC)
-    heat = np.clip(heat, 0.0, 1.0)
-    colours = cv2.applyColorMap((heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
-    cv2.cvtColor(colours, cv2.COLOR_BGR2RGB, dst=colours)
+    np.clip(heat, 0.0, 1.0, out=heat)
+    colours = cv2.applyColorMap((heat * 255.0).astype(np.uint8), _JET_RGB)
     weight = heat * np.float32(alpha)  # per-pixel opacity; blendLinear does it in one pass (3x numpy's speed)
     rgb[top:bottom, left:right] = cv2.blendLinear(colours, rgb[top:bottom, left:right], weight, 1.0 - weight)
     return rgb
