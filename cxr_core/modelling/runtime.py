@@ -212,9 +212,24 @@ class KerasScorer:
         from cxr_core.modelling.gradcam import GradCam
 
         self._cam = GradCam(model)
+        self._model = model
+        self._forward = None
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
         return self._cam(batch_uint8)
+
+    def forward(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """The network's bare inference (probabilities, no Grad-CAM) in this runtime: a benchmark's
+        floor for what any serving path must spend on the classifier."""
+        import tensorflow as tf
+
+        if self._forward is None:
+            self._forward = tf.function(
+                lambda x: self._model(x, training=False),
+                input_signature=[tf.TensorSpec([None, *self._model.input_shape[1:]], tf.float32)],
+                reduce_retracing=True,
+            )
+        return self._forward(_as_float_batch(batch_uint8)).numpy()
 
 
 def _as_float_batch(batch_uint8: np.ndarray) -> np.ndarray:
@@ -263,13 +278,17 @@ class TfliteScorer:
         return [interpreter.get_tensor(i).copy() for i in outputs]
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
+        return cam_batch(*self.forward(batch_uint8), self._head)
+
+    def forward(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network's bare inference in TFLite: (probabilities, embeddings, feature maps), no Grad-CAM."""
         batch = _as_float_batch(batch_uint8)
         whole = len(batch) - len(batch) % self.BATCH
         with self._lock:
             pieces = [self._run(batch[i : i + self.BATCH]) for i in range(0, whole, self.BATCH)]
             pieces += [self._run(batch[i : i + 1]) for i in range(whole, len(batch))]
         probabilities, embeddings, features = (np.concatenate(parts) for parts in zip(*pieces, strict=True))
-        return cam_batch(probabilities, embeddings, features, self._head)
+        return probabilities, embeddings, features
 
 
 class OnnxScorer:
@@ -290,10 +309,11 @@ class OnnxScorer:
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
-        probabilities, embeddings, features = self._session.run(
-            None, {self._input: _as_float_batch(batch_uint8)}
-        )
-        return cam_batch(probabilities, embeddings, features, self._head)
+        return cam_batch(*self.forward(batch_uint8), self._head)
+
+    def forward(self, batch_uint8: np.ndarray) -> list[np.ndarray]:
+        """The network's bare inference in ONNX Runtime: (probabilities, embeddings, feature maps)."""
+        return self._session.run(None, {self._input: _as_float_batch(batch_uint8)})
 
 
 def new_interpreter(blob: bytes, threads: int | None):

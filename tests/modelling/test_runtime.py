@@ -87,6 +87,21 @@ def test_the_shipped_classifier_converted_to_tflite_scores_real_films_as_keras_d
     assert expected.probabilities.min() < 0.5 < expected.probabilities.max()  # both kinds of films
 
 
+def test_the_bare_forward_a_benchmark_counts_is_the_serving_runtimes_own_network(shipped):
+    """bench's second limit counts ``scorer.forward``: it must be the served network (TFLite here), the
+    same probabilities as the scorer with Grad-CAM, not another runtime's pass."""
+    predictor, inputs = shipped
+    scorer = predictor.scorer
+    assert scorer.name == predictor.runtime == "tflite"
+    probabilities, embeddings, features = scorer.forward(inputs)
+    scored = scorer(inputs)
+    np.testing.assert_array_equal(probabilities, scored.probabilities)
+    np.testing.assert_array_equal(embeddings, scored.embeddings)
+    assert features.shape[:1] == (len(inputs),) and features.ndim == 4
+    keras_probabilities = runtime.KerasScorer(predictor.model).forward(inputs)[:, 0]
+    assert np.abs(keras_probabilities - probabilities).max() <= TOLERANCE
+
+
 def test_a_gap_headed_network_gets_grad_cam_from_its_dense_weights(shipped):
     _, inputs = shipped
     model = cam_network()
