@@ -213,23 +213,23 @@ class KerasScorer:
 
         self._cam = GradCam(model)
         self._model = model
-        self._forward = None
+        self._forward = None  # built on first use: serving never calls it
 
     def __call__(self, batch_uint8: np.ndarray) -> CamBatch:
         return self._cam(batch_uint8)
 
-    def forward(self, batch_uint8: np.ndarray) -> np.ndarray:
-        """The network's bare inference (probabilities, no Grad-CAM) in this runtime: a benchmark's
-        floor for what any serving path must spend on the classifier."""
+    def forward(self, batch_uint8: np.ndarray) -> list[np.ndarray]:
+        """The network's bare inference in Keras, no Grad-CAM: (probabilities, embeddings, feature maps),
+        the same network and outputs the other runtimes convert (:func:`forward_model`)."""
         import tensorflow as tf
 
         if self._forward is None:
+            network = forward_model(self._model)
             self._forward = tf.function(
-                lambda x: self._model(x, training=False),
+                lambda x: network(x, training=False),
                 input_signature=[tf.TensorSpec([None, *self._model.input_shape[1:]], tf.float32)],
-                reduce_retracing=True,
             )
-        return self._forward(_as_float_batch(batch_uint8)).numpy()
+        return [output.numpy() for output in self._forward(_as_float_batch(batch_uint8))]
 
 
 def _as_float_batch(batch_uint8: np.ndarray) -> np.ndarray:

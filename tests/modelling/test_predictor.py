@@ -79,7 +79,7 @@ def test_predictor_loads_the_current_version_once_and_scores_batches(predictor, 
     # the batch sizes (32, then 8 and 1 film by film), and Keras' compiled pass never retraces for them.
     singles = [predictor.predict(batch[i : i + 1])[0].probability for i in (0, 17, 39)]
     np.testing.assert_allclose(singles, [results[i].probability for i in (0, 17, 39)], atol=1e-5)
-    assert predictor.runtime == "tflite" and sorted(predictor._cam._interpreters) == [1, 32]
+    assert predictor.runtime == "tflite" and sorted(predictor.scorer._interpreters) == [1, 32]
     keras_scorer = runtime.KerasScorer(model)
     for size in (32, 8, 1):
         keras_scorer(batch[:size])

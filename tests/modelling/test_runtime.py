@@ -98,8 +98,9 @@ def test_the_bare_forward_a_benchmark_counts_is_the_serving_runtimes_own_network
     np.testing.assert_array_equal(probabilities, scored.probabilities)
     np.testing.assert_array_equal(embeddings, scored.embeddings)
     assert features.shape[:1] == (len(inputs),) and features.ndim == 4
-    keras_probabilities = runtime.KerasScorer(predictor.model).forward(inputs)[:, 0]
-    assert np.abs(keras_probabilities - probabilities).max() <= TOLERANCE
+    keras_outputs = runtime.KerasScorer(predictor.model).forward(inputs)  # the same three, in Keras
+    assert [output.shape for output in keras_outputs] == [probabilities.shape, embeddings.shape, features.shape]
+    assert np.abs(keras_outputs[0] - probabilities).max() <= TOLERANCE
 
 
 def test_a_gap_headed_network_gets_grad_cam_from_its_dense_weights(shipped):
