@@ -288,7 +288,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
         from cxr_core.errors import DatasetError
 
         raise DatasetError(f"no lung masks listed in {data_root.name}/manifest.csv")
-    splits = split_records(records, seed=int(params["seed"]))
+    splits = split_records(records, seed=int(params["split_seed"]))
     common = {key: params[key] for key in ("side", "epochs", "batch_size", "base_filters", "depth", "patience",
                                            "mode", "max_minutes", "architecture",
                                            "soft_targets")}  # fmt: skip
@@ -330,6 +330,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             "data_name": data_root.name,
             "data_fingerprint": fingerprint,
             "split": {part: len(rows) for part, rows in splits.items()},
+            "held_out_images": sorted(r["image"] for r in splits["test"]),  # what held_out was measured on
             "held_out": held_out,
             "cross_source": cross,
             "licence": LICENCE,

@@ -218,3 +218,22 @@ def test_masked_lung_box_keeps_the_lungs_and_blanks_heart_abdomen_and_shoulders(
         assert inside.mean() > 0.2 and far.mean() > 0.05, (row["path"], inside.mean(), far.mean())
         np.testing.assert_array_equal(masked.pixels[inside], plain.pixels[inside])  # lung tissue kept, to its edge
         assert masked.pixels[far].max() <= 2, row["path"]  # the mediastinum gap, abdomen, shoulders: gone
+
+
+def test_lung_runs_of_other_seeds_are_measured_on_the_same_held_out_films(tmp_path, shared_cxr):
+    """The split follows lungs.split_seed only, so the spread over seeds is the training's, not the split's."""
+    records = lung_training.load_records(SHARED_LUNGS / "manifest.csv")
+    rows = [r for r in records if r["source"] == "shenzhen"][:10]
+    with open(tmp_path / "manifest.csv", "w") as fh:
+        fh.write("source,image,mask\n" + "".join(f"shenzhen,{r['image_path']},{r['mask_path']}\n" for r in rows))
+    tiny = {"side": 32, "base_filters": 2, "depth": 2, "epochs": 1, "batch_size": 4, "patience": 1}
+
+    def held_out(name, **seeds):
+        meta = lung_training.run_lung_train(tmp_path, tmp_path / name, {**tiny, **seeds})
+        assert meta["params"]["seed"] == seeds.get("seed", 0)
+        return meta["held_out_images"]
+
+    first = held_out("a", seed=0)
+    assert len(first) == 2 and set(first) <= {r["image_path"] for r in rows}
+    assert held_out("b", seed=1) == first
+    assert held_out("c", seed=1, split_seed=3) != first
