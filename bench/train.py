@@ -1,11 +1,12 @@
 """Training throughput: the real input pipeline against the same model fed from tensors in memory.
 
 Data: real X-rays decoded and preprocessed once, repeated to ``--size`` images (4200 by default, the
-Kaggle database's size; whole-film crops: what the pictures show does not change what dense
-convolutions cost). Subject: the model, optimizer, loss, metric, sample weights and
+Kaggle database's size; whole-film crops, or with a recipe that trains on its evidence the lung crops
+the shipped model sees and their lung fields as targets). Subject: the model, optimizer, loss (the
+evidence loss included when the recipe has it), metric, sample weights and
 ``cxr_core.pipeline.augment.training_dataset`` input pipeline (shuffle, batch, augmentation, prefetch) exactly as
-``fit_network`` sets them up, with the training settings the shipped model (the registry's current
-version) was trained with (params.yaml's when there is none). Baseline, the compute-only limit: the same model and
+``fit_network`` sets them up (``compiled_trainer``), with the training settings the shipped model (the
+registry's current version) was trained with (params.yaml's when there is none). Baseline, the compute-only limit: the same model and
 settings fed float32 batches already in memory. Epochs of the two alternate; the steady state is
 timed from batch 10 of an epoch to its last batch, and each full epoch is timed as well.
 
@@ -61,6 +62,22 @@ def _shipped_settings() -> dict | None:
         return None
 
 
+def _lung_options(ingest: dict) -> dict:
+    """The input path's lung arguments as the current version was trained with them (its targets are
+    the lungs in that view); without a registered classifier, the current lung model with ``ingest``'s."""
+    from cxr_core.errors import CxrError
+    from cxr_core.modelling.lungs import load_lung_model
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.registry.store import Registry
+
+    try:
+        model_dir, _ = Registry().resolve_with_warning(None)
+        return Predictor(model_dir).lung_options()
+    except CxrError:
+        return {"lungs": load_lung_model(), "crop_to_lungs": bool(ingest["lung_crop"]),
+                "lung_margin": float(ingest["lung_margin"]), "mask_to_lungs": bool(ingest["lung_mask"])}  # fmt: skip
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4200, help="images per epoch")
@@ -74,48 +91,59 @@ def main() -> None:
     import tensorflow as tf
 
     from cxr_core.imaging.preprocess import to_model_input
-    from cxr_core.modelling.networks import build_network
+    from cxr_core.modelling.networks import OUTPUT
     from cxr_core.pipeline.augment import training_dataset
-    from cxr_core.pipeline.train import make_optimizer, sample_weights
+    from cxr_core.pipeline.ingest import lung_masks_in_view
+    from cxr_core.pipeline.train import EVIDENCE, compiled_trainer, sample_weights, trains_on_evidence
     from cxr_core.settings import load_params
 
-    params = load_params(ROOT / "params.yaml")["train"]
+    settings = load_params(ROOT / "params.yaml")
+    params = settings["train"]
     shipped = _shipped_settings()
     if shipped is not None:
         params = {**params, **shipped}
     batch_size = int(params["batch_size"])
+    guided = trains_on_evidence(params)
+    lung_options = _lung_options(settings["ingest"]) if guided else {}
     items = labelled(args.data, None if args.size >= 955 else args.size)
-    pictures = np.stack([to_model_input(path).pixels for path, _ in items])[..., None]
+    prepared = [to_model_input(path, **lung_options) for path, _ in items]
+    pictures = np.stack([film.pixels for film in prepared])[..., None]
+    side = pictures.shape[1]
+    # The evidence targets as training makes them: the grown lung fields in the network's view, and the
+    # lesion boxes (left empty here: an empty channel costs the loss the same arithmetic).
+    targets = (
+        np.stack([np.stack([lung_masks_in_view(film, side)[..., 1], np.zeros((side, side), np.uint8)], -1)
+                  for film in prepared])
+        if guided else None
+    )  # fmt: skip
     labels = np.array([label for _, label in items], dtype=np.int32)
     sources = [path.parent.parent.name for path, _ in items]
     repeat = np.arange(args.size) % len(items)
     x, y = pictures[repeat], labels[repeat]
+    targets = None if targets is None else targets[repeat]
     weights = sample_weights(
         y, [sources[i] for i in repeat], float(params["max_source_weight"]),
         float(params.get("single_class_source_weight", 1.0)),
     )  # fmt: skip
-    log(f"train: {len(items)} distinct X-rays repeated to {len(x)} images")
+    log(f"train: {len(items)} distinct X-rays repeated to {len(x)} images"
+        + (", with the evidence loss's targets" if guided else ""))
 
     def compiled():
         keras.utils.set_random_seed(int(params["seed"]))
-        model = build_network(x.shape[1], params["model"])
-        model.compile(
-            optimizer=make_optimizer(params, int(np.ceil(len(x) / batch_size))),
-            loss="binary_crossentropy",
-            metrics=[keras.metrics.AUC(name="auc")],
-        )
-        return model
+        return compiled_trainer(side, params, int(np.ceil(len(x) / batch_size)), guided)
 
-    pipeline = training_dataset(x, y, weights, params, int(params["seed"]))
-    in_memory = (
-        tf.data.Dataset.from_tensor_slices(
-            (x.astype(np.float32), y.astype(np.float32), weights.astype(np.float32))
-        )
-        .batch(batch_size)
-        .cache()
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    runs = {"pipeline": (compiled(), pipeline), "in_memory": (compiled(), in_memory)}
+    _, pipeline_trainer, map_side = compiled()
+    pipeline = training_dataset(x, y, weights, params, int(params["seed"]), targets, map_side)
+    if guided:  # the same two outputs and weights, the targets pooled to the map as the pipeline pools them
+        factor = side // map_side
+        pooled = tf.nn.avg_pool2d(targets.astype(np.float32) / 255.0, factor, factor, "VALID")
+        outputs = {OUTPUT: y.astype(np.float32), EVIDENCE: pooled}
+        sample = {OUTPUT: weights.astype(np.float32), EVIDENCE: np.ones(len(x), np.float32)}
+        slices = (x.astype(np.float32), outputs, sample)
+    else:
+        slices = (x.astype(np.float32), y.astype(np.float32), weights.astype(np.float32))
+    in_memory = tf.data.Dataset.from_tensor_slices(slices).batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+    runs = {"pipeline": (pipeline_trainer, pipeline), "in_memory": (compiled()[1], in_memory)}
     for model, data in runs.values():  # trace the train step, fill the cache
         model.fit(data, epochs=1, verbose=0, shuffle=False)
 
@@ -143,6 +171,7 @@ def main() -> None:
                 "batch_size": batch_size,
                 "rounds": args.rounds,
                 "settings": "the shipped model's (registry metadata)" if shipped else "params.yaml",
+                "evidence_loss": guided,  # the shipped recipe trains where its evidence lies: timed with it
             },
             "figures": {
                 "images_per_s": round(median([m["rate"] for m in measured["pipeline"]]), 1),

@@ -50,12 +50,10 @@ def fit_network(
     always the plain serving network. ``sources_val`` lets early stopping's validation AUC weigh the
     validation films by the training split's source rule (``single_class_source_weight``).
     """
-    from cxr_core.modelling.networks import OUTPUT, build_network
+    from cxr_core.modelling.networks import OUTPUT
     from cxr_core.pipeline.augment import training_dataset
 
     seed = int(params["seed"])
-    keras.utils.set_random_seed(seed)
-    model = build_network(x_train.shape[1], params["model"])
     steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
     single_weight = float(params.get("single_class_source_weight", 1.0))
     weights = sample_weights(y_train, sources_train, float(params["max_source_weight"]), single_weight)
@@ -70,15 +68,10 @@ def fit_network(
     # With validation weights the AUC early stopping follows must use them: Keras applies sample
     # weights only to weighted_metrics. Without them the shipped recipe's metric stays as it was.
     auc_metric = "weighted_metrics" if val_weights is not None else "metrics"
-    evidence = params.get("evidence") or {}
     guided = targets_train is not None and trains_on_evidence(params)
+    keras.utils.set_random_seed(seed)
+    model, trainer, map_side = compiled_trainer(x_train.shape[1], params, steps, guided, auc_metric)
     if guided:
-        trainer, map_side = evidence_trainer(model, evidence)
-        trainer.compile(
-            optimizer=make_optimizer(params, steps),
-            loss={OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)},
-            **{auc_metric: {OUTPUT: [keras.metrics.AUC(name="auc")]}},
-        )
         train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
         factor = x_train.shape[1] // map_side
         pooled_val = tf.nn.avg_pool2d(targets_val.astype(np.float32) / 255.0, factor, factor, "VALID")
@@ -91,12 +84,6 @@ def fit_network(
             ).batch(256)
         callbacks = [_PlainMetricNames(OUTPUT), *(callbacks or [])]
     else:
-        trainer = model
-        model.compile(
-            optimizer=make_optimizer(params, steps),
-            loss="binary_crossentropy",
-            **{auc_metric: [keras.metrics.AUC(name="auc")]},
-        )
         train_ds = training_dataset(x_train, y_train, weights, params, seed)
         val_data = (x_val, y_val.astype(np.float32)) + (() if val_weights is None else (val_weights,))
         val_ds = tf.data.Dataset.from_tensor_slices(val_data).batch(256)
@@ -119,6 +106,32 @@ def fit_network(
 
 
 EVIDENCE = "evidence"
+
+
+def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metric: str = "metrics"):
+    """The serving network, what ``fit`` runs on (itself, or with ``guided`` its two-output evidence
+    trainer), compiled as the recipe says, and the evidence map's side in cells (None unguided).
+
+    One place for it, so that the training benchmark times the very model and loss the recipe trains.
+    """
+    from cxr_core.modelling.networks import OUTPUT, build_network
+
+    model = build_network(side, params["model"])
+    if not guided:
+        model.compile(
+            optimizer=make_optimizer(params, steps),
+            loss="binary_crossentropy",
+            **{auc_metric: [keras.metrics.AUC(name="auc")]},
+        )
+        return model, model, None
+    evidence = params.get("evidence") or {}
+    trainer, map_side = evidence_trainer(model, evidence)
+    trainer.compile(
+        optimizer=make_optimizer(params, steps),
+        loss={OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)},
+        **{auc_metric: {OUTPUT: [keras.metrics.AUC(name="auc")]}},
+    )
+    return model, trainer, map_side
 
 
 class _CamMap(keras.layers.Layer):
