@@ -159,6 +159,7 @@ class LungSettings:
     mode: str = "letterbox"  # the whole trimmed film, padded to a square
     architecture: str = "unet"  # or "separable": depthwise-separable convolutions (lungs.ARCHITECTURES)
     soft_targets: bool = False  # train on each small pixel's lung share, not on a rounded mask
+    negatives: float = 0.0  # synthetic no-lung pictures (empty masks) added, as a share of the films
     base_filters: int = 8
     depth: int = 4
     epochs: int = 60

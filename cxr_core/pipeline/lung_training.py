@@ -127,6 +127,73 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, soft: bool =
     return xi, yi
 
 
+NEGATIVE_FAMILIES = ("smooth field", "texture", "document", "shapes")
+
+
+def synthetic_negative(family: str, rng: np.random.Generator) -> np.ndarray:
+    """One picture with no lungs in it, of a kind a screening desk is handed by mistake, drawn at random.
+
+    A lung network trained on chest films only has never been told what "no lungs" looks like, so
+    whether it finds lung-shaped regions in a gradient or a page of text is a matter of its seed (two
+    96 px networks of one recipe, 2026-12-04: one refused the tests' four pictures, one accepted two).
+    Trained on these with an empty mask, "nothing here" is learnt. Each family is a random process
+    (smooth intensity fields of 1-3 waves, blurred noise of any grain, lines of random characters in
+    random fonts, random shapes on a smooth ground), not a copy of the tests' pictures.
+    """
+    h, w = (int(v) for v in rng.integers(320, 769, 2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if family == "smooth field":
+        field = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(1, 4))):
+            angle, cycles = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 1.5)
+            along = (np.cos(angle) * xx / w + np.sin(angle) * yy / h) * 2 * np.pi * cycles
+            field += rng.uniform(0.3, 1.0) * np.cos(along + rng.uniform(0, 2 * np.pi))
+    elif family == "texture":
+        field = rng.normal(0, 1, (h, w)).astype(np.float32)
+        sigma = float(rng.choice([0.0, rng.uniform(0.5, 4.0), rng.uniform(4.0, 40.0)]))
+        if sigma > 0:
+            field = cv2.GaussianBlur(field, (0, 0), sigma)
+    elif family == "document":
+        field = np.full((h, w), int(rng.integers(170, 256)), np.uint8)  # OpenCV draws text on 8 bits
+        ink, font = int(rng.integers(0, 91)), int(rng.choice([0, 1, 2, 3, 4, 6, 7]))
+        scale, step = rng.uniform(0.3, 1.2), int(rng.integers(14, 48))
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:-"))
+        for top in range(int(rng.integers(10, 60)), h, step):
+            if rng.random() < 0.15:  # a rule or a table line now and then
+                cv2.line(field, (int(rng.integers(0, w // 4)), top), (int(rng.integers(w // 2, w)), top), ink, 1)
+                continue
+            text = "".join(rng.choice(letters, int(rng.integers(5, 60))))
+            cv2.putText(field, text, (int(rng.integers(0, 40)), top), font, scale, ink, int(rng.integers(1, 3)))
+        field = field.astype(np.float32)
+    elif family == "shapes":
+        field = rng.uniform(0, 1) * (xx / w) + rng.uniform(0, 1) * (yy / h)
+        for _ in range(int(rng.integers(2, 12))):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            size = (int(rng.integers(10, w // 3)), int(rng.integers(10, h // 3)))
+            value = float(rng.uniform(-1, 2))
+            if rng.random() < 0.5:
+                cv2.ellipse(field, centre, size, float(rng.uniform(0, 180)), 0, 360, value, -1)
+            else:
+                cv2.rectangle(field, centre, (centre[0] + size[0], centre[1] + size[1]), value, -1)
+        field = cv2.GaussianBlur(field, (0, 0), float(rng.uniform(0.5, 6.0)))
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    lo, hi = np.percentile(field, (1, 99))
+    low, high = sorted(rng.uniform(0, 255, 2))
+    high = max(high, low + 60)  # a picture, not a flat field: the decoder refuses those before any network
+    out = (np.clip((field - lo) / max(float(hi - lo), 1e-6), 0, 1) * (high - low) + low)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def negative_pairs(count: int, side: int, mode: str, seed: int):
+    """``count`` synthetic no-lung pictures as the lung network sees them, with empty masks."""
+    rng = np.random.default_rng([seed, 7919])
+    X = np.zeros((count, side, side, 1), np.uint8)
+    for i in range(count):
+        X[i, :, :, 0], _ = lung_input(synthetic_negative(NEGATIVE_FAMILIES[i % len(NEGATIVE_FAMILIES)], rng), side, mode)
+    return X, np.zeros((count, side, side, 1), np.float32)
+
+
 def dice_bce_loss(y_true, y_pred):
     from keras import ops
 
@@ -166,12 +233,14 @@ def train_unet(
     max_minutes: float | None = None,
     verbose: int = 2,
     data=None,
+    negatives: float = 0.0,
 ):
     """Train the U-Net on ``records`` (lung-manifest rows), early-stopping on ``val_records``.
 
     If ``val_records`` is None a seeded 12.5 % of ``records`` is held out. ``data`` may pass
-    pre-decoded ((Xtr, Ytr), (Xva, Yva)) arrays. Saves the best-val model to ``out_path`` and returns
-    a dict with history, params and wall time.
+    pre-decoded ((Xtr, Ytr), (Xva, Yva)) arrays. ``negatives``: synthetic no-lung pictures with empty
+    masks added to training and validation, as a share of each (see :func:`synthetic_negative`). Saves
+    the best-val model to ``out_path`` and returns a dict with history, params and wall time.
     """
     import keras
 
@@ -186,6 +255,11 @@ def train_unet(
         Xva, Yva = prepare_pairs(val_records, side, mode, soft_targets)
     else:
         (Xtr, Ytr), (Xva, Yva) = data
+    if negatives > 0:  # validation gets its share too, so early stopping also watches "nothing here"
+        Xn, Yn = negative_pairs(max(1, round(negatives * len(Xtr))), side, mode, seed)
+        Xtr, Ytr = np.concatenate([Xtr, Xn]), np.concatenate([Ytr, Yn])
+        Xn, Yn = negative_pairs(max(1, round(negatives * len(Xva))), side, mode, seed + 1000)
+        Xva, Yva = np.concatenate([Xva, Xn]), np.concatenate([Yva, Yn])
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -239,6 +313,8 @@ def train_unet(
         "epochs_run": len(hist.history["loss"]),
         "best_val_loss": float(min(hist.history["val_loss"])),
         "params": int(model.count_params()),
+        "train_films": len(Xtr),  # negatives included
+        "val_films": len(Xva),
         "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
         "model": model,
     }
@@ -291,7 +367,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
     splits = split_records(records, seed=int(params["split_seed"]))
     common = {key: params[key] for key in ("side", "epochs", "batch_size", "base_filters", "depth", "patience",
                                            "mode", "max_minutes", "architecture",
-                                           "soft_targets")}  # fmt: skip
+                                           "soft_targets", "negatives")}  # fmt: skip
     common["lr"] = params["learning_rate"]
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:

@@ -237,3 +237,33 @@ def test_lung_runs_of_other_seeds_are_measured_on_the_same_held_out_films(tmp_pa
     assert len(first) == 2 and set(first) <= {r["image_path"] for r in rows}
     assert held_out("b", seed=1) == first
     assert held_out("c", seed=1, split_seed=3) != first
+
+
+@pytest.mark.parametrize("family", lung_training.NEGATIVE_FAMILIES)
+def test_synthetic_no_lung_pictures_reach_the_lung_network_with_empty_masks(family):
+    """What negatives train on is what the clinic's path would hand the lung network: pictures the
+    decoder's blank/flat checks let through (else the network would never meet them), varied, no lungs."""
+    from cxr_core.imaging.preprocess import to_model_input
+
+    rng = np.random.default_rng(5)
+    pictures = [lung_training.synthetic_negative(family, rng) for _ in range(6)]
+    for picture in pictures:
+        assert picture.dtype == np.uint8 and picture.ndim == 2 and 320 <= min(picture.shape)
+        to_model_input(cv2.imencode(".png", picture)[1].tobytes())  # raises on a blank or flat picture
+    assert len({picture.tobytes() for picture in pictures}) == 6
+    X, Y = lung_training.negative_pairs(8, 64, "letterbox", seed=3)
+    assert X.shape == Y.shape == (8, 64, 64, 1) and X.std() > 10 and not Y.any()
+    again, _ = lung_training.negative_pairs(8, 64, "letterbox", seed=3)
+    assert np.array_equal(X, again)  # a seed gives the same negatives: runs can be repeated
+
+
+def test_training_with_negatives_adds_them_to_training_and_validation(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (8, 64, 64, 1), dtype=np.uint8)
+    y = np.zeros((8, 64, 64, 1), np.float32)
+    y[:, 16:48, 8:24] = 1
+    out = lung_training.train_unet(None, str(tmp_path / "tiny.keras"), side=64, epochs=1, batch_size=4,
+                                   base_filters=4, depth=3, verbose=0, data=((x, y), (x[:4], y[:4])),
+                                   negatives=0.5)  # fmt: skip
+    assert out["epochs_run"] == 1
+    assert out["train_films"] == 12 and out["val_films"] == 6
