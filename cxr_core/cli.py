@@ -268,8 +268,10 @@ def _lungs_train(args) -> int:
         raise CxrError("--promote needs --register")
     params = _params_of(args)
     data = allowed_dataset_path(args.data or params["lungs"]["data"])
-    metadata = run_lung_train(data, args.out, params["lungs"])
-    summary = {key: metadata[key] for key in ("held_out", "cross_source", "parameters", "train_seconds")}
+    # the gate also judges what it refuses: the probes, and every film of the classifier's dataset
+    census = allowed_dataset_path(args.census or params["data"]["path"])
+    metadata = run_lung_train(data, args.out, params["lungs"], census_data=census)
+    summary = {key: metadata.get(key) for key in ("held_out", "cross_source", "census", "parameters", "train_seconds")}
     if args.register:
         from cxr_core.registry.gate import lung_gate, policy_stamp
 
@@ -566,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     settings_options(lungs_train)
     lungs_train.add_argument("--data", default=None, help="folder with manifest.csv (default: lungs.data)")
     lungs_train.add_argument("--out", default="work/lungs")
+    lungs_train.add_argument(
+        "--census", default=None,
+        help="labelled X-rays the model must not refuse, for the gate (default: data.path)",
+    )  # fmt: skip
     lungs_train.add_argument("--register", action="store_true", help="register it as a lung model version")
     lungs_train.add_argument(
         "--promote", action="store_true", help="with --register: make it current if it passes the lung gate"

@@ -341,11 +341,13 @@ def evaluate_lungs(model, records, side: int = SIDE, mode: str = "letterbox") ->
     }  # fmt: skip
 
 
-def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None) -> dict:
+def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None, census_data=None) -> dict:
     """Train on the train splits of every source, measure on the held-out splits, write a model folder.
 
     With ``cross_source``, one more model per source is trained on the *other* source only and tested
-    on all of this one: the estimate for a hospital the lung model never saw.
+    on all of this one: the estimate for a hospital the lung model never saw. With ``census_data`` (a
+    labelled X-ray dataset) the served model is also tried on the non-chest probes and on every film
+    of it (:func:`cxr_core.pipeline.lung_census.lung_census`): what the lung gate judges besides Dice.
     """
     from datetime import UTC, datetime
     from pathlib import Path
@@ -416,6 +418,12 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
         }
         metadata["tflite_model_sha256"] = metadata["model_sha256"]  # the weights the twin was made from
         write_json_atomic(staging / Layout.METADATA, metadata)
+        if census_data is not None:  # served as the clinic would serve it: the folder as it stands
+            from cxr_core.modelling.lungs import LungModel
+            from cxr_core.pipeline.lung_census import lung_census
+
+            metadata["census"] = lung_census(LungModel(staging), census_data)
+            write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
         (staging / Layout.CARD).write_text(render_lung_card(metadata))
     return metadata
@@ -467,5 +475,19 @@ def render_lung_card(metadata: dict) -> str:
         lines += ["", "## A source it never saw (trained on the other source only)", "",
                   "| source | films | Dice | Dice (5th percentile) | IoU |", "|---|---|---|---|---|",
                   *[row(source, values) for source, values in metadata["cross_source"].items()]]  # fmt: skip
+    census = metadata.get("census") or {}
+    if census:
+        probes = census.get("probes") or {}
+        accepted = [name for name, verdict in probes.items() if verdict != "refused"]
+        lines += ["", "## What it refuses", "",
+                  f"Pictures with no lungs in them: {len(probes) - len(accepted)} of {len(probes)} refused"
+                  + (f" (accepted: {', '.join(accepted)})." if accepted else ".")]  # fmt: skip
+        films = census.get("films")
+        if films:
+            lines.append(
+                f"Real X-rays of `{films['data_name']}`: {films['refused']} of {films['checked']} refused as not a "
+                f"chest" + (f" ({', '.join(f'{k} {v}' for k, v in films['refused_by_source'].items())})."
+                            if films["refused"] else ".")
+            )  # fmt: skip
     lines += ["", "## Terms", metadata["licence"], ""]
     return "\n".join(lines)

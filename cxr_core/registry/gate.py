@@ -18,6 +18,11 @@ WHO_MIN_SENSITIVITY = 0.90
 WHO_MIN_SPECIFICITY = 0.70
 # A lung model crops every film the classifier sees: on each held-out source its mean Dice must reach this.
 LUNG_MIN_DICE = 0.90
+# ... and it decides which films are screened at all. The model in use refuses none of the 2,332 shared
+# X-rays; an earlier plausibility rule refused 17 (0.7 %), every one a TB film with a destroyed lung, and
+# was replaced for it. A candidate may refuse at most this share of a real dataset's films
+# (lung_census), and must refuse every non-chest probe (modelling.lung_probes).
+LUNG_MAX_REFUSED_SHARE = 0.002
 
 
 @dataclass
@@ -46,11 +51,14 @@ def server_policy(policy: dict | None = None) -> dict:
 
 def lung_policy() -> dict:
     """The lung model's gate: fixed in code, so no file or flag can lower it."""
-    return {"kind": "lungs", "min_dice_per_source": LUNG_MIN_DICE}
+    return {"kind": "lungs", "min_dice_per_source": LUNG_MIN_DICE, "max_real_films_refused": LUNG_MAX_REFUSED_SHARE,
+            "non_chest_probes": "all refused"}  # fmt: skip
 
 
 def lung_gate(metadata: dict) -> GateResult:
-    """A lung model may serve only if every held-out source's mean Dice reaches :data:`LUNG_MIN_DICE`."""
+    """A lung model may serve only if every held-out source's mean Dice reaches :data:`LUNG_MIN_DICE`,
+    it refuses every non-chest probe, and it refuses at most :data:`LUNG_MAX_REFUSED_SHARE` of a real
+    dataset's films (``metadata["census"]``, see :func:`cxr_core.pipeline.lung_census.lung_census`)."""
     held_out = metadata.get("held_out") if isinstance(metadata.get("held_out"), dict) else {}
     reasons, checks = [], []
     if not held_out:
@@ -62,6 +70,25 @@ def lung_gate(metadata: dict) -> GateResult:
             reasons.append(f"held-out Dice on {source} is {shown}, below the floor {LUNG_MIN_DICE:.2f}")
         else:
             checks.append(f"held-out Dice on {source} {dice:.3f} meets the floor {LUNG_MIN_DICE:.2f}")
+    census = metadata.get("census") if isinstance(metadata.get("census"), dict) else {}
+    probes = census.get("probes") if isinstance(census.get("probes"), dict) else {}
+    accepted = sorted(name for name, verdict in probes.items() if verdict != "refused")
+    if not probes:
+        reasons.append("the lung model was not tried on pictures with no lungs in them")
+    elif accepted:
+        reasons.append(f"the lung model finds lungs in pictures with none: {', '.join(accepted)}")
+    else:
+        checks.append(f"all {len(probes)} pictures with no lungs in them are refused")
+    films = census.get("films") if isinstance(census.get("films"), dict) else {}
+    checked, refused = _number(films.get("checked")), _number(films.get("refused"))
+    if not checked or refused is None:
+        reasons.append("the lung model was not tried on a dataset of real X-rays")
+    elif refused / checked > LUNG_MAX_REFUSED_SHARE + 1e-12:
+        by_source = ", ".join(f"{source} {count}" for source, count in (films.get("refused_by_source") or {}).items())
+        reasons.append(f"the lung model refuses {refused:.0f} of {checked:.0f} real X-rays as not a chest "
+                       f"({by_source}), above the {LUNG_MAX_REFUSED_SHARE:.1%} allowed")  # fmt: skip
+    else:
+        checks.append(f"{refused:.0f} of {checked:.0f} real X-rays refused ({films.get('data_name')})")
     return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=lung_policy())
 
 

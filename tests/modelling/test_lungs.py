@@ -10,7 +10,7 @@ import pytest
 from builders import make_dicom
 from conftest import SHARED_CXR
 
-from cxr_core.modelling import lungs
+from cxr_core.modelling import lung_probes, lungs
 from cxr_core.pipeline import lung_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,25 +69,12 @@ def test_the_shipped_lung_model_on_held_out_masks_of_both_sources(lung_model, ma
         assert min(scores) >= 0.80, (source, min(scores))
 
 
-def _negatives() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(7)
-    ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (512, 1)).astype(np.uint8)
-    noise = np.clip(128 + rng.normal(0, 40, (512, 512)), 0, 255).astype(np.uint8)
-    page = np.full((700, 500), 235, np.uint8)
-    for line in range(24):
-        cv2.putText(page, "Lorem ipsum dolor sit amet, consectetur", (20, 40 + 26 * line),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.55, 20, 1)  # fmt: skip
-    blobs = cv2.GaussianBlur(rng.integers(0, 255, (480, 640)).astype(np.uint8), (0, 0), 25)
-    photo = cv2.normalize(blobs, None, 0, 255, cv2.NORM_MINMAX)
-    return {"gradient": ramp, "noise": noise, "text page": page, "photo": photo}
-
-
-@pytest.mark.parametrize("kind", ["gradient", "noise", "text page", "photo"])
+@pytest.mark.parametrize("kind", lung_probes.MISTAKES + lung_probes.UNSEEN_KINDS)
 def test_images_with_no_plausible_lungs_are_refused_not_scored(kind, lung_model):
     from cxr_core.errors import ImageError
     from cxr_core.imaging.preprocess import NOT_A_CHEST, to_model_input
 
-    data = cv2.imencode(".png", _negatives()[kind])[1].tobytes()
+    data = cv2.imencode(".png", lung_probes.non_chest_pictures()[kind])[1].tobytes()
     with pytest.raises(ImageError) as refused:
         to_model_input(data, lungs=lung_model)
     message = str(refused.value)

@@ -14,7 +14,7 @@ from conftest import shared_records
 
 from cxr_core.errors import ModelError
 from cxr_core.imaging.preprocess import to_model_input
-from cxr_core.modelling import lungs, runtime
+from cxr_core.modelling import lung_probes, lungs, runtime
 from cxr_core.modelling.predictor import Predictor
 from cxr_core.registry.store import Registry
 from cxr_core.settings import lung_models_dir, models_dir
@@ -190,15 +190,14 @@ def test_a_damaged_converted_lung_model_is_refused(served_lungs, tmp_path):
         lungs.LungModel(copy)
 
 
-@pytest.mark.parametrize("kind", ["gradient", "noise", "text page", "photo"])
+@pytest.mark.parametrize("kind", lung_probes.MISTAKES + lung_probes.UNSEEN_KINDS)
 def test_the_converted_lung_model_still_refuses_pictures_with_no_lungs(kind, served_lungs):
     import cv2
-    from test_lungs import _negatives
 
     from cxr_core.errors import ImageError
     from cxr_core.imaging.preprocess import NOT_A_CHEST
 
-    data = cv2.imencode(".png", _negatives()[kind])[1].tobytes()
+    data = cv2.imencode(".png", lung_probes.non_chest_pictures()[kind])[1].tobytes()
     with pytest.raises(ImageError) as refused:
         to_model_input(data, lungs=served_lungs)
     message = str(refused.value)

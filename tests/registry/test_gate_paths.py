@@ -67,32 +67,71 @@ def lung_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_LUNG_MODELS_DIR", str(tmp_path / "lungs-registry"))
     monkeypatch.setenv("CXR_MODELS_DIR", str(tmp_path / "models"))
     figures = {}
+    refusals = {"probes": {"gradient": "refused", "text page": "refused"},
+                "films": {"data_name": "cxr", "checked": 1000, "refused": 0, "refused_by_source": {}}}  # fmt: skip
 
-    def trained(data_root, out_dir, params):
+    def trained(data_root, out_dir, params, census_data=None):
+        assert census_data is not None  # the command always asks for the census the gate needs
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "model.keras").write_bytes(b"lung weights " + json.dumps(figures).encode())
-        metadata = {"held_out": figures, "cross_source": {}, "parameters": 1, "train_seconds": 1.0, "threshold": 0.5}
+        (out / "model.keras").write_bytes(b"lung weights " + json.dumps([figures, refusals]).encode())
+        metadata = {"held_out": figures, "cross_source": {}, "census": refusals, "parameters": 1,
+                    "train_seconds": 1.0, "threshold": 0.5}  # fmt: skip
         (out / "metadata.json").write_text(json.dumps(metadata))
         return metadata
 
     monkeypatch.setattr(lung_training, "run_lung_train", trained)
-    return tmp_path, figures
+    return tmp_path, figures, refusals
 
 
 def test_lungs_train_promotes_only_a_lung_model_that_passes_its_gate(lung_env, capsys):
-    tmp_path, figures = lung_env
+    tmp_path, figures, _ = lung_env
     data = str(tmp_path / "roots" / "lungs")
     figures.update(jsrt={"dice_mean": 0.97}, shenzhen={"dice_mean": 0.62})
-    code = cli.main(["lungs-train", "--data", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
     assert code == 2 and "held-out Dice on shenzhen is 0.620, below the floor 0.90" in capsys.readouterr().err
     lungs = Registry(tmp_path / "lungs-registry", kind="lungs")
     assert lungs.current_version() is None and len(lungs.versions()) == 1
 
     figures.update(shenzhen={"dice_mean": 0.95})
-    code = cli.main(["lungs-train", "--data", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert summary["promoted"] and lungs.current_version() == summary["version"]
     assert lungs.verdict(summary["version"])["passed"] is True
     assert cli.main(["lungs-train", "--data", data, "--promote"]) == 2  # --promote needs --register
+
+
+def test_a_lung_model_that_refuses_real_films_or_accepts_a_picture_with_no_lungs_is_not_promoted(lung_env, capsys):
+    """Dice alone passed 96 px networks that joined both lungs through the heart on real TB films."""
+    tmp_path, figures, refusals = lung_env
+    data = str(tmp_path / "roots" / "lungs")
+    figures.update(jsrt={"dice_mean": 0.97}, shenzhen={"dice_mean": 0.956})
+    lungs = Registry(tmp_path / "lungs-registry", kind="lungs")
+
+    refusals["films"].update(refused=10, refused_by_source={"rahmandb": 9, "da": 1})
+    refusals["probes"]["gradient"] = "accepted"
+    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
+    err = capsys.readouterr().err
+    assert code == 2 and lungs.current_version() is None
+    assert "finds lungs in pictures with none: gradient" in err
+    assert "refuses 10 of 1000 real X-rays as not a chest (rahmandb 9, da 1), above the 0.2% allowed" in err
+
+    refusals["probes"]["gradient"] = "refused"
+    refusals["films"].update(refused=2, refused_by_source={"rahmandb": 2})  # 0.2 %: at the limit, allowed
+    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert lungs.current_version() == summary["version"] and summary["census"]["films"]["refused"] == 2
+    checks = lungs.verdict(summary["version"])["checks"]
+    assert "all 2 pictures with no lungs in them are refused" in checks
+    assert "2 of 1000 real X-rays refused (cxr)" in checks
+
+
+def test_the_lung_gate_refuses_a_model_never_tried_on_pictures_or_films():
+    from cxr_core.registry.gate import lung_gate
+
+    verdict = lung_gate({"held_out": {"shenzhen": {"dice_mean": 0.96}}})
+    assert not verdict.passed
+    assert verdict.reasons == ["the lung model was not tried on pictures with no lungs in them",
+                               "the lung model was not tried on a dataset of real X-rays"]  # fmt: skip
