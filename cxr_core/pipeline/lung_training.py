@@ -138,7 +138,9 @@ def synthetic_negative(family: str, rng: np.random.Generator) -> np.ndarray:
     96 px networks of one recipe, 2026-12-04: one refused the tests' four pictures, one accepted two).
     Trained on these with an empty mask, "nothing here" is learnt. Each family is a random process
     (smooth intensity fields of 1-3 waves, blurred noise of any grain, lines of random characters in
-    random fonts, random shapes on a smooth ground), not a copy of the tests' pictures.
+    random fonts, random shapes on a smooth ground), not a copy of the tests' pictures. Tried on a 96 px
+    network: every probe refused, but its twin trained on JSRT alone lost 0.04 of Dice on Shenzhen
+    (docs/performance.md), so ``lungs.negatives`` is off by default.
     """
     h, w = (int(v) for v in rng.integers(320, 769, 2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
