@@ -268,8 +268,14 @@ def _lungs_train(args) -> int:
         raise CxrError("--promote needs --register")
     params = _params_of(args)
     data = allowed_dataset_path(args.data or params["lungs"]["data"])
-    # the gate also judges what it refuses: the probes, and every film of the classifier's dataset
-    census = allowed_dataset_path(args.census or params["data"]["path"])
+    # The gate also judges what it refuses: the probes, and every film of a labelled dataset (the
+    # classifier's by default). Found before the minutes of training, so a wrong folder costs nothing.
+    census = None
+    if args.register or args.census:
+        from cxr_core.pipeline.datasets import discover
+
+        census = allowed_dataset_path(args.census or params["data"]["path"])
+        discover(census)
     metadata = run_lung_train(data, args.out, params["lungs"], census_data=census)
     summary = {key: metadata.get(key) for key in ("held_out", "cross_source", "census", "parameters", "train_seconds")}
     if args.register:
@@ -570,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     lungs_train.add_argument("--out", default="work/lungs")
     lungs_train.add_argument(
         "--census", default=None,
-        help="labelled X-rays the model must not refuse, for the gate (default: data.path)",
+        help="labelled X-rays the model must not refuse, for the gate (with --register, default: data.path)",
     )  # fmt: skip
     lungs_train.add_argument("--register", action="store_true", help="register it as a lung model version")
     lungs_train.add_argument(

@@ -182,6 +182,7 @@ def synthetic_negative(family: str, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"unknown family {family!r}")
     lo, hi = np.percentile(field, (1, 99))
     low, high = sorted(rng.uniform(0, 255, 2))
+    low = min(low, 195.0)
     high = max(high, low + 60)  # a picture, not a flat field: the decoder refuses those before any network
     out = (np.clip((field - lo) / max(float(hi - lo), 1e-6), 0, 1) * (high - low) + low)
     return np.clip(out, 0, 255).astype(np.uint8)

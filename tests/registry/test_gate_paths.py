@@ -3,6 +3,7 @@ and lungs-train --promote are refused without a current pass for the exact weigh
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,10 @@ from test_store_and_gate import make_candidate
 
 from cxr_core import cli
 from cxr_core.registry import audit
+from cxr_core.registry.gate import LUNG_PROBES
 from cxr_core.registry.store import Registry
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -63,11 +67,14 @@ def lung_env(tmp_path, monkeypatch):
     data = tmp_path / "roots" / "lungs"
     data.mkdir(parents=True)
     (data / "manifest.csv").write_text("source,image,mask\n")
+    for label in ("Normal", "Tuberculosis"):  # a labelled dataset for --census (the stub never reads it)
+        (tmp_path / "roots" / "films" / label).mkdir(parents=True)
+        shutil.copy(next((SAMPLE / label).glob("*.png")), tmp_path / "roots" / "films" / label)
     monkeypatch.setenv("CXR_DATASET_ROOTS", str(tmp_path / "roots"))
     monkeypatch.setenv("CXR_LUNG_MODELS_DIR", str(tmp_path / "lungs-registry"))
     monkeypatch.setenv("CXR_MODELS_DIR", str(tmp_path / "models"))
     figures = {}
-    refusals = {"probes": {"gradient": "refused", "text page": "refused"},
+    refusals = {"probes": dict.fromkeys(LUNG_PROBES, "refused"),
                 "films": {"data_name": "cxr", "checked": 1000, "refused": 0, "refused_by_source": {}}}  # fmt: skip
 
     def trained(data_root, out_dir, params, census_data=None):
@@ -88,13 +95,13 @@ def test_lungs_train_promotes_only_a_lung_model_that_passes_its_gate(lung_env, c
     tmp_path, figures, _ = lung_env
     data = str(tmp_path / "roots" / "lungs")
     figures.update(jsrt={"dice_mean": 0.97}, shenzhen={"dice_mean": 0.62})
-    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", str(tmp_path / "roots" / "films"), "--out", str(tmp_path / "w1"), "--register", "--promote"])
     assert code == 2 and "held-out Dice on shenzhen is 0.620, below the floor 0.90" in capsys.readouterr().err
     lungs = Registry(tmp_path / "lungs-registry", kind="lungs")
     assert lungs.current_version() is None and len(lungs.versions()) == 1
 
     figures.update(shenzhen={"dice_mean": 0.95})
-    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", str(tmp_path / "roots" / "films"), "--out", str(tmp_path / "w2"), "--register", "--promote"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert summary["promoted"] and lungs.current_version() == summary["version"]
@@ -111,7 +118,7 @@ def test_a_lung_model_that_refuses_real_films_or_accepts_a_picture_with_no_lungs
 
     refusals["films"].update(refused=10, refused_by_source={"rahmandb": 9, "da": 1})
     refusals["probes"]["gradient"] = "accepted"
-    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w1"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", str(tmp_path / "roots" / "films"), "--out", str(tmp_path / "w1"), "--register", "--promote"])
     err = capsys.readouterr().err
     assert code == 2 and lungs.current_version() is None
     assert "finds lungs in pictures with none: gradient" in err
@@ -119,12 +126,12 @@ def test_a_lung_model_that_refuses_real_films_or_accepts_a_picture_with_no_lungs
 
     refusals["probes"]["gradient"] = "refused"
     refusals["films"].update(refused=2, refused_by_source={"rahmandb": 2})  # 0.2 %: at the limit, allowed
-    code = cli.main(["lungs-train", "--data", data, "--census", data, "--out", str(tmp_path / "w2"), "--register", "--promote"])
+    code = cli.main(["lungs-train", "--data", data, "--census", str(tmp_path / "roots" / "films"), "--out", str(tmp_path / "w2"), "--register", "--promote"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert lungs.current_version() == summary["version"] and summary["census"]["films"]["refused"] == 2
     checks = lungs.verdict(summary["version"])["checks"]
-    assert "all 2 pictures with no lungs in them are refused" in checks
+    assert "all 9 pictures with no lungs in them are refused" in checks
     assert "2 of 1000 real X-rays refused (cxr)" in checks
 
 
@@ -135,3 +142,31 @@ def test_the_lung_gate_refuses_a_model_never_tried_on_pictures_or_films():
     assert not verdict.passed
     assert verdict.reasons == ["the lung model was not tried on pictures with no lungs in them",
                                "the lung model was not tried on a dataset of real X-rays"]  # fmt: skip
+
+
+def test_the_lung_gate_wants_every_probe_and_enough_real_films():
+    """Twenty sample films with none refused say nothing about a 0.2 % limit; two probes are not nine."""
+    from cxr_core.modelling.lung_probes import non_chest_pictures
+    from cxr_core.registry.gate import LUNG_PROBES, lung_gate
+
+    assert set(LUNG_PROBES) == set(non_chest_pictures())  # the gate's list is the probes' own
+    census = {"probes": {"gradient": "refused", "noise": "refused"},
+              "films": {"data_name": "sample", "checked": 20, "refused": 0, "refused_by_source": {}}}  # fmt: skip
+    verdict = lung_gate({"held_out": {"shenzhen": {"dice_mean": 0.96}}, "census": census})
+    assert not verdict.passed and len(verdict.reasons) == 2
+    assert verdict.reasons[0].startswith("the lung model was not tried on every picture with no lungs: text page")
+    assert "tried on 20 real X-rays only (sample), fewer than the 500 needed" in verdict.reasons[1]
+    census["probes"] = dict.fromkeys(LUNG_PROBES, "refused")
+    census["films"]["checked"] = 500
+    assert lung_gate({"held_out": {"shenzhen": {"dice_mean": 0.96}}, "census": census}).passed
+
+
+def test_lungs_train_refuses_a_census_folder_with_no_x_rays_before_training(lung_env, capsys):
+    tmp_path, figures, _ = lung_env
+    figures.update(shenzhen={"dice_mean": 0.96})
+    empty = tmp_path / "roots" / "empty"
+    empty.mkdir()
+    code = cli.main(["lungs-train", "--data", str(tmp_path / "roots" / "lungs"), "--census", str(empty),
+                     "--out", str(tmp_path / "w"), "--register"])  # fmt: skip
+    assert code == 2 and f"No files found in {empty}" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before training, nothing written
