@@ -92,9 +92,15 @@ def main() -> None:
 
     from cxr_core.imaging.preprocess import to_model_input
     from cxr_core.modelling.networks import OUTPUT
-    from cxr_core.pipeline.augment import training_dataset
+    from cxr_core.pipeline.augment import pool_to_map, training_dataset
     from cxr_core.pipeline.ingest import lung_masks_in_view
-    from cxr_core.pipeline.train import EVIDENCE, compiled_trainer, sample_weights, trains_on_evidence
+    from cxr_core.pipeline.train import (
+        EVIDENCE,
+        compiled_trainer,
+        evidence_targets,
+        sample_weights,
+        trains_on_evidence,
+    )
     from cxr_core.settings import load_params
 
     settings = load_params(ROOT / "params.yaml")
@@ -110,10 +116,9 @@ def main() -> None:
     pictures = np.stack([film.pixels for film in prepared])[..., None]
     side = pictures.shape[1]
     # The evidence targets as training makes them: the grown lung fields in the network's view, and the
-    # lesion boxes (left empty here: an empty channel costs the loss the same arithmetic).
+    # lesion boxes (none in these rows: an empty channel costs the loss the same arithmetic).
     targets = (
-        np.stack([np.stack([lung_masks_in_view(film, side)[..., 1], np.zeros((side, side), np.uint8)], -1)
-                  for film in prepared])
+        evidence_targets(np.stack([lung_masks_in_view(film, side) for film in prepared]), [{}] * len(prepared))
         if guided else None
     )  # fmt: skip
     labels = np.array([label for _, label in items], dtype=np.int32)
@@ -135,9 +140,7 @@ def main() -> None:
     _, pipeline_trainer, map_side = compiled()
     pipeline = training_dataset(x, y, weights, params, int(params["seed"]), targets, map_side)
     if guided:  # the same two outputs and weights, the targets pooled to the map as the pipeline pools them
-        factor = side // map_side
-        pooled = tf.nn.avg_pool2d(targets.astype(np.float32) / 255.0, factor, factor, "VALID")
-        outputs = {OUTPUT: y.astype(np.float32), EVIDENCE: pooled}
+        outputs = {OUTPUT: y.astype(np.float32), EVIDENCE: pool_to_map(targets, side // map_side)}
         sample = {OUTPUT: weights.astype(np.float32), EVIDENCE: np.ones(len(x), np.float32)}
         slices = (x.astype(np.float32), outputs, sample)
     else:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-MISTAKES = ("gradient", "noise", "text page", "photo")
-UNSEEN_KINDS = ("checkerboard", "rings", "vignette", "stripes", "sparse dots")
-
 
 def non_chest_pictures() -> dict[str, np.ndarray]:
-    """Name -> 2-D uint8 picture, the :data:`MISTAKES` then the :data:`UNSEEN_KINDS`."""
+    """Name -> 2-D uint8 picture: the four mistakes, then the five unseen kinds."""
     rng = np.random.default_rng(7)
     ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32), (512, 1)).astype(np.uint8)
     noise = np.clip(128 + rng.normal(0, 40, (512, 512)), 0, 255).astype(np.uint8)

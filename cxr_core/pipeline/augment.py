@@ -101,6 +101,14 @@ def _compose(*transforms: tf.Tensor) -> tf.Tensor:
     return tf.reshape(matrix, [-1, 9])[:, :8]
 
 
+def pool_to_map(targets, factor: int) -> tf.Tensor:
+    """0/255 evidence targets (n, side, side, k) as each map cell's share, ``factor`` pixels a cell.
+
+    The one pooling of targets to the network's map: training batches, validation, and the benchmark.
+    """
+    return tf.nn.avg_pool2d(tf.cast(targets, tf.float32) / 255.0, factor, factor, "VALID")
+
+
 SHARPNESS_SIGMA = 1.0  # px of the model input: the scale of a detector's edge enhancement at 128 px
 
 
@@ -205,7 +213,7 @@ def training_dataset(
         stacked = tf.concat([tf.cast(batch_images, tf.float32), tf.cast(batch_targets, tf.float32)], -1)
         warped = augmenter(stacked)
         x = _resolution_gamma_noise(tf.clip_by_value(warped[..., :1], 0.0, 255.0), augment, seed)
-        t = tf.nn.avg_pool2d(warped[..., 1:] / 255.0, factor, factor, "VALID")
+        t = pool_to_map(warped[..., 1:], factor)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names
         return x, {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}

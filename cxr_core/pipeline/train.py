@@ -51,7 +51,7 @@ def fit_network(
     validation films by the training split's source rule (``single_class_source_weight``).
     """
     from cxr_core.modelling.networks import OUTPUT
-    from cxr_core.pipeline.augment import training_dataset
+    from cxr_core.pipeline.augment import pool_to_map, training_dataset
 
     seed = int(params["seed"])
     steps = int(np.ceil(len(x_train) / int(params["batch_size"])))
@@ -73,8 +73,7 @@ def fit_network(
     model, trainer, map_side = compiled_trainer(x_train.shape[1], params, steps, guided, auc_metric)
     if guided:
         train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
-        factor = x_train.shape[1] // map_side
-        pooled_val = tf.nn.avg_pool2d(targets_val.astype(np.float32) / 255.0, factor, factor, "VALID")
+        pooled_val = pool_to_map(targets_val, x_train.shape[1] // map_side)
         val_outputs = {OUTPUT: y_val.astype(np.float32), EVIDENCE: pooled_val}
         if val_weights is None:
             val_ds = tf.data.Dataset.from_tensor_slices((x_val, val_outputs)).batch(256)
