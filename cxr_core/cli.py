@@ -276,6 +276,13 @@ def _lungs_train(args) -> int:
 
         census = allowed_dataset_path(args.census or params["data"]["path"])
         discover(census)
+    if int(params["lungs"]["distill_films"]) > 0:  # the films to learn from, found before training too
+        from cxr_core.pipeline.datasets import discover
+
+        if not params["lungs"]["distill_data"]:
+            raise CxrError("lungs.distill_films needs lungs.distill_data: a labelled X-ray dataset to learn from")
+        params["lungs"]["distill_data"] = str(allowed_dataset_path(params["lungs"]["distill_data"]))
+        discover(params["lungs"]["distill_data"])
     metadata = run_lung_train(data, args.out, params["lungs"], census_data=census)
     summary = {key: metadata.get(key) for key in ("held_out", "cross_source", "census", "parameters", "train_seconds")}
     if args.register:

@@ -160,6 +160,11 @@ class LungSettings:
     architecture: str = "unet"  # or "separable": depthwise-separable convolutions (lungs.ARCHITECTURES)
     soft_targets: bool = False  # train on each small pixel's lung share, not on a rounded mask
     negatives: float = 0.0  # synthetic no-lung pictures (empty masks) added, as a share of the films
+    # Distillation: films of a labelled X-ray dataset (no masks) added to training with the current lung
+    # model's masks as targets, spread over its sources; 0 films: off. Those films are then left out of
+    # the census, which must judge films the candidate never trained on.
+    distill_data: str = ""
+    distill_films: int = 0
     base_filters: int = 8
     depth: int = 4
     epochs: int = 60

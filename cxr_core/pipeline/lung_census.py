@@ -10,6 +10,7 @@ training set) and records the reasons, and the lung gate holds a candidate to th
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from cxr_core.pipeline.datasets import discover, read_record_bytes
 EXAMPLES = 20  # refused films named in the record, for someone to look at
 
 
-def lung_census(lungs, films_root: str | Path | None) -> dict:
+def lung_census(lungs, films_root: str | Path | None, seen_in_training=frozenset()) -> dict:
     """Probes refused or accepted; with ``films_root``, how many of its films the lung check refuses.
 
     Films that fail before the lung check (unreadable, flat) are counted apart: they say nothing
-    about the lung model.
+    about the lung model; so are ``seen_in_training`` (display paths): a network distilled on a film
+    has been shown its answer, and the census must judge the films it will meet for the first time.
     """
     probes = {}
     for name, picture in non_chest_pictures().items():
@@ -39,7 +41,9 @@ def lung_census(lungs, films_root: str | Path | None) -> dict:
     census = {"probes": probes}
     if films_root is None:
         return census
-    records = discover(films_root).records
+    seen = {os.path.realpath(path) for path in seen_in_training}  # however each root was spelt
+    found = discover(films_root).records
+    records = [record for record in found if os.path.realpath(record.display_path) not in seen]
     refused, other = [], 0
     for record in records:
         try:
@@ -53,6 +57,7 @@ def lung_census(lungs, films_root: str | Path | None) -> dict:
         "data_name": Path(films_root).name,
         "checked": len(records) - other,
         "unreadable_or_flat": other,
+        "seen_in_training": len(found) - len(records),
         "refused": len(refused),
         "refused_by_source": dict(sorted(Counter(record.source for record, _ in refused).items())),
         "examples": [{"film": record.display_path.removeprefix(str(Path(films_root)) + "/"), "reason": reason}

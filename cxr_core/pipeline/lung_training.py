@@ -13,6 +13,7 @@ van Ginneken et al. 2006) research use only: a model trained on them is for non-
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -96,7 +97,7 @@ def mask_to_frame(mask: np.ndarray, frame: Frame, soft: bool = False) -> np.ndar
     small = np.zeros((frame.side, frame.side), np.float32)
     content = cv2.resize(region, (frame.cw, frame.ch), interpolation=cv2.INTER_AREA)
     small[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw] = (
-        content if soft else (content >= 0.5).astype(np.float32)
+        np.clip(content, 0.0, 1.0) if soft else (content >= 0.5).astype(np.float32)  # area sums round past 1
     )
     return small
 
@@ -197,6 +198,57 @@ def negative_pairs(count: int, side: int, mode: str, seed: int):
     return X, np.zeros((count, side, side, 1), np.float32)
 
 
+def choose_distillation_films(films_root, count: int, seed: int, exclude_paths=()) -> list:
+    """``count`` films of a labelled X-ray dataset, taken in turn from each source, seeded.
+
+    Taken in turn so that a source with few films (the one the masks never showed) is not drowned by a
+    large one; ``exclude_paths`` (the mask set's own images, by real path) are never taken: those have
+    a radiologist's mask and, for the held-out ones, must stay unseen."""
+    import os
+
+    from cxr_core.pipeline.datasets import discover
+
+    excluded = {os.path.realpath(path) for path in exclude_paths}
+    by_source: dict[str, list] = {}
+    for record in discover(films_root).records:
+        if record.member is None and os.path.realpath(record.path) in excluded:
+            continue
+        by_source.setdefault(record.source, []).append(record)
+    rng = np.random.default_rng([seed, 4241])
+    queues = {source: [rows[i] for i in rng.permutation(len(rows))]
+              for source, rows in sorted(by_source.items())}  # fmt: skip
+    chosen: list = []
+    while len(chosen) < count and any(queues.values()):
+        for source in sorted(queues):
+            if queues[source] and len(chosen) < count:
+                chosen.append(queues[source].pop())
+    return chosen
+
+
+def distillation_pairs(teacher, records, side: int, mode: str, soft: bool = True):
+    """The student's inputs and the teacher's masks for ``records`` -> (X, Y, kept records).
+
+    The masks exist for two sources only (Shenzhen, JSRT); the 96 and 64 px networks then joined both
+    lungs through the heart on rahmandb TB films, which the 128 px network does not (issue #23.1). The
+    teacher's mask of each film, in the student's own frame, shows the student those films. A film the
+    teacher itself finds implausible teaches nothing and is left out."""
+    from cxr_core.imaging.decode import read_image
+    from cxr_core.pipeline.datasets import read_record_bytes
+
+    X, Y, kept = [], [], []
+    for record in records:
+        gray = read_image(read_record_bytes(record)).pixels
+        verdict = teacher.segment(gray)
+        if not verdict["ok"]:
+            continue
+        small, frame = lung_input(gray, side, mode)
+        X.append(small)
+        Y.append(mask_to_frame(verdict["mask"], frame, soft=soft))
+        kept.append(record)
+    shape = (len(kept), side, side, 1)
+    return (np.asarray(X, np.uint8).reshape(shape), np.asarray(Y, np.float32).reshape(shape), kept)
+
+
 def dice_bce_loss(y_true, y_pred):
     from keras import ops
 
@@ -237,13 +289,16 @@ def train_unet(
     verbose: int = 2,
     data=None,
     negatives: float = 0.0,
+    extra_train=None,
 ):
     """Train the U-Net on ``records`` (lung-manifest rows), early-stopping on ``val_records``.
 
     If ``val_records`` is None a seeded 12.5 % of ``records`` is held out. ``data`` may pass
     pre-decoded ((Xtr, Ytr), (Xva, Yva)) arrays. ``negatives``: synthetic no-lung pictures with empty
-    masks added to training and validation, as a share of each (see :func:`synthetic_negative`). Saves
-    the best-val model to ``out_path`` and returns a dict with history, params and wall time.
+    masks added to training and validation, as a share of each (see :func:`synthetic_negative`).
+    ``extra_train``: (X, Y) added to training only (the teacher's masks of :func:`distillation_pairs`),
+    so that early stopping still watches the radiologists' masks. Saves the best-val model to
+    ``out_path`` and returns a dict with history, params and wall time.
     """
     import keras
 
@@ -263,6 +318,8 @@ def train_unet(
         Xtr, Ytr = np.concatenate([Xtr, Xn]), np.concatenate([Ytr, Yn])
         Xn, Yn = negative_pairs(max(1, round(negatives * len(Xva))), side, mode, seed + 1000)
         Xva, Yva = np.concatenate([Xva, Xn]), np.concatenate([Yva, Yn])
+    if extra_train is not None and len(extra_train[0]):
+        Xtr, Ytr = np.concatenate([Xtr, extra_train[0]]), np.concatenate([Ytr, extra_train[1]])
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -316,7 +373,7 @@ def train_unet(
         "epochs_run": len(hist.history["loss"]),
         "best_val_loss": float(min(hist.history["val_loss"])),
         "params": int(model.count_params()),
-        "train_films": len(Xtr),  # negatives included
+        "train_films": len(Xtr),  # negatives and distilled films included
         "val_films": len(Xva),
         "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
         "model": model,
@@ -352,10 +409,12 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
     labelled X-ray dataset) the served model is also tried on the non-chest probes and on every film
     of it (:func:`cxr_core.pipeline.lung_census.lung_census`): what the lung gate judges besides Dice.
     """
+    import os
     from datetime import UTC, datetime
     from pathlib import Path
 
     from cxr_core import settings
+    from cxr_core.errors import DatasetError
     from cxr_core.fsutil import atomic_directory, write_json_atomic
     from cxr_core.modelling.runtime import write_lung_tflite
     from cxr_core.pipeline.datasets import Record, dataset_fingerprint
@@ -366,8 +425,6 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
     data_root = Path(data_root)
     records = load_records(data_root / "manifest.csv")
     if not records:
-        from cxr_core.errors import DatasetError
-
         raise DatasetError(f"no lung masks listed in {data_root.name}/manifest.csv")
     splits = split_records(records, seed=int(params["split_seed"]))
     common = {key: params[key] for key in ("side", "epochs", "batch_size", "base_filters", "depth", "patience",
@@ -375,9 +432,23 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
                                            "soft_targets", "negatives")}  # fmt: skip
     common["lr"] = params["learning_rate"]
     started = time.perf_counter()
+    distilled, teacher, extra = [], None, None
+    if int(params["distill_films"]) > 0:
+        from cxr_core.errors import ModelError
+        from cxr_core.modelling.lungs import load_lung_model
+
+        if not params["distill_data"]:
+            raise DatasetError("lungs.distill_films needs lungs.distill_data: a labelled X-ray dataset")
+        teacher = load_lung_model()
+        if teacher is None:
+            raise ModelError("distillation needs a current lung model to learn from; there is none")
+        chosen = choose_distillation_films(params["distill_data"], int(params["distill_films"]),
+                                           int(params["split_seed"]), [r["image_path"] for r in records])  # fmt: skip
+        Xd, Yd, distilled = distillation_pairs(teacher, chosen, int(params["side"]), params["mode"])
+        extra = (Xd, Yd)
     with atomic_directory(out_dir) as staging:
         trained = train_unet(splits["train"], str(staging / Layout.MODEL), seed=int(params["seed"]),
-                             val_records=splits["val"], verbose=0, **common)  # fmt: skip
+                             val_records=splits["val"], verbose=0, extra_train=extra, **common)  # fmt: skip
         model = trained.pop("model")
         held_out = evaluate_lungs(model, splits["test"], params["side"], params["mode"])
         cross = {}
@@ -413,7 +484,12 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             "split": {part: len(rows) for part, rows in splits.items()},
             "held_out_images": sorted(r["image"] for r in splits["test"]),  # what held_out was measured on
             "held_out": held_out,
-            "cross_source": cross,
+            "cross_source": cross,  # the twins are trained on masks only, never distilled
+            "distilled": {"teacher": teacher.version, "teacher_sha256": teacher.sha256, "films": len(distilled),
+                          "by_source": dict(sorted(Counter(r.source for r in distilled).items())),
+                          "data_name": Path(params["distill_data"]).name,
+                          "paths": sorted(os.path.relpath(r.display_path, params["distill_data"]) for r in distilled),
+                          } if teacher else None,  # fmt: skip
             "licence": LICENCE,
             "model_sha256": sha256_file(staging / Layout.MODEL),
             # what serving runs (LungModel): the same network converted here, once, from model.keras
@@ -425,7 +501,8 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             from cxr_core.modelling.lungs import LungModel
             from cxr_core.pipeline.lung_census import lung_census
 
-            metadata["census"] = lung_census(LungModel(staging), census_data)
+            metadata["census"] = lung_census(LungModel(staging), census_data,
+                                             seen_in_training={r.display_path for r in distilled})  # fmt: skip
             write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
         (staging / Layout.CARD).write_text(render_lung_card(metadata))
@@ -478,6 +555,13 @@ def render_lung_card(metadata: dict) -> str:
         lines += ["", "## A source it never saw (trained on the other source only)", "",
                   "| source | films | Dice | Dice (5th percentile) | IoU |", "|---|---|---|---|---|",
                   *[row(source, values) for source, values in metadata["cross_source"].items()]]  # fmt: skip
+    distilled = metadata.get("distilled") or {}
+    if distilled:
+        lines += ["", "## Taught by another lung model", "",
+                  f"Besides the masks, trained on {distilled['films']} films without masks "
+                  f"({', '.join(f'{k} {v}' for k, v in distilled['by_source'].items())}) with lung model "
+                  f"{distilled['teacher']}'s masks as targets; the twins above are trained on the masks only, "
+                  "and the census below leaves those films out."]  # fmt: skip
     census = metadata.get("census") or {}
     if census:
         probes = census.get("probes") or {}
@@ -488,8 +572,9 @@ def render_lung_card(metadata: dict) -> str:
         films = census.get("films")
         if films:
             lines.append(
-                f"Real X-rays of `{films['data_name']}`: {films['refused']} of {films['checked']} refused as not a "
-                f"chest" + (f" ({', '.join(f'{k} {v}' for k, v in films['refused_by_source'].items())})."
+                f"Real X-rays of `{films['data_name']}`"
+                + (" it never trained on" if films.get("seen_in_training") else "")
+                + f": {films['refused']} of {films['checked']} refused as not a chest" + (f" ({', '.join(f'{k} {v}' for k, v in films['refused_by_source'].items())})."
                             if films["refused"] else ".")
             )  # fmt: skip
     lines += ["", "## Terms", metadata["licence"], ""]

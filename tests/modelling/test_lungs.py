@@ -254,3 +254,91 @@ def test_training_with_negatives_adds_them_to_training_and_validation(tmp_path):
                                    negatives=0.5)  # fmt: skip
     assert out["epochs_run"] == 1
     assert out["train_films"] == 12 and out["val_films"] == 6
+
+
+def _distillation_folder(root: Path, shared_cxr: Path) -> tuple[Path, Path]:
+    """A labelled X-ray folder (manifest layout) of two sources without masks and one Shenzhen film that
+    has a radiologist's mask, and a mask set of ten Shenzhen films (that one among them)."""
+    import csv
+    import shutil
+
+    masks = lung_training.load_records(SHARED_LUNGS / "manifest.csv")
+    shenzhen = [r for r in masks if r["source"] == "shenzhen"][:10]
+    (root / "masks").mkdir(parents=True)
+    with open(root / "masks" / "manifest.csv", "w") as fh:
+        fh.write("source,image,mask\n" + "".join(f"shenzhen,{r['image_path']},{r['mask_path']}\n" for r in shenzhen))
+    films = root / "films"
+    with open(shared_cxr / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    chosen = ([r for r in rows if r["source"] == "rahmandb" and r["label"] == "Tuberculosis"][:3]
+              + [r for r in rows if r["source"] == "da"][:2])  # fmt: skip
+    lines = []
+    for row in chosen:
+        (films / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_cxr / row["path"], films / row["path"])
+        lines.append(f"{row['source']},{row['label']},{row['path']}\n")
+    (films / "shenzhen").mkdir()  # the film with a mask: linked, so it is the mask set's own image
+    (films / "shenzhen" / "masked.png").symlink_to(shenzhen[0]["image_path"])
+    lines.append("shenzhen,Normal,shenzhen/masked.png\n")
+    (films / "manifest.csv").write_text("source,label,path\n" + "".join(lines))
+    return root / "masks", films
+
+
+def test_distillation_takes_films_in_turn_from_each_source_and_never_a_masked_one(tmp_path, shared_cxr):
+    masks, films = _distillation_folder(tmp_path, shared_cxr)
+    mask_images = [r["image_path"] for r in lung_training.load_records(masks / "manifest.csv")]
+
+    four = lung_training.choose_distillation_films(films, 4, seed=0, exclude_paths=mask_images)
+    assert sorted(r.source for r in four) == ["da", "da", "rahmandb", "rahmandb"]  # in turn, not 3 + 1
+    assert [r.path for r in four] == [r.path for r in lung_training.choose_distillation_films(films, 4, 0, mask_images)]
+    everything = lung_training.choose_distillation_films(films, 50, seed=0, exclude_paths=mask_images)
+    assert len(everything) == 5 and "shenzhen" not in {r.source for r in everything}
+    assert len(lung_training.choose_distillation_films(films, 50, seed=0)) == 6  # only the mask set is excluded
+
+
+def test_the_teachers_masks_land_in_the_students_own_frame(lung_model, mask_records):
+    """A 64 px student of the 128 px teacher: its target on a film with a radiologist's mask matches
+    that mask brought into the same 64 px frame (geometry, not just "some lung-like blob")."""
+    from cxr_core.imaging.decode import read_image
+    from cxr_core.pipeline.datasets import Record
+
+    rows = mask_records["shenzhen"][:4] + mask_records["jsrt"][:2]
+    X, Y, kept = lung_training.distillation_pairs(lung_model, [Record(r["image_path"], 0, r["source"]) for r in rows],
+                                                  64, "letterbox")  # fmt: skip
+    Xt, Yt = lung_training.prepare_pairs(rows, 64, "letterbox", soft=True)
+    assert len(kept) == 6 and X.shape == Y.shape == (6, 64, 64, 1)
+    assert np.array_equal(X, Xt)  # the same input the student is trained on for a masked film
+    for row, target, truth in zip(rows, Y[..., 0], Yt[..., 0], strict=True):
+        assert target.min() >= 0.0 and target.max() <= 1.0
+        gray = read_image(row["image_path"]).pixels
+        at_full_size = lungs.dice(lung_model.segment(gray)["mask"], lung_training.read_mask(row["mask_path"], gray.shape))
+        in_the_frame = 2 * np.minimum(target, truth).sum() / (target.sum() + truth.sum())
+        assert abs(in_the_frame - at_full_size) < 0.02  # as good (or bad) as the teacher is on that film
+    assert np.mean([lungs.dice(t > 0.5, u > 0.5) for t, u in zip(Y[..., 0], Yt[..., 0], strict=True)]) > 0.9
+
+
+def test_a_distilled_lung_model_records_its_teacher_and_its_census_leaves_those_films_out(tmp_path, shared_cxr, lung_model):
+    masks, films = _distillation_folder(tmp_path, shared_cxr)
+    tiny = {"side": 32, "base_filters": 2, "depth": 2, "epochs": 1, "batch_size": 4, "patience": 1,
+            "distill_data": str(films), "distill_films": 3}  # fmt: skip
+    meta = lung_training.run_lung_train(masks, tmp_path / "student", tiny, census_data=films)
+
+    distilled = meta["distilled"]
+    assert distilled["teacher"] == lung_model.version and distilled["teacher_sha256"] == lung_model.sha256
+    assert distilled["films"] == 3 and sum(distilled["by_source"].values()) == 3
+    assert len(distilled["paths"]) == 3 and not any(p.startswith(("/", "shenzhen")) for p in distilled["paths"])
+    history = (tmp_path / "student" / "history.json").read_text()
+    assert history and meta["split"]["train"] == 7
+    counted = meta["census"]["films"]
+    assert counted["seen_in_training"] == 3 and counted["checked"] + counted["unreadable_or_flat"] == 3
+    card = (tmp_path / "student" / "MODEL_CARD.md").read_text()
+    assert "Taught by another lung model" in card and lung_model.version in card and "it never trained on" in card
+
+
+def test_distillation_without_a_dataset_is_refused_before_training(tmp_path, capsys):
+    from cxr_core import cli
+
+    code = cli.main(["lungs-train", "--data", "data/sample/lungs", "--out", str(tmp_path / "out"),
+                     "--set", "lungs.distill_films=10"])  # fmt: skip
+    assert code == 2 and "lungs.distill_data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
