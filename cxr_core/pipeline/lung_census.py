@@ -10,7 +10,6 @@ training set) and records the reasons, and the lung gate holds a candidate to th
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,16 +19,18 @@ from cxr_core.errors import CxrError
 from cxr_core.imaging.preprocess import NOT_A_CHEST, to_model_input
 from cxr_core.modelling.lung_probes import non_chest_pictures
 from cxr_core.pipeline.datasets import discover, read_record_bytes
+from cxr_core.pipeline.lung_training import content_sha256
 
 EXAMPLES = 20  # refused films named in the record, for someone to look at
 
 
-def lung_census(lungs, films_root: str | Path | None, seen_in_training=frozenset()) -> dict:
+def lung_census(lungs, films_root: str | Path | None, trained_on=frozenset()) -> dict:
     """Probes refused or accepted; with ``films_root``, how many of its films the lung check refuses.
 
     Films that fail before the lung check (unreadable, flat) are counted apart: they say nothing
-    about the lung model; so are ``seen_in_training`` (display paths): a network distilled on a film
-    has been shown its answer, and the census must judge the films it will meet for the first time.
+    about the lung model; so are films whose content hash is in ``trained_on`` (the mask images it
+    trained and stopped on, the films it was distilled on): the census must judge films the model
+    meets for the first time, as a clinic's are.
     """
     probes = {}
     for name, picture in non_chest_pictures().items():
@@ -41,13 +42,15 @@ def lung_census(lungs, films_root: str | Path | None, seen_in_training=frozenset
     census = {"probes": probes}
     if films_root is None:
         return census
-    seen = {os.path.realpath(path) for path in seen_in_training}  # however each root was spelt
     found = discover(films_root).records
-    records = [record for record in found if os.path.realpath(record.display_path) not in seen]
-    refused, other = [], 0
-    for record in records:
+    refused, other, seen = [], 0, 0
+    for record in found:
         try:
-            to_model_input(read_record_bytes(record), lungs=lungs)
+            data = read_record_bytes(record)
+            if content_sha256(data) in trained_on:
+                seen += 1
+                continue
+            to_model_input(data, lungs=lungs)
         except CxrError as error:
             if str(error).startswith(NOT_A_CHEST):
                 refused.append((record, str(error)[len(NOT_A_CHEST) :].strip(" ()")))
@@ -55,9 +58,9 @@ def lung_census(lungs, films_root: str | Path | None, seen_in_training=frozenset
                 other += 1
     census["films"] = {
         "data_name": Path(films_root).name,
-        "checked": len(records) - other,
+        "checked": len(found) - seen - other,
         "unreadable_or_flat": other,
-        "seen_in_training": len(found) - len(records),
+        "seen_in_training": seen,
         "refused": len(refused),
         "refused_by_source": dict(sorted(Counter(record.source for record, _ in refused).items())),
         "examples": [{"film": record.display_path.removeprefix(str(Path(films_root)) + "/"), "reason": reason}

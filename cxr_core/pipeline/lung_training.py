@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -198,20 +199,36 @@ def negative_pairs(count: int, side: int, mode: str, seed: int):
     return X, np.zeros((count, side, side, 1), np.float32)
 
 
-def choose_distillation_films(films_root, count: int, seed: int, exclude_paths=()) -> list:
+def content_sha256(data: bytes) -> str:
+    """A film's identity whatever its path: the same bytes in a zip, a copy or under another root."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def mask_set_hashes(records) -> set[str]:
+    """The content hashes of the mask set's own images (what a lung model trained on, or was tested on)."""
+    hashes = set()
+    for record in records:
+        with open(record["image_path"], "rb") as fh:
+            hashes.add(content_sha256(fh.read()))
+    return hashes
+
+
+def choose_distillation_films(films_root, count: int, seed: int, mask_records=()) -> list:
     """``count`` films of a labelled X-ray dataset, taken in turn from each source, seeded.
 
     Taken in turn so that a source with few films (the one the masks never showed) is not drowned by a
-    large one; ``exclude_paths`` (the mask set's own images, by real path) are never taken: those have
-    a radiologist's mask and, for the held-out ones, must stay unseen."""
-    import os
+    large one. Never a film of a source the mask set has (its films may be there re-encoded: the
+    sample's Shenzhen films are 512 px copies of the shared ones), nor any file whose bytes are a mask
+    image's: those have a radiologist's mask and, for the held-out ones, must stay unseen."""
+    from cxr_core.pipeline.datasets import discover, read_record_bytes
 
-    from cxr_core.pipeline.datasets import discover
-
-    excluded = {os.path.realpath(path) for path in exclude_paths}
+    masked_sources = {r["source"] for r in mask_records}
+    masked_content = mask_set_hashes(mask_records)
     by_source: dict[str, list] = {}
     for record in discover(films_root).records:
-        if record.member is None and os.path.realpath(record.path) in excluded:
+        if record.source in masked_sources or content_sha256(read_record_bytes(record)) in masked_content:
             continue
         by_source.setdefault(record.source, []).append(record)
     rng = np.random.default_rng([seed, 4241])
@@ -225,28 +242,47 @@ def choose_distillation_films(films_root, count: int, seed: int, exclude_paths=(
     return chosen
 
 
-def distillation_pairs(teacher, records, side: int, mode: str, soft: bool = True):
-    """The student's inputs and the teacher's masks for ``records`` -> (X, Y, kept records).
+class Distillation(NamedTuple):
+    X: np.ndarray  # the student's inputs (n, side, side, 1) uint8
+    Y: np.ndarray  # the teacher's masks in the student's frame (n, side, side, 1) float32
+    kept: list  # the films taught, as records
+    hashes: set  # their content hashes (what the census must leave out)
+    teacher_refused: list  # display paths of films the teacher itself found no lungs in
+    unreadable: list  # display paths of films that could not be read
+
+
+def distillation_pairs(teacher, records, side: int, mode: str, soft: bool = True) -> Distillation:
+    """The student's inputs and the teacher's masks for ``records``.
 
     The masks exist for two sources only (Shenzhen, JSRT); the 96 and 64 px networks then joined both
     lungs through the heart on rahmandb TB films, which the 128 px network does not (issue #23.1). The
     teacher's mask of each film, in the student's own frame, shows the student those films. A film the
-    teacher itself finds implausible teaches nothing and is left out."""
+    teacher itself finds implausible teaches nothing and is left out, as is one that cannot be read:
+    both are counted, so a shortfall is seen in the metadata rather than lost."""
+    from cxr_core.errors import CxrError
     from cxr_core.imaging.decode import read_image
     from cxr_core.pipeline.datasets import read_record_bytes
 
-    X, Y, kept = [], [], []
+    X, Y, kept, hashes, refused, unreadable = [], [], [], set(), [], []
     for record in records:
-        gray = read_image(read_record_bytes(record)).pixels
+        try:
+            data = read_record_bytes(record)
+            gray = read_image(data).pixels
+        except CxrError:
+            unreadable.append(record.display_path)
+            continue
         verdict = teacher.segment(gray)
         if not verdict["ok"]:
+            refused.append(record.display_path)
             continue
         small, frame = lung_input(gray, side, mode)
         X.append(small)
         Y.append(mask_to_frame(verdict["mask"], frame, soft=soft))
         kept.append(record)
+        hashes.add(content_sha256(data))
     shape = (len(kept), side, side, 1)
-    return (np.asarray(X, np.uint8).reshape(shape), np.asarray(Y, np.float32).reshape(shape), kept)
+    return Distillation(np.asarray(X, np.uint8).reshape(shape), np.asarray(Y, np.float32).reshape(shape),
+                        kept, hashes, refused, unreadable)  # fmt: skip
 
 
 def dice_bce_loss(y_true, y_pred):
@@ -432,7 +468,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
                                            "soft_targets", "negatives")}  # fmt: skip
     common["lr"] = params["learning_rate"]
     started = time.perf_counter()
-    distilled, teacher, extra = [], None, None
+    taught, teacher = None, None
     if int(params["distill_films"]) > 0:
         from cxr_core.errors import ModelError
         from cxr_core.modelling.lungs import load_lung_model
@@ -441,14 +477,19 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             raise DatasetError("lungs.distill_films needs lungs.distill_data: a labelled X-ray dataset")
         teacher = load_lung_model()
         if teacher is None:
-            raise ModelError("distillation needs a current lung model to learn from; there is none")
+            raise ModelError("distillation needs a current lung model to learn from and there is none: "
+                             "promote one (models promote --lungs) or set lungs.distill_films=0")  # fmt: skip
         chosen = choose_distillation_films(params["distill_data"], int(params["distill_films"]),
-                                           int(params["split_seed"]), [r["image_path"] for r in records])  # fmt: skip
-        Xd, Yd, distilled = distillation_pairs(teacher, chosen, int(params["side"]), params["mode"])
-        extra = (Xd, Yd)
+                                           int(params["split_seed"]), records)  # fmt: skip
+        taught = distillation_pairs(teacher, chosen, int(params["side"]), params["mode"], bool(params["soft_targets"]))
+        if not taught.kept:
+            raise DatasetError(f"none of the {len(chosen)} films chosen from {Path(params['distill_data']).name} "
+                               f"could teach the lung model ({len(taught.teacher_refused)} without lungs for the "
+                               f"teacher, {len(taught.unreadable)} unreadable)")  # fmt: skip
     with atomic_directory(out_dir) as staging:
         trained = train_unet(splits["train"], str(staging / Layout.MODEL), seed=int(params["seed"]),
-                             val_records=splits["val"], verbose=0, extra_train=extra, **common)  # fmt: skip
+                             val_records=splits["val"], verbose=0,
+                             extra_train=(taught.X, taught.Y) if taught else None, **common)  # fmt: skip
         model = trained.pop("model")
         held_out = evaluate_lungs(model, splits["test"], params["side"], params["mode"])
         cross = {}
@@ -459,10 +500,10 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
                 others_val = [r for r in splits["val"] if r["source"] != target]
                 if not others:
                     continue
-                extra = train_unet(others, str(staging / f".cross-{target}.keras"), seed=int(params["seed"]),
-                                   val_records=others_val, verbose=0, **common)  # fmt: skip
+                twin = train_unet(others, str(staging / f".cross-{target}.keras"), seed=int(params["seed"]),
+                                  val_records=others_val, verbose=0, **common)  # fmt: skip
                 cross[target] = evaluate_lungs(
-                    extra["model"],
+                    twin["model"],
                     [r for r in records if r["source"] == target],
                     params["side"],
                     params["mode"],
@@ -485,11 +526,15 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             "held_out_images": sorted(r["image"] for r in splits["test"]),  # what held_out was measured on
             "held_out": held_out,
             "cross_source": cross,  # the twins are trained on masks only, never distilled
-            "distilled": {"teacher": teacher.version, "teacher_sha256": teacher.sha256, "films": len(distilled),
-                          "by_source": dict(sorted(Counter(r.source for r in distilled).items())),
-                          "data_name": Path(params["distill_data"]).name,
-                          "paths": sorted(os.path.relpath(r.display_path, params["distill_data"]) for r in distilled),
-                          } if teacher else None,  # fmt: skip
+            "train_films": trained["train_films"],  # the masks' training split, distilled films included
+            "distilled": {"teacher": teacher.version, "teacher_sha256": teacher.sha256,
+                          "teacher_runtime": teacher.runtime, "teacher_tflite_sha256": teacher.metadata.get("tflite_sha256"),
+                          "data_name": Path(params["distill_data"]).name, "asked": int(params["distill_films"]),
+                          "films": len(taught.kept), "teacher_refused": taught.teacher_refused,
+                          "unreadable": taught.unreadable,
+                          "by_source": dict(sorted(Counter(r.source for r in taught.kept).items())),
+                          "paths": sorted(os.path.relpath(r.display_path, params["distill_data"]) for r in taught.kept),
+                          } if taught else None,  # fmt: skip
             "licence": LICENCE,
             "model_sha256": sha256_file(staging / Layout.MODEL),
             # what serving runs (LungModel): the same network converted here, once, from model.keras
@@ -501,8 +546,8 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
             from cxr_core.modelling.lungs import LungModel
             from cxr_core.pipeline.lung_census import lung_census
 
-            metadata["census"] = lung_census(LungModel(staging), census_data,
-                                             seen_in_training={r.display_path for r in distilled})  # fmt: skip
+            trained_on = mask_set_hashes(splits["train"] + splits["val"]) | (taught.hashes if taught else set())
+            metadata["census"] = lung_census(LungModel(staging), census_data, trained_on=trained_on)
             write_json_atomic(staging / Layout.METADATA, metadata)
         write_json_atomic(staging / Layout.HISTORY_JSON, trained["history"])
         (staging / Layout.CARD).write_text(render_lung_card(metadata))
@@ -558,10 +603,11 @@ def render_lung_card(metadata: dict) -> str:
     distilled = metadata.get("distilled") or {}
     if distilled:
         lines += ["", "## Taught by another lung model", "",
-                  f"Besides the masks, trained on {distilled['films']} films without masks "
-                  f"({', '.join(f'{k} {v}' for k, v in distilled['by_source'].items())}) with lung model "
-                  f"{distilled['teacher']}'s masks as targets; the twins above are trained on the masks only, "
-                  "and the census below leaves those films out."]  # fmt: skip
+                  f"Besides the masks, trained on {distilled['films']} films without masks of "
+                  f"`{distilled['data_name']}` ({', '.join(f'{k} {v}' for k, v in distilled['by_source'].items())}) "
+                  f"with lung model {distilled['teacher']}'s masks as targets."
+                  + (" The twins above are trained on the masks only." if metadata.get("cross_source") else "")
+                  + (" The census below leaves those films out." if metadata.get("census") else "")]  # fmt: skip
     census = metadata.get("census") or {}
     if census:
         probes = census.get("probes") or {}

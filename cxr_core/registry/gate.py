@@ -89,11 +89,18 @@ def lung_gate(metadata: dict) -> GateResult:
         checks.append(f"all {len(probes)} pictures with no lungs in them are refused")
     films = census.get("films") if isinstance(census.get("films"), dict) else {}
     checked, refused = _number(films.get("checked")), _number(films.get("refused"))
+    distilled = metadata.get("distilled") if isinstance(metadata.get("distilled"), dict) else {}
+    if distilled and films.get("data_name") == distilled.get("data_name") and \
+            (_number(films.get("seen_in_training")) or 0) < (_number(distilled.get("films")) or 0):
+        reasons.append(f"the census on {films.get('data_name')} counted films the lung model was distilled on: "
+                       "it must judge films the model never trained on")  # fmt: skip
     if not checked or refused is None:
         reasons.append("the lung model was not tried on a dataset of real X-rays")
     elif checked < LUNG_MIN_CENSUS_FILMS:
-        reasons.append(f"the lung model was tried on {checked:.0f} real X-rays only ({films.get('data_name')}), fewer "
-                       f"than the {LUNG_MIN_CENSUS_FILMS} needed: lungs-train --census <a labelled dataset>")  # fmt: skip
+        reasons.append(f"the lung model was tried on {checked:.0f} real X-rays only ({films.get('data_name')}; "
+                       f"{films.get('seen_in_training') or 0} it trained on left out), fewer than the "
+                       f"{LUNG_MIN_CENSUS_FILMS} needed: lungs-train --census <a larger labelled dataset>, or distil "
+                       "on fewer of its films")  # fmt: skip
     elif refused / checked > LUNG_MAX_REFUSED_SHARE + 1e-12:
         by_source = ", ".join(f"{source} {count}" for source, count in (films.get("refused_by_source") or {}).items())
         reasons.append(f"the lung model refuses {refused:.0f} of {checked:.0f} real X-rays as not a chest "

@@ -1,5 +1,6 @@
 """Lung fields: the shipped U-Net's quality on real masks, the `lungs` command, and refusal of non-chest images."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -257,8 +258,9 @@ def test_training_with_negatives_adds_them_to_training_and_validation(tmp_path):
 
 
 def _distillation_folder(root: Path, shared_cxr: Path) -> tuple[Path, Path]:
-    """A labelled X-ray folder (manifest layout) of two sources without masks and one Shenzhen film that
-    has a radiologist's mask, and a mask set of ten Shenzhen films (that one among them)."""
+    """A labelled X-ray folder (manifest layout): rahmandb 3 films, da 2, a Shenzhen film (a source of
+    the masks), and a byte copy of a mask image filed under a source without masks; and a mask set of
+    ten Shenzhen films."""
     import csv
     import shutil
 
@@ -271,29 +273,34 @@ def _distillation_folder(root: Path, shared_cxr: Path) -> tuple[Path, Path]:
     with open(shared_cxr / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     chosen = ([r for r in rows if r["source"] == "rahmandb" and r["label"] == "Tuberculosis"][:3]
-              + [r for r in rows if r["source"] == "da"][:2])  # fmt: skip
+              + [r for r in rows if r["source"] == "da"][:2]
+              + [r for r in rows if r["source"] == "shenzhen"][200:201])  # not among the ten masks  # fmt: skip
     lines = []
     for row in chosen:
         (films / row["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared_cxr / row["path"], films / row["path"])
         lines.append(f"{row['source']},{row['label']},{row['path']}\n")
-    (films / "shenzhen").mkdir()  # the film with a mask: linked, so it is the mask set's own image
-    (films / "shenzhen" / "masked.png").symlink_to(shenzhen[0]["image_path"])
-    lines.append("shenzhen,Normal,shenzhen/masked.png\n")
+    (films / "copies").mkdir()
+    shutil.copy(shenzhen[0]["image_path"], films / "copies" / "renamed.png")
+    lines.append("openist,Normal,copies/renamed.png\n")
     (films / "manifest.csv").write_text("source,label,path\n" + "".join(lines))
     return root / "masks", films
 
 
 def test_distillation_takes_films_in_turn_from_each_source_and_never_a_masked_one(tmp_path, shared_cxr):
     masks, films = _distillation_folder(tmp_path, shared_cxr)
-    mask_images = [r["image_path"] for r in lung_training.load_records(masks / "manifest.csv")]
+    mask_rows = lung_training.load_records(masks / "manifest.csv")
 
-    four = lung_training.choose_distillation_films(films, 4, seed=0, exclude_paths=mask_images)
-    assert sorted(r.source for r in four) == ["da", "da", "rahmandb", "rahmandb"]  # in turn, not 3 + 1
-    assert [r.path for r in four] == [r.path for r in lung_training.choose_distillation_films(films, 4, 0, mask_images)]
-    everything = lung_training.choose_distillation_films(films, 50, seed=0, exclude_paths=mask_images)
-    assert len(everything) == 5 and "shenzhen" not in {r.source for r in everything}
-    assert len(lung_training.choose_distillation_films(films, 50, seed=0)) == 6  # only the mask set is excluded
+    picks = [lung_training.choose_distillation_films(films, 4, seed, mask_rows) for seed in range(6)]
+    for four in picks:  # in turn: two and two every time (a random four of the five: 3 and 1 two times in five)
+        assert sorted(r.source for r in four) == ["da", "da", "rahmandb", "rahmandb"]
+    assert len({tuple(r.path for r in four) for four in picks}) > 1  # the seed chooses which rahmandb films
+    again = lung_training.choose_distillation_films(films, 4, 3, mask_rows)
+    assert [r.path for r in again] == [r.path for r in picks[3]]
+    everything = lung_training.choose_distillation_films(films, 50, seed=0, mask_records=mask_rows)
+    assert len(everything) == 5  # no Shenzhen film (a source with masks), no copy of a mask image
+    assert {r.source for r in everything} == {"rahmandb", "da"}
+    assert len(lung_training.choose_distillation_films(films, 50, seed=0)) == 7  # without masks, all of them
 
 
 def test_the_teachers_masks_land_in_the_students_own_frame(lung_model, mask_records):
@@ -303,10 +310,11 @@ def test_the_teachers_masks_land_in_the_students_own_frame(lung_model, mask_reco
     from cxr_core.pipeline.datasets import Record
 
     rows = mask_records["shenzhen"][:4] + mask_records["jsrt"][:2]
-    X, Y, kept = lung_training.distillation_pairs(lung_model, [Record(r["image_path"], 0, r["source"]) for r in rows],
-                                                  64, "letterbox")  # fmt: skip
+    taught = lung_training.distillation_pairs(lung_model, [Record(r["image_path"], 0, r["source"]) for r in rows],
+                                              64, "letterbox")  # fmt: skip
+    X, Y, kept = taught.X, taught.Y, taught.kept
     Xt, Yt = lung_training.prepare_pairs(rows, 64, "letterbox", soft=True)
-    assert len(kept) == 6 and X.shape == Y.shape == (6, 64, 64, 1)
+    assert len(kept) == 6 and X.shape == Y.shape == (6, 64, 64, 1) and len(taught.hashes) == 6
     assert np.array_equal(X, Xt)  # the same input the student is trained on for a masked film
     for row, target, truth in zip(rows, Y[..., 0], Yt[..., 0], strict=True):
         assert target.min() >= 0.0 and target.max() <= 1.0
@@ -321,16 +329,20 @@ def test_a_distilled_lung_model_records_its_teacher_and_its_census_leaves_those_
     masks, films = _distillation_folder(tmp_path, shared_cxr)
     tiny = {"side": 32, "base_filters": 2, "depth": 2, "epochs": 1, "batch_size": 4, "patience": 1,
             "distill_data": str(films), "distill_films": 3}  # fmt: skip
-    meta = lung_training.run_lung_train(masks, tmp_path / "student", tiny, census_data=films)
+    zipped = shutil.make_archive(str(tmp_path / "same-films"), "zip", films)  # the census's films, spelt otherwise
+    meta = lung_training.run_lung_train(masks, tmp_path / "student", tiny, census_data=zipped)
 
     distilled = meta["distilled"]
     assert distilled["teacher"] == lung_model.version and distilled["teacher_sha256"] == lung_model.sha256
-    assert distilled["films"] == 3 and sum(distilled["by_source"].values()) == 3
-    assert len(distilled["paths"]) == 3 and not any(p.startswith(("/", "shenzhen")) for p in distilled["paths"])
-    history = (tmp_path / "student" / "history.json").read_text()
-    assert history and meta["split"]["train"] == 7
+    assert distilled["teacher_runtime"] == lung_model.runtime and distilled["asked"] == 3
+    kept = distilled["films"]
+    assert kept + len(distilled["teacher_refused"]) + len(distilled["unreadable"]) == 3 and kept >= 2
+    assert sorted(distilled["by_source"]) == ["da", "rahmandb"] and len(distilled["paths"]) == kept
+    assert meta["split"]["train"] == 7 and meta["train_films"] == 7 + kept  # the taught films reached training
     counted = meta["census"]["films"]
-    assert counted["seen_in_training"] == 3 and counted["checked"] + counted["unreadable_or_flat"] == 3
+    # left out: the taught films and the copy of a mask image (bytes, whatever the path or archive)
+    assert counted["seen_in_training"] == kept + 1
+    assert counted["checked"] + counted["unreadable_or_flat"] == 7 - kept - 1
     card = (tmp_path / "student" / "MODEL_CARD.md").read_text()
     assert "Taught by another lung model" in card and lung_model.version in card and "it never trained on" in card
 

@@ -155,10 +155,28 @@ def test_the_lung_gate_wants_every_probe_and_enough_real_films():
     verdict = lung_gate({"held_out": {"shenzhen": {"dice_mean": 0.96}}, "census": census})
     assert not verdict.passed and len(verdict.reasons) == 2
     assert verdict.reasons[0].startswith("the lung model was not tried on every picture with no lungs: text page")
-    assert "tried on 20 real X-rays only (sample), fewer than the 500 needed" in verdict.reasons[1]
+    assert "tried on 20 real X-rays only (sample; 0 it trained on left out), fewer than the 500 needed" in verdict.reasons[1]
     census["probes"] = dict.fromkeys(LUNG_PROBES, "refused")
     census["films"]["checked"] = 500
     assert lung_gate({"held_out": {"shenzhen": {"dice_mean": 0.96}}, "census": census}).passed
+
+
+def test_the_lung_gate_refuses_a_census_that_counted_the_films_a_model_was_distilled_on():
+    from cxr_core.registry.gate import LUNG_PROBES, lung_gate
+
+    census = {"probes": dict.fromkeys(LUNG_PROBES, "refused"),
+              "films": {"data_name": "cxr", "checked": 1700, "refused": 0, "seen_in_training": 0}}  # fmt: skip
+    metadata = {"held_out": {"shenzhen": {"dice_mean": 0.96}}, "census": census,
+                "distilled": {"data_name": "cxr", "films": 600}}  # fmt: skip
+    verdict = lung_gate(metadata)
+    assert not verdict.passed
+    assert verdict.reasons == ["the census on cxr counted films the lung model was distilled on: it must judge "
+                               "films the model never trained on"]  # fmt: skip
+    census["films"]["seen_in_training"] = 600
+    assert lung_gate(metadata).passed
+    metadata["distilled"]["data_name"] = "another"  # a census of other films has nothing to leave out
+    census["films"]["seen_in_training"] = 0
+    assert lung_gate(metadata).passed
 
 
 def test_lungs_train_refuses_a_census_folder_with_no_x_rays_before_training(lung_env, capsys):
