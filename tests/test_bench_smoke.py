@@ -135,3 +135,23 @@ def test_archive_benchmark_runs_once_at_a_tiny_size(shared_cxr, tmp_path):
         assert key in result["baseline"], key
     assert set(result["ratios"]["projected_films_per_s"]) == {"1", "2", "4", "8"}
     assert set(result["targets"]["dag_over_cli"]) == {"target", "value", "met"}
+
+
+def test_the_runtime_benchmark_compares_a_candidate_lung_model_with_the_served_one(shared_cxr, tmp_path):
+    """bench/runtimes.py is not part of run_all (it compares runtimes, not product paths): run it here once
+    with a registered lung model that is not in use, so the comparison between lung networks still runs."""
+    candidate = PROJECT_ROOT / "models" / "lungs" / "v20261202-071257"  # 64 px, registered, not current
+    out = tmp_path / "runtimes.json"
+    run = subprocess.run(
+        [sys.executable, "bench/runtimes.py", "--quick", "--data", str(shared_cxr), "--lung-model", str(candidate),
+         "-o", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    served = json.loads(out.read_text())["figures"]["lungs_as_served"]
+    baseline = served["models"][served["baseline"]]
+    assert baseline["side"] == 128 and baseline["cpu_ratio_to_baseline"] == {"batch_1": 1.0, "batch_16": 1.0}
+    small = served["models"][str(candidate)]
+    assert small["side"] == 64 and small["runtime"] == "tflite"
+    for batch in ("batch_1", "batch_16"):
+        assert small[batch]["cpu_ms_per_film"] > 0 and small["cpu_ratio_to_baseline"][batch] > 0
