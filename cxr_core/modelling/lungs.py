@@ -172,6 +172,23 @@ def mask_to_original(
 MIN_COMPONENT_FRACTION = 0.005  # of the image: smaller blobs are noise
 
 
+def mask_to_frame(mask: np.ndarray, frame: Frame, soft: bool = False) -> np.ndarray:
+    """Original-size 0/255 mask -> 0/1 float mask in the model-input geometry (inverse of mask_to_original).
+
+    ``soft`` keeps each small pixel's lung share (0..1) instead of rounding it: a network trained on it
+    learns where inside a pixel the edge lies, and the bilinear way back to the film's size
+    (:func:`mask_to_original`) puts the edge there. Rounded 64 px targets alone cap the full-size Dice
+    at about 0.979 on the shared masks; their shares at 0.995 (0.988 and 0.998 at 128 px).
+    """
+    region = (mask[frame.top : frame.bottom, frame.left : frame.right] > 0).astype(np.float32)
+    small = np.zeros((frame.side, frame.side), np.float32)
+    content = cv2.resize(region, (frame.cw, frame.ch), interpolation=cv2.INTER_AREA)
+    small[frame.y0 : frame.y0 + frame.ch, frame.x0 : frame.x0 + frame.cw] = (
+        np.clip(content, 0.0, 1.0) if soft else (content >= 0.5).astype(np.float32)  # area sums round past 1
+    )
+    return small
+
+
 def postprocess(mask: np.ndarray, keep: int = 2) -> np.ndarray:
     """Keep the ``keep`` largest connected components (ignoring specks), fill their holes. 0/255 out."""
     binary = (np.asarray(mask) > 0).astype(np.uint8)

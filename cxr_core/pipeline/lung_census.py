@@ -19,7 +19,7 @@ from cxr_core.errors import CxrError
 from cxr_core.imaging.preprocess import NOT_A_CHEST, to_model_input
 from cxr_core.modelling.lung_probes import non_chest_pictures
 from cxr_core.pipeline.datasets import discover, read_record_bytes
-from cxr_core.pipeline.lung_training import content_sha256
+from cxr_core.pipeline.lung_extra_data import content_sha256
 
 EXAMPLES = 20  # refused films named in the record, for someone to look at
 

@@ -12,7 +12,7 @@ from builders import make_dicom
 from conftest import SHARED_CXR
 
 from cxr_core.modelling import lung_probes, lungs
-from cxr_core.pipeline import lung_training
+from cxr_core.pipeline import lung_extra_data, lung_training
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_LUNGS = SHARED_CXR.parent / "lungs"  # beside the shared X-rays (CXR_SHARED_DATA moves both)
@@ -227,21 +227,21 @@ def test_lung_runs_of_other_seeds_are_measured_on_the_same_held_out_films(tmp_pa
     assert held_out("c", seed=1, split_seed=3) != first
 
 
-@pytest.mark.parametrize("family", lung_training.NEGATIVE_FAMILIES)
+@pytest.mark.parametrize("family", lung_extra_data.NEGATIVE_FAMILIES)
 def test_synthetic_no_lung_pictures_reach_the_lung_network_with_empty_masks(family):
     """What negatives train on is what the clinic's path would hand the lung network: pictures the
     decoder's blank/flat checks let through (else the network would never meet them), varied, no lungs."""
     from cxr_core.imaging.preprocess import to_model_input
 
     rng = np.random.default_rng(5)
-    pictures = [lung_training.synthetic_negative(family, rng) for _ in range(6)]
+    pictures = [lung_extra_data.synthetic_negative(family, rng) for _ in range(6)]
     for picture in pictures:
         assert picture.dtype == np.uint8 and picture.ndim == 2 and min(picture.shape) >= 320
         to_model_input(cv2.imencode(".png", picture)[1].tobytes())  # raises on a blank or flat picture
     assert len({picture.tobytes() for picture in pictures}) == 6
-    X, Y = lung_training.negative_pairs(8, 64, "letterbox", seed=3)
+    X, Y = lung_extra_data.negative_pairs(8, 64, "letterbox", seed=3)
     assert X.shape == Y.shape == (8, 64, 64, 1) and X.std() > 10 and not Y.any()
-    again, _ = lung_training.negative_pairs(8, 64, "letterbox", seed=3)
+    again, _ = lung_extra_data.negative_pairs(8, 64, "letterbox", seed=3)
     assert np.array_equal(X, again)  # a seed gives the same negatives: runs can be repeated
 
 
@@ -291,16 +291,16 @@ def test_distillation_takes_films_in_turn_from_each_source_and_never_a_masked_on
     masks, films = _distillation_folder(tmp_path, shared_cxr)
     mask_rows = lung_training.load_records(masks / "manifest.csv")
 
-    picks = [lung_training.choose_distillation_films(films, 4, seed, mask_rows) for seed in range(6)]
+    picks = [lung_extra_data.choose_distillation_films(films, 4, seed, mask_rows) for seed in range(6)]
     for four in picks:  # in turn: two and two every time (a random four of the five: 3 and 1 two times in five)
         assert sorted(r.source for r in four) == ["da", "da", "rahmandb", "rahmandb"]
     assert len({tuple(r.path for r in four) for four in picks}) > 1  # the seed chooses which rahmandb films
-    again = lung_training.choose_distillation_films(films, 4, 3, mask_rows)
+    again = lung_extra_data.choose_distillation_films(films, 4, 3, mask_rows)
     assert [r.path for r in again] == [r.path for r in picks[3]]
-    everything = lung_training.choose_distillation_films(films, 50, seed=0, mask_records=mask_rows)
+    everything = lung_extra_data.choose_distillation_films(films, 50, seed=0, mask_records=mask_rows)
     assert len(everything) == 5  # no Shenzhen film (a source with masks), no copy of a mask image
     assert {r.source for r in everything} == {"rahmandb", "da"}
-    assert len(lung_training.choose_distillation_films(films, 50, seed=0)) == 7  # without masks, all of them
+    assert len(lung_extra_data.choose_distillation_films(films, 50, seed=0)) == 7  # without masks, all of them
 
 
 def test_the_teachers_masks_land_in_the_students_own_frame(lung_model, mask_records):
@@ -310,7 +310,7 @@ def test_the_teachers_masks_land_in_the_students_own_frame(lung_model, mask_reco
     from cxr_core.pipeline.datasets import Record
 
     rows = mask_records["shenzhen"][:4] + mask_records["jsrt"][:2]
-    taught = lung_training.distillation_pairs(lung_model, [Record(r["image_path"], 0, r["source"]) for r in rows],
+    taught = lung_extra_data.distillation_pairs(lung_model, [Record(r["image_path"], 0, r["source"]) for r in rows],
                                               64, "letterbox")  # fmt: skip
     X, Y, kept = taught.X, taught.Y, taught.kept
     Xt, Yt = lung_training.prepare_pairs(rows, 64, "letterbox", soft=True)
