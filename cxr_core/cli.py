@@ -286,21 +286,63 @@ def _lungs_train(args) -> int:
     metadata = run_lung_train(data, args.out, params["lungs"], census_data=census)
     summary = {key: metadata.get(key) for key in ("held_out", "cross_source", "census", "parameters", "train_seconds")}
     if args.register:
-        from cxr_core.registry.gate import lung_gate, policy_stamp
-
         registry = Registry(lung_models_dir(), kind="lungs")
         summary["version"] = registry.register(args.out)
-        verdict = lung_gate(metadata)
-        registry.record_verdict(summary["version"], {
-            "passed": verdict.passed, "reasons": verdict.reasons, "checks": verdict.checks,
-            "floors": verdict.floors, "policy": policy_stamp(verdict.floors),
-            "compared_with": registry.current_version(), "registry_stamp": registry.pointer_stamp(),
-        })  # fmt: skip
+        verdict = _judge_lung_model(registry, summary["version"])
         summary["gate"] = {"passed": verdict.passed, "reasons": verdict.reasons}
         if args.promote:
             registry.promote(summary["version"], override_reason=args.override_gate)
             summary["promoted"] = True
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _judge_lung_model(registry, version: str):
+    """The lung gate on a registered lung model's own record, kept as its verdict (what promote asks for)."""
+    from cxr_core.registry.gate import lung_gate, policy_stamp
+
+    verdict = lung_gate(registry.metadata(version))
+    registry.record_verdict(version, {
+        "passed": verdict.passed, "reasons": verdict.reasons, "checks": verdict.checks,
+        "floors": verdict.floors, "policy": policy_stamp(verdict.floors),
+        "compared_with": registry.current_version(), "registry_stamp": registry.pointer_stamp(),
+    })  # fmt: skip
+    return verdict
+
+
+def _lung_models(args) -> int:
+    """``models ... --lungs``: the lung registry. A lung model trained apart (``lungs-train`` without
+    --register, as the #23.1 candidates were) is registered with the lung gate's verdict on its own
+    record, so that the version whose crops were measured is the one promoted, not a retrained twin."""
+    from cxr_core.registry.store import Registry
+    from cxr_core.settings import lung_models_dir
+
+    registry = Registry(lung_models_dir(), kind="lungs")
+    if args.action == "list":
+        current = registry.current_version()
+        for meta in registry.versions():
+            held_out = meta.get("held_out") or {}
+            films = (meta.get("census") or {}).get("films") or {}
+            dice = ", ".join(f"{source} {values.get('dice_mean')}" for source, values in sorted(held_out.items()))
+            census = f"refused {films.get('refused')} of {films.get('checked')}" if films else "no census"
+            marker = "*" if meta["version"] == current else " "
+            print(f"{marker} {meta['version']}  {meta.get('input_side')} px  Dice {dice}  {census}")
+    elif args.action == "register":
+        version = registry.register(args.target)
+        verdict = _judge_lung_model(registry, version)
+        print(json.dumps({"version": version, "gate": {"passed": verdict.passed, "reasons": verdict.reasons}}, indent=2))
+        if args.promote:
+            registry.promote(version, override_reason=args.override_gate)
+            print(f"current lung model: {version}")
+    elif args.action == "promote":
+        registry.promote(args.target, override_reason=args.override_gate)
+        print(f"current lung model: {args.target}")
+    elif args.action == "rollback":
+        print(f"current lung model: {registry.rollback()}")
+    elif args.action == "verdict":
+        print(json.dumps(registry.verdict(args.target), indent=2))
+    else:
+        raise CxrError(f"models {args.action} is for classifiers; a lung model's card is written when it is trained")
     return 0
 
 
@@ -365,6 +407,8 @@ def _number(value) -> str:
 def _models(args) -> int:
     from cxr_core.registry.store import Registry
 
+    if args.lungs:
+        return _lung_models(args)
     registry = Registry()
     if args.action == "list":
         current = registry.current_version()
@@ -615,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="candidate folder (register) or version (promote, verdict, convert; card: default current)",
     )  # fmt: skip
     models.add_argument("--promote", action="store_true", help="with register: make it current")
+    models.add_argument("--lungs", action="store_true", help="the lung models' registry instead of the classifiers'")
     models.add_argument(
         "--override-gate", metavar="REASON", default=None,
         help="promote without a current pass of the quality gate for these weights (audited)",

@@ -122,7 +122,7 @@ def test_a_lung_model_that_refuses_real_films_or_accepts_a_picture_with_no_lungs
     err = capsys.readouterr().err
     assert code == 2 and lungs.current_version() is None
     assert "finds lungs in pictures with none: gradient" in err
-    assert "refuses 10 of 1000 real X-rays as not a chest (rahmandb 9, da 1), above the 0.2% allowed" in err
+    assert "refuses 10 of 1000 real X-rays as not a chest (da 1, rahmandb 9), above the 0.2% allowed" in err  # as registered: sorted
 
     refusals["probes"]["gradient"] = "refused"
     refusals["films"].update(refused=2, refused_by_source={"rahmandb": 2})  # 0.2 %: at the limit, allowed
@@ -188,3 +188,38 @@ def test_lungs_train_refuses_a_census_folder_with_no_x_rays_before_training(lung
                      "--out", str(tmp_path / "w"), "--register"])  # fmt: skip
     assert code == 2 and f"No files found in {empty}" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before training, nothing written
+
+
+def test_a_lung_model_trained_apart_is_registered_with_its_gate_verdict_and_promoted_by_name(tmp_path, monkeypatch, capsys):
+    """The #23.1 candidates were trained without --register; the one whose crops were measured is the one
+    to promote, so `models register --lungs FOLDER` judges the folder's own record, like lungs-train does."""
+    monkeypatch.setenv("CXR_LUNG_MODELS_DIR", str(tmp_path / "lungs-registry"))
+    census = {"probes": dict.fromkeys(LUNG_PROBES, "refused"),
+              "films": {"data_name": "cxr", "checked": 1369, "refused": 0, "refused_by_source": {}}}  # fmt: skip
+
+    def folder(name, shenzhen_dice):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "model.keras").write_bytes(f"lung weights {name}".encode())
+        (out / "metadata.json").write_text(json.dumps({"held_out": {"shenzhen": {"dice_mean": shenzhen_dice}},
+                                                       "census": census, "input_side": 96}))  # fmt: skip
+        return str(out)
+
+    assert cli.main(["models", "register", folder("weak", 0.62), "--lungs"]) == 0
+    weak = json.loads(capsys.readouterr().out)
+    assert not weak["gate"]["passed"] and "below the floor" in weak["gate"]["reasons"][0]
+    assert cli.main(["models", "--lungs", "promote", weak["version"]]) == 2
+    assert "cannot be promoted" in capsys.readouterr().err
+
+    assert cli.main(["models", "--lungs", "register", folder("student", 0.956)]) == 0
+    student = json.loads(capsys.readouterr().out)
+    assert student["gate"] == {"passed": True, "reasons": []}
+    assert cli.main(["models", "promote", student["version"], "--lungs"]) == 0
+    lungs = Registry(tmp_path / "lungs-registry", kind="lungs")
+    assert lungs.current_version() == student["version"] and lungs.verdict(student["version"])["passed"]
+    capsys.readouterr()
+    assert cli.main(["models", "list", "--lungs"]) == 0
+    listed = capsys.readouterr().out
+    assert f"* {student['version']}  96 px  Dice shenzhen 0.956  refused 0 of 1369" in listed
+    assert Registry(tmp_path / "models").current_version() is None  # the classifiers' registry untouched
+    assert cli.main(["models", "card", "--lungs"]) == 2 and "for classifiers" in capsys.readouterr().err
