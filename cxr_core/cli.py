@@ -310,14 +310,10 @@ def _judge_lung_model(registry, version: str):
     return verdict
 
 
-def _lung_models(args) -> int:
-    """``models ... --lungs``: the lung registry. A lung model trained apart (``lungs-train`` without
-    --register, as the #23.1 candidates were) is registered with the lung gate's verdict on its own
-    record, so that the version whose crops were measured is the one promoted, not a retrained twin."""
-    from cxr_core.registry.store import Registry
-    from cxr_core.settings import lung_models_dir
-
-    registry = Registry(lung_models_dir(), kind="lungs")
+def _lung_models(args, registry) -> int:
+    """``models list|register --lungs``. A lung model trained apart (``lungs-train`` without --register,
+    as the #23.1 candidates were) is registered with the lung gate's verdict on its own record, so that
+    the version whose crops were measured is the one promoted, not a retrained twin."""
     if args.action == "list":
         current = registry.current_version()
         for meta in registry.versions():
@@ -334,13 +330,6 @@ def _lung_models(args) -> int:
         if args.promote:
             registry.promote(version, override_reason=args.override_gate)
             print(f"current lung model: {version}")
-    elif args.action == "promote":
-        registry.promote(args.target, override_reason=args.override_gate)
-        print(f"current lung model: {args.target}")
-    elif args.action == "rollback":
-        print(f"current lung model: {registry.rollback()}")
-    elif args.action == "verdict":
-        print(json.dumps(registry.verdict(args.target), indent=2))
     else:
         raise CxrError(f"models {args.action} is for classifiers; a lung model's card is written when it is trained")
     return 0
@@ -406,11 +395,20 @@ def _number(value) -> str:
 
 def _models(args) -> int:
     from cxr_core.registry.store import Registry
+    from cxr_core.settings import lung_models_dir
 
-    if args.lungs:
-        return _lung_models(args)
-    registry = Registry()
-    if args.action == "list":
+    registry = Registry(lung_models_dir(), kind="lungs") if args.lungs else Registry()
+    what = "lung model" if args.lungs else "model"
+    if args.action == "promote":
+        registry.promote(args.target, override_reason=args.override_gate)
+        print(f"current {what}: {args.target}")
+    elif args.action == "rollback":
+        print(f"current {what}: {registry.rollback()}")
+    elif args.action == "verdict":
+        print(json.dumps(registry.verdict(args.target), indent=2))
+    elif args.lungs:
+        return _lung_models(args, registry)
+    elif args.action == "list":
         current = registry.current_version()
         for meta in registry.versions():
             metrics = meta.get("metrics") or {}
@@ -424,13 +422,6 @@ def _models(args) -> int:
         if args.promote:  # a bare registration carries no verdict: only an audited override promotes it
             registry.promote(version, override_reason=args.override_gate)
         print(version)
-    elif args.action == "promote":
-        registry.promote(args.target, override_reason=args.override_gate)
-        print(f"current model: {args.target}")
-    elif args.action == "rollback":
-        print(f"current model: {registry.rollback()}")
-    elif args.action == "verdict":
-        print(json.dumps(registry.verdict(args.target), indent=2))
     elif args.action == "convert":
         from cxr_core.modelling.runtime import write_classifier_tflite
 
