@@ -205,12 +205,9 @@ def main() -> None:
         smalls = np.stack([lungs.lung_input(gray)[0] for gray in grays])
         name = lungs.version if not Path(version).is_dir() else version
         result["lungs"][name] = lung_runtimes(lungs.model, smalls, args.rounds)
-        served[name] = lungs
+        served[name] = (lungs, smalls)
 
-    result["lungs_as_served"] = lungs_as_served(
-        {name: (lungs, np.stack([lungs.lung_input(gray)[0] for gray in grays])) for name, lungs in served.items()},
-        args.rounds,
-    )
+    result["lungs_as_served"] = lungs_as_served(served, args.rounds)
 
     emit(
         {

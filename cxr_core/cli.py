@@ -260,6 +260,7 @@ def _check_unseen(args) -> int:
 
 def _lungs_train(args) -> int:
     from cxr_core.pipeline.dataset_roots import allowed_dataset_path
+    from cxr_core.pipeline.datasets import discover
     from cxr_core.pipeline.lung_training import run_lung_train
     from cxr_core.registry.store import Registry
     from cxr_core.settings import lung_models_dir
@@ -272,13 +273,9 @@ def _lungs_train(args) -> int:
     # classifier's by default). Found before the minutes of training, so a wrong folder costs nothing.
     census = None
     if args.register or args.census:
-        from cxr_core.pipeline.datasets import discover
-
         census = allowed_dataset_path(args.census or params["data"]["path"])
         discover(census)
     if int(params["lungs"]["distill_films"]) > 0:  # the films to learn from, found before training too
-        from cxr_core.pipeline.datasets import discover
-
         if not params["lungs"]["distill_data"]:
             raise CxrError("lungs.distill_films needs lungs.distill_data: a labelled X-ray dataset to learn from")
         params["lungs"]["distill_data"] = str(allowed_dataset_path(params["lungs"]["distill_data"]))

@@ -305,7 +305,7 @@ def run_lung_train(data_root, out_dir, params: dict | None = None, progress=None
         teacher = load_lung_model()
         if teacher is None:
             raise ModelError("distillation needs a current lung model to learn from and there is none: "
-                             "promote one (models promote --lungs) or set lungs.distill_films=0")  # fmt: skip
+                             "promote one (models promote VERSION --lungs) or set lungs.distill_films=0")  # fmt: skip
         chosen = choose_distillation_films(params["distill_data"], int(params["distill_films"]),
                                            int(params["split_seed"]), records)  # fmt: skip
         taught = distillation_pairs(teacher, chosen, int(params["side"]), params["mode"], bool(params["soft_targets"]))
