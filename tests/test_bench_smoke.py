@@ -150,8 +150,30 @@ def test_the_runtime_benchmark_compares_a_candidate_lung_model_with_the_served_o
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     served = json.loads(out.read_text())["figures"]["lungs_as_served"]
     baseline = served["models"][served["baseline"]]
-    assert baseline["side"] == 128 and baseline["cpu_ratio_to_baseline"] == {"batch_1": 1.0, "batch_16": 1.0}
+    lungs = PROJECT_ROOT / "models" / "lungs"
+    in_use = json.loads((lungs / "current.json").read_text())["version"]
+    in_use_side = json.loads((lungs / in_use / "metadata.json").read_text())["input_side"]
+    assert baseline["side"] == in_use_side and baseline["cpu_ratio_to_baseline"] == {"batch_1": 1.0, "batch_16": 1.0}
     small = served["models"][str(candidate)]
     assert small["side"] == 64 and small["runtime"] == "tflite"
     for batch in ("batch_1", "batch_16"):
         assert small[batch]["cpu_ms_per_film"] > 0 and small["cpu_ratio_to_baseline"][batch] > 0
+
+
+def test_the_lung_architecture_benchmark_times_untrained_candidates_beside_the_128_px_u_net(tmp_path):
+    """bench/lung_architectures.py is not part of run_all (it helps choose what to train): run it once with a
+    cheap candidate at two thread counts, and check each network is timed against the same baseline."""
+    out = tmp_path / "architectures.json"
+    run = subprocess.run(
+        [sys.executable, "bench/lung_architectures.py", "--quick", "--candidate", "64:4:separable:3",
+         "--threads", "2", "1", "-o", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["baseline"]["network"] == "128:8:unet:4@2"
+    assert set(result["figures"]) == {"128:8:unet:4@2", "128:8:unet:4@1", "64:4:separable:3@2", "64:4:separable:3@1"}
+    assert result["figures"]["128:8:unet:4@2"]["less_cpu_than_baseline"] == {"batch_1": 1.0, "batch_16": 1.0}
+    small = result["figures"]["64:4:separable:3@2"]
+    assert small["parameters"] < result["figures"]["128:8:unet:4@2"]["parameters"] / 10
+    assert all(ms > 0 for ms in small["cpu_ms_per_film"].values())
