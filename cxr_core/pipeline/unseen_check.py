@@ -95,6 +95,7 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
     """One screened film's evidence: against the lung model's fields (as the product reports it), the
     experts' mask, and the radiologists' boxes, all in the network's view as evaluation measures them."""
     from cxr_core.modelling.evidence import film_evidence, lungs_in_view
+    from cxr_core.modelling.lungs import dice
     from cxr_core.pipeline.ingest import boxes_in_view, lesion_mask
 
     raw, box = item.prediction.raw_heatmap, item.box
@@ -106,6 +107,8 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
         region = expert_mask[box.top : box.bottom, box.left : box.right]
         _, grown = lungs_in_view(region, max(item.image.pixels.shape), side)
         out["experts' lungs"] = film_evidence(raw, grown)
+        if item.lung_mask is not None:  # how well the served lung model draws this hospital's lungs
+            out["lung model's dice with the experts"] = round(dice(item.lung_mask > 0, expert_mask > 0), 4)
     if boxes:
         lesions = lesion_mask(boxes_in_view(boxes, box, side), side)
         if lesions.any():
@@ -231,6 +234,8 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "with_expert_masks": sum("experts' lungs" in film for film in films),
         "mask_problems": sum("mask_problem" in film for film in films),
         "with_lesion_boxes": sum("lesions" in film for film in films),
+        "lung_model_dice_with_experts": _spread([f["lung model's dice with the experts"] for f in films
+                                                 if "lung model's dice with the experts" in f]),  # fmt: skip
         "accuracy": {key: accuracy.get(key) for key in
                      ("n", "prevalence", "roc_auc", "roc_auc_ci", "sensitivity", "sensitivity_ci",
                       "specificity", "specificity_ci")},  # fmt: skip
@@ -241,6 +246,12 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "targets": targets,
         "per_film": films,
     }
+
+
+def _spread(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"films": len(values), "mean": round(float(np.mean(values)), 4), "lowest": round(float(np.min(values)), 4)}
 
 
 def report_lines(report: dict, json_written: bool = False) -> list[str]:
@@ -261,6 +272,12 @@ def report_lines(report: dict, json_written: bool = False) -> list[str]:
     ]
     for entry in report["skipped"][:5]:
         lines.append(f"- left out: {entry['path']}: {entry['reason']}")
+    agreement = report.get("lung_model_dice_with_experts")
+    if agreement:
+        lines.append(
+            f"The lung model against the experts' masks: Dice {agreement['mean']:.3f} on average, lowest "
+            f"{agreement['lowest']:.3f}, over {agreement['films']} films."
+        )
     if acc.get("roc_auc") is not None:
         low, high = acc.get("roc_auc_ci") or (None, None)
         interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""

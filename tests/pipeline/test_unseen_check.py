@@ -85,18 +85,27 @@ def test_every_readable_film_is_scored_and_the_rest_listed_with_the_reason(repor
 
 
 def test_experts_masks_are_laid_on_the_same_view_as_the_lung_models_fields(report, hospital):
-    """Experts' masks and the lung model agree on these films (Dice about 0.96), so on each film the two
-    lung shares agree closely; a mask laid on the wrong grid (flipped, unscaled, not cut to the view's
-    box) would not. The mask moved to a corner shows the experts' mask, not the lung model's, is measured."""
+    """Experts' masks and the lung model agree on these films, so each film's two masks overlap (Dice) and
+    the two lung shares of its map agree; a mask laid on the wrong grid (unscaled, not cut to the view's
+    box, moved) would not. The mask moved to a corner shows the experts' mask, not the lung model's, is
+    measured. Measured on these four 256 px films: Dice 0.85-0.95 for the 96 px lung student, 0.86-0.97
+    for the 128 px model before it. The shares are held to 0.05 on average and 0.10 on a film: the
+    student's Dice 0.95 against the 128 px model's 0.97 on one TB film moves that film's share by 0.09."""
     paired = [film for film in report["per_film"] if "experts' lungs" in film]
     assert len(paired) == 5
     with open(hospital / "masks.csv", newline="") as handle:
         moved = list(csv.DictReader(handle))[2]["image"]
     cornered = next(film for film in paired if film["path"].endswith(moved))
     assert cornered["experts' lungs"]["lung_share"] < 0.2 and cornered["lung model"]["lung_share"] > 0.9
-    for film in (film for film in paired if film is not cornered):
-        expert, model = film["experts' lungs"], film["lung model"]
-        assert abs(expert["lung_share"] - model["lung_share"]) < 0.05, film["path"]
+    assert cornered["lung model's dice with the experts"] < 0.3
+    others = [film for film in paired if film is not cornered]
+    gaps = [abs(film["experts' lungs"]["lung_share"] - film["lung model"]["lung_share"]) for film in others]
+    dices = {film["path"].rsplit("/", 1)[-1]: film["lung model's dice with the experts"] for film in others}
+    assert all(value > 0.8 for value in dices.values()), dices
+    assert sum(gaps) / len(gaps) < 0.05 and max(gaps) < 0.10, gaps
+    agreement = report["lung_model_dice_with_experts"]
+    assert agreement["films"] == 5 and agreement["lowest"] == cornered["lung model's dice with the experts"]
+    assert f"Dice {agreement['mean']:.3f} on average" in "\n".join(report_lines(report))
     tb = report["evidence"]["TB films, experts' lungs"]
     assert tb["films"] == 3 and 0 <= tb["lung_share"] <= 1
 
