@@ -25,13 +25,17 @@ BASELINE = "128:8:unet:4"
 CANDIDATES = ("96:4:unet:4", "80:4:unet:4", "64:4:unet:4", "96:4:separable:4", "80:4:separable:4", "96:4:unet:3")
 
 
+def _side(spec: str) -> int:
+    return int(spec.split(":")[0])
+
+
 def _forward(spec: str, threads: int):
     from cxr_core.modelling.lungs import build_unet
     from cxr_core.modelling.runtime import TfliteLungForward, lung_float_twin, to_tflite
 
-    side, base, architecture, depth = spec.split(":")
-    model = build_unet(side=int(side), base_filters=int(base), architecture=architecture, depth=int(depth))
-    return TfliteLungForward(to_tflite(lung_float_twin(model)), int(side), threads=threads), model.count_params()
+    _, base, architecture, depth = spec.split(":")
+    model = build_unet(side=_side(spec), base_filters=int(base), architecture=architecture, depth=int(depth))
+    return TfliteLungForward(to_tflite(lung_float_twin(model)), _side(spec), threads=threads), model.count_params()
 
 
 def main() -> None:
@@ -48,7 +52,7 @@ def main() -> None:
             log(f"lung_architectures: building {spec} ({threads} threads)")
             networks[(spec, threads)] = _forward(spec, threads)
     rng = np.random.default_rng(0)
-    inputs = {spec: rng.integers(0, 256, (16, int(spec.split(":")[0]), int(spec.split(":")[0])), dtype=np.uint8) for spec in specs}
+    inputs = {spec: rng.integers(0, 256, (16, _side(spec), _side(spec)), dtype=np.uint8) for spec in specs}
     cpu = {key: {"batch_1": [], "batch_16": []} for key in networks}
     for _ in range(rounds):  # interleaved: every network meets the same minute of the machine
         for (spec, threads), (forward, _) in networks.items():

@@ -37,6 +37,9 @@ TARGETS = (
     ("lesion films: mass on the boxes against an evenly spread map", "lesions", "lesion_vs_uniform", 2.0),
 )  # fmt: skip
 
+# per film: the served lung model's mask against the hospital's experts' mask, both at the film's size
+EXPERTS_DICE = "lung model's dice with the experts"
+
 
 def read_mask_manifest(path: str | Path) -> dict[str, str]:
     """Experts' lung masks: a CSV with ``image`` and ``mask`` columns, both relative to the CSV's folder
@@ -108,7 +111,7 @@ def film_measures(item, expert_mask: np.ndarray | None, boxes: list | None) -> d
         _, grown = lungs_in_view(region, max(item.image.pixels.shape), side)
         out["experts' lungs"] = film_evidence(raw, grown)
         if item.lung_mask is not None:  # how well the served lung model draws this hospital's lungs
-            out["lung model's dice with the experts"] = round(dice(item.lung_mask > 0, expert_mask > 0), 4)
+            out[EXPERTS_DICE] = round(dice(item.lung_mask > 0, expert_mask > 0), 4)
     if boxes:
         lesions = lesion_mask(boxes_in_view(boxes, box, side), side)
         if lesions.any():
@@ -234,8 +237,7 @@ def judge(films: list[dict], skipped: list, predictor, n_boot: int = 1000) -> di
         "with_expert_masks": sum("experts' lungs" in film for film in films),
         "mask_problems": sum("mask_problem" in film for film in films),
         "with_lesion_boxes": sum("lesions" in film for film in films),
-        "lung_model_dice_with_experts": _spread([f["lung model's dice with the experts"] for f in films
-                                                 if "lung model's dice with the experts" in f]),  # fmt: skip
+        "lung_model_dice_with_experts": _spread([f[EXPERTS_DICE] for f in films if EXPERTS_DICE in f]),
         "accuracy": {key: accuracy.get(key) for key in
                      ("n", "prevalence", "roc_auc", "roc_auc_ci", "sensitivity", "sensitivity_ci",
                       "specificity", "specificity_ci")},  # fmt: skip
