@@ -157,9 +157,17 @@ def _evaluate(args) -> int:
 
 def _loso(args) -> int:
     from cxr_core.pipeline.ingest import run_ingest
-    from cxr_core.pipeline.loso import REPORT_FILE, run_loso
+    from cxr_core.pipeline.loso import REPORT_FILE, merge_reports, run_loso
     from cxr_core.settings import RECIPES
 
+    if args.merge:
+        from cxr_core.fsutil import write_json_atomic
+
+        report = merge_reports([_read_json_report(path) for path in args.merge])
+        write_json_atomic(Path(args.out) / REPORT_FILE, report)
+        print(json.dumps(report["summary"], indent=2))
+        print(f"wrote {Path(args.out) / REPORT_FILE} (seeds {report['seeds']})", file=sys.stderr)
+        return 0
     if args.recipe not in RECIPES:  # before the ingest, not after minutes of it
         raise CxrError(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
     params = _params_of(args)
@@ -181,6 +189,19 @@ def _loso(args) -> int:
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {Path(args.out) / REPORT_FILE}", file=sys.stderr)
     return 0
+
+
+def _read_json_report(path: str) -> dict:
+    """A report file named on the command line, or a message that says which one is wrong."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise CxrError(f"cannot read {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise CxrError(f"{path} is not a JSON report ({error.msg}, line {error.lineno})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("runs"), list):
+        raise CxrError(f"{path} is not a loso.json report (no runs)")
+    return report
 
 
 def _calibrate(args) -> int:
@@ -567,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loso.add_argument(
         "--resume", action="store_true", help="with --save-models: score a fold's saved network instead of training it again"
+    )
+    loso.add_argument(
+        "--merge", nargs="+", default=None, metavar="LOSO_JSON",
+        help="instead of training: merge reports of the same recipe and ingest (e.g. seeds run apart) into OUT/loso.json",
     )
     loso.set_defaults(handler=_loso)
 

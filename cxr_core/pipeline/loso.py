@@ -256,6 +256,45 @@ def run_loso(
     return report
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from runs of the same recipe made apart (seeds run in different sessions or machines).
+
+    A recipe's seeds take hours on a CPU and are often finished another day; the figures only count as
+    "mean over seeds" if every part trained the same recipe with the same settings on the same films,
+    so anything else is refused rather than averaged.
+    """
+    from cxr_core.errors import CxrError
+
+    if len(reports) < 2:
+        raise CxrError("give at least two loso.json reports to merge")
+    first = reports[0]
+    for key in ("recipe", "params", "two_class_sources"):
+        for other in reports[1:]:
+            if other.get(key) != first.get(key):
+                raise CxrError(f"the reports differ in {key}: they are not runs of one recipe on one ingest")
+    runs = [run for report in reports for run in report["runs"]]
+    seen, films = set(), {}
+    for run in runs:
+        key = (run["kind"], run.get("holdout"), run["seed"])
+        if key in seen:
+            raise CxrError(f"the {run['kind']} run {run.get('holdout') or ''} of seed {run['seed']} is in two reports")
+        seen.add(key)
+        for name, result in run["test"].items():
+            count = (result["n"], result["n_tb"])
+            if films.setdefault((run["kind"], name), count) != count:
+                raise CxrError(f"the {name} test films differ between the reports: not the same ingest")
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "recipe": first["recipe"],
+        "params": first["params"],
+        "seeds": sorted({int(run["seed"]) for run in runs}),
+        "two_class_sources": first["two_class_sources"],
+        "merged_from": [{"created": r.get("created"), "seeds": r.get("seeds")} for r in reports],
+        "summary": summarise(runs),
+        "runs": runs,
+    }
+
+
 def _report(progress, runs: list[dict], total: int, out_dir=None) -> None:
     last = runs[-1]
     if out_dir is not None:  # a run of a dozen trainings takes an hour: what is done can be read meanwhile

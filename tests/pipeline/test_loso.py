@@ -3,10 +3,12 @@
 import csv
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import shared_records
+from conftest import PROJECT_ROOT, shared_records
 
 from cxr_core.pipeline.ingest import run_ingest
 from cxr_core.pipeline.loso import (
@@ -104,3 +106,43 @@ def test_loso_on_real_films_writes_a_report_per_held_out_source(small_multisite,
     assert set(within_run["test"]) == {"da", "rahmandb", "shenzhen"}
     assert 0.0 <= report["summary"]["loso"]["da"]["roc_auc"]["mean"] <= 1.0
     assert np.isfinite(loso_run["threshold"])
+
+
+@pytest.mark.slow
+def test_seeds_run_apart_merge_into_one_report_and_only_runs_of_one_recipe_do(small_multisite, tmp_path):
+    """Seed 0 one day, seed 1 the next: the merged report is what one run of both seeds would say."""
+    tiny = {"epochs": 1, "patience": 1, "model": {"filters": [8, 16, 16, 16, 16]}}
+    reports = []
+    for seed in (0, 1):
+        run_loso(small_multisite, tmp_path / f"s{seed}", tiny, seeds=[seed], holdouts=["da"], within=False, n_boot=20)
+        reports.append(tmp_path / f"s{seed}" / "loso.json")
+    done = _cli("loso", "--merge", *map(str, reports), "--out", str(tmp_path / "merged"))
+    assert done.returncode == 0, done.stderr
+    merged = json.loads((tmp_path / "merged" / "loso.json").read_text())
+    parts = [json.loads(path.read_text()) for path in reports]
+    assert merged["seeds"] == [0, 1]
+    assert merged["runs"] == parts[0]["runs"] + parts[1]["runs"]
+    auc = merged["summary"]["loso"]["da"]["roc_auc"]
+    each = [part["runs"][0]["test"]["da"]["roc_auc"] for part in parts]
+    assert auc["n"] == 2 and auc["mean"] == pytest.approx(np.mean(each), abs=1e-4)
+    assert (auc["min"], auc["max"]) == (round(min(each), 4), round(max(each), 4))
+
+    # the same seed twice, another recipe, a missing or damaged file: refused with the reason, nothing written
+    other_recipe = {**parts[1], "recipe": "reference"}
+    (tmp_path / "other.json").write_text(json.dumps(other_recipe))
+    (tmp_path / "damaged.json").write_text('{"runs": [')
+    for given, reason in (
+        ([reports[0], reports[0]], "of seed 0 is in two reports"),
+        ([reports[0], tmp_path / "other.json"], "differ in recipe"),
+        ([reports[0], tmp_path / "absent.json"], "cannot read"),
+        ([reports[0], tmp_path / "damaged.json"], "is not a JSON report"),
+    ):
+        refused = _cli("loso", "--merge", *map(str, given), "--out", str(tmp_path / "refused"))
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+        assert not (tmp_path / "refused" / "loso.json").exists()
+
+
+def _cli(*args: str):
+    return subprocess.run(
+        [sys.executable, "-m", "cxr_core", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
