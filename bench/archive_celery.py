@@ -2,7 +2,9 @@
 
 Subject: the DAG as a hospital runs it (bench/celery_stack.py: PostgreSQL, Redis, scheduler,
 api-server, ``airflow celery worker`` processes with one task slot each), triggered through the CLI and
-timed from the trigger to the run's success (polled every second), first with one worker, then with a
+timed from the run's creation to its success as the metadata database recorded them (the clock of its
+task instances; a timer started when the trigger command returns began late on a loaded machine, after
+the shard had started), first with one worker, then with a
 second worker added; the DAG plans one shard per worker (its ``workers`` param). Also printed: the span
 from the first task's start to the last task's end, as the metadata database recorded them.
 
@@ -58,14 +60,14 @@ def dag_run(stack, folder: Path, films: int, workers: int) -> dict:
     span = max(ti["end"] for ti in result["tis"]) - min(ti["start"] for ti in result["tis"])
     return {
         "timeline": timeline(result),
-        "films_per_s": round(films / result["waited_s"], 2),
-        "trigger_to_success_s": round(result["waited_s"], 1),
+        "films_per_s": round(films / result["trigger_to_success_s"], 2),
+        "trigger_to_success_s": round(result["trigger_to_success_s"], 1),
         "task_span_s": round(span, 1),
         "shards": len(shards),
         "shard_seconds": [round(ti["end"] - ti["start"], 1) for ti in shards],
         # Airflow's own cost per run (planning, task starts, merging): the shard's own time moves with the
         # machine's share of its cores by more than this from run to run
-        "outside_shards_s": round(result["waited_s"] - max(ti["end"] - ti["start"] for ti in shards), 1),
+        "outside_shards_s": round(result["trigger_to_success_s"] - max(ti["end"] - ti["start"] for ti in shards), 1),
         "shard_hosts": sorted({ti["hostname"] for ti in shards}),
     }
 
