@@ -17,6 +17,7 @@ Every fold is repeated over several seeds (run-to-run spread on a hospital of ~1
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from cxr_core import metrics, settings
 from cxr_core.fsutil import write_json_atomic
 from cxr_core.pipeline.datasets import sources_with_both_classes
 from cxr_core.pipeline.ingest import load_split
+from cxr_core.settings import Layout
 
 REPORT_FILE = "loso.json"
 
@@ -245,6 +247,7 @@ def run_loso(
         "recipe": recipe,
         "params": recipe_params,
         "seeds": [int(s) for s in seeds],
+        "ingest": ingest_identity(ingest_dir),
         "two_class_sources": sources,
         "summary": summarise(runs),
         "runs": runs,
@@ -254,6 +257,13 @@ def run_loso(
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / REPORT_FILE, report)
     return report
+
+
+def ingest_identity(ingest_dir: str | Path) -> dict:
+    """What makes two ingests the same films in the same crops: the data's fingerprint and the
+    preprocessing (lung model version and sha256, margin, side), from the ingest's summary."""
+    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
+    return {key: summary.get(key) for key in ("data_fingerprint", "preprocessing", "side")}
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -272,6 +282,9 @@ def merge_reports(reports: list[dict]) -> dict:
         for other in reports[1:]:
             if other.get(key) != first.get(key):
                 raise CxrError(f"the reports differ in {key}: they are not runs of one recipe on one ingest")
+    identities = [report["ingest"] for report in reports if report.get("ingest")]
+    if any(identity != identities[0] for identity in identities):  # reports older than this field lack it
+        raise CxrError("the reports were made on different ingests (data or lung-model crops differ)")
     runs = [run for report in reports for run in report["runs"]]
     seen, films = set(), {}
     for run in runs:
@@ -288,6 +301,7 @@ def merge_reports(reports: list[dict]) -> dict:
         "recipe": first["recipe"],
         "params": first["params"],
         "seeds": sorted({int(run["seed"]) for run in runs}),
+        "ingest": identities[0] if identities else None,
         "two_class_sources": first["two_class_sources"],
         "merged_from": [{"created": r.get("created"), "seeds": r.get("seeds")} for r in reports],
         "summary": summarise(runs),

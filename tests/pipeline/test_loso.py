@@ -127,13 +127,18 @@ def test_seeds_run_apart_merge_into_one_report_and_only_runs_of_one_recipe_do(sm
     assert auc["n"] == 2 and auc["mean"] == pytest.approx(np.mean(each), abs=1e-4)
     assert (auc["min"], auc["max"]) == (round(min(each), 4), round(max(each), 4))
 
-    # the same seed twice, another recipe, a missing or damaged file: refused with the reason, nothing written
+    # the same seed twice, another recipe or ingest, a missing or damaged file: refused with the reason, nothing written
+    assert merged["ingest"] == parts[0]["ingest"] == parts[1]["ingest"]
+    assert merged["ingest"]["data_fingerprint"] == json.loads((small_multisite / "summary.json").read_text())["data_fingerprint"]
     other_recipe = {**parts[1], "recipe": "reference"}
     (tmp_path / "other.json").write_text(json.dumps(other_recipe))
+    other_crops = {**parts[1], "ingest": {**parts[1]["ingest"], "preprocessing": {"lung_crop": False}}}
+    (tmp_path / "other-crops.json").write_text(json.dumps(other_crops))
     (tmp_path / "damaged.json").write_text('{"runs": [')
     for given, reason in (
         ([reports[0], reports[0]], "of seed 0 is in two reports"),
         ([reports[0], tmp_path / "other.json"], "differ in recipe"),
+        ([reports[0], tmp_path / "other-crops.json"], "different ingests"),
         ([reports[0], tmp_path / "absent.json"], "cannot read"),
         ([reports[0], tmp_path / "damaged.json"], "is not a JSON report"),
     ):
