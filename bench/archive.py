@@ -4,7 +4,10 @@ Subject: one run of the DAG with ``dag.test()`` in airflow-venv/ (a throw-away `
 SQLite; ``airflow db migrate`` is done first and not timed). ``dag.test()`` runs the mapped
 ``predict_shard`` tasks one after another in one process, as a LocalExecutor with one slot would, so
 the figure is the single-worker throughput with the DAG's own costs: planning, one TensorFlow + model
-start-up per shard, the atomic shard outputs and the merge.
+start-up per shard, the atomic shard outputs and the merge. The timed run follows an untimed one on a
+few films in the same process: the first task a fresh Airflow process runs pays about 3 s of imports
+(``first_run_plan_and_merge_s``), once per worker, as a long-lived LocalExecutor or Celery worker does,
+not once per archive (bench/archive_celery.py judges its warm worker the same way).
 Baseline, on the same films right before: ``python -m cxr_core predict FOLDER --format jsonl`` (one
 process, one start-up), timed end to end and split into start-up and steady per-film rate.
 
@@ -34,6 +37,7 @@ from batch_cli import CLI_BATCH, run_cli
 AIRFLOW_PYTHON = ROOT / "airflow-venv" / "bin" / "python"
 DAG_FILE = ROOT / "training" / "dags" / "tb_batch_screening.py"
 PREFIX = "ARCHIVE_BENCH "
+WARM_UP_FILMS = 8  # the untimed first run: as for the Celery workers, a worker's one-time start is not per archive
 
 RUNNER = textwrap.dedent(
     """
@@ -43,18 +47,21 @@ RUNNER = textwrap.dedent(
     spec.loader.exec_module(module)
     from airflow import settings
     settings.configure_orm()
+    first = [module.tb_batch_screening_dag.test(run_conf=json.loads(sys.argv[4]))] if len(sys.argv) > 4 else []
     started = time.perf_counter()
     run = module.tb_batch_screening_dag.test(run_conf=json.loads(sys.argv[2]))
     wall = time.perf_counter() - started
     from sqlalchemy import select
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    with create_session() as session:
-        tis = session.scalars(select(TaskInstance).where(TaskInstance.run_id == run.run_id)).all()
-        tasks = [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
-                  "seconds": (ti.end_date - ti.start_date).total_seconds()} for ti in tis]
+    def tasks_of(run_id):
+        with create_session() as session:
+            tis = session.scalars(select(TaskInstance).where(TaskInstance.run_id == run_id)).all()
+            return [{"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+                     "seconds": (ti.end_date - ti.start_date).total_seconds()} for ti in tis]
     print(sys.argv[3] + json.dumps({"state": str(run.state), "run_id": run.run_id, "wall_s": wall,
-                                    "tasks": tasks}), flush=True)
+                                    "tasks": tasks_of(run.run_id),
+                                    "first_run_tasks": [t for r in first for t in tasks_of(r.run_id)]}), flush=True)
     """
 )
 
@@ -74,7 +81,9 @@ def airflow_env(home: Path, work: Path, data_root: Path) -> dict:
     return env
 
 
-def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path) -> dict:
+def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path, warm_up: Path | None = None) -> dict:
+    """One timed ``dag.test()`` run; with ``warm_up``, after an untimed run on that small folder in the same
+    process (the first task a fresh Airflow process runs pays its imports once, about 3 s)."""
     home, work = scratch_dir / "airflow-home", scratch_dir / "work"
     env = airflow_env(home, work, folder.parent)
     migrated = subprocess.run(
@@ -83,8 +92,9 @@ def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path) -> d
     if migrated.returncode != 0:
         raise SystemExit(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
     conf = json.dumps({"source": str(folder), "shard_size": shard_size, "workers": workers})
+    warm_conf = [json.dumps({"source": str(warm_up), "shard_size": 0, "workers": 1})] if warm_up else []
     done = subprocess.run(
-        [str(AIRFLOW_PYTHON), "-c", RUNNER, str(DAG_FILE), conf, PREFIX],
+        [str(AIRFLOW_PYTHON), "-c", RUNNER, str(DAG_FILE), conf, PREFIX, *warm_conf],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -96,7 +106,9 @@ def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path) -> d
     result = json.loads(lines[-1][len(PREFIX) :])
     if result["state"] != "success":
         raise SystemExit(f"the DAG run ended {result['state']}: {(done.stdout + done.stderr)[-3000:]}")
-    summary = json.loads(next(work.iterdir()).joinpath("summary.json").read_text())
+    # the timed run's folder: written after the warm-up's (the DAG names folders after sanitised run ids)
+    latest = max(work.glob("*/summary.json"), key=lambda path: path.stat().st_mtime_ns)
+    summary = json.loads(latest.read_text())
     result["films"], result["unreadable"] = summary["films"], summary["unreadable"]
     return result
 
@@ -141,14 +153,19 @@ def main() -> None:
         cli = run_cli(folder, args.size, [])
         log(f"archive: CLI {cli['wall_s']:.1f} s (start-up {cli['startup_s']:.1f} s)")
         log(f"archive: DAG with shard_size {args.shard_size} (0: automatic), workers {args.workers} ...")
+        warm_up = root / "warm-up"
+        warm_up.mkdir()
+        for film in sorted(folder.iterdir())[:WARM_UP_FILMS]:
+            shutil.copyfile(film, warm_up / film.name)
         with tempfile.TemporaryDirectory(dir=root) as dag_dir:
-            dag = run_dag(folder, args.shard_size, args.workers, Path(dag_dir))
+            dag = run_dag(folder, args.shard_size, args.workers, Path(dag_dir), warm_up)
         log(f"archive: DAG {dag['wall_s']:.1f} s")
 
     if dag["films"] != args.size or dag["unreadable"] or cli["failed_rows"]:
         raise SystemExit(f"incomplete: DAG {dag['films']} films, CLI {cli['failed_rows']} failed rows")
     shards = [t for t in dag["tasks"] if t["task_id"] == "predict_shard"]
     other_s = sum(t["seconds"] for t in dag["tasks"] if t["task_id"] != "predict_shard")
+    first_other_s = sum(t["seconds"] for t in dag["first_run_tasks"] if t["task_id"] != "predict_shard")
     # The CLI's first row arrives once its first batch is scored: what follows is the per-film cost.
     per_film_s = (cli["wall_s"] - cli["startup_s"]) / (args.size - CLI_BATCH)
     cli_startup_s = max(0.0, cli["startup_s"] - CLI_BATCH * per_film_s)
@@ -181,6 +198,8 @@ def main() -> None:
                 "dag_wall_s": round(dag["wall_s"], 1),
                 "shard_seconds": [round(s, 1) for s in shard_s],
                 "plan_and_merge_s": round(other_s, 1),
+                # the same tasks in the process's first run (the warm-up): what a new worker pays once
+                "first_run_plan_and_merge_s": round(first_other_s, 1),
                 "per_shard_startup_s": round(startup_s, 1),
                 "per_film_ms": round(1000 * per_film_s, 1),
             },

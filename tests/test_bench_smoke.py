@@ -131,6 +131,8 @@ def test_archive_benchmark_runs_once_at_a_tiny_size(shared_cxr, tmp_path):
     assert result["benchmark"] == "archive" and result["params"]["shards"] == 2
     for key in ("dag_films_per_s", "dag_wall_s", "per_shard_startup_s", "per_film_ms", "shard_seconds"):
         assert key in result["figures"], key
+    # the timed run came after an untimed first run in the same process, whose tasks were recorded too
+    assert result["figures"]["first_run_plan_and_merge_s"] > 0
     for key in ("cli_films_per_s", "cli_wall_s", "cli_startup_s"):
         assert key in result["baseline"], key
     assert set(result["ratios"]["projected_films_per_s"]) == {"1", "2", "4", "8"}
