@@ -61,7 +61,8 @@ RUNNER = textwrap.dedent(
                      "seconds": (ti.end_date - ti.start_date).total_seconds()} for ti in tis]
     print(sys.argv[3] + json.dumps({"state": str(run.state), "run_id": run.run_id, "wall_s": wall,
                                     "tasks": tasks_of(run.run_id),
-                                    "first_run_tasks": [t for r in first for t in tasks_of(r.run_id)]}), flush=True)
+                                    "first_run_tasks": [t for r in first for t in tasks_of(r.run_id)],
+                                    "first_run_states": [str(r.state) for r in first]}), flush=True)
     """
 )
 
@@ -104,8 +105,9 @@ def run_dag(folder: Path, shard_size: int, workers: int, scratch_dir: Path, warm
     if done.returncode != 0 or not lines:
         raise SystemExit(f"dag.test() failed: {(done.stdout + done.stderr)[-3000:]}")
     result = json.loads(lines[-1][len(PREFIX) :])
-    if result["state"] != "success":
-        raise SystemExit(f"the DAG run ended {result['state']}: {(done.stdout + done.stderr)[-3000:]}")
+    if result["state"] != "success" or any(state != "success" for state in result["first_run_states"]):
+        raise SystemExit(f"the DAG run ended {result['state']} (first run: {result['first_run_states']}): "
+                         f"{(done.stdout + done.stderr)[-3000:]}")  # fmt: skip
     # the timed run's folder: written after the warm-up's (the DAG names folders after sanitised run ids)
     latest = max(work.glob("*/summary.json"), key=lambda path: path.stat().st_mtime_ns)
     summary = json.loads(latest.read_text())
@@ -212,6 +214,10 @@ def main() -> None:
             },
             "ratios": {
                 "dag_over_cli": round(dag_rate / cli_rate, 3),
+                # a fresh process's run: the timed run with the first run's planning and merge instead of its own
+                "dag_over_cli_first_run_estimated": round(
+                    args.size / (dag["wall_s"] + first_other_s - other_s) / cli_rate, 3
+                ),
                 "projected_films_per_s": {str(n): round(projected(n), 2) for n in (1, 2, 4, 8)},
             },
             "targets": {

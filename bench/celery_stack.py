@@ -246,9 +246,13 @@ class CeleryAirflow:
         result["run_id"], result["waited_s"] = run_id, time.monotonic() - began
         # From the run's creation to its success as the metadata database recorded them, the clock of its
         # task instances: ``waited_s`` starts only once the trigger command has exited, which on a loaded
-        # machine can be after the shard began, so a run could look shorter than its own shard.
+        # machine can be after the shard began, so a run could look shorter than its own shard. The two
+        # differ both ways: this one counts the time until the trigger command exits and leaves out the
+        # waiting script's polling (up to 1 s after the run ended), which ``waited_s`` counts.
         run = result["run"]
-        if result["state"] == "success" and run.get("end") is not None:
+        if result["state"] == "success":
+            if run.get("end") is None:
+                raise StackError(f"{dag_id} succeeded without an end time in the database: {json.dumps(run)}")
             result["trigger_to_success_s"] = run["end"] - (run["queued"] or run["start"])
         # standard error: a benchmark's standard output is its JSON document
         print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s", file=sys.stderr)

@@ -163,14 +163,25 @@ def _loso(args) -> int:
     if args.merge:
         from cxr_core.fsutil import write_json_atomic
 
+        ignored = [flag for flag, given in (("--data", args.data), ("--ingest", args.ingest), ("--holdout", args.holdout),
+                   ("--save-models", args.save_models), ("--resume", args.resume), ("--no-within", args.no_within),
+                   ("--set", args.set), ("--recipe", args.recipe != "shipped")) if given]  # fmt: skip
+        if ignored:
+            raise CxrError(f"--merge trains nothing: {', '.join(ignored)} would be ignored; leave them out")
+        if args.out is None:
+            raise CxrError("--merge needs --out DIR: where the merged loso.json goes")
+        target = (Path(args.out) / REPORT_FILE).resolve()
+        if any(Path(path).resolve() == target for path in args.merge):
+            raise CxrError(f"--out would overwrite one of the reports being merged ({target})")
         report = merge_reports([_read_json_report(path) for path in args.merge])
-        write_json_atomic(Path(args.out) / REPORT_FILE, report)
+        write_json_atomic(target, report)
         print(json.dumps(report["summary"], indent=2))
         print(f"wrote {Path(args.out) / REPORT_FILE} (seeds {report['seeds']})", file=sys.stderr)
         return 0
     if args.recipe not in RECIPES:  # before the ingest, not after minutes of it
         raise CxrError(f"unknown recipe {args.recipe!r}; choose one of {', '.join(RECIPES)}")
     params = _params_of(args)
+    args.out = args.out or "work/loso"
     ingest_dir = Path(args.ingest) if args.ingest else Path(args.out) / Layout.INGEST_DIR
     if not args.ingest:
         run_ingest(_data_path(args, params), ingest_dir, params["ingest"])
@@ -199,8 +210,15 @@ def _read_json_report(path: str) -> dict:
         raise CxrError(f"cannot read {path}: {error.strerror or error}") from None
     except json.JSONDecodeError as error:
         raise CxrError(f"{path} is not a JSON report ({error.msg}, line {error.lineno})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("runs"), list):
-        raise CxrError(f"{path} is not a loso.json report (no runs)")
+    except ValueError as error:  # not UTF-8 text
+        raise CxrError(f"{path} is not a JSON report ({error})") from None
+    runs = report.get("runs") if isinstance(report, dict) else None
+    missing = [key for key in ("recipe", "params", "two_class_sources") if not isinstance(report, dict) or key not in report]
+    if not isinstance(runs, list) or missing:
+        # loso.partial.json holds runs but no recipe: an unfinished run is not merged as if complete
+        raise CxrError(f"{path} is not a finished loso.json report (no {', '.join(missing) or 'runs'})")
+    if not all(isinstance(run, dict) and {"kind", "seed", "test"} <= set(run) for run in runs):
+        raise CxrError(f"{path} is not a loso.json report (a run without kind, seed or test results)")
     return report
 
 
@@ -574,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = loso.add_mutually_exclusive_group()
     source.add_argument("--data", default=None, help="dataset to ingest first (default: data.path)")
     source.add_argument("--ingest", default=None, help="an ingest folder to reuse instead")
-    loso.add_argument("--out", default="work/loso", help="where loso.json (and the ingest) go")
+    loso.add_argument("--out", default=None, help="where loso.json (and the ingest) go (default: work/loso)")
     loso.add_argument(
         "--recipe", default="shipped", help="shipped (params.yaml), reference (the original CNN) or another of settings.RECIPES"
     )

@@ -17,6 +17,8 @@ Every fold is repeated over several seeds (run-to-run spread on a hospital of ~1
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -213,6 +215,7 @@ def run_loso(
     from cxr_core.pipeline.ingest import load_extras
 
     recipe_params = settings.with_recipe(train_params, recipe)
+    identity = ingest_identity(ingest_dir)  # read before hours of training, not after
     images, labels, rows = load_ingested(ingest_dir)
     extras = load_extras(ingest_dir, rows)
     models_dir = Path(out_dir) / "models" if (out_dir is not None and save_models) else None
@@ -247,7 +250,7 @@ def run_loso(
         "recipe": recipe,
         "params": recipe_params,
         "seeds": [int(s) for s in seeds],
-        "ingest": ingest_identity(ingest_dir),
+        "ingest": identity,
         "two_class_sources": sources,
         "summary": summarise(runs),
         "runs": runs,
@@ -259,11 +262,22 @@ def run_loso(
     return report
 
 
+SPLIT_COLUMNS = ("md5", "label", "source", "split", "group", "box_top", "box_left", "box_bottom", "box_right")
+
+
 def ingest_identity(ingest_dir: str | Path) -> dict:
-    """What makes two ingests the same films in the same crops: the data's fingerprint and the
-    preprocessing (lung model version and sha256, margin, side), from the ingest's summary."""
-    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
-    return {key: summary.get(key) for key in ("data_fingerprint", "preprocessing", "side")}
+    """What makes two ingests the same films, split and cropped alike: the data's fingerprint and the
+    preprocessing (lung model version and sha256, margin, side) from the ingest's summary, and a hash of
+    each film's content, split, duplicate group and crop box (another split seed leaves the counts per
+    source and class unchanged, so counts alone cannot tell two splits apart)."""
+    ingest_dir = Path(ingest_dir)
+    summary = json.loads((ingest_dir / Layout.SUMMARY).read_text())
+    digest = hashlib.sha256()
+    with open(ingest_dir / Layout.MANIFEST, newline="") as handle:
+        for row in sorted(csv.DictReader(handle), key=lambda r: (r["md5"], r.get("member") or "", r["path"])):
+            digest.update(("\t".join(str(row.get(column, "")) for column in SPLIT_COLUMNS) + "\n").encode())
+    return {**{key: summary.get(key) for key in ("data_fingerprint", "preprocessing", "side")},
+            "films_splits_crops_sha256": digest.hexdigest()}  # fmt: skip
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -282,28 +296,37 @@ def merge_reports(reports: list[dict]) -> dict:
         for other in reports[1:]:
             if other.get(key) != first.get(key):
                 raise CxrError(f"the reports differ in {key}: they are not runs of one recipe on one ingest")
-    identities = [report["ingest"] for report in reports if report.get("ingest")]
-    if any(identity != identities[0] for identity in identities):  # reports older than this field lack it
-        raise CxrError("the reports were made on different ingests (data or lung-model crops differ)")
+    identities = [report.get("ingest") for report in reports]
+    known = [identity for identity in identities if identity]  # reports older than this field lack it
+    for key in sorted({key for identity in known for key in identity}):
+        if len({json.dumps(identity.get(key), sort_keys=True) for identity in known}) > 1:
+            raise CxrError(f"the reports were made on different ingests ({key} differs): not the same films, splits or crops")
     runs = [run for report in reports for run in report["runs"]]
     seen, films = set(), {}
     for run in runs:
         key = (run["kind"], run.get("holdout"), run["seed"])
         if key in seen:
-            raise CxrError(f"the {run['kind']} run {run.get('holdout') or ''} of seed {run['seed']} is in two reports")
+            fold = f"held-out {run['holdout']}" if run.get("holdout") else "within-source"
+            raise CxrError(f"the {fold} run of seed {run['seed']} is in two reports")
         seen.add(key)
         for name, result in run["test"].items():
             count = (result["n"], result["n_tb"])
-            if films.setdefault((run["kind"], name), count) != count:
-                raise CxrError(f"the {name} test films differ between the reports: not the same ingest")
+            known_count = films.setdefault((run["kind"], name), count)
+            if known_count != count:
+                raise CxrError(
+                    f"the {run['kind']} test films of {name} differ between the reports ({known_count[0]} films, "
+                    f"{known_count[1]} TB against {count[0]}, {count[1]}): not the same ingest"
+                )
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": first["recipe"],
         "params": first["params"],
         "seeds": sorted({int(run["seed"]) for run in runs}),
-        "ingest": identities[0] if identities else None,
+        # an identity only when every part had one: a part without it was not checked against the others
+        "ingest": known[0] if known and len(known) == len(reports) else None,
         "two_class_sources": first["two_class_sources"],
-        "merged_from": [{"created": r.get("created"), "seeds": r.get("seeds")} for r in reports],
+        "merged_from": [{"created": r.get("created"), "seeds": r.get("seeds"), "ingest": r.get("ingest")}
+                        for r in reports],  # fmt: skip
         "summary": summarise(runs),
         "runs": runs,
     }

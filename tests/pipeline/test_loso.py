@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from conftest import PROJECT_ROOT, shared_records
 
+from cxr_core.errors import CxrError
 from cxr_core.pipeline.ingest import run_ingest
 from cxr_core.pipeline.loso import (
     holdout_split,
     load_ingested,
+    merge_reports,
     run_loso,
     two_class_sources,
     within_source_split,
@@ -127,24 +129,43 @@ def test_seeds_run_apart_merge_into_one_report_and_only_runs_of_one_recipe_do(sm
     assert auc["n"] == 2 and auc["mean"] == pytest.approx(np.mean(each), abs=1e-4)
     assert (auc["min"], auc["max"]) == (round(min(each), 4), round(max(each), 4))
 
-    # the same seed twice, another recipe or ingest, a missing or damaged file: refused with the reason, nothing written
     assert merged["ingest"] == parts[0]["ingest"] == parts[1]["ingest"]
     assert merged["ingest"]["data_fingerprint"] == json.loads((small_multisite / "summary.json").read_text())["data_fingerprint"]
-    other_recipe = {**parts[1], "recipe": "reference"}
-    (tmp_path / "other.json").write_text(json.dumps(other_recipe))
-    other_crops = {**parts[1], "ingest": {**parts[1]["ingest"], "preprocessing": {"lung_crop": False}}}
-    (tmp_path / "other-crops.json").write_text(json.dumps(other_crops))
-    (tmp_path / "damaged.json").write_text('{"runs": [')
-    for given, reason in (
-        ([reports[0], reports[0]], "of seed 0 is in two reports"),
-        ([reports[0], tmp_path / "other.json"], "differ in recipe"),
-        ([reports[0], tmp_path / "other-crops.json"], "different ingests"),
-        ([reports[0], tmp_path / "absent.json"], "cannot read"),
-        ([reports[0], tmp_path / "damaged.json"], "is not a JSON report"),
+
+    # Parts that are not runs of one recipe on one ingest are refused, each with its reason.
+    a, b = parts
+    resplit = {**b["ingest"], "films_splits_crops_sha256": "0" * 64}  # same films and counts, another split
+    fewer_films = json.loads(json.dumps(b))
+    fewer_films["runs"][0]["test"]["da"]["n"] -= 1
+    for other, reason in (
+        (a, "held-out da run of seed 0 is in two reports"),
+        ({**b, "recipe": "reference"}, "differ in recipe"),
+        ({**b, "params": {**b["params"], "epochs": 2}}, "differ in params"),
+        ({**b, "two_class_sources": ["da"]}, "differ in two_class_sources"),
+        ({**b, "ingest": resplit}, "films_splits_crops_sha256 differs"),
+        ({**b, "ingest": {**b["ingest"], "preprocessing": {"lung_crop": False}}}, "preprocessing differs"),
+        (fewer_films, "test films of da differ"),
     ):
-        refused = _cli("loso", "--merge", *map(str, given), "--out", str(tmp_path / "refused"))
+        with pytest.raises(CxrError, match=reason):
+            merge_reports([a, other])
+    # a part without the ingest field (reports before it) merges, but the result claims no checked identity
+    assert merge_reports([a, {**b, "ingest": None}])["ingest"] is None
+
+    # The command: a missing, damaged or unfinished file, or a risky --out, exits 2 with the reason, writes nothing.
+    (tmp_path / "damaged.json").write_text('{"runs": [')
+    (tmp_path / "loso.partial.json").write_text(json.dumps({"done": 1, "total": 3, "runs": a["runs"]}))
+    for given, reason in (
+        ([reports[0], tmp_path / "absent.json", "--out", tmp_path / "refused"], "cannot read"),
+        ([reports[0], tmp_path / "damaged.json", "--out", tmp_path / "refused"], "is not a JSON report"),
+        ([reports[0], tmp_path / "loso.partial.json", "--out", tmp_path / "refused"], "not a finished loso.json"),
+        ([*reports], "--merge needs --out"),
+        ([*reports, "--out", reports[0].parent], "would overwrite one of the reports"),
+        ([*reports, "--out", tmp_path / "refused", "--holdout", "da"], "--holdout would be ignored"),
+    ):
+        refused = _cli("loso", "--merge", *map(str, given))
         assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
         assert not (tmp_path / "refused" / "loso.json").exists()
+    assert json.loads(reports[0].read_text()) == a  # the input --out pointed at is untouched
 
 
 def _cli(*args: str):
