@@ -128,6 +128,15 @@ def archive_folder(root: Path, sources: list[Path], size: int) -> Path:
     return folder
 
 
+def warm_up_folder(root: Path, folder: Path, films: int) -> Path:
+    """``root/warm-up`` with the first ``films`` of the archive: a small untimed run's input."""
+    warm_up = root / "warm-up"
+    warm_up.mkdir()
+    for film in sorted(folder.iterdir())[:films]:
+        shutil.copyfile(film, warm_up / film.name)
+    return warm_up
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     # An archive, not a folder: Airflow's own cost per run (planning, merging, starting a task: about 8 s
@@ -155,10 +164,7 @@ def main() -> None:
         cli = run_cli(folder, args.size, [])
         log(f"archive: CLI {cli['wall_s']:.1f} s (start-up {cli['startup_s']:.1f} s)")
         log(f"archive: DAG with shard_size {args.shard_size} (0: automatic), workers {args.workers} ...")
-        warm_up = root / "warm-up"
-        warm_up.mkdir()
-        for film in sorted(folder.iterdir())[:WARM_UP_FILMS]:
-            shutil.copyfile(film, warm_up / film.name)
+        warm_up = warm_up_folder(root, folder, WARM_UP_FILMS)
         with tempfile.TemporaryDirectory(dir=root) as dag_dir:
             dag = run_dag(folder, args.shard_size, args.workers, Path(dag_dir), warm_up)
         log(f"archive: DAG {dag['wall_s']:.1f} s")

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from _common import PYTHON, ROOT, emit, log, machine, median, parser, pngs_512, scratch, target
-from archive import archive_folder
+from archive import archive_folder, warm_up_folder
 from batch_cli import run_cli
 
 sys.path.insert(0, str(ROOT))
@@ -98,10 +97,7 @@ def main() -> None:
     sources = pngs_512(args.data)
     with scratch("archive-celery") as root:
         folder = archive_folder(root, sources, args.size)
-        warm_up = root / "warm-up"
-        warm_up.mkdir()
-        for film in sorted(folder.iterdir())[:WARM_UP_FILMS]:
-            shutil.copyfile(film, warm_up / film.name)
+        warm_up = warm_up_folder(root, folder, WARM_UP_FILMS)
         clis = []
 
         def cli_run() -> None:
