@@ -36,24 +36,39 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture
-def server(seed, tmp_path):
-    models = tmp_path / "models"
+def dashboard(seed, folder: Path):
+    """A dashboard on a copy of the session's registry, with no admin and no secrets."""
+    models = folder / "models"
     shutil.copytree(seed, models)
     env = {
         **os.environ,
         "CXR_MODELS_DIR": str(models),
-        "CXR_JOBS_DIR": str(tmp_path / "jobs"),
-        "CXR_SECRETS_FILE": str(tmp_path / "no-secrets.toml"),
-        "CXR_USERS_FILE": str(tmp_path / "no-admin-users.toml"),
+        "CXR_JOBS_DIR": str(folder / "jobs"),
+        "CXR_SECRETS_FILE": str(folder / "no-secrets.toml"),
+        "CXR_USERS_FILE": str(folder / "no-admin-users.toml"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     env.pop("CXR_ADMIN_PASSWORD", None)
-    with running_dashboard(tmp_path / "streamlit.log", env) as url:
+    return running_dashboard(folder / "streamlit.log", env)
+
+
+@pytest.fixture(scope="module")
+def server(seed, tmp_path_factory):
+    """One dashboard for the file's tests, as a clinic runs one for all its readers: each test opens
+    its own browser page, so its own Streamlit session (worklist, choices); none changes the registry.
+    Starting one per test cost about 7 s each (start, first script run, stop)."""
+    with dashboard(seed, tmp_path_factory.mktemp("dashboard")) as url:
         yield url
 
 
 @pytest.fixture
+def fresh_server(seed, tmp_path):
+    """A dashboard that has served nothing yet: for what a cold start must get right."""
+    with dashboard(seed, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser(chromium):
     from playwright.sync_api import sync_playwright
 
@@ -63,6 +78,14 @@ def browser(chromium):
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(autouse=True)
+def pages_closed_after_each_test(browser):
+    """Each test's pages are closed after it, so their sessions end before the next test's begins."""
+    yield
+    for context in browser.contexts:
+        context.close()
 
 
 def films() -> list[str]:
@@ -318,7 +341,8 @@ def test_pdf_report_downloads_and_reads_back(server, browser):
         assert "film-01" in archive.read(names[1]).decode("utf-8-sig")
 
 
-def test_nothing_leaves_the_server_and_no_raw_page_names_show(server, browser):
+def test_nothing_leaves_the_server_and_no_raw_page_names_show(fresh_server, browser):
+    server = fresh_server
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
