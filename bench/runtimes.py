@@ -28,8 +28,11 @@ from _common import emit, log, machine, median, parser, pngs_512
 THREADS = 2
 
 
-def _timed_rounds(calls: dict, rounds: int, n_films: int) -> dict:
-    """Each call ``rounds`` times, interleaved; CPU ms per film and wall ms per call (p50)."""
+def _timed_rounds(calls: dict, rounds: int, n_films: int, calls_per_round: int = 1) -> dict:
+    """Each entry ``rounds`` times, interleaved; CPU ms per film and wall ms per call (p50).
+
+    An entry may make several calls of the network in a round (``calls_per_round``: 8 single films, or
+    a folder in chunks); the wall time is divided by them, so "per call" is one call of the network."""
     cpu = {name: [] for name in calls}
     wall = {name: [] for name in calls}
     for _ in range(rounds):
@@ -43,7 +46,7 @@ def _timed_rounds(calls: dict, rounds: int, n_films: int) -> dict:
     return {
         name: {
             "cpu_ms_per_film": round(median(cpu[name]), 3),
-            "wall_ms_per_call_p50": round(median(wall[name]), 2),
+            "wall_ms_per_call_p50": round(median(wall[name]) / calls_per_round, 2),
         }
         for name in calls
         if calls[name] is not None
@@ -81,13 +84,11 @@ def classifier_runtimes(model, inputs: np.ndarray, rounds: int) -> dict:
         scorer(inputs[:1]), scorer(inputs[:32])
     one = {name: (lambda s=s: [s(inputs[i : i + 1]) for i in range(8)]) for name, s in scorers.items()}
     many = {name: (lambda s=s: [s(x) for x in _chunks(inputs, 32)]) for name, s in scorers.items()}
-    timed_one = _timed_rounds(one, rounds, 8)
-    for figures in timed_one.values():  # 8 calls per round: per call
-        figures["wall_ms_per_call_p50"] = round(figures["wall_ms_per_call_p50"] / 8, 2)
+    timed_one = _timed_rounds(one, rounds, 8, calls_per_round=8)
     return {
         "equality_with_keras": equality,
         "batch_1": timed_one,
-        "batch_32": _timed_rounds(many, rounds, len(inputs)),
+        "batch_32": _timed_rounds(many, rounds, len(inputs), calls_per_round=len(_chunks(inputs, 32))),
         "unavailable": unavailable,
     }
 
@@ -118,15 +119,13 @@ def lung_runtimes(model, smalls: np.ndarray, rounds: int) -> dict:
         forward(smalls[:1]), forward(smalls[:16])
     one = {name: (lambda f=f: [f(smalls[i : i + 1]) for i in range(8)]) for name, f in forwards.items()}
     many = {name: (lambda f=f: [f(x) for x in _chunks(smalls, 16)]) for name, f in forwards.items()}
-    timed_one = _timed_rounds(one, rounds, 8)
-    for figures in timed_one.values():
-        figures["wall_ms_per_call_p50"] = round(figures["wall_ms_per_call_p50"] / 8, 2)
+    timed_one = _timed_rounds(one, rounds, 8, calls_per_round=8)
     return {
         "side": int(model.input_shape[1]),
         "parameters": int(model.count_params()),
         "equality_with_keras": equality,
         "batch_1": timed_one,
-        "batch_16": _timed_rounds(many, rounds, len(smalls)),
+        "batch_16": _timed_rounds(many, rounds, len(smalls), calls_per_round=len(_chunks(smalls, 16))),
         "unavailable": unavailable,
     }
 
@@ -142,9 +141,8 @@ def lungs_as_served(models: dict, rounds: int) -> dict:
     for lungs, smalls in models.values():  # warm: interpreters per batch size
         lungs.probabilities([smalls[0]]), lungs.probabilities(list(smalls[:16]))
     n_films = len(next(iter(models.values()))[1])
-    timed_one, timed_many = _timed_rounds(one, rounds, 8), _timed_rounds(many, rounds, n_films)
-    for figures in timed_one.values():  # 8 calls per round: per call
-        figures["wall_ms_per_call_p50"] = round(figures["wall_ms_per_call_p50"] / 8, 2)
+    timed_one = _timed_rounds(one, rounds, 8, calls_per_round=8)
+    timed_many = _timed_rounds(many, rounds, n_films, calls_per_round=-(-n_films // 16))
     baseline = next(iter(models))
     out = {}
     for name, (lungs, _) in models.items():
