@@ -31,8 +31,8 @@ THREADS = 2
 def _timed_rounds(calls: dict, rounds: int, n_films: int, calls_per_round: int = 1) -> dict:
     """Each entry ``rounds`` times, interleaved; CPU ms per film and wall ms per call (p50).
 
-    An entry may make several calls of the network in a round (``calls_per_round``: 8 single films, or
-    a folder in chunks); the wall time is divided by them, so "per call" is one call of the network."""
+    An entry may make several calls of its scorer or forward pass in a round (``calls_per_round``: 8
+    single films, or a folder in chunks); the wall time is divided by them, so "per call" is one such call."""
     cpu = {name: [] for name in calls}
     wall = {name: [] for name in calls}
     for _ in range(rounds):
@@ -140,9 +140,9 @@ def lungs_as_served(models: dict, rounds: int) -> dict:
     many = {name: (lambda m=m, x=x: [m.probabilities(list(c)) for c in _chunks(x, 16)]) for name, (m, x) in models.items()}
     for lungs, smalls in models.values():  # warm: interpreters per batch size
         lungs.probabilities([smalls[0]]), lungs.probabilities(list(smalls[:16]))
-    n_films = len(next(iter(models.values()))[1])
+    films = next(iter(models.values()))[1]  # every model's inputs are made from the same films
     timed_one = _timed_rounds(one, rounds, 8, calls_per_round=8)
-    timed_many = _timed_rounds(many, rounds, n_films, calls_per_round=-(-n_films // 16))
+    timed_many = _timed_rounds(many, rounds, len(films), calls_per_round=len(_chunks(films, 16)))
     baseline = next(iter(models))
     out = {}
     for name, (lungs, _) in models.items():

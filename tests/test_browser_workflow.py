@@ -82,7 +82,8 @@ def browser(chromium):
 
 @pytest.fixture(autouse=True)
 def pages_closed_after_each_test(browser):
-    """Each test's pages are closed after it, so their sessions end before the next test's begins."""
+    """Each test's pages and their websockets are closed after it: the shared dashboard then serves only
+    the next test's page (Streamlit drops a closed page's session later, on its own clock)."""
     yield
     for context in browser.contexts:
         context.close()
