@@ -17,7 +17,6 @@ Every fold is repeated over several seeds (run-to-run spread on a hospital of ~1
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -215,8 +214,8 @@ def run_loso(
     from cxr_core.pipeline.ingest import load_extras
 
     recipe_params = settings.with_recipe(train_params, recipe)
-    identity = ingest_identity(ingest_dir)  # read before hours of training, not after
     images, labels, rows = load_ingested(ingest_dir)
+    identity = ingest_identity(ingest_dir, rows)
     extras = load_extras(ingest_dir, rows)
     models_dir = Path(out_dir) / "models" if (out_dir is not None and save_models) else None
     sources = two_class_sources(rows)
@@ -265,17 +264,16 @@ def run_loso(
 SPLIT_COLUMNS = ("md5", "label", "source", "split", "group", "box_top", "box_left", "box_bottom", "box_right")
 
 
-def ingest_identity(ingest_dir: str | Path) -> dict:
+def ingest_identity(ingest_dir: str | Path, rows: list[dict]) -> dict:
     """What makes two ingests the same films, split and cropped alike: the data's fingerprint and the
     preprocessing (lung model version and sha256, margin, side) from the ingest's summary, and a hash of
     each film's content, split, duplicate group and crop box (another split seed leaves the counts per
-    source and class unchanged, so counts alone cannot tell two splits apart)."""
-    ingest_dir = Path(ingest_dir)
-    summary = json.loads((ingest_dir / Layout.SUMMARY).read_text())
+    source and class unchanged, so counts alone cannot tell two splits apart). ``rows`` are the ingest's
+    manifest rows as :func:`load_ingested` read them (every film is in one of its three splits)."""
+    summary = json.loads((Path(ingest_dir) / Layout.SUMMARY).read_text())
     digest = hashlib.sha256()
-    with open(ingest_dir / Layout.MANIFEST, newline="") as handle:
-        for row in sorted(csv.DictReader(handle), key=lambda r: (r["md5"], r.get("member") or "", r["path"])):
-            digest.update(("\t".join(str(row.get(column, "")) for column in SPLIT_COLUMNS) + "\n").encode())
+    for row in sorted(rows, key=lambda r: (r["md5"], r.get("member") or "", r["path"])):
+        digest.update(("\t".join(str(row.get(column, "")) for column in SPLIT_COLUMNS) + "\n").encode())
     return {**{key: summary.get(key) for key in ("data_fingerprint", "preprocessing", "side")},
             "films_splits_crops_sha256": digest.hexdigest()}  # fmt: skip
 
