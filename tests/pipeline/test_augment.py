@@ -51,8 +51,8 @@ def _chain(settings: dict, seed: int):
 def test_the_fused_warp_draws_what_the_chain_of_layers_draws_and_resamples_once():
     films = tf.constant(_films())
     chained = _chain(AUGMENT, 42)(films, training=True).numpy()
-    fused = augment._geometric_and_exposure(AUGMENT, 42)(films).numpy()
-    other_seed = augment._geometric_and_exposure(AUGMENT, 7)(films).numpy()
+    fused = augment._geometric_and_exposure(AUGMENT, 42)(films)[0].numpy()
+    other_seed = augment._geometric_and_exposure(AUGMENT, 7)(films)[0].numpy()
     inner = (slice(None), slice(16, 112), slice(16, 112))
     same = np.abs(chained - fused)[inner].mean()
     different = np.abs(other_seed - fused)[inner].mean()
@@ -113,3 +113,23 @@ def test_the_sharpness_recipe_trains_with_it_and_the_shipped_default_does_not():
 
     assert with_recipe(load_params()["train"], "cam-evidence-sharpness")["augment"]["sharpness"] == 1.0
     assert load_params()["train"]["augment"]["sharpness"] == 0.0
+
+
+def test_the_evidence_targets_pool_to_each_cells_block_mean_as_valid_average_pooling_does():
+    """Each map cell is its block's share of target pixels; rows and columns that fill no cell drop."""
+    rng = np.random.default_rng(3)
+    for shape, factor in [((3, 128, 128, 2), 4), ((2, 130, 127, 1), 4), ((2, 96, 96, 2), 3)]:
+        targets = ((rng.random(shape) < 0.4) * 255).astype(np.uint8)
+        pooled = augment.pool_to_map(targets, factor).numpy()
+        rows, cols = shape[1] // factor, shape[2] // factor
+        blocks = targets[:, : rows * factor, : cols * factor] / 255.0
+        expected = blocks.reshape(shape[0], rows, factor, cols, factor, shape[3]).mean(axis=(2, 4))
+        np.testing.assert_allclose(pooled, expected, atol=1e-6)
+        reference = tf.nn.avg_pool2d(tf.cast(targets, tf.float32) / 255.0, factor, factor, "VALID").numpy()
+        np.testing.assert_allclose(pooled, reference, atol=1e-6)
+    warped = tf.constant(rng.uniform(0, 255, (4, 128, 128, 2)).astype(np.float32))  # after a warp: not 0/255
+    np.testing.assert_allclose(
+        augment.pool_to_map(warped, 4).numpy(),
+        tf.nn.avg_pool2d(warped / 255.0, 4, 4, "VALID").numpy(),
+        atol=1e-6,
+    )
