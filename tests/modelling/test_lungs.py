@@ -186,6 +186,27 @@ def test_the_separable_unet_has_a_fraction_of_the_parameters_and_the_same_contra
         lungs.build_unet(64, 8, 4, architecture="transformer")
 
 
+def test_the_light_unet_has_one_convolution_in_each_full_resolution_block_and_the_same_contract():
+    """Only the two full-resolution blocks lose a convolution; the levels below are the plain U-Net's."""
+    plain = lungs.build_unet(64, 4, 4)
+    light = lungs.build_unet(64, 4, 4, architecture="light")
+
+    def convolutions_at_full_resolution(model):
+        return sum(
+            1 for layer in model.layers
+            if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] == 64 and layer.kernel_size == (3, 3)
+        )  # fmt: skip
+
+    assert convolutions_at_full_resolution(plain) == 4 and convolutions_at_full_resolution(light) == 2
+    below = [layer for layer in plain.layers if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] < 64]
+    below_light = [layer for layer in light.layers if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] < 64]
+    assert [layer.kernel.shape for layer in below] == [layer.kernel.shape for layer in below_light]
+    assert light.input_shape == plain.input_shape and light.output_shape == plain.output_shape
+    assert light.count_params() < plain.count_params()
+    probabilities = lungs.predict_small(light, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    assert probabilities.shape == (64, 64) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
 def test_masked_lung_box_keeps_the_lungs_and_blanks_heart_abdomen_and_shoulders(lung_model, shared_cxr):
     """ingest.lung_mask: inside the lungs the network sees what the unmasked box shows; far outside, black."""
     from conftest import shared_records
