@@ -84,16 +84,18 @@ def build_unet(
     inputs = keras.Input((side, side, 1), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
     skips = []
-    top = 1 if architecture == "light" else 2  # convolutions in the full-resolution blocks
+    def convolutions(level):
+        return 1 if architecture == "light" and level == 0 else 2  # level 0: full resolution
+
     for i in range(depth):
-        x = block(x, base_filters * 2**i, top if i == 0 else 2)
+        x = block(x, base_filters * 2**i, convolutions(i))
         skips.append(x)
         x = layers.MaxPooling2D(2)(x)
     x = block(x, base_filters * 2**depth)
     for i in reversed(range(depth)):
         x = layers.Conv2DTranspose(base_filters * 2**i, 2, strides=2, padding="same")(x)
         x = layers.Concatenate()([x, skips[i]])
-        x = block(x, base_filters * 2**i, top if i == 0 else 2)
+        x = block(x, base_filters * 2**i, convolutions(i))
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lungs")(x)
     return keras.Model(inputs, outputs, name=name)
 

@@ -191,16 +191,16 @@ def test_the_light_unet_has_one_convolution_in_each_full_resolution_block_and_th
     plain = lungs.build_unet(64, 4, 4)
     light = lungs.build_unet(64, 4, 4, architecture="light")
 
-    def convolutions_at_full_resolution(model):
-        return sum(
-            1 for layer in model.layers
-            if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] == 64 and layer.kernel_size == (3, 3)
-        )  # fmt: skip
+    def convolutions(model, full_resolution: bool):
+        """Kernel shapes of the 3x3 convolutions at full resolution, or of those below it."""
+        return [
+            layer.kernel.shape for layer in model.layers
+            if layer.__class__.__name__ == "Conv2D" and layer.kernel_size == (3, 3)
+            and (layer.output.shape[1] == 64) == full_resolution
+        ]  # fmt: skip
 
-    assert convolutions_at_full_resolution(plain) == 4 and convolutions_at_full_resolution(light) == 2
-    below = [layer for layer in plain.layers if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] < 64]
-    below_light = [layer for layer in light.layers if layer.__class__.__name__ == "Conv2D" and layer.output.shape[1] < 64]
-    assert [layer.kernel.shape for layer in below] == [layer.kernel.shape for layer in below_light]
+    assert len(convolutions(plain, True)) == 4 and len(convolutions(light, True)) == 2
+    assert convolutions(light, False) == convolutions(plain, False)
     assert light.input_shape == plain.input_shape and light.output_shape == plain.output_shape
     assert light.count_params() < plain.count_params()
     probabilities = lungs.predict_small(light, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
