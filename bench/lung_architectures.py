@@ -22,7 +22,8 @@ from _common import emit, log, machine, median, parser
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BASELINE = "128:8:unet:4"
-CANDIDATES = ("96:4:unet:4", "96:4:light:4", "80:4:unet:4", "64:4:unet:4", "96:4:separable:4", "80:4:separable:4", "96:4:unet:3")
+CANDIDATES = ("96:4:unet:4", "96:4:light:4", "96:4:light-add:4",
+              "80:4:unet:4", "64:4:unet:4", "96:4:separable:4", "80:4:separable:4", "96:4:unet:3")
 
 
 def _side(spec: str) -> int:

@@ -157,7 +157,8 @@ class LungSettings:
     data: str = "data/sample/lungs"  # a folder with manifest.csv (source,image,mask), like the shared lungs/
     side: int = 128
     mode: str = "letterbox"  # the whole trimmed film, padded to a square
-    architecture: str = "unet"  # "separable": depthwise-separable; "light": one conv at full resolution
+    architecture: str = "unet"  # "separable": depthwise-separable; "light": one conv at full resolution;
+    # "light-add": light with additive skips (docs/performance.md)
     soft_targets: bool = False  # train on each small pixel's lung share, not on a rounded mask
     negatives: float = 0.0  # synthetic no-lung pictures (empty masks) added, as a share of the films
     # Distillation: films of a labelled X-ray dataset (no masks) added to training with the current lung

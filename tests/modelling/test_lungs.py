@@ -207,6 +207,29 @@ def test_the_light_unet_has_one_convolution_in_each_full_resolution_block_and_th
     assert probabilities.shape == (64, 64) and ((probabilities >= 0) & (probabilities <= 1)).all()
 
 
+def test_the_light_add_unet_adds_its_skips_so_each_decoder_block_reads_half_the_channels():
+    """light-add is light with skips added: the decoder's first convolutions read half the channels."""
+    light = lungs.build_unet(64, 4, 4, architecture="light")
+    light_add = lungs.build_unet(64, 4, 4, architecture="light-add")
+
+    def layer_kinds(model):
+        return [layer.__class__.__name__ for layer in model.layers]
+
+    def kernels(model):
+        return [tuple(layer.kernel.shape) for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+
+    assert layer_kinds(light).count("Concatenate") == 4 and "Add" not in layer_kinds(light)
+    assert layer_kinds(light_add).count("Add") == 4 and "Concatenate" not in layer_kinds(light_add)
+    halved = [(3, 3, inputs // 2, outputs) if inputs == 2 * outputs else (3, 3, inputs, outputs)
+              for _, _, inputs, outputs in kernels(light)[:-1]]  # fmt: skip
+    decoder_firsts = [shape for shape in kernels(light) if shape[2] == 2 * shape[3] and shape[0] == 3]
+    assert len(decoder_firsts) == 4  # one a level: the block after each skip
+    assert kernels(light_add) == halved + [kernels(light)[-1]]  # the 1x1 output convolution unchanged
+    assert light_add.input_shape == light.input_shape and light_add.output_shape == light.output_shape
+    probabilities = lungs.predict_small(light_add, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    assert probabilities.shape == (64, 64) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
 def test_masked_lung_box_keeps_the_lungs_and_blanks_heart_abdomen_and_shoulders(lung_model, shared_cxr):
     """ingest.lung_mask: inside the lungs the network sees what the unmasked box shows; far outside, black."""
     from conftest import shared_records
