@@ -47,23 +47,34 @@ def _geometric_and_exposure(augment: dict, seed: int):
     brightness = keras.layers.RandomBrightness(augment["brightness"], value_range=(0, 255), seed=seed + 4)
     flip = keras.layers.RandomFlip("horizontal", seed=seed + 5) if augment["flip"] else None
 
-    def apply(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The warped, exposed film and the channels after the first (evidence targets), warped only.
+    def apply(images: tf.Tensor, targets: tf.Tensor | None = None, scale: int = 1):
+        """The warped, exposed film; and ``targets``, warped only, if given.
 
-        Returned apart, as the callers use them: joining them here to split them again cost a copy
-        of the batch each way.
+        ``targets`` may be the films' evidence targets at 1/``scale`` of their side (already block
+        means): they get the same warp, in their own pixels. They are only ever pooled to the
+        network's coarse map, so warping them small gives the same cells but for the blur of one
+        resampling, at a fraction of the work (two channels of 128 px were two thirds of the input
+        pipeline's CPU on a fast CPU, docs/performance.md).
         """
-        x = flip(images, training=True) if flip is not None else images
+        x = images
+        if flip is not None:  # one draw for film and targets, so the lungs stay under the lungs
+            flipped = flip.get_random_transformation(images, training=True)
+            x = flip.transform_images(images, flipped, training=True)
+            if targets is not None:
+                targets = flip.transform_images(targets, flipped, training=True)
         matrix = _compose(
             rotation.get_random_transformation(x, training=True)["rotation_matrix"],
             _zoom_matrix(zoom.get_random_transformation(x, training=True), tf.shape(x)),
             _translation_matrix(translation.get_random_transformation(x, training=True)["translations"]),
         )
-        x = keras.ops.image.affine_transform(
-            x, matrix, interpolation="bilinear", fill_mode=fill, fill_value=0.0
+        film = keras.ops.image.affine_transform(x, matrix, interpolation="bilinear", fill_mode=fill, fill_value=0.0)
+        film = brightness(contrast(film, training=True), training=True)
+        if targets is None:
+            return film, None
+        warped = keras.ops.image.affine_transform(
+            targets, _at_scale(matrix, scale), interpolation="bilinear", fill_mode=fill, fill_value=0.0
         )
-        film, targets = x[..., :1], x[..., 1:]
-        return brightness(contrast(film, training=True), training=True), targets
+        return film, warped
 
     return apply
 
@@ -86,6 +97,21 @@ def _translation_matrix(translations: tf.Tensor) -> tf.Tensor:
     return tf.stack([one, zero, -dx, zero, one, -dy, zero, zero], axis=1)
 
 
+def _at_scale(matrix: tf.Tensor, scale: int) -> tf.Tensor:
+    """An affine output-to-input matrix in the pixels of an image ``scale`` times smaller.
+
+    Pixel ``u`` of the small image is the centre of the block ``scale * u + (scale - 1) / 2`` of the
+    large one: the linear part is kept and the shift moved to the small image's pixels.
+    """
+    if scale == 1:
+        return matrix
+    half = (scale - 1) / 2.0
+    a0, a1, a2, b0, b1, b2, c0, c1 = tf.unstack(matrix, axis=1)
+    a2 = (a2 + half * (a0 + a1 - 1.0)) / scale
+    b2 = (b2 + half * (b0 + b1 - 1.0)) / scale
+    return tf.stack([a0, a1, a2, b0, b1, b2, c0, c1], axis=1)
+
+
 def _compose(*transforms: tf.Tensor) -> tf.Tensor:
     """One output-to-input matrix equal to applying the given warps in order, first one first.
 
@@ -104,7 +130,7 @@ def _compose(*transforms: tf.Tensor) -> tf.Tensor:
     return tf.reshape(matrix, [-1, 9])[:, :8]
 
 
-def pool_to_map(targets, factor: int) -> tf.Tensor:
+def pool_to_map(targets, factor: int, already_shares: bool = False) -> tf.Tensor:
     """0/255 evidence targets (n, side, side, k) as each map cell's share, ``factor`` pixels a cell.
 
     The one pooling of targets to the network's map: training batches, validation, and the benchmark.
@@ -114,7 +140,7 @@ def pool_to_map(targets, factor: int) -> tf.Tensor:
     a film of 128 px with two target channels), where that pooling was a third of the input
     pipeline's cost.
     """
-    shares = tf.cast(targets, tf.float32) / 255.0
+    shares = tf.cast(targets, tf.float32) if already_shares else tf.cast(targets, tf.float32) / 255.0
     dynamic = tf.shape(shares)
     count, height, width, channels = (
         static if static is not None else dynamic[axis] for axis, static in enumerate(shares.shape)
@@ -226,15 +252,19 @@ def training_dataset(
         return x, y, w
 
     def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
-        stacked = tf.concat([tf.cast(batch_images, tf.float32), tf.cast(batch_targets, tf.float32)], -1)
-        film, warped_targets = augmenter(stacked)
+        film, warped_targets = augmenter(tf.cast(batch_images, tf.float32), batch_targets, target_scale)
         x = _resolution_gamma_noise(tf.clip_by_value(film, 0.0, 255.0), augment, seed)
-        t = pool_to_map(warped_targets, factor)
+        t = pool_to_map(warped_targets, factor // target_scale, already_shares=True)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names
         return x, {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
 
     factor = int(images.shape[1]) // int(map_side or 1)
+    # the targets are warped at a quarter of the film's side (or the largest divisor of the map's
+    # cell below it), as block means: the map's cells come out the same but for one resampling's blur
+    target_scale = max(d for d in (4, 2, 1) if factor % d == 0)
+    if targets is not None:
+        targets = pool_to_map(targets, target_scale).numpy()
     if targets is None:
         data = (images, labels.astype(np.float32), weights.astype(np.float32))
         mapper = apply
