@@ -138,7 +138,8 @@ def pool_to_map(targets, factor: int, already_shares: bool = False) -> tf.Tensor
     axes: what ``avg_pool2d(..., "VALID")`` computes (trailing rows and columns that fill no cell are
     dropped), at about a third of its CPU on a training batch (on a 2-core EPYC, 0.44 against 1.19 ms
     a film of 128 px with two target channels), where that pooling was a third of the input
-    pipeline's cost.
+    pipeline's cost. ``already_shares``: the targets are block means in 0..1 already (the training
+    input pools them to a quarter of the side before it warps them), so only the mean is taken.
     """
     shares = tf.cast(targets, tf.float32) if already_shares else tf.cast(targets, tf.float32) / 255.0
     dynamic = tf.shape(shares)
@@ -228,8 +229,9 @@ def training_dataset(
 
     ``train`` is the ``train`` section of the settings (``augment``, ``batch_size``, ``mixup``,
     ``label_smoothing``). With ``targets`` ((n, side, side, k) uint8 0/255 evidence targets: grown lung
-    fields, lesion boxes) they are warped with their film, so the lungs stay under the lungs, then
-    area-pooled to the network's ``map_side`` and given as a second output named ``output_names[1]``.
+    fields, lesion boxes) they are warped with their film, so the lungs stay under the lungs (at a
+    quarter of its side: they are only ever seen as the map's cells), then area-pooled to the
+    network's ``map_side`` and given as a second output named ``output_names[1]``.
     """
     augment = train["augment"]
     augmenter = _geometric_and_exposure(augment, seed)
@@ -263,8 +265,10 @@ def training_dataset(
     # the targets are warped at a quarter of the film's side (or the largest divisor of the map's
     # cell below it), as block means: the map's cells come out the same but for one resampling's blur
     target_scale = max(d for d in (4, 2, 1) if factor % d == 0)
-    if targets is not None:
-        targets = pool_to_map(targets, target_scale).numpy()
+    if targets is not None:  # in slices: the whole set as float32 at full size would be 16x the result
+        targets = np.concatenate(
+            [pool_to_map(targets[start : start + 256], target_scale).numpy() for start in range(0, len(targets), 256)]
+        )
     if targets is None:
         data = (images, labels.astype(np.float32), weights.astype(np.float32))
         mapper = apply
