@@ -101,7 +101,8 @@ def _at_scale(matrix: tf.Tensor, scale: int) -> tf.Tensor:
     """An affine output-to-input matrix in the pixels of an image ``scale`` times smaller.
 
     Pixel ``u`` of the small image is the centre of the block ``scale * u + (scale - 1) / 2`` of the
-    large one: the linear part is kept and the shift moved to the small image's pixels.
+    large one: the linear part is kept and the shift moved to the small image's pixels. Affine only
+    (the last two numbers zero), as rotation, zoom and translation compose.
     """
     if scale == 1:
         return matrix
@@ -265,7 +266,7 @@ def training_dataset(
     # the targets are warped at a quarter of the film's side (or the largest divisor of the map's
     # cell below it), as block means: the map's cells come out the same but for one resampling's blur
     target_scale = max(d for d in (4, 2, 1) if factor % d == 0)
-    if targets is not None:  # in slices: the whole set as float32 at full size would be 16x the result
+    if targets is not None:  # in slices, to hold only 256 films as float32 at full size at a time
         targets = np.concatenate(
             [pool_to_map(targets[start : start + 256], target_scale).numpy() for start in range(0, len(targets), 256)]
         )

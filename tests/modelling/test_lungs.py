@@ -225,6 +225,12 @@ def test_the_light_add_unet_adds_its_skips_so_each_decoder_block_reads_half_the_
     decoder_firsts = [shape for shape in kernels(light) if shape[2] == 2 * shape[3] and shape[0] == 3]
     assert len(decoder_firsts) == 4  # one a level: the block after each skip
     assert kernels(light_add) == halved + [kernels(light)[-1]]  # the 1x1 output convolution unchanged
+    # each sum joins an up-sampled map with the encoder output that goes on to a max-pooling: the skip
+    ups = {id(layer.output) for layer in light_add.layers if layer.__class__.__name__ == "Conv2DTranspose"}
+    skips = {id(layer.input) for layer in light_add.layers if layer.__class__.__name__ == "MaxPooling2D"}
+    for layer in light_add.layers:
+        if layer.__class__.__name__ == "Add":
+            assert sorted((id(t) in ups, id(t) in skips) for t in layer.input) == [(False, True), (True, False)]
     assert light_add.input_shape == light.input_shape and light_add.output_shape == light.output_shape
     probabilities = lungs.predict_small(light_add, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     assert probabilities.shape == (64, 64) and ((probabilities >= 0) & (probabilities <= 1)).all()
