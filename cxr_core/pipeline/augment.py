@@ -104,9 +104,7 @@ def _at_scale(matrix: tf.Tensor, scale: int) -> tf.Tensor:
     large one: the linear part is kept and the shift moved to the small image's pixels. Affine only
     (the last two numbers zero), as rotation, zoom and translation compose.
     """
-    if scale == 1:
-        return matrix
-    half = (scale - 1) / 2.0
+    half = (scale - 1) / 2.0  # at scale 1: the matrix as it is
     a0, a1, a2, b0, b1, b2, c0, c1 = tf.unstack(matrix, axis=1)
     a2 = (a2 + half * (a0 + a1 - 1.0)) / scale
     b2 = (b2 + half * (b0 + b1 - 1.0)) / scale
@@ -142,7 +140,9 @@ def pool_to_map(targets, factor: int, already_shares: bool = False) -> tf.Tensor
     pipeline's cost. ``already_shares``: the targets are block means in 0..1 already (the training
     input pools them to a quarter of the side before it warps them), so only the mean is taken.
     """
-    shares = tf.cast(targets, tf.float32) if already_shares else tf.cast(targets, tf.float32) / 255.0
+    shares = tf.cast(targets, tf.float32)
+    if not already_shares:
+        shares = shares / 255.0
     dynamic = tf.shape(shares)
     count, height, width, channels = (
         static if static is not None else dynamic[axis] for axis, static in enumerate(shares.shape)
@@ -263,17 +263,17 @@ def training_dataset(
         return x, {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
 
     factor = int(images.shape[1]) // int(map_side or 1)
-    # the targets are warped at a quarter of the film's side (or the largest divisor of the map's
-    # cell below it), as block means: the map's cells come out the same but for one resampling's blur
-    target_scale = max(d for d in (4, 2, 1) if factor % d == 0)
-    if targets is not None:  # in slices, to hold only 256 films as float32 at full size at a time
-        targets = np.concatenate(
-            [pool_to_map(targets[start : start + 256], target_scale).numpy() for start in range(0, len(targets), 256)]
-        )
     if targets is None:
         data = (images, labels.astype(np.float32), weights.astype(np.float32))
         mapper = apply
     else:
+        # the targets are warped at a quarter of the film's side (or the largest divisor of the map's
+        # cell below it), as block means: the map's cells come out the same but for one resampling's
+        # blur; pooled in slices, to hold only 256 films as float32 at full size at a time
+        target_scale = max(d for d in (4, 2, 1) if factor % d == 0)
+        targets = np.concatenate(
+            [pool_to_map(targets[start : start + 256], target_scale).numpy() for start in range(0, len(targets), 256)]
+        )
         data = (images, targets, labels.astype(np.float32), weights.astype(np.float32))
         mapper = apply_with_targets
     return (

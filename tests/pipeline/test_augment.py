@@ -184,7 +184,7 @@ def test_at_scale_warps_a_pooled_ramp_as_the_full_size_warp_pooled():
     angle, zoom = 0.07, 0.95
     cos, sin = zoom * np.cos(angle), zoom * np.sin(angle)
     matrix = tf.constant([[cos, -sin, 9.0, sin, cos, -4.0, 0, 0]], tf.float32)
-    at_full = augment.pool_to_map(keras.ops.image.affine_transform(ramp, matrix, interpolation="bilinear"), 4, True)
+    at_full = augment.pool_to_map(keras.ops.image.affine_transform(ramp, matrix, interpolation="bilinear"), 4, already_shares=True)
     small = augment.pool_to_map(ramp, 4, already_shares=True)
     at_small = keras.ops.image.affine_transform(small, augment._at_scale(matrix, 4), interpolation="bilinear")
     inner = (0, slice(8, 24), slice(8, 24), 0)  # away from the fill at the edges
