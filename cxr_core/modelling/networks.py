@@ -12,11 +12,14 @@ same uint8 arrays flow from shards in training and from :func:`cxr_core.imaging.
 serving.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
-from keras import layers
+if TYPE_CHECKING:  # imported where used: serving reads these names without importing Keras
+    import keras
 
 LAST_CONV = "conv3"
 EMBEDDING = "embedding"
@@ -31,6 +34,9 @@ def build_model(
     kernel_size: int = 3,
 ) -> keras.Model:
     """Build the reference network; sizes come from ``params.yaml`` (``model`` section)."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=(side, side, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for index, count in enumerate(filters, start=1):
@@ -56,6 +62,9 @@ def build_compact_model(
     parameters) for a fast CPU. The last stage has no pooling after it, so Grad-CAM sees
     ``side / 2**(stages - 1)`` cells (8x8 at 128 px). A plain chain of layers, as Grad-CAM requires.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=(side, side, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for stage, count in enumerate(filters, start=1):
@@ -95,6 +104,9 @@ def build_cam_model(
     Keras' epsilon (1e-3) is kept as the ablation measured it: next to a film's variance in [0, 1] units
     (about 0.02-0.06) it damps the flattest films a little rather than amplifying their noise.
     """
+    import keras
+    from keras import layers
+
     if dense_units:
         raise ValueError("the CAM network has no hidden dense layer (model.dense_units must be 0)")
     inputs = keras.Input(shape=(side, side, 1), name="image")
@@ -145,6 +157,8 @@ def build_network(side: int, model_settings: dict) -> keras.Model:
 
 def last_conv_name(model: keras.Model) -> str:
     """The deepest convolution, where Grad-CAM looks (``conv3`` for the reference sizes)."""
+    from keras import layers
+
     names = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
     if not names:
         raise ValueError("model has no convolution layer for Grad-CAM")
@@ -157,6 +171,8 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
     The optimizer's slots would double the file and are useless for serving; rebuilding an
     uncompiled copy from the config is the reliable way to drop them in Keras 3.
     """
+    import keras
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = keras.Model.from_config(model.get_config())
@@ -169,4 +185,6 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> keras.Model:
     """Load for inference only: no compile step, and safe mode so a model file cannot run code."""
+    import keras
+
     return keras.saving.load_model(str(path), compile=False, safe_mode=True)

@@ -107,7 +107,6 @@ class Predictor:
     """A registry version (or any folder with ``model.keras`` and ``metadata.json``) ready to score."""
 
     def __init__(self, model_dir: str | Path):
-        from cxr_core.modelling.networks import load_model
         from cxr_core.modelling.runtime import serving_scorer
 
         self.model_dir = Path(model_dir)
@@ -118,31 +117,41 @@ class Predictor:
             self.metadata = json.loads((self.model_dir / Layout.METADATA).read_text())
         except (OSError, ValueError) as error:
             raise ModelError(f"model metadata in {self.model_dir} is missing or unreadable") from error
-        try:
-            self.model = load_model(model_path)
-        except Exception as error:  # Keras raises many types for a damaged archive
-            if "safe_mode" in str(error):  # e.g. a Lambda layer: Python code inside the model file
-                raise ModelError(
-                    f"model file in {self.model_dir} is refused: it contains executable code (a Lambda "
-                    "layer or a custom object), which is never loaded"
-                ) from error
-            raise ModelError(f"model file in {self.model_dir} cannot be loaded: it is damaged") from error
+        self._model = None
         self.version = self.metadata.get("version") or self.model_dir.name
         self.threshold = float(self.metadata["threshold"])
         self.model_threshold = self.threshold
         self.site: str | None = None
-        self.side = int(self.model.input_shape[1])
         self.ood_stats = ood.load(self.model_dir / Layout.OOD)
         # TFLite when the version carries its checked twin (docs/performance.md: twice as fast for one
-        # film, level batched, same outputs); else the Keras Grad-CAM pass
-        # ``scorer.forward`` is its bare inference, which benchmarks count as the floor of a film's cost
-        self.scorer = serving_scorer(self.model, self.model_dir, self.metadata)
+        # film, level batched, same outputs), with no Keras (and no TensorFlow) in the process; else the
+        # Keras Grad-CAM pass. ``scorer.forward`` is its bare inference, which benchmarks count as the
+        # floor of a film's cost
+        self.scorer, archive = serving_scorer(self.model_dir, self.metadata, lambda: self.model)
+        self.side = archive.side if archive is not None else int(self.model.input_shape[1])
         self.runtime = self.scorer.name
         self.preprocessing = self.metadata.get("preprocessing") or {}
         self.lungs = _lung_model_for(self.preprocessing)
         self.crop_to_lungs = bool(self.preprocessing.get("lung_crop")) and self.lungs is not None
         self.lung_margin = float(self.preprocessing.get("lung_margin", 0.08))
         self.mask_to_lungs = self.crop_to_lungs and bool(self.preprocessing.get("lung_mask"))
+
+    @property
+    def model(self):
+        """The Keras network, loaded in safe mode on first use (at once when Keras serves)."""
+        if self._model is None:
+            from cxr_core.modelling.networks import load_model
+
+            try:
+                self._model = load_model(self.model_dir / Layout.MODEL)
+            except Exception as error:  # Keras raises many types for a damaged archive
+                if "safe_mode" in str(error):  # e.g. a Lambda layer: Python code inside the model file
+                    raise ModelError(
+                        f"model file in {self.model_dir} is refused: it contains executable code (a Lambda "
+                        "layer or a custom object), which is never loaded"
+                    ) from error
+                raise ModelError(f"model file in {self.model_dir} cannot be loaded: it is damaged") from error
+        return self._model
 
     def model_input(self, source, **read_options):
         """:func:`to_model_input` exactly as this model was trained: same lung check, same crop."""

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr_core.modelling.gradcam import CamBatch, absolute_heatmaps
-from cxr_core.modelling.networks import EMBEDDING, OUTPUT, last_conv_name
+from cxr_core.modelling.keras_archive import ArchiveLayer, ArchiveModel, read_archive
+from cxr_core.modelling.networks import EMBEDDING, OUTPUT
 from cxr_core.settings import Layout
 
 # Layers that act on each position of a feature map alone: Grad-CAM's maps are taken after them.
@@ -39,17 +40,27 @@ class UnsupportedModel(ValueError):
     """The network has a head layer whose gradient :func:`head_gradient` does not know."""
 
 
+def layer_kind(layer) -> str:
+    """A layer's Keras class name, for a live Keras layer or one read from its archive alike."""
+    return layer.kind if isinstance(layer, ArchiveLayer) else layer.__class__.__name__
+
+
 def split_at_features(model):
-    """(layers up to the feature maps, head layers, output Dense) of a classifier, as GradCam splits it."""
-    chain = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
-    names = [layer.name for layer in chain]
-    split = names.index(last_conv_name(model)) + 1
-    while split < len(chain) and chain[split].__class__.__name__ in _PER_POSITION:
+    """(layers up to the feature maps, head layers, output Dense) of a classifier, as GradCam splits it.
+
+    ``model`` is a Keras model or an :class:`ArchiveModel` (the same layers read from the file without
+    Keras); the split is the same for both (tests/modelling/test_runtime.py)."""
+    chain = [layer for layer in model.layers if layer_kind(layer) != "InputLayer"]
+    convolutions = [index for index, layer in enumerate(chain) if layer_kind(layer) == "Conv2D"]
+    if not convolutions:
+        raise ValueError("model has no convolution layer for Grad-CAM")
+    split = convolutions[-1] + 1  # the deepest convolution (networks.last_conv_name)
+    while split < len(chain) and layer_kind(chain[split]) in _PER_POSITION:
         split += 1
     head, output = chain[split:-1], chain[-1]
     if output.name != OUTPUT:
         raise ValueError(f"model must end in the '{OUTPUT}' dense layer")
-    unknown = sorted({layer.__class__.__name__ for layer in head} - HEAD_LAYERS)
+    unknown = sorted({layer_kind(layer) for layer in head} - HEAD_LAYERS)
     if unknown:
         raise UnsupportedModel(f"no numpy gradient for head layers {unknown}")
     return chain[:split], head, output
@@ -67,6 +78,8 @@ def forward_model(model):
 
 
 def _activation_name(layer) -> str:
+    if isinstance(layer, ArchiveLayer):
+        return layer.activation_name
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
@@ -100,10 +113,14 @@ def freeze_head(head, output) -> FrozenHead:
     """The head layers (as :func:`split_at_features` returns them) with their weights as numpy arrays."""
     steps = []
     for layer in head:
-        kind = layer.__class__.__name__
+        kind = layer_kind(layer)
         if kind == "MaxPooling2D":
-            steps.append(HeadStep(kind, pool=tuple(layer.pool_size), strides=tuple(layer.strides or layer.pool_size),
-                                  padding=layer.padding))  # fmt: skip
+            settings = layer.config if isinstance(layer, ArchiveLayer) else {
+                "pool_size": layer.pool_size, "strides": layer.strides, "padding": layer.padding
+            }  # fmt: skip
+            pool = tuple(settings["pool_size"])
+            steps.append(HeadStep(kind, pool=pool, strides=tuple(settings["strides"] or pool),
+                                  padding=settings["padding"]))  # fmt: skip
         elif kind == "Dense":
             steps.append(HeadStep(kind, _activation_name(layer), kernel=np.asarray(layer.kernel, np.float32),
                                   bias=np.asarray(layer.bias, np.float32)))  # fmt: skip
@@ -317,14 +334,15 @@ class OnnxScorer:
 
 
 def new_interpreter(blob: bytes, threads: int | None):
-    """A TFLite interpreter (XNNPACK is its default delegate for float models)."""
-    import warnings
+    """A TFLite interpreter (XNNPACK is its default delegate for float models).
 
-    import tensorflow as tf
+    LiteRT's (``ai-edge-litert``), the successor TensorFlow points to from its deprecated
+    ``tf.lite.Interpreter``: the same kernels without importing TensorFlow, which took about 3 s of a
+    serving process's start (docs/performance.md). Equal to Keras within the tests' 1e-4 like before.
+    """
+    from ai_edge_litert.interpreter import Interpreter
 
-    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": still the one TF 2.21 ships
-        warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_content=blob, num_threads=threads)
+    return Interpreter(model_content=blob, num_threads=threads)
 
 
 def to_tflite(model) -> bytes:
@@ -400,13 +418,17 @@ def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
 CLASSIFIER_RUNTIMES = ("tflite", "keras")
 
 
-def serving_scorer(model, model_dir, metadata: dict):
-    """The classifier's scorer: TFLite when the version carries its checked twin, else Keras.
+def serving_scorer(model_dir, metadata: dict, load_keras) -> tuple[object, ArchiveModel | None]:
+    """The classifier's scorer, and the model file's layers when they were read without Keras.
 
+    TFLite when the version carries its checked twin, its head's weights read from the model file
+    (:func:`cxr_core.modelling.keras_archive.read_archive`), so no TensorFlow is imported; Keras
+    (``load_keras()``, safe mode) when there is no twin or the file is not one the reader takes.
     ``CXR_CLASSIFIER_RUNTIME=keras`` forces Keras (a comparison, or a suspected runtime problem); any
     other value than the two is refused rather than read as one of them.
     """
     import os
+    from pathlib import Path
 
     from cxr_core.errors import ModelError
 
@@ -418,8 +440,9 @@ def serving_scorer(model, model_dir, metadata: dict):
     if chosen == "tflite":
         blob = read_converted(model_dir, metadata, "classifier")
         if blob is not None:
-            return TfliteScorer(model, blob=blob)
-    return KerasScorer(model)
+            archive = read_archive(Path(model_dir) / Layout.MODEL)
+            return TfliteScorer(archive or load_keras(), blob=blob), archive
+    return KerasScorer(load_keras()), None
 
 
 def write_classifier_tflite(model_dir, model=None) -> str | None:

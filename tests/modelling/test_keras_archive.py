@@ -1,0 +1,153 @@
+"""A version with a TFLite twin is served without importing Keras or TensorFlow.
+
+The classifier's head weights (Grad-CAM's gradient is taken through them in numpy) and its input side
+are read from the ``.keras`` file itself (cxr_core/modelling/keras_archive.py). These tests hold that
+reader to what Keras loads, layer by layer and weight by weight, for the shipped classifier and every
+architecture the pipeline builds; hold a serving process, the CLI's, to scoring real films with no
+TensorFlow module loaded and with the Keras runtime's results; and hold every file the reader does not
+take (a Lambda layer above all) to Keras' safe-mode loading, which refuses code even when a valid twin
+sits beside it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_records
+from test_privacy import lambda_model_folder
+
+from cxr_core.errors import ModelError
+from cxr_core.modelling import networks, runtime
+from cxr_core.modelling.keras_archive import read_archive
+from cxr_core.modelling.predictor import Predictor
+from cxr_core.registry.store import Registry, sha256_file
+from cxr_core.settings import models_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-4  # issue #23: a runtime serves only with Keras' outputs
+
+
+def _saved_architectures(folder: Path) -> list[Path]:
+    built = [
+        networks.build_model(side=64),
+        networks.build_compact_model(side=64),
+        networks.build_cam_model(side=64),
+        networks.build_network(64, {"architecture": "cam", "standardize": True}),
+    ]
+    return [networks.save_model(model, folder / f"{i}-{model.name}.keras") for i, model in enumerate(built)]
+
+
+def test_the_reader_gives_every_layer_and_weight_keras_loads(tmp_path):
+    shipped = Registry(models_dir()).resolve() / "model.keras"
+    for path in [shipped, *_saved_architectures(tmp_path)]:
+        read = read_archive(path)
+        loaded = networks.load_model(path)
+        layers = [layer for layer in loaded.layers if layer.__class__.__name__ != "InputLayer"]
+        assert read is not None, path
+        assert read.side == loaded.input_shape[1]
+        assert [(layer.kind, layer.name) for layer in read.layers] == [
+            (layer.__class__.__name__, layer.name) for layer in layers
+        ]
+        for ours, theirs in zip(read.layers, layers, strict=True):
+            assert len(ours.weights) == len(theirs.weights), (path.name, theirs.name)
+            for mine, keras_weight in zip(ours.weights, theirs.weights, strict=True):
+                np.testing.assert_array_equal(mine, np.asarray(keras_weight))
+        # the split Grad-CAM uses, and the head frozen from it, are the same from either source
+        assert [layer.name for layer in runtime.split_at_features(read)[1]] == [
+            layer.name for layer in runtime.split_at_features(loaded)[1]
+        ]
+        ours, theirs = (runtime.freeze_head(*runtime.split_at_features(m)[1:]) for m in (read, loaded))
+        assert len(ours.steps) == len(theirs.steps)
+        for mine, keras_step in zip(ours.steps, theirs.steps, strict=True):
+            for name in ("kind", "activation", "pool", "strides", "padding"):
+                assert getattr(mine, name) == getattr(keras_step, name), (path.name, name)
+            for name in ("kernel", "bias"):
+                if getattr(keras_step, name) is None:
+                    assert getattr(mine, name) is None
+                else:
+                    np.testing.assert_array_equal(getattr(mine, name), getattr(keras_step, name))
+        np.testing.assert_array_equal(ours.output_kernel, theirs.output_kernel)
+
+
+def test_the_archive_headed_twin_scores_exactly_as_the_keras_headed_one(shared_cxr):
+    model_dir = Registry(models_dir()).resolve()
+    blob = (model_dir / runtime.TFLITE_FILE).read_bytes()
+    predictor = Predictor(model_dir)
+    rows = [row for source in ("shenzhen", "da", "rahmandb", "tbx11k") for row in shared_records(source)[:3]]
+    inputs = np.stack([predictor.model_input(shared_cxr / row["path"]).pixels for row in rows])
+    from_file = runtime.TfliteScorer(read_archive(model_dir / "model.keras"), blob=blob)(inputs)
+    from_keras = runtime.TfliteScorer(predictor.model, blob=blob)(inputs)
+    for field in ("probabilities", "heatmaps", "raw", "embeddings"):
+        np.testing.assert_array_equal(getattr(from_file, field), getattr(from_keras, field))
+
+
+SERVE = """
+import json, sys, runpy
+sys.argv = ["cxr_core", "predict", *sys.argv[1:], "--format", "jsonl"]
+try:
+    runpy.run_module("cxr_core", run_name="__main__")
+finally:
+    print(json.dumps({"imported": sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules)}))
+"""
+
+
+def test_the_cli_scores_real_films_without_tensorflow_and_as_keras_does(shared_cxr):
+    films = [shared_cxr / row["path"] for source in ("shenzhen", "da", "rahmandb") for row in shared_records(source)[:2]]
+    env = {k: v for k, v in os.environ.items() if k != "CXR_CLASSIFIER_RUNTIME"}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, *map(str, films)], cwd=PROJECT_ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows, imported = lines[:-1], lines[-1]["imported"]
+    assert imported == [], f"the serving process imported {imported}"
+    assert [row["file"] for row in rows] == list(map(str, films)) and all(row["ok"] for row in rows)
+    keras_served = Predictor(Registry(models_dir()).resolve())
+    keras_served.scorer = runtime.KerasScorer(keras_served.model)
+    for row, item in zip(rows, keras_served.screen([(str(f), f) for f in films]), strict=True):
+        assert abs(row["probability"] - item.prediction.probability) <= TOLERANCE
+        assert row["label"] == item.prediction.label
+
+
+def test_a_lambda_layer_is_refused_by_keras_even_beside_a_valid_twin(tmp_path, monkeypatch):
+    from test_privacy import MARKER_ENV
+
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    folder = lambda_model_folder(tmp_path, marker)
+    assert read_archive(folder / "model.keras") is None
+    # a twin whose checksums all match: only the model file's own content can refuse it
+    shutil.copyfile(Registry(models_dir()).resolve() / runtime.TFLITE_FILE, folder / runtime.TFLITE_FILE)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata.update(tflite_sha256=sha256_file(folder / runtime.TFLITE_FILE),
+                    tflite_model_sha256=sha256_file(folder / "model.keras"))  # fmt: skip
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert runtime.read_converted(folder, metadata, "classifier") is not None
+    with pytest.raises(ModelError, match="refused: it contains executable code"):
+        Predictor(folder)
+    assert not marker.exists()
+
+
+def test_files_the_reader_does_not_take_are_left_to_keras(tmp_path):
+    (source,) = _saved_architectures(tmp_path)[:1]
+    not_a_zip = tmp_path / "text.keras"
+    not_a_zip.write_text("not a model")
+    no_weights = tmp_path / "no-weights.keras"
+    with zipfile.ZipFile(source) as full, zipfile.ZipFile(no_weights, "w") as partial:
+        partial.writestr("config.json", full.read("config.json"))
+    custom = tmp_path / "custom.keras"
+    with zipfile.ZipFile(source) as full, zipfile.ZipFile(custom, "w") as changed:
+        config = json.loads(full.read("config.json"))
+        config["config"]["layers"][-1]["registered_name"] = "Custom>Dense"
+        changed.writestr("config.json", json.dumps(config))
+        changed.writestr("model.weights.h5", full.read("model.weights.h5"))
+    assert read_archive(source) is not None
+    for path in (not_a_zip, no_weights, custom, tmp_path / "missing.keras"):
+        assert read_archive(path) is None, path.name
