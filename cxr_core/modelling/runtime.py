@@ -49,7 +49,7 @@ def split_at_features(model):
     """(layers up to the feature maps, head layers, output Dense) of a classifier, as GradCam splits it.
 
     ``model`` is a Keras model or an :class:`ArchiveModel` (the same layers read from the file without
-    Keras); the split is the same for both (tests/modelling/test_runtime.py)."""
+    Keras); the split is the same for both (tests/modelling/test_keras_archive.py)."""
     chain = [layer for layer in model.layers if layer_kind(layer) != "InputLayer"]
     convolutions = [index for index, layer in enumerate(chain) if layer_kind(layer) == "Conv2D"]
     if not convolutions:
