@@ -75,29 +75,32 @@ def snake_case(class_name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def read_archive(path: str | Path) -> ArchiveModel | None:
-    """The layers and weights of a plain functional model of built-in layers; None for anything else."""
+def read_archive(source: str | Path | bytes) -> ArchiveModel | None:
+    """The layers and weights of a plain chain of built-in layers (a path or the file's bytes); None for
+    anything else, so that only Keras' own loader ever judges an unusual file.
+
+    Strict on purpose: every object stored anywhere in a layer's entry (initialisers, regularisers,
+    constraints, dtype policies) must be one of Keras' own, registered under no custom name; the layers
+    must form one chain from the input to the output, in the order the config lists them (the order the
+    head's gradient is taken in); each layer with weights must have the ones its kind has. A file that
+    safe mode would refuse is never served through here, even though nothing read here is ever run.
+    """
     import h5py
 
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
             config = json.loads(archive.read("config.json"))
             weights_file = archive.read("model.weights.h5")
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-    if (config.get("class_name"), config.get("module")) != FUNCTIONAL:
-        return None
-    entries = config.get("config", {}).get("layers", [])
-    if not entries or not all(_plain(entry) for entry in entries):
-        return None
-    if entries[0].get("class_name") != "InputLayer":
-        return None
-    shape = entries[0]["config"].get("batch_shape") or []
-    if len(shape) != 4 or shape[1] != shape[2] or not shape[1]:
-        return None
-    used: dict[str, int] = {}
-    layers = []
-    try:
+        if (config.get("class_name"), config.get("module")) != FUNCTIONAL:
+            return None
+        entries = config["config"]["layers"]
+        if not _plain_chain(config["config"], entries):
+            return None
+        shape = entries[0]["config"]["batch_shape"]
+        if len(shape) != 4 or shape[1] != shape[2] or not isinstance(shape[1], int) or shape[1] < 1:
+            return None
+        used: dict[str, int] = {}
+        layers = []
         with h5py.File(io.BytesIO(weights_file), "r") as store:
             for entry in entries:
                 key = snake_case(entry["class_name"])
@@ -107,19 +110,74 @@ def read_archive(path: str | Path) -> ArchiveModel | None:
                 weights = () if variables is None else tuple(
                     np.asarray(variables[str(i)], np.float32) for i in range(len(variables))
                 )  # fmt: skip
+                if len(weights) != _expected_weights(entry):
+                    return None
                 if entry["class_name"] != "InputLayer":
                     layers.append(ArchiveLayer(entry["class_name"], entry["config"]["name"], entry["config"], weights))
-    except (OSError, KeyError, ValueError):
-        return None
-    return ArchiveModel(config["config"].get("name", ""), int(shape[1]), tuple(layers))
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, zipfile.BadZipFile):
+        return None  # not a readable archive of the expected shape: Keras' loader says what is wrong
+    return ArchiveModel(str(config["config"].get("name", "")), int(shape[1]), tuple(layers))
+
+
+def _plain_chain(model_config: dict, entries: list) -> bool:
+    """Known built-in layers only, nothing but Keras' own objects inside them, one chain input to output."""
+    if not entries or not all(isinstance(entry, dict) and _plain(entry) for entry in entries):
+        return False
+    if entries[0]["class_name"] != "InputLayer":
+        return False
+    names = [entry["config"]["name"] for entry in entries]
+    ends = ((model_config.get("input_layers"), names[0]), (model_config.get("output_layers"), names[-1]))
+    if not all(end in ([name, 0, 0], [[name, 0, 0]]) for end, name in ends):  # Keras writes either form
+        return False
+    return all(_inputs_of(entry) == [previous] for previous, entry in zip(names, entries[1:], strict=False))
+
+
+def _inputs_of(entry: dict) -> list[str]:
+    """The layers an entry is called on, from its one inbound node's tensors."""
+    nodes = entry.get("inbound_nodes") or []
+    if len(nodes) != 1:
+        return []
+    kwargs = nodes[0].get("kwargs") or {}  # Keras writes flags such as training=False or mask=None
+    if not all(value is None or isinstance(value, bool | int | float | str) for value in kwargs.values()):
+        return []
+    return [arg["config"]["keras_history"][0] for arg in nodes[0].get("args", [])
+            if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__"]  # fmt: skip
 
 
 def _plain(entry: dict) -> bool:
-    """A built-in layer of a known kind, registered under no custom name, with a named activation."""
+    """A built-in layer of a known kind whose settings hold only Keras' own objects."""
     return (
         entry.get("module") == BUILT_IN_MODULE
         and entry.get("class_name") in KNOWN_LAYERS
         and entry.get("registered_name") is None
         and isinstance(entry.get("config"), dict)
         and isinstance(entry["config"].get("activation", "linear"), str)
+        and _only_keras_objects(entry["config"])
     )
+
+
+def _only_keras_objects(value) -> bool:
+    """No stored object in ``value`` comes from outside Keras, has a custom name or is a Python lambda."""
+    if isinstance(value, list):
+        return all(_only_keras_objects(item) for item in value)
+    if not isinstance(value, dict):
+        return True
+    if "class_name" in value or "module" in value:
+        module = value.get("module")
+        if not isinstance(module, str) or not (module == "keras" or module.startswith("keras.")):
+            return False
+        if value.get("registered_name") is not None or value.get("class_name") == "__lambda__":
+            return False
+    return all(_only_keras_objects(item) for item in value.values())
+
+
+def _expected_weights(entry: dict) -> int:
+    """How many variables a layer of this kind and these settings stores (0 for the weightless ones)."""
+    kind, settings = entry["class_name"], entry["config"]
+    if kind in ("Conv2D", "Dense"):
+        return 2 if settings.get("use_bias", True) else 1
+    if kind == "BatchNormalization":  # gamma, beta, then the moving mean and variance
+        return bool(settings.get("scale", True)) + bool(settings.get("center", True)) + 2
+    if kind == "LayerNormalization":
+        return bool(settings.get("scale", True)) + bool(settings.get("center", True))
+    return 0

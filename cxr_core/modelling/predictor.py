@@ -138,14 +138,21 @@ class Predictor:
 
     @property
     def model(self):
-        """The Keras network, loaded in safe mode on first use (at once when Keras serves)."""
+        """The Keras network, loaded in safe mode on first use (at once when Keras serves).
+
+        When the TFLite twin serves, a model.keras that Keras would refuse is refused here, on first use
+        (benchmarks, the Keras runtime): the twin was made from these checked bytes, and a file whose
+        layers the archive reader does not take is loaded by Keras already when the Predictor is built.
+        """
         if self._model is None:
             from cxr_core.modelling.networks import load_model
 
             try:
                 self._model = load_model(self.model_dir / Layout.MODEL)
             except Exception as error:  # Keras raises many types for a damaged archive
-                if "safe_mode" in str(error):  # e.g. a Lambda layer: Python code inside the model file
+                # a Lambda layer, or a stored lambda inside a layer's settings (Keras names the latter
+                # only by its config, not by safe mode): Python code inside the model file
+                if "safe_mode" in str(error) or "'__lambda__'" in str(error):
                     raise ModelError(
                         f"model file in {self.model_dir} is refused: it contains executable code (a Lambda "
                         "layer or a custom object), which is never loaded"

@@ -381,7 +381,7 @@ TFLITE_FILE = Layout.TFLITE  # beside a version's model.keras; its sha256 is tfl
 LUNG_TFLITE = TFLITE_FILE
 
 
-def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
+def read_converted(model_dir, metadata: dict, what: str, keras_bytes: bytes | None = None) -> bytes | None:
     """A version's TFLite twin, if it has one for the weights in its model.keras, checksum checked.
 
     The twin records the sha256 of the model.keras it was converted from (``tflite_model_sha256``;
@@ -389,6 +389,8 @@ def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
     ``model_sha256``). It is compared with the file itself, not with the metadata alone: when
     model.keras was replaced since, the twin is stale and Keras serves the weights that are there (a
     warning says so). A damaged or swapped twin file is refused, like model.keras itself.
+    ``keras_bytes``: model.keras as the caller already read it, so that what is checked here is what it
+    goes on to read (the classifier's head weights), not the file as it may be a moment later.
     """
     import hashlib
     import logging
@@ -402,7 +404,9 @@ def read_converted(model_dir, metadata: dict, what: str) -> bytes | None:
         return None
     made_from = metadata.get("tflite_model_sha256") or metadata.get("model_sha256")
     keras_file = model_dir / Layout.MODEL
-    weights = hashlib.sha256(keras_file.read_bytes()).hexdigest() if keras_file.is_file() else None
+    if keras_bytes is None and keras_file.is_file():
+        keras_bytes = keras_file.read_bytes()
+    weights = None if keras_bytes is None else hashlib.sha256(keras_bytes).hexdigest()
     if made_from is None or made_from != weights:
         logging.getLogger(__name__).warning(
             "the converted %s in %s was not made from the weights now in its model.keras: Keras serves it",
@@ -438,9 +442,11 @@ def serving_scorer(model_dir, metadata: dict, load_keras) -> tuple[object, Archi
             f"CXR_CLASSIFIER_RUNTIME is {chosen!r}; it must be one of {', '.join(CLASSIFIER_RUNTIMES)}"
         )
     if chosen == "tflite":
-        blob = read_converted(model_dir, metadata, "classifier")
+        keras_file = Path(model_dir) / Layout.MODEL
+        keras_bytes = keras_file.read_bytes() if keras_file.is_file() else None
+        blob = read_converted(model_dir, metadata, "classifier", keras_bytes)
         if blob is not None:
-            archive = read_archive(Path(model_dir) / Layout.MODEL)
+            archive = read_archive(keras_bytes)  # the very bytes whose checksum the twin records
             return TfliteScorer(archive or load_keras(), blob=blob), archive
     return KerasScorer(load_keras()), None
 

@@ -135,6 +135,48 @@ def test_a_lambda_layer_is_refused_by_keras_even_beside_a_valid_twin(tmp_path, m
     assert not marker.exists()
 
 
+def _variant(source: Path, target: Path, change) -> Path:
+    """A copy of a model file whose config.json ``change`` edits (the weights file untouched)."""
+    with zipfile.ZipFile(source) as full:
+        config = json.loads(full.read("config.json"))
+        change(config)
+        with zipfile.ZipFile(target, "w") as changed:
+            for name in full.namelist():
+                changed.writestr(name, json.dumps(config) if name == "config.json" else full.read(name))
+    return target
+
+
+def _layer(config: dict, kind: str) -> dict:
+    return next(entry for entry in config["config"]["layers"] if entry["class_name"] == kind)
+
+
+def test_code_hidden_inside_a_layers_settings_is_refused_by_keras_even_beside_a_valid_twin(tmp_path, monkeypatch):
+    """A stored lambda as a regulariser runs nothing when read, but safe mode refuses such a file: so
+    must serving, whatever the reader could have read from it."""
+    from keras.src.saving import serialization_lib
+    from test_privacy import MARKER_ENV
+
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    stored = serialization_lib.serialize_keras_object(
+        lambda w: __import__("pathlib").Path(__import__("os").environ["CXR_TEST_MARKER"]).write_text("x") or 0.0
+    )
+    shipped = Registry(models_dir()).resolve()
+    folder = tmp_path / "hidden-lambda"
+    shutil.copytree(shipped, folder)
+    _variant(shipped / "model.keras", folder / "model.keras",
+             lambda c: _layer(c, "Dense")["config"].__setitem__("kernel_regularizer", stored))  # fmt: skip
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata.update(model_sha256=sha256_file(folder / "model.keras"),
+                    tflite_model_sha256=sha256_file(folder / "model.keras"))  # fmt: skip
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert read_archive(folder / "model.keras") is None
+    assert runtime.read_converted(folder, metadata, "classifier") is not None  # the twin itself checks out
+    with pytest.raises(ModelError, match="refused: it contains executable code"):
+        Predictor(folder)
+    assert not marker.exists()
+
+
 def test_files_the_reader_does_not_take_are_left_to_keras(tmp_path):
     (source,) = _saved_architectures(tmp_path)[:1]
     not_a_zip = tmp_path / "text.keras"
@@ -142,12 +184,28 @@ def test_files_the_reader_does_not_take_are_left_to_keras(tmp_path):
     no_weights = tmp_path / "no-weights.keras"
     with zipfile.ZipFile(source) as full, zipfile.ZipFile(no_weights, "w") as partial:
         partial.writestr("config.json", full.read("config.json"))
-    custom = tmp_path / "custom.keras"
-    with zipfile.ZipFile(source) as full, zipfile.ZipFile(custom, "w") as changed:
-        config = json.loads(full.read("config.json"))
-        config["config"]["layers"][-1]["registered_name"] = "Custom>Dense"
-        changed.writestr("config.json", json.dumps(config))
-        changed.writestr("model.weights.h5", full.read("model.weights.h5"))
+
+    def output_elsewhere(config):  # the graph's output is no longer the last layer listed
+        config["config"]["output_layers"] = [config["config"]["layers"][-2]["config"]["name"], 0, 0]
+
+    def branch(config):  # the last layer is called on the input, not on the layer before it
+        args = config["config"]["layers"][-1]["inbound_nodes"][0]["args"]
+        args[0]["config"]["keras_history"][0] = config["config"]["layers"][0]["config"]["name"]
+
+    changes = {
+        "custom-name": lambda c: _layer(c, "Dense").__setitem__("registered_name", "Custom>Dense"),
+        "foreign-initialiser": lambda c: _layer(c, "Dense")["config"].__setitem__(
+            "kernel_initializer", {"module": "os", "class_name": "system", "config": {}, "registered_name": None}
+        ),
+        "lambda-layer-kind": lambda c: _layer(c, "Flatten").__setitem__("class_name", "Lambda"),
+        "output-elsewhere": output_elsewhere,
+        "branch": branch,
+        "no-bias-for-its-stored-bias": lambda c: _layer(c, "Dense")["config"].__setitem__("use_bias", False),
+        "side-not-a-number": lambda c: c["config"]["layers"][0]["config"].__setitem__("batch_shape", 7),
+        "layers-not-a-list": lambda c: c["config"].__setitem__("layers", "layers"),
+    }
     assert read_archive(source) is not None
-    for path in (not_a_zip, no_weights, custom, tmp_path / "missing.keras"):
+    assert read_archive(source.read_bytes()) is not None
+    variants = [_variant(source, tmp_path / f"{name}.keras", change) for name, change in changes.items()]
+    for path in (not_a_zip, no_weights, tmp_path / "missing.keras", *variants):
         assert read_archive(path) is None, path.name

@@ -70,10 +70,12 @@ def test_predictor_loads_the_current_version_once_and_scores_batches(predictor, 
 
     names = sorted(test_split)[:40]  # more than one internal batch of 32
     batch = np.stack([predictor.model_input(SHARED_CXR / n).pixels for n in names])[..., None]
-    model = predictor.model
+    scorer = predictor.scorer
     results = predictor.predict(batch)
     assert len(results) == len(names)
-    assert predictor.model is model, "scoring must not reload the model"
+    assert predictor.scorer is scorer, "scoring must not reload the model"
+    assert predictor.runtime == "tflite" and predictor._model is None, "the twin serves without Keras"
+    model = predictor.model
 
     # Batched scores equal one-at-a-time scores. The TFLite twin serves with two interpreters whatever
     # the batch sizes (32, then 8 and 1 film by film), and Keras' compiled pass never retraces for them.
