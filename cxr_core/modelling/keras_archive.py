@@ -140,8 +140,11 @@ def _inputs_of(entry: dict) -> list[str]:
     kwargs = nodes[0].get("kwargs") or {}  # Keras writes flags such as training=False or mask=None
     if not all(value is None or isinstance(value, bool | int | float | str) for value in kwargs.values()):
         return []
-    return [arg["config"]["keras_history"][0] for arg in nodes[0].get("args", [])
-            if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__"]  # fmt: skip
+    args = nodes[0].get("args") or []
+    if not all(isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__" and set(arg) <= {"class_name", "config"}
+               and _only_keras_objects(arg["config"]) for arg in args):  # fmt: skip
+        return []  # anything but tensors passed between layers is Keras' loader's to judge
+    return [arg["config"]["keras_history"][0] for arg in args]
 
 
 def _plain(entry: dict) -> bool:

@@ -189,6 +189,9 @@ def test_files_the_reader_does_not_take_are_left_to_keras(tmp_path):
     def output_elsewhere(config):  # the graph's output is no longer the last layer listed
         config["config"]["output_layers"] = [config["config"]["layers"][-2]["config"]["name"], 0, 0]
 
+    def extra_argument(config):  # a stored lambda passed to a layer's call beside its input tensor
+        config["config"]["layers"][-1]["inbound_nodes"][0]["args"].append({"class_name": "__lambda__", "config": {}})
+
     def branch(config):  # the last layer is called on the input, not on the layer before it
         args = config["config"]["layers"][-1]["inbound_nodes"][0]["args"]
         args[0]["config"]["keras_history"][0] = config["config"]["layers"][0]["config"]["name"]
@@ -201,6 +204,7 @@ def test_files_the_reader_does_not_take_are_left_to_keras(tmp_path):
         "lambda-layer-kind": lambda c: _layer(c, "Flatten").__setitem__("class_name", "Lambda"),
         "output-elsewhere": output_elsewhere,
         "branch": branch,
+        "extra-argument": extra_argument,
         "no-bias-for-its-stored-bias": lambda c: _layer(c, "Dense")["config"].__setitem__("use_bias", False),
         "side-not-a-number": lambda c: c["config"]["layers"][0]["config"].__setitem__("batch_shape", 7),
         "layers-not-a-list": lambda c: c["config"].__setitem__("layers", "layers"),
