@@ -203,18 +203,18 @@ def main() -> None:
             },
             "figures": {
                 "dag_films_per_s": round(dag_rate, 2),
-                "dag_wall_s": round(dag["wall_s"], 1),
+                "dag_wall_s": round(dag["wall_s"], 3),
                 "shard_seconds": [round(s, 1) for s in shard_s],
-                "plan_and_merge_s": round(other_s, 1),
+                "plan_and_merge_s": round(other_s, 3),
                 # the same tasks in the process's first run (the warm-up): what a new worker pays once
-                "first_run_plan_and_merge_s": round(first_other_s, 1),
+                "first_run_plan_and_merge_s": round(first_other_s, 3),
                 "per_shard_startup_s": round(startup_s, 1),
                 "per_film_ms": round(1000 * per_film_s, 1),
             },
             "baseline": {
                 "what": "python -m cxr_core predict FOLDER --format jsonl, one process",
                 "cli_films_per_s": round(cli_rate, 2),
-                "cli_wall_s": round(cli["wall_s"], 1),
+                "cli_wall_s": round(cli["wall_s"], 3),
                 "cli_first_row_s": round(cli["startup_s"], 1),
                 "cli_startup_s": round(cli_startup_s, 1),
             },

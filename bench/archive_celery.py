@@ -159,7 +159,7 @@ def main() -> None:
                         "every one-worker DAG run; each of those runs is compared with the mean of its two "
                         "neighbours, the two-worker run with the median of all",
                 "cli_films_per_s": round(cli_rate, 2),
-                "cli_wall_s": [round(cli["wall_s"], 1) for cli in clis],
+                "cli_wall_s": [round(cli["wall_s"], 3) for cli in clis],
             },
             "ratios": {
                 "one_worker_over_cli": round(one_ratio, 3),

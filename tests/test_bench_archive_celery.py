@@ -54,7 +54,8 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
     walls = result["baseline"]["cli_wall_s"]  # before the stack, then after each one-worker run (--quick: 1 round)
     assert len(walls) == 3 and all(wall > 0 for wall in walls)
     assert result["baseline"]["cli_films_per_s"] == pytest.approx(48 / sorted(walls)[1], rel=0.02)
-    # the warm run is compared with the CLI runs on either side of it (wall times rounded to 0.1 s)
+    # the warm run is compared with the CLI runs on either side of it (wall times rounded to the millisecond:
+    # the CLI scores the 48 films in under a second since serving stopped importing TensorFlow)
     beside = (48 / walls[1] + 48 / walls[2]) / 2
     assert result["figures"]["one_worker_rounds_over_cli"] == [result["ratios"]["one_worker_over_cli"]]
     assert result["ratios"]["one_worker_over_cli"] == pytest.approx(one["films_per_s"] / beside, rel=0.03)
