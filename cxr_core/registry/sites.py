@@ -32,6 +32,7 @@ import numpy as np
 from cxr_core.errors import CxrError
 from cxr_core.fsutil import read_json_or_empty, write_json_atomic
 from cxr_core.registry import audit
+from cxr_core.registry.gate import WHO_MIN_SENSITIVITY
 
 SITES_DIR = "sites"
 ACTIVE_FILE = "active.json"
@@ -67,10 +68,8 @@ def film_fingerprint(model_input: np.ndarray) -> str:
 
 def sensitivity_floor(profile: dict) -> float:
     """The floor a profile must reach to be switched on: its own, never below the WHO minimum."""
-    from cxr_core import metrics  # here, not at the top: scipy, scikit-learn and pandas cost a
-    # second of every serving process's start, and serving needs none of them
     own = profile.get("min_sensitivity")
-    return max(float(own) if own is not None else 0.0, metrics.WHO_MIN_SENSITIVITY)
+    return max(float(own) if own is not None else 0.0, WHO_MIN_SENSITIVITY)
 
 
 def floor_check(profile: dict) -> dict:
@@ -103,7 +102,10 @@ class OperatingRule:
     referrals_per_100: float | None = None  # films sent for confirmation per 100 screened
 
     def choose(self, labels: np.ndarray, scores: np.ndarray) -> float:
+        # metrics here, not at the top: scipy, scikit-learn and pandas cost a second of every serving
+        # process's start, and serving needs none of them (as in the two functions below)
         from cxr_core import metrics
+
         if self.referrals_per_100 is not None:
             # The score above which that share of films lies: referrals depend on the scores alone.
             share = min(max(float(self.referrals_per_100) / 100.0, 0.0), 1.0)
@@ -202,6 +204,7 @@ def build_profile(
     film that was one of them is marked: its result is not an independent test of the profile.
     """
     from cxr_core import metrics
+
     check_name(name)
     labels, scores = np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=np.float64)
     n_tb, n_normal = int(labels.sum()), int(len(labels) - labels.sum())
