@@ -150,6 +150,15 @@ class GateSettings:
     max_auc_drop: float = 0.02
     min_test_films: int = 30  # fewer test films than this (or than min_test_per_class of a class)
     min_test_per_class: int = 10  # cannot show that a model is good enough
+    # How a hospital frames a film, or what it burns into an edge, must not decide the result: shares of
+    # the test films, re-read by evaluation, whose decision may change (or that are refused) when TB films
+    # are cropped wide and normals padded with bars (framing), or a strip and a text marker are added on
+    # one edge (strips); and where the strip may hold the evidence's peak. Ceilings in registry/gate.py.
+    max_framing_flip_share: float = 0.05
+    max_framing_refused_share: float = 0.01
+    max_strip_flip_share: float = 0.02
+    max_strip_peak_share: float = 0.02
+    max_strip_refused_share: float = 0.02
 
 
 @dataclass

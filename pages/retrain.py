@@ -177,13 +177,7 @@ elif gate:
         table = versions_view.compare_rows([evaluation_view.load_evaluation(registry, v) for v in compared])
         st.table(pd.DataFrame(table).set_index("").iloc[:11])
         if gate["floors"]:
-            floors = gate["floors"]
-            st.caption(
-                f"Floors applied: sensitivity ≥ {floors['min_sensitivity']:.2f}, specificity ≥ "
-                f"{floors['min_specificity']:.2f}, AUC drop ≤ {floors['max_auc_drop']:.3f}, at least "
-                f"{floors['min_test_films']} test films ({floors['min_test_per_class']} per class); compared with "
-                f"{gate['compared_with'] or 'no model (first version)'}."
-            )
+            st.caption(retrain_view.floors_caption(gate["floors"], gate["compared_with"]))
         for note in gate["notes"]:
             st.caption(f"Not applied: {note}.")
         if gate["passed"]:

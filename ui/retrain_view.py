@@ -147,6 +147,21 @@ def gate_view(status: dict) -> dict | None:
     }
 
 
+def floors_caption(floors: dict, compared_with: str | None) -> str:
+    """The rules a verdict applied, in one line; a verdict taken before the gate held the framing and strip
+    targets (2026-12-05) says so instead of showing limits it never checked."""
+    text = (f"Floors applied: sensitivity ≥ {floors['min_sensitivity']:.2f}, specificity ≥ "
+            f"{floors['min_specificity']:.2f}, AUC drop ≤ {floors['max_auc_drop']:.3f}, at least "
+            f"{floors['min_test_films']} test films ({floors['min_test_per_class']} per class)")  # fmt: skip
+    if "max_strip_flip_share" in floors:
+        text += (f"; decisions changed by framing ≤ {floors['max_framing_flip_share']:.0%}, by a strip and a "
+                 f"marker ≤ {floors['max_strip_flip_share']:.0%}, evidence peaking on the strip ≤ "
+                 f"{floors['max_strip_peak_share']:.0%}")  # fmt: skip
+    else:
+        text += "; framing and strips not checked (a verdict from before the gate held them)"
+    return f"{text}; compared with {compared_with or 'no model (first version)'}."
+
+
 def verdict_now(gate: dict, registry, params: dict):
     """Whether the verdict of :func:`gate_view` may be acted on now, against the registry as it is."""
     from cxr_core.registry.gate import policy_stamp, promotability, server_policy

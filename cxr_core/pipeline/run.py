@@ -54,7 +54,21 @@ def summarise(report: dict) -> dict:
         "test_images": report.get("n"),
         "test_per_class": per_class,
         **{key: report.get(key) for key in keys},
-    }
+        "framing": _robustness(report.get("framing"), "refused_after_reframing", ("share",)),
+        "strips_and_markers": _robustness(report.get("strips_and_markers"), "refused_after_change",
+                                          ("flipped_share", "peak_on_strip_share")),
+    }  # fmt: skip
+
+
+def _robustness(section: object, refused_key: str, shares: tuple[str, ...]) -> dict:
+    """What the gate reads of a re-read of the test films: shares of the films scored after the change,
+    and the refused share of all the films tried (evaluation records the refused apart, as a count)."""
+    section = section if isinstance(section, dict) else {}
+    films, refused = int(section.get("films") or 0), section.get(refused_key)
+    tried = films + int(refused or 0)
+    summary = {"films": films, "tried": tried, **{key: section.get(key) for key in shares}}
+    summary["refused_share"] = round(int(refused) / tried, 4) if tried and refused is not None else None
+    return summary
 
 
 def current_metrics_on(ingest_dir: Path, registry, version: str) -> dict:

@@ -16,6 +16,12 @@ from cxr_core import settings
 # run can lower these: a deployment may only raise them (a stricter gate in its params.yaml).
 WHO_MIN_SENSITIVITY = 0.90
 WHO_MIN_SPECIFICITY = 0.70
+# The product's robustness targets, as ceilings: a params file may lower them (stricter), never raise
+# them. Until 2026-12-05 only a test on the shipped model held them, so a candidate whose decisions
+# changed on 2.8 % of films with a strip on one edge was promoted, and rolled back when that test failed.
+ROBUSTNESS_CEILINGS = {"max_framing_flip_share": 0.05, "max_framing_refused_share": 0.01,
+                       "max_strip_flip_share": 0.02, "max_strip_peak_share": 0.02,
+                       "max_strip_refused_share": 0.02}  # fmt: skip
 # A lung model crops every film the classifier sees: on each held-out source its mean Dice must reach this.
 LUNG_MIN_DICE = 0.90
 # ... and it decides which films are screened at all. The model in use refuses none of the 2,332 shared
@@ -51,6 +57,8 @@ def server_policy(policy: dict | None = None) -> dict:
     floors = settings.section("gate", {k: v for k, v in policy.items() if v is not None})
     floors["min_sensitivity"] = max(float(floors["min_sensitivity"]), WHO_MIN_SENSITIVITY)
     floors["min_specificity"] = max(float(floors["min_specificity"]), WHO_MIN_SPECIFICITY)
+    for key, ceiling in ROBUSTNESS_CEILINGS.items():
+        floors[key] = min(float(floors[key]), ceiling)
     return floors
 
 
@@ -123,7 +131,7 @@ def effective_floors(policy: dict | None, requested: dict | None = None) -> tupl
         if key not in floors or value is None:
             continue
         wanted = type(floors[key])(value)
-        chosen = min(floors[key], wanted) if key == "max_auc_drop" else max(floors[key], wanted)
+        chosen = min(floors[key], wanted) if key.startswith("max_") else max(floors[key], wanted)
         if chosen != wanted:
             notes.append(f"{key} {value} is looser than the policy's {floors[key]}; the policy applies")
         floors[key] = chosen
@@ -229,7 +237,49 @@ def quality_gate(
                 f"ROC AUC {candidate_auc:.2f} is within {max_drop:.2f} "
                 f"of the current model's {current_auc:.2f}"
             )
+    robustness_reasons, robustness_checks = robustness_verdict(candidate_metrics, params)
+    reasons += robustness_reasons
+    checks += robustness_checks
     return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=params)
+
+
+# (the floor's key, the metrics section, its share, the films it is a share of, what the share counts):
+# decisions and maps are shares of the films scored after the change, refusals of the films tried.
+_ROBUSTNESS = (
+    ("max_framing_flip_share", "framing", "share", "films",
+     "decisions change when TB films are cropped wide and normals padded with bars"),
+    ("max_framing_refused_share", "framing", "refused_share", "tried", "films are refused once reframed"),
+    ("max_strip_flip_share", "strips_and_markers", "flipped_share", "films",
+     "decisions change with a strip and a text marker on one edge"),
+    ("max_strip_peak_share", "strips_and_markers", "peak_on_strip_share", "films",
+     "evidence maps peak on the added strip"),
+    ("max_strip_refused_share", "strips_and_markers", "refused_share", "tried",
+     "films are refused once a strip is added"),
+)  # fmt: skip
+
+
+def robustness_verdict(candidate_metrics: dict | None, floors: dict) -> tuple[list[str], list[str]]:
+    """The framing and strip targets on the candidate's own test films (evaluation re-reads them).
+
+    Measured on fewer films than the policy's ``min_test_films`` (the originals moved since ingest, say)
+    counts as not measured: a share of a handful of films says nothing, and an unmeasured model fails.
+    """
+    reasons, checks = [], []
+    for key, section_name, figure, count, meaning in _ROBUSTNESS:
+        section = (candidate_metrics or {}).get(section_name)
+        section = section if isinstance(section, dict) else {}
+        films, share, limit = _number(section.get(count)), _number(section.get(figure)), float(floors[key])
+        if share is None or not films:
+            reasons.append(f"how often {meaning} was not measured")
+        elif films < floors["min_test_films"]:
+            reasons.append(f"how often {meaning} was measured on {int(films)} test films, fewer than the "
+                           f"{floors['min_test_films']} the policy needs")  # fmt: skip
+        elif share > limit + 1e-12:
+            reasons.append(f"{_fmt(share * 100, limit * 100)} % of {int(films)} {meaning} "
+                           f"(at most {limit:.0%} allowed)")  # fmt: skip
+        else:
+            checks.append(f"{share:.1%} of {int(films)} {meaning} (at most {limit:.0%})")
+    return reasons, checks
 
 
 @dataclass

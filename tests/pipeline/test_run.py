@@ -59,6 +59,14 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
     assert 0.0 < metadata["threshold"] < 1.0
     assert "validation split" in metadata["threshold_rule"]
     assert metadata["metrics"]["test_images"] > 0
+    # The gate's robustness figures come from evaluation's re-read of these very test films.
+    report = json.loads((version_dir / "metrics.json").read_text())
+    strips = metadata["metrics"]["strips_and_markers"]
+    assert strips["films"] == report["strips_and_markers"]["films"] > 0
+    assert strips["flipped_share"] == report["strips_and_markers"]["flipped_share"]
+    assert metadata["metrics"]["framing"]["tried"] == metadata["metrics"]["test_images"]
+    verdict = registry.verdict(result["version"])
+    assert sum("strip" in line for line in verdict["reasons"] + verdict["checks"]) == 3
     card = (version_dir / "MODEL_CARD.md").read_text()
     assert result["version"] in card and "not a medical device" in card and "Per source" in card
     # the serving twin is made at training, from these very weights, and serves them

@@ -227,7 +227,11 @@ def test_lock_times_out_with_a_clear_message(reg):
         os.close(fd)
 
 
-ENOUGH = {"test_images": 200, "test_per_class": {"Normal": 100, "Tuberculosis": 100}}
+# Measured on enough films, and nothing moved by framing or a strip (evaluation's re-read, as summarised).
+ROBUST = {"framing": {"films": 200, "tried": 200, "share": 0.03, "refused_share": 0.0},
+          "strips_and_markers": {"films": 200, "tried": 200, "flipped_share": 0.01, "peak_on_strip_share": 0.0,
+                                 "refused_share": 0.0}}  # fmt: skip
+ENOUGH = {"test_images": 200, "test_per_class": {"Normal": 100, "Tuberculosis": 100}, **ROBUST}
 GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}, **ENOUGH}
 
 
@@ -283,6 +287,48 @@ def test_too_few_test_films_can_never_pass():
     ]
     one_class = {**GOOD, "test_images": 80, "test_per_class": {"Tuberculosis": 80}}
     assert not quality_gate(one_class, None, {}).passed
+
+
+def test_the_gate_holds_the_framing_and_strip_targets():
+    """The figures of this morning's light-add classifier (16 of 574 decisions changed with a strip: 2.8 %)
+    fail; those of the model in use (8 of 574: 1.4 %) pass; a map peaking on the strip, refusals once
+    reframed, and a re-read that did not happen each fail on their own."""
+    strips = ROBUST["strips_and_markers"]
+    light_add = {**GOOD, "strips_and_markers": {**strips, "films": 574, "tried": 574, "flipped_share": 0.0279}}
+    result = quality_gate(light_add, None, None)
+    assert not result.passed
+    assert result.reasons == ["2.79 % of 574 decisions change with a strip and a text marker on one edge "
+                              "(at most 2% allowed)"]  # fmt: skip
+    serving = {**GOOD, "strips_and_markers": {**strips, "films": 574, "tried": 574, "flipped_share": 0.0139}}
+    assert quality_gate(serving, None, None).passed
+    assert any("1.4% of 574 decisions change with a strip" in check for check in quality_gate(serving, None, None).checks)
+    peaks = {**GOOD, "strips_and_markers": {**strips, "peak_on_strip_share": 0.025}}
+    assert quality_gate(peaks, None, None).reasons == [
+        "2.50 % of 200 evidence maps peak on the added strip (at most 2% allowed)"]
+    reframed = {**GOOD, "framing": {**ROBUST["framing"], "share": 0.051, "refused_share": 0.015}}
+    assert len(quality_gate(reframed, None, None).reasons) == 2
+    unmeasured = {key: value for key, value in GOOD.items() if key != "framing"}
+    reasons = quality_gate(unmeasured, None, None).reasons
+    assert reasons == ["how often decisions change when TB films are cropped wide and normals padded with bars "
+                       "was not measured", "how often films are refused once reframed was not measured"]
+    few = {**GOOD, "strips_and_markers": {**strips, "films": 12, "tried": 12}}
+    assert len(quality_gate(few, None, None).reasons) == 3  # a share of 12 films says nothing
+    assert "measured on 12 test films, fewer than the 30" in quality_gate(few, None, None).reasons[0]
+    assert quality_gate(few, None, {"min_test_films": 10}).passed
+
+
+def test_no_params_file_or_form_loosens_the_robustness_targets():
+    from cxr_core.registry.gate import effective_floors, server_policy
+
+    policy = server_policy({"max_strip_flip_share": 0.5, "max_framing_flip_share": 0.01})
+    assert policy["max_strip_flip_share"] == 0.02  # the product's ceiling, whatever the file says
+    assert policy["max_framing_flip_share"] == 0.01  # a deployment may make it stricter
+    floors, notes = effective_floors(policy, {"max_strip_peak_share": 0.3, "max_strip_flip_share": 0.01})
+    assert floors["max_strip_peak_share"] == 0.02 and floors["max_strip_flip_share"] == 0.01
+    assert notes == ["max_strip_peak_share 0.3 is looser than the policy's 0.02; the policy applies"]
+    striped = {**GOOD, "strips_and_markers": {**ROBUST["strips_and_markers"], "flipped_share": 0.015}}
+    assert quality_gate(striped, None, {"max_strip_flip_share": 0.5}).passed
+    assert not quality_gate(striped, None, {"max_strip_flip_share": 0.01}).passed
 
 
 def test_a_form_can_raise_the_floors_but_never_lower_them():
