@@ -14,6 +14,9 @@ is shown, at random,
   their vendors' processing differ most in exactly this, and a network trained without it read
   sharpness as disease: an unsharp mask raised the shipped CAM network's probability by a median 0.29
   on normal and TB films alike, and a film upscaled to 3,000 px scored higher than itself;
+- with a burnt-in text marker (L, R, PORTABLE, a date...), bright or dark, anywhere on the view: a
+  marker over an apex moved more test decisions than the strip of padding the product's strips test
+  adds beside the film (the strip barely moves the lung box);
 
 and optionally mixed with another film (MixUp) or with softened labels (label smoothing). Everything
 runs inside one ``tf.data`` map on float32 0..255 batches; the network rescales to 0..1 itself.
@@ -202,6 +205,55 @@ def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int) -> tf.T
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+# Burnt-in annotations as hospitals print them; the product's strips test draws a few of them (L, R, PA,
+# AP, ERECT, PORTABLE) at a size of its own, so training draws more words, sizes and places than it does.
+MARKER_TEXTS = ("L", "R", "PA", "AP", "LAT", "ERECT", "SUPINE", "PORTABLE", "SITTING", "INSP", "12/05",
+                "2026", "ID 4471", "MOBILE", "WARD 3")  # fmt: skip
+MARKER_BANK_SIZE = 512
+MARKER_SUPERSAMPLE = 4
+
+
+def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE) -> np.ndarray:
+    """``count`` coverage maps (count, side, side, 1) uint8 0..255 of one text marker each, at random
+    words, sizes and places (partly outside the view included).
+
+    Drawn at four times the side and area-reduced, as a film's marker reaches the network's input
+    after the lung crop is resized: strokes thinner than a pixel arrive as faint grey, not as solid lines.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = side * MARKER_SUPERSAMPLE
+    bank = np.zeros((count, side, side, 1), np.uint8)
+    for index in range(count):
+        canvas = np.zeros((big, big), np.uint8)
+        # the strips test draws at film height / 400 and the lung box is ~70 % of the film: wider than that
+        scale = big / 400.0 * rng.uniform(0.6, 2.0)
+        thickness = max(1, int(round(scale * rng.uniform(1.5, 3.0))))
+        text = str(rng.choice(MARKER_TEXTS))
+        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x = int(rng.uniform(-0.2 * width, big - 0.8 * width))
+        y = int(rng.uniform(0.8 * height, big + 0.2 * height))
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
+        bank[index, ..., 0] = cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA)
+    return bank
+
+
+def _burn_markers(images: tf.Tensor, bank: tf.Tensor, share: float, seed: int) -> tf.Tensor:
+    """A share of the films get one marker from ``bank``, bright (four in five) or dark."""
+    count = tf.shape(images)[0]
+    coverage = tf.cast(
+        tf.gather(bank, tf.random.uniform([count], 0, tf.shape(bank)[0], dtype=tf.int32, seed=seed + 41)),
+        tf.float32,
+    ) / 255.0
+    burnt = tf.cast(tf.random.uniform([count, 1, 1, 1], seed=seed + 42) < share, tf.float32)
+    bright = tf.random.uniform([count, 1, 1, 1], 200.0, 255.0, seed=seed + 43)
+    dark = tf.random.uniform([count, 1, 1, 1], 0.0, 40.0, seed=seed + 44)
+    value = tf.where(tf.random.uniform([count, 1, 1, 1], seed=seed + 45) < 0.8, bright, dark)
+    alpha = coverage * burnt
+    return images * (1.0 - alpha) + value * alpha
+
+
 def _mixup(x, y, w, alpha: float, seed: int):
     """MixUp with Beta(alpha, alpha) weights (drawn as a ratio of two Gamma variables)."""
     count = tf.shape(x)[0]
@@ -236,6 +288,11 @@ def training_dataset(
     """
     augment = train["augment"]
     augmenter = _geometric_and_exposure(augment, seed)
+    marker_share = float(augment.get("markers", 0.0))
+    bank = tf.constant(marker_bank(int(images.shape[1]), seed)) if marker_share > 0 else None
+
+    def with_markers(x):  # after the warp: a marker is printed on the film as it reaches the view
+        return _burn_markers(x, bank, marker_share, seed) if bank is not None else x
     mixup = float(train["mixup"])
     smoothing = float(train["label_smoothing"])
     if targets is not None and mixup > 0:
@@ -245,7 +302,7 @@ def training_dataset(
 
     def apply(batch_images, batch_labels, batch_weights):
         film, _ = augmenter(tf.cast(batch_images, tf.float32))
-        x = tf.clip_by_value(film, 0.0, 255.0)
+        x = with_markers(tf.clip_by_value(film, 0.0, 255.0))
         x = _resolution_gamma_noise(x, augment, seed)
         y, w = batch_labels, batch_weights
         if mixup > 0:
@@ -256,7 +313,7 @@ def training_dataset(
 
     def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
         film, warped_targets = augmenter(tf.cast(batch_images, tf.float32), batch_targets, target_scale)
-        x = _resolution_gamma_noise(tf.clip_by_value(film, 0.0, 255.0), augment, seed)
+        x = _resolution_gamma_noise(with_markers(tf.clip_by_value(film, 0.0, 255.0)), augment, seed)
         t = pool_to_map(warped_targets, factor // target_scale, already_shares=True)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names

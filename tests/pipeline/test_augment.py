@@ -210,3 +210,44 @@ def test_training_batches_keep_the_targets_under_their_film_through_warp_and_fli
     assert maps.shape == (count, 8, 8, 2)
     assert np.abs(maps[..., :1] - film_maps).max() < 0.12  # the same square, to one resampling's blur
     assert np.abs(maps[..., :1] - unwarped).max() > 0.5  # and it did move
+
+
+def test_burnt_in_markers_are_printed_on_a_share_of_films_and_nothing_else_changes():
+    """With every other augmentation off: at share 1 every film carries one marker (bright or dark, its
+    strokes partly grey as a resized film's are), at share 0 none does; labels, weights and the evidence
+    targets pass through untouched."""
+    bank = augment.marker_bank(128, seed=5)
+    coverage = bank[..., 0].astype(np.float32) / 255.0
+    assert bank.shape == (augment.MARKER_BANK_SIZE, 128, 128, 1)
+    assert (coverage.reshape(len(bank), -1).max(axis=1) > 0.5).all()  # every map draws a visible marker
+    assert ((coverage > 0.05) & (coverage < 0.95)).any()  # anti-aliased, area-reduced strokes
+    shares = (coverage > 0.5).reshape(len(bank), -1).mean(axis=1)
+    assert 0.001 < np.median(shares) < 0.05  # a word on the film, not a blanket over it
+    np.testing.assert_array_equal(augment.marker_bank(128, seed=5), bank)  # reproducible per seed
+
+    still = {key: 0.0 for key in ("rotation", "zoom_in", "zoom_out", "translation", "contrast", "brightness")}
+    train = load_params()["train"]
+    flat = np.full((32, 128, 128, 1), 120, np.uint8)
+    targets = np.zeros((32, 128, 128, 2), np.uint8)
+    targets[:, 40:90, 20:60] = 255
+    outputs = {}
+    for share in (0.0, 1.0):
+        settings = {**train, "batch_size": 32, "augment": {**train["augment"], **still, "markers": share}}
+        dataset = augment.training_dataset(flat, np.ones(32), np.full(32, 2.0), settings, 3, targets, map_side=8)
+        x, y, w = next(iter(dataset))
+        outputs[share] = (x.numpy(), y, w)
+    np.testing.assert_allclose(outputs[0.0][0], 120.0, atol=1e-3)
+    marked = outputs[1.0][0]
+    changed = np.abs(marked - 120.0).reshape(32, -1).max(axis=1)
+    assert (changed > 40).all()  # every film
+    assert (marked.reshape(32, -1).max(axis=1) > 190).sum() >= 16  # most markers are bright...
+    assert (marked.reshape(32, -1).min(axis=1) < 60).sum() >= 1  # ...some dark
+    for share in (0.0, 1.0):
+        _, y, w = outputs[share]
+        np.testing.assert_array_equal(y["tb_probability"].numpy(), 1.0)
+        np.testing.assert_array_equal(w["tb_probability"].numpy(), 2.0)
+        np.testing.assert_allclose(y["evidence"].numpy(), outputs[0.0][1]["evidence"].numpy())
+    from cxr_core.settings import with_recipe
+
+    assert with_recipe(load_params()["train"], "cam-evidence-markers")["augment"]["markers"] == 0.5
+    assert load_params()["train"]["augment"]["markers"] == 0.0
