@@ -36,12 +36,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxr_core.settings import WHO_MIN_SENSITIVITY, WHO_MIN_SPECIFICITY
+
 CLASS_NAMES = ("Normal", "Tuberculosis")
 POSITIVE_LABEL = 1
-
-# WHO target product profile for a TB screening test, minimum (not optimal) requirements.
-WHO_MIN_SENSITIVITY = 0.90
-WHO_MIN_SPECIFICITY = 0.70
 
 THRESHOLD_RULES = ("sensitivity_floor", "sensitivity_bound", "youden", "fixed")
 FALLBACK_THRESHOLD = 0.5

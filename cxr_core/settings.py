@@ -222,6 +222,11 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
 
 
+# The WHO target product profile's minimum (not optimal) for a TB screening test. Here, in the module
+# everything may import, so the metrics, the quality gate and the site profiles read one pair.
+WHO_MIN_SENSITIVITY = 0.90
+WHO_MIN_SPECIFICITY = 0.70
+
 # A source with fewer films than this of a class counts as single-class (TBX11K: one stray normal among
 # 641 TB films): LOSO does not judge it within itself, and train.single_class_source_weight applies to it.
 MIN_FILMS_PER_CLASS = 10

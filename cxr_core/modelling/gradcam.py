@@ -25,7 +25,7 @@ import numpy as np
 
 from cxr_core.imaging.display import DISPLAY_SIDE, display_gray, display_scale
 from cxr_core.imaging.preprocess import CropBox
-from cxr_core.modelling.networks import EMBEDDING, OUTPUT, last_conv_name
+from cxr_core.modelling.networks import EMBEDDING, OUTPUT, features_end
 
 
 @dataclass
@@ -42,13 +42,9 @@ class GradCam:
     def __init__(self, model):
         import tensorflow as tf
 
-        conv_name = last_conv_name(model)
         chain = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
-        names = [layer.name for layer in chain]
-        split = names.index(conv_name) + 1
         # The feature map is the activation after the last convolution's normalisation and ReLU.
-        while split < len(chain) and chain[split].__class__.__name__ in _PER_POSITION:
-            split += 1
+        split = features_end([layer.__class__.__name__ for layer in chain])
         to_conv, after_conv = chain[:split], chain[split:]
         if not after_conv or after_conv[-1].name != OUTPUT:
             raise ValueError(f"model must end in the '{OUTPUT}' dense layer")
@@ -101,9 +97,6 @@ def absolute_heatmaps(raw: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 _JET_RGB = np.ascontiguousarray(
     cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, :, ::-1]
 )
-
-_PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
-
 
 def overlay(
     gray: np.ndarray,

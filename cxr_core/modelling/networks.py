@@ -129,13 +129,26 @@ def build_cam_model(
 
 def feature_layer_name(model: keras.Model) -> str:
     """The activation Grad-CAM weighs: the last convolution's output after its normalisation and ReLU."""
-    names = [layer.name for layer in model.layers]
-    index = names.index(last_conv_name(model))
-    while index + 1 < len(names) and model.layers[index + 1].__class__.__name__ in {
-        "BatchNormalization", "ReLU", "Activation", "LeakyReLU"
-    }:  # fmt: skip
-        index += 1
-    return names[index]
+    return model.layers[features_end([layer.__class__.__name__ for layer in model.layers]) - 1].name
+
+
+# Layers that act on each position of a map alone: the maps Grad-CAM weighs run through them.
+PER_POSITION_LAYERS = frozenset({"BatchNormalization", "ReLU", "Activation", "LeakyReLU"})
+
+
+def features_end(kinds: list[str]) -> int:
+    """Where the feature maps end in a chain of layers given by their Keras class names: after the deepest
+    convolution and the per-position layers that follow it.
+
+    One rule for the Grad-CAM of training (Keras layers), of serving (layers read from the archive
+    without Keras) and for the evidence loss, so the three weigh the same maps."""
+    convolutions = [index for index, kind in enumerate(kinds) if kind == "Conv2D"]
+    if not convolutions:
+        raise ValueError("model has no convolution layer for Grad-CAM")
+    end = convolutions[-1] + 1
+    while end < len(kinds) and kinds[end] in PER_POSITION_LAYERS:
+        end += 1
+    return end
 
 
 ARCHITECTURES = {"reference": build_model, "compact": build_compact_model, "cam": build_cam_model}
@@ -157,9 +170,7 @@ def build_network(side: int, model_settings: dict) -> keras.Model:
 
 def last_conv_name(model: keras.Model) -> str:
     """The deepest convolution, where Grad-CAM looks (``conv3`` for the reference sizes)."""
-    from keras import layers
-
-    names = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    names = [layer.name for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     if not names:
         raise ValueError("model has no convolution layer for Grad-CAM")
     return names[-1]

@@ -27,11 +27,9 @@ import numpy as np
 
 from cxr_core.modelling.gradcam import CamBatch, absolute_heatmaps
 from cxr_core.modelling.keras_archive import ArchiveLayer, ArchiveModel, read_archive
-from cxr_core.modelling.networks import EMBEDDING, OUTPUT
+from cxr_core.modelling.networks import EMBEDDING, OUTPUT, features_end
 from cxr_core.settings import Layout
 
-# Layers that act on each position of a feature map alone: Grad-CAM's maps are taken after them.
-_PER_POSITION = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU"}
 # Head layers whose backward pass head_gradient knows.
 HEAD_LAYERS = {"MaxPooling2D", "Flatten", "GlobalAveragePooling2D", "Dense", "Dropout", "ReLU", "Activation"}
 
@@ -51,12 +49,7 @@ def split_at_features(model):
     ``model`` is a Keras model or an :class:`ArchiveModel` (the same layers read from the file without
     Keras); the split is the same for both (tests/modelling/test_keras_archive.py)."""
     chain = [layer for layer in model.layers if layer_kind(layer) != "InputLayer"]
-    convolutions = [index for index, layer in enumerate(chain) if layer_kind(layer) == "Conv2D"]
-    if not convolutions:
-        raise ValueError("model has no convolution layer for Grad-CAM")
-    split = convolutions[-1] + 1  # the deepest convolution (networks.last_conv_name)
-    while split < len(chain) and layer_kind(chain[split]) in _PER_POSITION:
-        split += 1
+    split = features_end([layer_kind(layer) for layer in chain])
     head, output = chain[split:-1], chain[-1]
     if output.name != OUTPUT:
         raise ValueError(f"model must end in the '{OUTPUT}' dense layer")

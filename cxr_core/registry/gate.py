@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass, field
 
 from cxr_core import settings
+from cxr_core.settings import WHO_MIN_SENSITIVITY, WHO_MIN_SPECIFICITY
 
-# The WHO target product profile's minimum for a TB screening test. No params file, form, flag or DAG
-# run can lower these: a deployment may only raise them (a stricter gate in its params.yaml).
-WHO_MIN_SENSITIVITY = 0.90
-WHO_MIN_SPECIFICITY = 0.70
+# The WHO minimum (settings.WHO_MIN_*): no params file, form, flag or DAG run can lower it; a deployment
+# may only raise it (a stricter gate in its params.yaml).
 # The product's robustness targets, as ceilings: a params file may lower them (stricter), never raise
 # them. Until 2026-12-05 only a test on the shipped model held them, so a candidate whose decisions
 # changed on 2.8 % of films with a strip on one edge was promoted, and rolled back when that test failed.

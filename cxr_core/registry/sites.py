@@ -32,7 +32,7 @@ import numpy as np
 from cxr_core.errors import CxrError
 from cxr_core.fsutil import read_json_or_empty, write_json_atomic
 from cxr_core.registry import audit
-from cxr_core.registry.gate import WHO_MIN_SENSITIVITY
+from cxr_core.settings import WHO_MIN_SENSITIVITY
 
 SITES_DIR = "sites"
 ACTIVE_FILE = "active.json"
