@@ -265,6 +265,34 @@ def test_missing_predictions_do_not_break_the_page(dashboard):
     assert any("predictions.csv is missing" in i.value for i in at.info)
 
 
+def test_a_version_without_its_metrics_file_shows_the_summary_kept_at_registration(dashboard):
+    """The shipped version with metrics.json gone: the page falls back to the summary its registration
+    kept (the figures the quality gate read, the strip and framing shares among them) and says so."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cxr_core.pipeline.run import summarise
+
+    project_models = Path(__file__).resolve().parent.parent / "models"
+    shipped = json.loads((project_models / "current.json").read_text())["version"]
+    shutil.copytree(project_models / shipped, dashboard.root / shipped)
+    report = json.loads((dashboard.root / shipped / "metrics.json").read_text())
+    (dashboard.root / shipped / "metrics.json").unlink()
+    ev = evaluation_view.load_evaluation(dashboard.registry, shipped)
+    assert ev.metrics == json.loads((dashboard.root / shipped / "metadata.json").read_text())["metrics"]
+    assert ev.metrics["strips_and_markers"] == summarise(report)["strips_and_markers"]  # shares, no counts
+    flipped = report["strips_and_markers"]["flipped"]
+    assert evaluation_view.robustness_summary(ev).startswith(
+        f"With a strip of 5–15 % of the height added on one edge (dark or bright) and a text marker burnt in, "
+        f"{flipped} of {report['strips_and_markers']['films']} test decisions changed"
+    )
+    at = open_evaluation()
+    at.selectbox(key="eval_version").set_value(shipped).run()
+    assert not at.exception, at.exception
+    assert any("metrics.json is missing" in element.value for element in [*at.info, *at.warning, *at.caption])
+
+
 SHIPPED_WITH_EVIDENCE = "v20261202-065311"  # the first version evaluated with the evidence measures
 
 

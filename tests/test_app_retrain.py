@@ -234,8 +234,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models" / "v20261204-210202"
 
 
 def test_a_candidate_that_passed_is_promoted_then_rolled_back_from_the_page(admin, monkeypatch, tmp_path):
-    """The shipped model (measured on 574 held-out films: sensitivity 0.941, specificity 0.829; 1.4 % of
-    decisions changed by a strip and a marker) as the candidate of a finished job, judged by the real gate
+    """A formerly shipped model (`v20261204-210202`, measured on 574 held-out films: sensitivity 0.941,
+    specificity 0.829; 1.4 % of decisions changed by a strip and a marker) as the candidate of a finished job, judged by the real gate
     on its evaluation's report against the model in use: the page promotes it, the Screen page serves it,
     a rollback undoes it and the verdict no longer applies."""
     from cxr_core.pipeline.run import summarise

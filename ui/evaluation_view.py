@@ -778,13 +778,17 @@ def lesion_summary(evaluation: Evaluation) -> str | None:
 
 
 def robustness_summary(evaluation: Evaluation) -> str | None:
+    """From shares, not counts: without metrics.json the page shows the summary kept at registration,
+    which holds the shares the quality gate read and not the counts."""
     strips = evaluation.metrics.get("strips_and_markers") or {}
-    if not strips.get("films"):
+    if not strips.get("films") or strips.get("flipped_share") is None or strips.get("peak_on_strip_share") is None:
         return None
+    films = int(strips["films"])
     return (
         f"With a strip of 5–15 % of the height added on one edge (dark or bright) and a text marker burnt in, "
-        f"{strips['flipped']} of {strips['films']} test decisions changed ({strips['flipped_share']:.1%}) and "
-        f"the map's peak lay on the strip on {strips['peak_on_strip']} ({strips['peak_on_strip_share']:.1%})."
+        f"{round(strips['flipped_share'] * films)} of {films} test decisions changed ({strips['flipped_share']:.1%}) "
+        f"and the map's peak lay on the strip on {round(strips['peak_on_strip_share'] * films)} "
+        f"({strips['peak_on_strip_share']:.1%})."
     )
 
 

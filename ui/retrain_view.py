@@ -154,9 +154,10 @@ def floors_caption(floors: dict, compared_with: str | None) -> str:
             f"{floors['min_specificity']:.2f}, AUC drop ≤ {floors['max_auc_drop']:.3f}, at least "
             f"{floors['min_test_films']} test films ({floors['min_test_per_class']} per class)")  # fmt: skip
     if "max_strip_flip_share" in floors:
-        text += (f"; decisions changed by framing ≤ {floors['max_framing_flip_share']:.0%}, by a strip and a "
-                 f"marker ≤ {floors['max_strip_flip_share']:.0%}, evidence peaking on the strip ≤ "
-                 f"{floors['max_strip_peak_share']:.0%}")  # fmt: skip
+        text += (f"; decisions changed by framing ≤ {floors['max_framing_flip_share']:.0%} (films refused once "
+                 f"reframed ≤ {floors['max_framing_refused_share']:.0%}), by a strip and a marker ≤ "
+                 f"{floors['max_strip_flip_share']:.0%} (refused ≤ {floors['max_strip_refused_share']:.0%}), "
+                 f"evidence peaking on the strip ≤ {floors['max_strip_peak_share']:.0%}")  # fmt: skip
     else:
         text += "; framing and strips not checked (a verdict from before the gate held them)"
     return f"{text}; compared with {compared_with or 'no model (first version)'}."

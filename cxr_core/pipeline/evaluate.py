@@ -329,7 +329,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     from cxr_core.modelling.evidence import outer_band_share_in_film
     from cxr_core.pipeline.datasets import Record, read_record_bytes
 
-    perturbed, before, band_shares, refused = [], [], {}, 0
+    perturbed, before, band_shares, refused, unreadable = [], [], {}, 0, 0
     striped, strip_boxes, strip_before, strip_refused = [], [], [], 0
     upscaled_inputs, upscaled_before, upscaled_sources = [], [], []
     for index, (row, label, probability, prediction) in enumerate(
@@ -338,6 +338,10 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         record = Record(row["path"], int(label), row["source"], row.get("member") or None)
         try:
             image = read_image(read_record_bytes(record))
+        except (CxrError, OSError):
+            unreadable += 1  # moved or changed since ingest: counted, so the gate sees how much was measured
+            continue
+        try:
             try:
                 changed, strip_box = add_strip_and_marker(image.pixels, seed=index)
                 moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
@@ -366,30 +370,35 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
             refused += 1  # no plausible lungs once reframed: not scored (a clinician reads it), counted apart
             continue
         except (CxrError, OSError):
-            continue  # moved or changed since ingest: measure what can still be read
+            unreadable += 1
+            continue
         before.append(probability >= predictor.threshold)
-    framing = {"films": 0}
+    # Counts are written even when nothing could be scored, so a gate reads "all refused" as such.
+    framing = {"films": len(before), "flipped": 0, "share": None, "refused_after_reframing": refused,
+               "unreadable": unreadable, "tb_crop_rows_kept": CROP_ROWS_KEPT,
+               "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
     if perturbed:
         after = [
             p.probability >= predictor.threshold for p in predictor.predict(np.stack(perturbed)[..., None])
         ]
         flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
-        framing = {"films": len(before), "flipped": flipped, "share": round(flipped / len(before), 4),
-                   "refused_after_reframing": refused,
-                   "tb_crop_rows_kept": CROP_ROWS_KEPT, "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
-    strips = {"films": 0}
+        framing.update(flipped=flipped, share=round(flipped / len(before), 4))
+    strips = {"films": len(striped), "flipped": 0, "flipped_share": None, "peak_on_strip": 0,
+              "maps_with_peak": 0, "peak_on_strip_share": None, "refused_after_change": strip_refused,
+              "unreadable": unreadable, "strip_fraction_of_height": list(STRIP_FRACTION),
+              "markers": list(MARKERS)}  # fmt: skip
     if striped:
         scored = predictor.predict(np.stack([m.pixels for m in striped])[..., None])
         flipped = sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, strip_before, strict=True))
-        on_strip = 0
+        on_strip, with_peak = 0, 0
         for prepared, strip_box, prediction in zip(striped, strip_boxes, scored, strict=True):
             peak = peak_in_film(prediction.raw_heatmap, prepared.box)
-            if peak is not None:
+            if peak is not None:  # a blank map points nowhere: it is not counted as "not on the strip"
+                with_peak += 1
                 on_strip += int(strip_box[0] <= peak[0] < strip_box[2] and strip_box[1] <= peak[1] < strip_box[3])
-        strips = {"films": len(striped), "flipped": int(flipped), "flipped_share": round(flipped / len(striped), 4),
-                  "peak_on_strip": on_strip, "peak_on_strip_share": round(on_strip / len(striped), 4),
-                  "refused_after_change": strip_refused, "strip_fraction_of_height": list(STRIP_FRACTION),
-                  "markers": list(MARKERS)}  # fmt: skip
+        strips.update(flipped=int(flipped), flipped_share=round(flipped / len(striped), 4), peak_on_strip=on_strip,
+                      maps_with_peak=with_peak,
+                      peak_on_strip_share=round(on_strip / with_peak, 4) if with_peak else None)  # fmt: skip
     upscale = probability_changes([], [], [])
     if upscaled_inputs:
         scored = predictor.predict(np.stack(upscaled_inputs)[..., None])

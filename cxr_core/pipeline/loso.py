@@ -292,7 +292,7 @@ def merge_reports(reports: list[dict]) -> dict:
     first = reports[0]
     for key in ("recipe", "params", "two_class_sources"):
         for other in reports[1:]:
-            if other.get(key) != first.get(key):
+            if _as_trained(other, key) != _as_trained(first, key):
                 raise CxrError(f"the reports differ in {key}: they are not runs of one recipe on one ingest")
     identities = [report.get("ingest") for report in reports]
     known = [identity for identity in identities if identity]  # reports older than this field lack it
@@ -340,6 +340,15 @@ def _report(progress, runs: list[dict], total: int, out_dir=None) -> None:
     print(event, flush=True)
     if progress:
         progress(event)
+
+
+def _as_trained(report: dict, key: str):
+    """A report's ``key`` as its runs trained: reports written before ``train.augment.markers`` existed
+    lack the key and trained without markers, so they still merge with new runs of the same recipe."""
+    value = report.get(key)
+    if key != "params" or not isinstance(value, dict) or not isinstance(value.get("augment"), dict):
+        return value
+    return {**value, "augment": {"markers": 0.0, **value["augment"]}}
 
 
 def summarise(runs: list[dict]) -> dict:

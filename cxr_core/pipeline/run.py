@@ -68,6 +68,8 @@ def _robustness(section: object, refused_key: str, shares: tuple[str, ...]) -> d
     tried = films + int(refused or 0)
     summary = {"films": films, "tried": tried, **{key: section.get(key) for key in shares}}
     summary["refused_share"] = round(int(refused) / tried, 4) if tried and refused is not None else None
+    if "maps_with_peak" in section:  # reports before 2026-12-05 counted blank maps as "not on the strip"
+        summary["maps_with_peak"] = section["maps_with_peak"]
     return summary
 
 

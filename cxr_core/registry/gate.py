@@ -54,6 +54,9 @@ def server_policy(policy: dict | None = None) -> dict:
     if policy is None:
         policy = settings.load_params()["gate"]
     floors = settings.section("gate", {k: v for k, v in policy.items() if v is not None})
+    unusable = sorted(k for k, v in floors.items() if isinstance(v, float) and not math.isfinite(v))
+    if unusable:  # max(nan, 0.9) is nan, and nothing compares below nan: it would switch a floor off
+        raise ValueError(f"the gate policy has values that are not numbers: {', '.join(unusable)}")
     floors["min_sensitivity"] = max(float(floors["min_sensitivity"]), WHO_MIN_SENSITIVITY)
     floors["min_specificity"] = max(float(floors["min_specificity"]), WHO_MIN_SPECIFICITY)
     for key, ceiling in ROBUSTNESS_CEILINGS.items():
@@ -242,6 +245,9 @@ def quality_gate(
     return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=params)
 
 
+# The re-read must reach nearly every test film: a share measured on the films that happened to be still
+# readable is not the candidate's.
+MIN_REREAD_SHARE = 0.98
 # (the floor's key, the metrics section, its share, the films it is a share of, what the share counts):
 # decisions and maps are shares of the films scored after the change, refusals of the films tried.
 _ROBUSTNESS = (
@@ -250,7 +256,7 @@ _ROBUSTNESS = (
     ("max_framing_refused_share", "framing", "refused_share", "tried", "films are refused once reframed"),
     ("max_strip_flip_share", "strips_and_markers", "flipped_share", "films",
      "decisions change with a strip and a text marker on one edge"),
-    ("max_strip_peak_share", "strips_and_markers", "peak_on_strip_share", "films",
+    ("max_strip_peak_share", "strips_and_markers", "peak_on_strip_share", "maps_with_peak",
      "evidence maps peak on the added strip"),
     ("max_strip_refused_share", "strips_and_markers", "refused_share", "tried",
      "films are refused once a strip is added"),
@@ -264,9 +270,21 @@ def robustness_verdict(candidate_metrics: dict | None, floors: dict) -> tuple[li
     counts as not measured: a share of a handful of films says nothing, and an unmeasured model fails.
     """
     reasons, checks = [], []
+    test_films = _number((candidate_metrics or {}).get("test_images"))
+    short = set()
+    for section_name, what in (("framing", "reframed"), ("strips_and_markers", "given a strip and a marker")):
+        section = (candidate_metrics or {}).get(section_name)
+        tried = _number(section.get("tried")) if isinstance(section, dict) else None
+        if test_films and tried is not None and tried < MIN_REREAD_SHARE * test_films:
+            short.add(section_name)
+            reasons.append(f"only {int(tried)} of {int(test_films)} test films could be read again and {what}: "
+                           "the rest were not measured (moved or changed since ingest)")  # fmt: skip
     for key, section_name, figure, count, meaning in _ROBUSTNESS:
         section = (candidate_metrics or {}).get(section_name)
         section = section if isinstance(section, dict) else {}
+        if section_name in short:
+            continue
+        count = count if count in section else "films"  # older summaries: every scored film had a map
         films, share, limit = _number(section.get(count)), _number(section.get(figure)), float(floors[key])
         if share is None or not films:
             reasons.append(f"how often {meaning} was not measured")

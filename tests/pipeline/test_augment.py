@@ -254,3 +254,14 @@ def test_burnt_in_markers_are_printed_on_a_share_of_films_and_nothing_else_chang
     assert with_recipe(load_params()["train"], "cam-evidence-markers")["augment"]["markers"] == 0.5
     assert load_params()["train"]["augment"]["markers"] == 0.5  # the shipped recipe's
     assert with_recipe(load_params()["train"], "cam-evidence")["augment"]["markers"] == 0.0
+
+
+def test_only_the_recipes_measured_with_markers_print_them():
+    """Every other recipe was measured before the markers existed: it must still train as documented
+    now that the shipped default prints them."""
+    from cxr_core.settings import RECIPES, RECIPES_WITH_MARKERS, with_recipe
+
+    train = load_params()["train"]
+    printed = {name for name in RECIPES if with_recipe(train, name)["augment"]["markers"] > 0}
+    assert printed == set(RECIPES_WITH_MARKERS)
+    assert len(RECIPES) - len(printed) >= 7  # reference, lungbox-reference, cam, cam-evidence, ... pin 0

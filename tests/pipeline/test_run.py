@@ -342,3 +342,32 @@ def test_blur_softens_and_the_unsharp_mask_sharpens_an_edge():
     step = lambda image: int(image[16, 16]) - int(image[16, 15])  # noqa: E731
     assert step(variants["blur"]) < step(film)
     assert variants["unsharp"][16, 16] > 180 and variants["unsharp"][16, 15] < 60  # overshoot on both sides
+
+
+def test_films_that_cannot_be_read_again_are_counted_and_the_gate_calls_the_figures_unmeasured(pipeline_run):
+    """Two test films moved away after ingest: evaluation's re-read counts them as unreadable (not as
+    refused, not silently), and the gate does not judge framing and strips on what happened to remain."""
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.evaluate import reread_test_films, score_split
+    from cxr_core.pipeline.run import summarise
+    from cxr_core.registry.gate import robustness_verdict, server_policy
+
+    root, result, _ = pipeline_run
+    predictor = Predictor(Registry(root / "models").version_dir(result["version"]))
+    labels, probabilities, rows, predictions, _ = score_split(root / "work" / "ingest", predictor)
+    moved = [dict(row, path=str(root / "gone" / f"film-{i}.png")) if i < 2 else row for i, row in enumerate(rows)]
+    reread = reread_test_films(moved, labels, probabilities, predictions, predictor)
+    for section, refused in ((reread["framing"], "refused_after_reframing"), (reread["strips"], "refused_after_change")):
+        assert section["unreadable"] == 2
+        assert section["films"] + section[refused] == len(rows) - 2
+    summary = summarise({"n": len(rows), "framing": reread["framing"], "strips_and_markers": reread["strips"]})
+    reasons, _ = robustness_verdict(summary, {**server_policy(), "min_test_films": 0})
+    assert reasons[:2] == [
+        f"only {len(rows) - 2} of {len(rows)} test films could be read again and reframed: the rest were not "
+        "measured (moved or changed since ingest)",
+        f"only {len(rows) - 2} of {len(rows)} test films could be read again and given a strip and a marker: "
+        "the rest were not measured (moved or changed since ingest)",
+    ]
+    assert len(reasons) == 2  # the shares of what remained are not judged at all
+    whole = reread_test_films(rows, labels, probabilities, predictions, predictor)
+    assert whole["framing"]["unreadable"] == 0 and whole["strips"]["maps_with_peak"] <= whole["strips"]["films"]

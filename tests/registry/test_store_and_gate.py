@@ -230,7 +230,7 @@ def test_lock_times_out_with_a_clear_message(reg):
 # Measured on enough films, and nothing moved by framing or a strip (evaluation's re-read, as summarised).
 ROBUST = {"framing": {"films": 200, "tried": 200, "share": 0.03, "refused_share": 0.0},
           "strips_and_markers": {"films": 200, "tried": 200, "flipped_share": 0.01, "peak_on_strip_share": 0.0,
-                                 "refused_share": 0.0}}  # fmt: skip
+                                 "maps_with_peak": 200, "refused_share": 0.0}}  # fmt: skip
 ENOUGH = {"test_images": 200, "test_per_class": {"Normal": 100, "Tuberculosis": 100}, **ROBUST}
 GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}, **ENOUGH}
 
@@ -290,8 +290,8 @@ def test_too_few_test_films_can_never_pass():
 
 
 def test_the_gate_holds_the_framing_and_strip_targets():
-    """The figures of this morning's light-add classifier (16 of 574 decisions changed with a strip: 2.8 %)
-    fail; those of the model in use (8 of 574: 1.4 %) pass; a map peaking on the strip, refusals once
+    """The figures of the morning's light-add classifier of 2026-12-05 (16 of 574 decisions changed with a
+    strip: 2.8 %) fail; those of the model then in use (8 of 574: 1.4 %) pass; a map peaking on the strip, refusals once
     reframed, and a re-read that did not happen each fail on their own."""
     strips = ROBUST["strips_and_markers"]
     light_add = {**GOOD, "strips_and_markers": {**strips, "films": 574, "tried": 574, "flipped_share": 0.0279}}
@@ -311,10 +311,26 @@ def test_the_gate_holds_the_framing_and_strip_targets():
     reasons = quality_gate(unmeasured, None, None).reasons
     assert reasons == ["how often decisions change when TB films are cropped wide and normals padded with bars "
                        "was not measured", "how often films are refused once reframed was not measured"]
-    few = {**GOOD, "strips_and_markers": {**strips, "films": 12, "tried": 12}}
-    assert len(quality_gate(few, None, None).reasons) == 3  # a share of 12 films says nothing
-    assert "measured on 12 test films, fewer than the 30" in quality_gate(few, None, None).reasons[0]
-    assert quality_gate(few, None, {"min_test_films": 10}).passed
+    blank = {**GOOD, "strips_and_markers": {**strips, "maps_with_peak": 0, "peak_on_strip_share": None}}
+    assert quality_gate(blank, None, None).reasons == [  # blank maps point nowhere: not "off the strip"
+        "how often evidence maps peak on the added strip was not measured"]
+    partly = {**GOOD, "framing": {**ROBUST["framing"], "films": 190, "tried": 190}}  # 10 originals moved
+    assert quality_gate(partly, None, None).reasons == [
+        "only 190 of 200 test films could be read again and reframed: the rest were not measured (moved or "
+        "changed since ingest)"]
+    assert quality_gate({**GOOD, "framing": {**ROBUST["framing"], "films": 196, "tried": 196}}, None, None).passed
+    few = {**GOOD, "test_images": 12, "strips_and_markers": {**strips, "films": 12, "tried": 12, "maps_with_peak": 12},
+           "framing": {**ROBUST["framing"], "films": 12, "tried": 12}}  # fmt: skip
+    assert len(quality_gate(few, None, None).reasons) == 6  # too few films; a share of 12 says nothing
+    assert "measured on 12 test films, fewer than the 30" in quality_gate(few, None, None).reasons[1]
+
+
+def test_a_policy_value_that_is_not_a_number_stops_the_gate_instead_of_switching_a_floor_off():
+    from cxr_core.registry.gate import server_policy
+
+    for key in ("max_strip_flip_share", "min_sensitivity"):
+        with pytest.raises(ValueError, match=key):
+            server_policy({key: float("nan")})
 
 
 def test_no_params_file_or_form_loosens_the_robustness_targets():
