@@ -162,6 +162,8 @@ class GateSettings:
     max_strip_flip_share: float = 0.02
     max_strip_peak_share: float = 0.02
     max_strip_refused_share: float = 0.02
+    # the same strip with a marker in a word and a font training never draws (evaluate.HELD_OUT_MARKERS)
+    max_held_out_marker_flip_share: float = 0.02
 
 
 @dataclass

@@ -237,7 +237,8 @@ def test_a_candidate_that_passed_is_promoted_then_rolled_back_from_the_page(admi
     """A formerly shipped model (`v20261204-210202`, measured on 574 held-out films: sensitivity 0.941,
     specificity 0.829; 1.4 % of decisions changed by a strip and a marker) as the candidate of a finished job, judged by the real gate
     on its evaluation's report against the model in use: the page promotes it, the Screen page serves it,
-    a rollback undoes it and the verdict no longer applies."""
+    a rollback undoes it and the verdict no longer applies. The verdict is the one its job recorded (it
+    passed the gate of its day); the page acts on that record."""
     from cxr_core.pipeline.run import summarise
     from cxr_core.registry.gate import policy_stamp, quality_gate, server_policy
 
@@ -252,7 +253,10 @@ def test_a_candidate_that_passed_is_promoted_then_rolled_back_from_the_page(admi
     policy = server_policy()
     report = summarise(json.loads((SHIPPED / "metrics.json").read_text()))  # as register_candidate reads it
     result = quality_gate(report, registry.metadata(before)["metrics"], policy)
-    assert result.passed, result.reasons
+    # Its real figures meet every floor the gate held when it was evaluated; the markers in words and fonts
+    # training never drew were measured from 2026-12-05 on, so today's gate calls that one unmeasured.
+    assert result.reasons == ["how often decisions change with a strip and a marker in a word and font training "
+                              "never drew was not measured"]  # fmt: skip
     assert any("of 574 decisions change with a strip" in check for check in result.checks)
     verdict = {"passed": True, "reasons": [], "floors": policy, "policy": policy_stamp(policy),
                "compared_with": before, "registry_stamp": registry.pointer_stamp()}  # fmt: skip

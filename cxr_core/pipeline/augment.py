@@ -209,6 +209,7 @@ def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int) -> tf.T
 # AP, ERECT, PORTABLE) at a size of its own, so training draws more words, sizes and places than it does.
 MARKER_TEXTS = ("L", "R", "PA", "AP", "LAT", "ERECT", "SUPINE", "PORTABLE", "SITTING", "INSP", "12/05",
                 "2026", "ID 4471", "MOBILE", "WARD 3")  # fmt: skip
+MARKER_FONT = "FONT_HERSHEY_SIMPLEX"  # the only one: evaluation's held-out markers use others
 MARKER_BANK_SIZE = 512
 MARKER_SUPERSAMPLE = 4
 
@@ -231,10 +232,10 @@ def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE) -> np.ndarr
         scale = big / 400.0 * rng.uniform(0.6, 2.0)
         thickness = max(1, int(round(scale * rng.uniform(1.5, 3.0))))
         text = str(rng.choice(MARKER_TEXTS))
-        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        (width, height), _ = cv2.getTextSize(text, getattr(cv2, MARKER_FONT), scale, thickness)
         x = int(rng.uniform(-0.2 * width, big - 0.8 * width))
         y = int(rng.uniform(0.8 * height, big + 0.2 * height))
-        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
+        cv2.putText(canvas, text, (x, y), getattr(cv2, MARKER_FONT), scale, 255, thickness, cv2.LINE_AA)
         bank[index, ..., 0] = cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA)
     return bank
 

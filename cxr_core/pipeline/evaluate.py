@@ -72,6 +72,7 @@ def run_evaluate(
         "tolerance": ACQUISITION_TOLERANCE,
     }
     report["strips_and_markers"] = reread["strips"]
+    report["held_out_markers"] = reread["held_out_markers"]
     for source, shares in reread["film_band_shares"].items():  # the film's own edges, not the input's
         report["evidence"].setdefault(source, {"tb_films": len(shares)})["film_band_share"] = round(
             float(np.mean(shares)), 4
@@ -197,22 +198,31 @@ def shortcut_audit(
 # or exporter's padding), and a burnt-in text marker on the film. Seeded per film, so runs compare.
 STRIP_FRACTION = (0.05, 0.15)
 MARKERS = ("L", "R", "PA", "AP", "ERECT", "PORTABLE")
+# Markers training never draws (other words, other fonts: training draws FONT_HERSHEY_SIMPLEX and
+# augment.MARKER_TEXTS, which hold the six above): the strips test then measures robustness to markers
+# like the training's, these to markers unlike them. A test holds the two sets apart.
+HELD_OUT_MARKERS = ("LEFT", "RIGHT", "STANDING", "CHEST", "DR K", "09:41", "H-17", "UPRIGHT", "ICU", "BED 2")
+HELD_OUT_FONTS = ("FONT_HERSHEY_COMPLEX", "FONT_HERSHEY_TRIPLEX", "FONT_HERSHEY_DUPLEX", "FONT_HERSHEY_SCRIPT_SIMPLEX")
 
 
-def add_strip_and_marker(gray: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def add_strip_and_marker(
+    gray: np.ndarray, seed: int, held_out: bool = False
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The film with a strip added on one edge and a text marker burnt in; and the strip's box
-    (top, left, bottom, right) in the new picture's pixels."""
+    (top, left, bottom, right) in the new picture's pixels. ``held_out``: a word and a font training never
+    draws, at 0.7-1.3 times the size."""
     import cv2
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + (1_000_003 if held_out else 0))
     height, width = gray.shape
     film = gray.copy()
-    text = str(rng.choice(MARKERS))
-    scale = max(0.5, height / 400.0)
-    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(scale * 2)))
+    text = str(rng.choice(HELD_OUT_MARKERS if held_out else MARKERS))
+    font = getattr(cv2, str(rng.choice(HELD_OUT_FONTS))) if held_out else cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.5, height / 400.0) * (rng.uniform(0.7, 1.3) if held_out else 1.0)
+    (text_w, text_h), _ = cv2.getTextSize(text, font, scale, max(1, int(scale * 2)))
     x = int(rng.uniform(0.03, 0.2) * width) if rng.random() < 0.5 else max(0, width - text_w - int(0.05 * width))
     y = int(rng.uniform(0.05, 0.2) * height) + text_h
-    cv2.putText(film, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, int(scale * 2)), cv2.LINE_AA)
+    cv2.putText(film, text, (x, y), font, scale, 255, max(1, int(scale * 2)), cv2.LINE_AA)
     thickness = max(2, int(round(rng.uniform(*STRIP_FRACTION) * height)))
     level = rng.uniform(0, 25) if rng.random() < 0.5 else rng.uniform(230, 255)
     edge = str(rng.choice(["top", "bottom", "left", "right"]))
@@ -331,6 +341,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
 
     perturbed, before, band_shares, refused, unreadable = [], [], {}, 0, 0
     striped, strip_boxes, strip_before, strip_refused = [], [], [], 0
+    unlike, unlike_before, unlike_refused = [], [], 0  # strips with markers training never drew
     upscaled_inputs, upscaled_before, upscaled_sources = [], [], []
     for index, (row, label, probability, prediction) in enumerate(
         zip(rows, labels, probabilities, predictions, strict=True)
@@ -350,6 +361,13 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
                 strip_before.append(probability >= predictor.threshold)
             except ImageError:
                 strip_refused += 1
+            try:
+                changed, _ = add_strip_and_marker(image.pixels, seed=index, held_out=True)
+                moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
+                unlike.append(predictor.model_input_from_image(moved).pixels)
+                unlike_before.append(probability >= predictor.threshold)
+            except ImageError:
+                unlike_refused += 1
             try:
                 large = upscaled(image.pixels)
                 moved = replace(image, pixels=large, height=large.shape[0], width=large.shape[1])
@@ -399,12 +417,18 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         strips.update(flipped=int(flipped), flipped_share=round(flipped / len(striped), 4), peak_on_strip=on_strip,
                       maps_with_peak=with_peak,
                       peak_on_strip_share=round(on_strip / with_peak, 4) if with_peak else None)  # fmt: skip
+    held_out = {"films": len(unlike), "flipped": 0, "flipped_share": None, "refused_after_change": unlike_refused,
+                "unreadable": unreadable, "markers": list(HELD_OUT_MARKERS), "fonts": list(HELD_OUT_FONTS)}  # fmt: skip
+    if unlike:
+        scored = predictor.predict(np.stack(unlike)[..., None])
+        flipped = int(sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, unlike_before, strict=True)))
+        held_out.update(flipped=flipped, flipped_share=round(flipped / len(unlike), 4))
     upscale = probability_changes([], [], [])
     if upscaled_inputs:
         scored = predictor.predict(np.stack(upscaled_inputs)[..., None])
         upscale = probability_changes(upscaled_before, [p.probability for p in scored], upscaled_sources)
     return {"framing": framing, "film_band_shares": band_shares, "strips": strips,
-            "upscale": upscale}  # fmt: skip
+            "held_out_markers": held_out, "upscale": upscale}  # fmt: skip
 
 
 def dataset_root(data_path: str | Path) -> Path:

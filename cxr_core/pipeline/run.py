@@ -57,13 +57,16 @@ def summarise(report: dict) -> dict:
         "framing": _robustness(report.get("framing"), "refused_after_reframing", ("share",)),
         "strips_and_markers": _robustness(report.get("strips_and_markers"), "refused_after_change",
                                           ("flipped_share", "peak_on_strip_share")),
+        "held_out_markers": _robustness(report.get("held_out_markers"), "refused_after_change", ("flipped_share",)),
     }  # fmt: skip
 
 
-def _robustness(section: object, refused_key: str, shares: tuple[str, ...]) -> dict:
+def _robustness(section: object, refused_key: str, shares: tuple[str, ...]) -> dict | None:
     """What the gate reads of a re-read of the test films: shares of the films scored after the change,
-    and the refused share of all the films tried (evaluation records the refused apart, as a count)."""
-    section = section if isinstance(section, dict) else {}
+    and the refused share of all the films tried (evaluation records the refused apart, as a count).
+    None when the evaluation did not measure it at all (it predates the measure): the gate says so."""
+    if not isinstance(section, dict) or not section:
+        return None
     films, refused = int(section.get("films") or 0), section.get(refused_key)
     tried = films + int(refused or 0)
     summary = {"films": films, "tried": tried, **{key: section.get(key) for key in shares}}

@@ -18,6 +18,10 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def _ci(interval) -> str:
     if not interval or interval[0] is None:
         return ""
@@ -399,8 +403,17 @@ def _evidence_where_lines(report: dict) -> list[str]:
             "",
             f"Strips and markers: each test film given a strip of {low:.0%}-{high:.0%} of its height on one edge (dark or",
             f"bright) and a burnt-in text marker: {strips['flipped']} of {strips['films']} decisions changed "
-            f"({strips['flipped_share']:.1%}; target <= 2 %), the map's peak lay on the strip on "
-            f"{strips['peak_on_strip']} ({strips['peak_on_strip_share']:.1%}; target <= 2 %).",
+            f"({_share(strips['flipped_share'])}; target <= 2 %), the map's peak lay on the strip on "
+            f"{strips['peak_on_strip']} ({_share(strips.get('peak_on_strip_share'))} of the maps that have a peak; "
+            "target <= 2 %).",
+        ]
+    unlike = report.get("held_out_markers") or {}
+    if unlike.get("films"):
+        lines += [
+            "",
+            f"The same with a marker in a word and a font the training never draws ({', '.join(unlike['markers'][:4])}, "
+            f"...): {unlike['flipped']} of {unlike['films']} decisions changed ({_share(unlike['flipped_share'])}; "
+            "target <= 2 %).",
         ]
     shortcut = report.get("shortcut") or {}
     rows = {k: v for k, v in shortcut.items() if isinstance(v, dict) and v.get("cnn_auc") is not None}

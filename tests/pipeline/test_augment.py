@@ -265,3 +265,14 @@ def test_only_the_recipes_measured_with_markers_print_them():
     printed = {name for name in RECIPES if with_recipe(train, name)["augment"]["markers"] > 0}
     assert printed == set(RECIPES_WITH_MARKERS)
     assert len(RECIPES) - len(printed) >= 7  # reference, lungbox-reference, cam, cam-evidence, ... pin 0
+
+
+def test_the_held_out_markers_of_evaluation_are_words_and_fonts_training_never_draws():
+    """The strips test's six words are among the training's (it measures markers like those trained on);
+    the held-out variant must share no word and no font with training, or the gate's second check would
+    measure the training augmentation again."""
+    from cxr_core.pipeline.evaluate import HELD_OUT_FONTS, HELD_OUT_MARKERS, MARKERS
+
+    assert set(MARKERS) <= set(augment.MARKER_TEXTS)
+    assert not set(HELD_OUT_MARKERS) & set(augment.MARKER_TEXTS)
+    assert augment.MARKER_FONT not in HELD_OUT_FONTS and len(HELD_OUT_FONTS) >= 3

@@ -66,7 +66,9 @@ def test_pipeline_registers_a_servable_version_with_its_evidence(pipeline_run):
     assert strips["flipped_share"] == report["strips_and_markers"]["flipped_share"]
     assert metadata["metrics"]["framing"]["tried"] == metadata["metrics"]["test_images"]
     verdict = registry.verdict(result["version"])
-    assert sum("strip" in line for line in verdict["reasons"] + verdict["checks"]) == 3
+    assert sum("strip" in line for line in verdict["reasons"] + verdict["checks"]) == 4
+    assert report["held_out_markers"]["films"] + report["held_out_markers"]["refused_after_change"] == (
+        metadata["metrics"]["test_images"])
     card = (version_dir / "MODEL_CARD.md").read_text()
     assert result["version"] in card and "not a medical device" in card and "Per source" in card
     # the serving twin is made at training, from these very weights, and serves them
@@ -368,6 +370,6 @@ def test_films_that_cannot_be_read_again_are_counted_and_the_gate_calls_the_figu
         f"only {len(rows) - 2} of {len(rows)} test films could be read again and given a strip and a marker: "
         "the rest were not measured (moved or changed since ingest)",
     ]
-    assert len(reasons) == 2  # the shares of what remained are not judged at all
+    assert len(reasons) == 3 and "never drew" in reasons[2]  # the shares of what remained are not judged
     whole = reread_test_films(rows, labels, probabilities, predictions, predictor)
     assert whole["framing"]["unreadable"] == 0 and whole["strips"]["maps_with_peak"] <= whole["strips"]["films"]

@@ -230,7 +230,8 @@ def test_lock_times_out_with_a_clear_message(reg):
 # Measured on enough films, and nothing moved by framing or a strip (evaluation's re-read, as summarised).
 ROBUST = {"framing": {"films": 200, "tried": 200, "share": 0.03, "refused_share": 0.0},
           "strips_and_markers": {"films": 200, "tried": 200, "flipped_share": 0.01, "peak_on_strip_share": 0.0,
-                                 "maps_with_peak": 200, "refused_share": 0.0}}  # fmt: skip
+                                 "maps_with_peak": 200, "refused_share": 0.0},
+          "held_out_markers": {"films": 200, "tried": 200, "flipped_share": 0.015, "refused_share": 0.0}}  # fmt: skip
 ENOUGH = {"test_images": 200, "test_per_class": {"Normal": 100, "Tuberculosis": 100}, **ROBUST}
 GOOD = {"roc_auc": 0.97, "operating_point": {"sensitivity": 0.93, "specificity": 0.90}, **ENOUGH}
 
@@ -319,9 +320,14 @@ def test_the_gate_holds_the_framing_and_strip_targets():
         "only 190 of 200 test films could be read again and reframed: the rest were not measured (moved or "
         "changed since ingest)"]
     assert quality_gate({**GOOD, "framing": {**ROBUST["framing"], "films": 196, "tried": 196}}, None, None).passed
+    unlike = {**GOOD, "held_out_markers": {**ROBUST["held_out_markers"], "flipped_share": 0.021}}
+    assert quality_gate(unlike, None, None).reasons == [  # markers unlike the training's count too
+        "2.10 % of 200 decisions change with a strip and a marker in a word and font training never drew "
+        "(at most 2% allowed)"]
     few = {**GOOD, "test_images": 12, "strips_and_markers": {**strips, "films": 12, "tried": 12, "maps_with_peak": 12},
            "framing": {**ROBUST["framing"], "films": 12, "tried": 12}}  # fmt: skip
-    assert len(quality_gate(few, None, None).reasons) == 6  # too few films; a share of 12 says nothing
+    few["held_out_markers"] = {**ROBUST["held_out_markers"], "films": 12, "tried": 12}
+    assert len(quality_gate(few, None, None).reasons) == 7  # too few films; a share of 12 says nothing
     assert "measured on 12 test films, fewer than the 30" in quality_gate(few, None, None).reasons[1]
 
 
