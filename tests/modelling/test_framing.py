@@ -98,3 +98,38 @@ def test_strips_and_burnt_in_markers_neither_decide_nor_draw_the_evidence(shared
         on_strip += int(peak is not None and strip[0] <= peak[0] < strip[2] and strip[1] <= peak[1] < strip[3])
     assert flipped / len(after) <= 0.02, f"{flipped} of {len(after)} decisions changed with a strip and a marker"
     assert on_strip / len(after) <= 0.02, f"the evidence peaked on the strip on {on_strip} of {len(after)} films"
+
+
+# A known limit of the shipped model, reported rather than hidden: with markers in words and fonts its
+# training never drew (evaluate.HELD_OUT_MARKERS), 14 of 574 decisions change (2.4 %; the model before it
+# 20, 3.5 %), above the 2 % the strips target allows; the quality gate refuses a candidate that does this.
+# Strict: the day a shipped model meets it, this mark fails and must go.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="markers unlike the training's move 2.4 % of the shipped model's decisions")
+def test_markers_in_words_and_fonts_training_never_drew_change_at_most_two_percent_of_decisions(shared_cxr):
+    from dataclasses import replace
+
+    from cxr_core.modelling.predictor import Predictor
+    from cxr_core.pipeline.evaluate import add_strip_and_marker
+
+    model_dir = Registry(ROOT / "models").version_dir(Registry(ROOT / "models").current_version())
+    predictor = Predictor(model_dir)
+    with open(model_dir / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    originals, changed = [], []
+    for index, row in enumerate(rows):
+        image = read_image(shared_cxr / row["path"])
+        marked, _ = add_strip_and_marker(image.pixels, seed=index, held_out=True)
+        try:
+            originals.append(predictor.model_input_from_image(image).pixels)
+            changed.append(predictor.model_input_from_image(
+                replace(image, pixels=marked, height=marked.shape[0], width=marked.shape[1])).pixels)
+        except ImageError:
+            originals = originals[: len(changed)]
+            continue
+    assert len(changed) >= 0.98 * len(rows) >= 400
+    before = predictor.predict(np.stack(originals)[..., None])
+    after = predictor.predict(np.stack(changed)[..., None])
+    flipped = sum(a.label != b.label for a, b in zip(before, after, strict=True))
+    assert flipped / len(after) <= 0.02, f"{flipped} of {len(after)} decisions changed with markers unlike training's"
