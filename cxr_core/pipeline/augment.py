@@ -209,14 +209,18 @@ def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int) -> tf.T
 # AP, ERECT, PORTABLE) at a size of its own, so training draws more words, sizes and places than it does.
 MARKER_TEXTS = ("L", "R", "PA", "AP", "LAT", "ERECT", "SUPINE", "PORTABLE", "SITTING", "INSP", "12/05",
                 "2026", "ID 4471", "MOBILE", "WARD 3")  # fmt: skip
-MARKER_FONT = "FONT_HERSHEY_SIMPLEX"  # the only one: evaluation's held-out markers use others
+MARKER_FONT = "FONT_HERSHEY_SIMPLEX"  # the shipped recipe's only one: evaluation's held-out markers use others
+# train.augment.marker_fonts "varied": four fonts, upright or italic; still none of evaluation's held-out
+# fonts (a test holds them apart), so that check keeps measuring markers unlike the training's.
+MARKER_FONTS = {"simplex": (MARKER_FONT,),
+                "varied": (MARKER_FONT, "FONT_HERSHEY_PLAIN", "FONT_HERSHEY_COMPLEX_SMALL", "FONT_HERSHEY_SCRIPT_COMPLEX")}  # fmt: skip
 MARKER_BANK_SIZE = 512
 MARKER_SUPERSAMPLE = 4
 
 
-def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE) -> np.ndarray:
+def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE, fonts: str = "simplex") -> np.ndarray:
     """``count`` coverage maps (count, side, side, 1) uint8 0..255 of one text marker each, at random
-    words, sizes and places (partly outside the view included).
+    words, sizes and places (partly outside the view included), in the fonts ``MARKER_FONTS[fonts]``.
 
     Drawn at four times the side and area-reduced, as a film's marker reaches the network's input
     after the lung crop is resized: strokes thinner than a pixel arrive as faint grey, not as solid lines.
@@ -224,6 +228,7 @@ def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE) -> np.ndarr
     import cv2
 
     rng = np.random.default_rng(seed)
+    choices = MARKER_FONTS[fonts]
     big = side * MARKER_SUPERSAMPLE
     bank = np.zeros((count, side, side, 1), np.uint8)
     for index in range(count):
@@ -232,10 +237,14 @@ def marker_bank(side: int, seed: int, count: int = MARKER_BANK_SIZE) -> np.ndarr
         scale = big / 400.0 * rng.uniform(0.6, 2.0)
         thickness = max(1, int(round(scale * rng.uniform(1.5, 3.0))))
         text = str(rng.choice(MARKER_TEXTS))
-        (width, height), _ = cv2.getTextSize(text, getattr(cv2, MARKER_FONT), scale, thickness)
+        font = getattr(cv2, MARKER_FONT)
+        if len(choices) > 1:  # the single-font bank draws exactly what the shipped recipe drew
+            font = getattr(cv2, str(rng.choice(choices))) | (cv2.FONT_ITALIC if rng.random() < 0.3 else 0)
+            scale *= rng.uniform(0.8, 1.4)
+        (width, height), _ = cv2.getTextSize(text, font, scale, thickness)
         x = int(rng.uniform(-0.2 * width, big - 0.8 * width))
         y = int(rng.uniform(0.8 * height, big + 0.2 * height))
-        cv2.putText(canvas, text, (x, y), getattr(cv2, MARKER_FONT), scale, 255, thickness, cv2.LINE_AA)
+        cv2.putText(canvas, text, (x, y), font, scale, 255, thickness, cv2.LINE_AA)
         bank[index, ..., 0] = cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA)
     return bank
 
@@ -290,7 +299,8 @@ def training_dataset(
     augment = train["augment"]
     augmenter = _geometric_and_exposure(augment, seed)
     marker_share = float(augment.get("markers", 0.0))
-    bank = tf.constant(marker_bank(int(images.shape[1]), seed)) if marker_share > 0 else None
+    fonts = augment.get("marker_fonts", "simplex")
+    bank = tf.constant(marker_bank(int(images.shape[1]), seed, fonts=fonts)) if marker_share > 0 else None
 
     def with_markers(x):  # after the warp: a marker is printed on the film as it reaches the view
         return _burn_markers(x, bank, marker_share, seed) if bank is not None else x

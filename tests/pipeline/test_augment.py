@@ -275,4 +275,7 @@ def test_the_held_out_markers_of_evaluation_are_words_and_fonts_training_never_d
 
     assert set(MARKERS) <= set(augment.MARKER_TEXTS)
     assert not set(HELD_OUT_MARKERS) & set(augment.MARKER_TEXTS)
-    assert augment.MARKER_FONT not in HELD_OUT_FONTS and len(HELD_OUT_FONTS) >= 3
+    trained = {font for fonts in augment.MARKER_FONTS.values() for font in fonts}
+    assert augment.MARKER_FONT in trained and not trained & set(HELD_OUT_FONTS) and len(HELD_OUT_FONTS) >= 3
+    varied = augment.marker_bank(64, seed=1, count=64, fonts="varied")
+    assert not np.array_equal(varied, augment.marker_bank(64, seed=1, count=64))  # other fonts, other strokes
