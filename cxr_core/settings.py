@@ -236,6 +236,15 @@ WHO_MIN_SPECIFICITY = 0.70
 # 641 TB films): LOSO does not judge it within itself, and train.single_class_source_weight applies to it.
 MIN_FILMS_PER_CLASS = 10
 
+def _cam_recipe(evidence: float, standardize: bool = False, **augment) -> dict:
+    """A recipe of the CAM network (16-32-64-128-128, no dense layer, dropout 0.3): the evidence loss's weight
+    on the lungs and the lesions, and the augmentation settings it changes."""
+    model = {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3}
+    if standardize:
+        model["standardize"] = True
+    return {"model": model, "evidence": {"lung_weight": evidence, "lesion_weight": evidence}, "augment": augment}
+
+
 # Named training recipes for comparisons (LOSO, benchmarks): overrides of the ``train`` section (the shipped
 # defaults, params.yaml's, fill in the rest).
 # "reference" is the original system's network and recipe. Lung cropping is an ingest setting: compare
@@ -257,46 +266,21 @@ RECIPES: dict[str, dict] = {
     },
     # A network whose class activation map is its explanation, without and with the evidence loss (the
     # latter is the shipped recipe since 2026-12-02, see docs/model-ablation.md).
-    "cam": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
-        "evidence": {"lung_weight": 0.0, "lesion_weight": 0.0},
-        "augment": {"markers": 0.0},
-    },
-    "cam-evidence": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
-        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
-        "augment": {"markers": 0.0},
-    },
+    "cam": _cam_recipe(evidence=0.0, markers=0.0),
+    "cam-evidence": _cam_recipe(evidence=1.0, markers=0.0),
     # cam-evidence shown every film at a random sharpness (blurred to edge-enhanced): the shipped network
     # read sharpness as disease (an unsharp mask raised its probability by a median 0.29).
-    "cam-evidence-sharpness": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
-        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
-        "augment": {"sharpness": 1.0, "markers": 0.0},
-    },
+    "cam-evidence-sharpness": _cam_recipe(evidence=1.0, sharpness=1.0, markers=0.0),
     # cam-evidence-sharpness with each film standardised inside the network (zero mean, unit variance):
     # overall brightness and contrast are what the shortcut audit reads as the hospital.
-    "cam-evidence-sharpness-standardized": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3,
-                  "standardize": True},
-        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
-        "augment": {"sharpness": 1.0, "markers": 0.0},
-    },
+    "cam-evidence-sharpness-standardized": _cam_recipe(evidence=1.0, standardize=True, sharpness=1.0, markers=0.0),
     # cam-evidence shown half its films with a burnt-in text marker (the shipped default since 2026-12-05):
     # a marker on the film, not the strip beside it, moved 10 of the previous model's 574 test decisions
     # and 14 of another seed's. "cam-evidence" names the recipe without them, for comparisons.
-    "cam-evidence-markers": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
-        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
-        "augment": {"markers": 0.5},
-    },
+    "cam-evidence-markers": _cam_recipe(evidence=1.0, markers=0.5),
     # cam-evidence-markers in four fonts, upright or italic, and a wider range of sizes: the shipped model's
     # decisions still moved on 2.4 % of films with markers in words and fonts its training never drew.
-    "cam-evidence-markers-varied": {
-        "model": {"architecture": "cam", "filters": [16, 32, 64, 128, 128], "dense_units": 0, "dropout": 0.3},
-        "evidence": {"lung_weight": 1.0, "lesion_weight": 1.0},
-        "augment": {"markers": 0.5, "marker_fonts": "varied"},
-    },
+    "cam-evidence-markers-varied": _cam_recipe(evidence=1.0, markers=0.5, marker_fonts="varied"),
     "compact-site-erasing": {
         "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},
         "augment": {
