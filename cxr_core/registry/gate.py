@@ -15,6 +15,7 @@ from cxr_core.settings import WHO_MIN_SENSITIVITY, WHO_MIN_SPECIFICITY
 
 # The WHO minimum (settings.WHO_MIN_*): no params file, form, flag or DAG run can lower it; a deployment
 # may only raise it (a stricter gate in its params.yaml).
+
 # The product's robustness targets, as ceilings: a params file may lower them (stricter), never raise
 # them. Until 2026-12-05 only a test on the shipped model held them, so a candidate whose decisions
 # changed on 2.8 % of films with a strip on one edge was promoted, and rolled back when that test failed.
@@ -268,8 +269,9 @@ _ROBUSTNESS = (
 def robustness_verdict(candidate_metrics: dict | None, floors: dict) -> tuple[list[str], list[str]]:
     """The framing and strip targets on the candidate's own test films (evaluation re-reads them).
 
-    Measured on fewer films than the policy's ``min_test_films`` (the originals moved since ingest, say)
-    counts as not measured: a share of a handful of films says nothing, and an unmeasured model fails.
+    A section re-read on fewer than :data:`MIN_REREAD_SHARE` of the test films (the originals moved since
+    ingest, say), or a figure measured on fewer films than the policy's ``min_test_films``, counts as not
+    measured: a share of what happened to remain is not the candidate's, and an unmeasured model fails.
     """
     reasons, checks = [], []
     test_films = _number((candidate_metrics or {}).get("test_images"))
