@@ -279,7 +279,8 @@ RECIPES: dict[str, dict] = {
     # and 14 of another seed's. "cam-evidence" names the recipe without them, for comparisons.
     "cam-evidence-markers": _cam_recipe(evidence=1.0, markers=0.5),
     # cam-evidence-markers in four fonts, upright or italic, and a wider range of sizes: the shipped model's
-    # decisions still moved on 2.4 % of films with markers in words and fonts its training never drew.
+    # decisions still moved on 2.4 % of films with markers in words and fonts its training never drew. Tried
+    # 2026-12-05 (seeds 42/43/44): 4.0 / 2.8 / 2.3 % with those markers, no better; not shipped.
     "cam-evidence-markers-varied": _cam_recipe(evidence=1.0, markers=0.5, marker_fonts="varied"),
     "compact-site-erasing": {
         "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},
