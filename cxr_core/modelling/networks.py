@@ -142,13 +142,17 @@ def features_end(kinds: list[str]) -> int:
 
     One rule for the Grad-CAM of training (Keras layers), of serving (layers read from the archive
     without Keras) and for the evidence loss, so the three weigh the same maps."""
-    convolutions = [index for index, kind in enumerate(kinds) if kind == "Conv2D"]
-    if not convolutions:
-        raise ValueError("model has no convolution layer for Grad-CAM")
-    end = convolutions[-1] + 1
+    end = _deepest_convolution(kinds) + 1
     while end < len(kinds) and kinds[end] in PER_POSITION_LAYERS:
         end += 1
     return end
+
+
+def _deepest_convolution(kinds: list[str]) -> int:
+    convolutions = [index for index, kind in enumerate(kinds) if kind == "Conv2D"]
+    if not convolutions:
+        raise ValueError("model has no convolution layer for Grad-CAM")
+    return convolutions[-1]
 
 
 ARCHITECTURES = {"reference": build_model, "compact": build_compact_model, "cam": build_cam_model}
@@ -170,10 +174,7 @@ def build_network(side: int, model_settings: dict) -> keras.Model:
 
 def last_conv_name(model: keras.Model) -> str:
     """The deepest convolution, where Grad-CAM looks (``conv3`` for the reference sizes)."""
-    names = [layer.name for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
-    if not names:
-        raise ValueError("model has no convolution layer for Grad-CAM")
-    return names[-1]
+    return model.layers[_deepest_convolution([layer.__class__.__name__ for layer in model.layers])].name
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
