@@ -396,32 +396,27 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
                "unreadable": unreadable, "tb_crop_rows_kept": CROP_ROWS_KEPT,
                "normal_pad_aspect": round(PAD_ASPECT, 4)}  # fmt: skip
     if perturbed:
-        after = [
-            p.probability >= predictor.threshold for p in predictor.predict(np.stack(perturbed)[..., None])
-        ]
-        flipped = int(sum(a != b for a, b in zip(after, before, strict=True)))
+        flipped, _ = _decisions_changed(predictor, perturbed, before)
         framing.update(flipped=flipped, share=round(flipped / len(before), 4))
     strips = {"films": len(striped), "flipped": 0, "flipped_share": None, "peak_on_strip": 0,
               "maps_with_peak": 0, "peak_on_strip_share": None, "refused_after_change": strip_refused,
               "unreadable": unreadable, "strip_fraction_of_height": list(STRIP_FRACTION),
               "markers": list(MARKERS)}  # fmt: skip
     if striped:
-        scored = predictor.predict(np.stack([m.pixels for m in striped])[..., None])
-        flipped = sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, strip_before, strict=True))
+        flipped, scored = _decisions_changed(predictor, [m.pixels for m in striped], strip_before)
         on_strip, with_peak = 0, 0
         for prepared, strip_box, prediction in zip(striped, strip_boxes, scored, strict=True):
             peak = peak_in_film(prediction.raw_heatmap, prepared.box)
             if peak is not None:  # a blank map points nowhere: it is not counted as "not on the strip"
                 with_peak += 1
                 on_strip += int(strip_box[0] <= peak[0] < strip_box[2] and strip_box[1] <= peak[1] < strip_box[3])
-        strips.update(flipped=int(flipped), flipped_share=round(flipped / len(striped), 4), peak_on_strip=on_strip,
+        strips.update(flipped=flipped, flipped_share=round(flipped / len(striped), 4), peak_on_strip=on_strip,
                       maps_with_peak=with_peak,
                       peak_on_strip_share=round(on_strip / with_peak, 4) if with_peak else None)  # fmt: skip
     held_out = {"films": len(unlike), "flipped": 0, "flipped_share": None, "refused_after_change": unlike_refused,
                 "unreadable": unreadable, "markers": list(HELD_OUT_MARKERS), "fonts": list(HELD_OUT_FONTS)}  # fmt: skip
     if unlike:
-        scored = predictor.predict(np.stack(unlike)[..., None])
-        flipped = int(sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, unlike_before, strict=True)))
+        flipped, _ = _decisions_changed(predictor, unlike, unlike_before)
         held_out.update(flipped=flipped, flipped_share=round(flipped / len(unlike), 4))
     upscale = probability_changes([], [], [])
     if upscaled_inputs:
@@ -429,6 +424,12 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         upscale = probability_changes(upscaled_before, [p.probability for p in scored], upscaled_sources)
     return {"framing": framing, "film_band_shares": band_shares, "strips": strips,
             "held_out_markers": held_out, "upscale": upscale}  # fmt: skip
+
+
+def _decisions_changed(predictor, inputs: list[np.ndarray], before: list[bool]) -> tuple[int, list]:
+    """Score changed inputs in one batch: how many decisions differ from ``before``, and the predictions."""
+    scored = predictor.predict(np.stack(inputs)[..., None])
+    return int(sum((p.probability >= predictor.threshold) != b for p, b in zip(scored, before, strict=True))), scored
 
 
 def dataset_root(data_path: str | Path) -> Path:
