@@ -19,9 +19,26 @@ from cxr_core.settings import WHO_MIN_SENSITIVITY, WHO_MIN_SPECIFICITY
 # The product's robustness targets, as ceilings: a params file may lower them (stricter), never raise
 # them. Until 2026-12-05 only a test on the shipped model held them, so a candidate whose decisions
 # changed on 2.8 % of films with a strip on one edge was promoted, and rolled back when that test failed.
-ROBUSTNESS_CEILINGS = {"max_framing_flip_share": 0.05, "max_framing_refused_share": 0.01,
-                       "max_strip_flip_share": 0.02, "max_strip_peak_share": 0.02,
-                       "max_strip_refused_share": 0.02, "max_held_out_marker_flip_share": 0.02}  # fmt: skip
+# One row per check, read from evaluation's re-read of the test films: (the policy's key, its ceiling, the
+# metrics section, its share, the films it is a share of, what the share counts). Decisions and maps are
+# shares of the films scored after the change, refusals of the films tried.
+ROBUSTNESS_CHECKS = (
+    ("max_framing_flip_share", 0.05, "framing", "share", "films",
+     "decisions change when TB films are cropped wide and normals padded with bars"),
+    ("max_framing_refused_share", 0.01, "framing", "refused_share", "tried", "films are refused once reframed"),
+    ("max_strip_flip_share", 0.02, "strips_and_markers", "flipped_share", "films",
+     "decisions change with a strip and a text marker on one edge"),
+    ("max_strip_peak_share", 0.02, "strips_and_markers", "peak_on_strip_share", "maps_with_peak",
+     "evidence maps peak on the added strip"),
+    ("max_strip_refused_share", 0.02, "strips_and_markers", "refused_share", "tried",
+     "films are refused once a strip is added"),
+    ("max_held_out_marker_flip_share", 0.02, "held_out_markers", "flipped_share", "films",
+     "decisions change with a strip and a marker in a word and font training never drew"),
+)  # fmt: skip
+ROBUSTNESS_CEILINGS = {key: ceiling for key, ceiling, *_ in ROBUSTNESS_CHECKS}
+# The re-read must reach nearly every test film: a share measured on the films that happened to be still
+# readable is not the candidate's.
+MIN_REREAD_SHARE = 0.98
 # A lung model crops every film the classifier sees: on each held-out source its mean Dice must reach this.
 LUNG_MIN_DICE = 0.90
 # ... and it decides which films are screened at all. The model in use refuses none of the 2,332 shared
@@ -246,26 +263,6 @@ def quality_gate(
     return GateResult(passed=not reasons, reasons=reasons, checks=checks, floors=params)
 
 
-# The re-read must reach nearly every test film: a share measured on the films that happened to be still
-# readable is not the candidate's.
-MIN_REREAD_SHARE = 0.98
-# (the floor's key, the metrics section, its share, the films it is a share of, what the share counts):
-# decisions and maps are shares of the films scored after the change, refusals of the films tried.
-_ROBUSTNESS = (
-    ("max_framing_flip_share", "framing", "share", "films",
-     "decisions change when TB films are cropped wide and normals padded with bars"),
-    ("max_framing_refused_share", "framing", "refused_share", "tried", "films are refused once reframed"),
-    ("max_strip_flip_share", "strips_and_markers", "flipped_share", "films",
-     "decisions change with a strip and a text marker on one edge"),
-    ("max_strip_peak_share", "strips_and_markers", "peak_on_strip_share", "maps_with_peak",
-     "evidence maps peak on the added strip"),
-    ("max_strip_refused_share", "strips_and_markers", "refused_share", "tried",
-     "films are refused once a strip is added"),
-    ("max_held_out_marker_flip_share", "held_out_markers", "flipped_share", "films",
-     "decisions change with a strip and a marker in a word and font training never drew"),
-)  # fmt: skip
-
-
 def robustness_verdict(candidate_metrics: dict | None, floors: dict) -> tuple[list[str], list[str]]:
     """The framing and strip targets on the candidate's own test films (evaluation re-reads them).
 
@@ -284,7 +281,7 @@ def robustness_verdict(candidate_metrics: dict | None, floors: dict) -> tuple[li
             short.add(section_name)
             reasons.append(f"only {int(tried)} of {int(test_films)} test films could be read again and {what}: "
                            "the rest were not measured (moved or changed since ingest)")  # fmt: skip
-    for key, section_name, figure, count, meaning in _ROBUSTNESS:
+    for key, _, section_name, figure, count, meaning in ROBUSTNESS_CHECKS:
         section = (candidate_metrics or {}).get(section_name)
         section = section if isinstance(section, dict) else {}
         if section_name in short:

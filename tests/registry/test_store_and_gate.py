@@ -340,7 +340,13 @@ def test_a_policy_value_that_is_not_a_number_stops_the_gate_instead_of_switching
 
 
 def test_no_params_file_or_form_loosens_the_robustness_targets():
-    from cxr_core.registry.gate import effective_floors, server_policy
+    from cxr_core.registry.gate import ROBUSTNESS_CHECKS, effective_floors, server_policy
+    from cxr_core.settings import defaults
+
+    # every check the gate makes is a key of the params' gate section, shipped at its ceiling
+    assert {key: ceiling for key, ceiling, *_ in ROBUSTNESS_CHECKS} == {
+        key: value for key, value in defaults("gate").items() if key in {row[0] for row in ROBUSTNESS_CHECKS}}
+    assert len(ROBUSTNESS_CHECKS) == 6
 
     policy = server_policy({"max_strip_flip_share": 0.5, "max_framing_flip_share": 0.01})
     assert policy["max_strip_flip_share"] == 0.02  # the product's ceiling, whatever the file says
