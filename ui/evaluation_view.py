@@ -784,10 +784,11 @@ def robustness_summary(evaluation: Evaluation) -> str | None:
     if not strips.get("films") or strips.get("flipped_share") is None or strips.get("peak_on_strip_share") is None:
         return None
     films = int(strips["films"])
+    maps = int(strips.get("maps_with_peak", films))  # the peak share's own denominator (blank maps left out)
     return (
         f"With a strip of 5–15 % of the height added on one edge (dark or bright) and a text marker burnt in, "
         f"{round(strips['flipped_share'] * films)} of {films} test decisions changed ({strips['flipped_share']:.1%}) "
-        f"and the map's peak lay on the strip on {round(strips['peak_on_strip_share'] * films)} "
+        f"and the map's peak lay on the strip on {round(strips['peak_on_strip_share'] * maps)} of {maps} "
         f"({strips['peak_on_strip_share']:.1%})."
     )
 

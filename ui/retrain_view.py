@@ -158,6 +158,9 @@ def floors_caption(floors: dict, compared_with: str | None) -> str:
                  f"reframed ≤ {floors['max_framing_refused_share']:.0%}), by a strip and a marker ≤ "
                  f"{floors['max_strip_flip_share']:.0%} (refused ≤ {floors['max_strip_refused_share']:.0%}), "
                  f"evidence peaking on the strip ≤ {floors['max_strip_peak_share']:.0%}")  # fmt: skip
+        if "max_held_out_marker_flip_share" in floors:  # checked from 2026-12-05 15:00 on
+            text += (f", by a marker in words and fonts training never drew ≤ "
+                     f"{floors['max_held_out_marker_flip_share']:.0%}")  # fmt: skip
     else:
         text += "; framing and strips not checked (a verdict from before the gate held them)"
     return f"{text}; compared with {compared_with or 'no model (first version)'}."
