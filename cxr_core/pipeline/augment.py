@@ -286,7 +286,7 @@ def training_dataset(
     seed: int,
     targets: np.ndarray | None = None,
     map_side: int | None = None,
-    output_names: tuple[str, str] = ("tb_probability", "evidence"),
+    output_names: tuple[str, ...] = ("tb_probability", "evidence"),
 ) -> tf.data.Dataset:
     """Shuffled, augmented, prefetched ``(image, label, weight)`` batches for ``model.fit``.
 
@@ -322,13 +322,30 @@ def training_dataset(
             y = y * (1.0 - smoothing) + 0.5 * smoothing
         return x, y, w
 
+    consistent = float(augment.get("marker_consistency", 0.0)) > 0
+    if consistent and (bank is None or len(output_names) < 3):
+        raise ValueError(
+            "train.augment.marker_consistency needs markers (train.augment.markers > 0) and a trainer with "
+            "a consistency output (a CAM recipe with the evidence loss)"
+        )
+
     def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
         film, warped_targets = augmenter(tf.cast(batch_images, tf.float32), batch_targets, target_scale)
-        x = _resolution_gamma_noise(with_markers(tf.clip_by_value(film, 0.0, 255.0)), augment, seed)
+        film = tf.clip_by_value(film, 0.0, 255.0)
+        x = _resolution_gamma_noise(with_markers(film), augment, seed)
         t = pool_to_map(warped_targets, factor // target_scale, already_shares=True)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names
-        return x, {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
+        outputs, weights = {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
+        if not consistent:
+            return x, outputs, weights
+        # The same warped film with a marker always, drawn apart from the first view's (which has one on
+        # a share of films only): the seeded exposure and noise ops repeat their draws, so the marker is
+        # the only difference between the two views.
+        other = _resolution_gamma_noise(_burn_markers(film, bank, 1.0, seed + 100), augment, seed)
+        outputs[names[2]] = tf.zeros_like(batch_labels)
+        weights[names[2]] = tf.ones_like(batch_weights)
+        return {"film": x, "other_view": other}, outputs, weights
 
     factor = int(images.shape[1]) // int(map_side or 1)
     if targets is None:

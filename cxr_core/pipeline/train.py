@@ -72,15 +72,21 @@ def fit_network(
     keras.utils.set_random_seed(seed)
     model, trainer, map_side = compiled_trainer(x_train.shape[1], params, steps, guided, auc_metric)
     if guided:
-        train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side)
+        consistent = marker_consistency(params) > 0
+        names = (OUTPUT, EVIDENCE, CONSISTENCY) if consistent else (OUTPUT, EVIDENCE)
+        train_ds = training_dataset(x_train, y_train, weights, params, seed, targets_train, map_side, names)
         pooled_val = pool_to_map(targets_val, x_train.shape[1] // map_side)
         val_outputs = {OUTPUT: y_val.astype(np.float32), EVIDENCE: pooled_val}
+        val_inputs = x_val
+        if consistent:  # validation films as they are, twice: a zero difference, only the AUC counts
+            val_inputs = {"film": x_val, "other_view": x_val}
+            val_outputs[CONSISTENCY] = np.zeros(len(x_val), np.float32)
         if val_weights is None:
-            val_ds = tf.data.Dataset.from_tensor_slices((x_val, val_outputs)).batch(256)
+            val_ds = tf.data.Dataset.from_tensor_slices((val_inputs, val_outputs)).batch(256)
         else:
-            val_ds = tf.data.Dataset.from_tensor_slices(
-                (x_val, val_outputs, {OUTPUT: val_weights, EVIDENCE: np.ones_like(val_weights)})
-            ).batch(256)
+            val_sample_weights = {name: np.ones_like(val_weights) for name in val_outputs}
+            val_sample_weights[OUTPUT] = val_weights
+            val_ds = tf.data.Dataset.from_tensor_slices((val_inputs, val_outputs, val_sample_weights)).batch(256)
         callbacks = [_PlainMetricNames(OUTPUT), *(callbacks or [])]
     else:
         train_ds = training_dataset(x_train, y_train, weights, params, seed)
@@ -105,6 +111,12 @@ def fit_network(
 
 
 EVIDENCE = "evidence"
+CONSISTENCY = "marker_consistency"
+
+
+def marker_consistency(params: dict) -> float:
+    """The marker consistency loss's weight in a recipe (``train.augment.marker_consistency``)."""
+    return float((params.get("augment") or {}).get("marker_consistency", 0.0))
 
 
 def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metric: str = "metrics"):
@@ -125,12 +137,46 @@ def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metr
         return model, model, None
     evidence = params.get("evidence") or {}
     trainer, map_side = evidence_trainer(model, evidence)
+    losses = {OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)}
+    weights = None
+    if marker_consistency(params) > 0:
+        trainer = consistency_trainer(trainer)
+        losses[CONSISTENCY] = "mean_squared_error"
+        weights = {OUTPUT: 1.0, EVIDENCE: 1.0, CONSISTENCY: marker_consistency(params)}
     trainer.compile(
         optimizer=make_optimizer(params, steps),
-        loss={OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)},
+        loss=losses,
+        loss_weights=weights,
         **{auc_metric: {OUTPUT: [keras.metrics.AUC(name="auc")]}},
     )
     return model, trainer, map_side
+
+
+class _LogitGap(keras.layers.Layer):
+    """The difference of two probabilities' logits: how far a marker moved the score, in the units the
+    decision's threshold crossings happen in (a near-certain film may move in probability very little)."""
+
+    def call(self, first, second):
+        first = tf.clip_by_value(first[:, 0], 1e-6, 1.0 - 1e-6)
+        second = tf.clip_by_value(second[:, 0], 1e-6, 1.0 - 1e-6)
+        return (tf.math.log(first) - tf.math.log1p(-first)) - (tf.math.log(second) - tf.math.log1p(-second))
+
+
+def consistency_trainer(evidence_view):
+    """The evidence trainer run on two views of each film (as given, and with another marker): the
+    first view's outputs train as before, and the gap between the two views' logits is a third output."""
+    from cxr_core.modelling.networks import OUTPUT
+
+    shape = evidence_view.input_shape[1:]
+    film = keras.Input(shape, name="film")
+    other_view = keras.Input(shape, name="other_view")
+    first, second = evidence_view(film), evidence_view(other_view)
+    gap = _LogitGap(name=CONSISTENCY)(first[OUTPUT], second[OUTPUT])
+    return keras.Model(
+        {"film": film, "other_view": other_view},
+        {OUTPUT: first[OUTPUT], EVIDENCE: first[EVIDENCE], CONSISTENCY: gap},
+        name="consistency_trainer",
+    )
 
 
 class _CamMap(keras.layers.Layer):

@@ -195,6 +195,52 @@ def test_the_evidence_loss_moves_the_map_off_a_shortcut_and_into_the_lungs():
     assert shares["guided"] > shares["plain"] + 0.1, shares
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+@pytest.mark.slow
+def test_the_marker_consistency_loss_makes_a_marker_training_never_drew_move_the_score_less():
+    """Two networks of the same seed and films, markers printed on half the films, one also trained to
+    score each film alike with another marker (train.augment.marker_consistency): on validation films with
+    a word and a font the training never draws, its logits move less. Its trainer's third output is the gap
+    between the serving network's two logits, zero for a film shown twice."""
+    import cv2
+
+    from cxr_core.pipeline.train import CONSISTENCY, compiled_trainer, fit_network
+
+    x, y, targets, _ = _synthetic_films(192, seed=0)
+    x[:, 2:10, 2:10] = 100  # no corner shortcut: only the printed markers are there to be ignored
+    x_val, y_val, targets_val, _ = _synthetic_films(64, seed=1)
+    x_val[:, 2:10, 2:10] = 100
+    marked = x_val.copy()
+    for i in range(len(marked)):
+        cv2.putText(marked[i, ..., 0], "ICU", (6 + i % 20, 20 + i % 30), cv2.FONT_HERSHEY_TRIPLEX, 0.5, 255, 1)
+    params = settings.with_recipe({}, "cam-evidence-markers-consistent")
+    params.update(epochs=10, patience=10, seed=0, batch_size=32)
+    params["model"]["filters"] = [8, 16, 16, 16]
+    params["augment"].update(rotation=0.0, zoom_in=0.0, zoom_out=0.0, translation=0.0, markers=0.5)
+    params["evidence"] = {"lung_weight": 1.0, "lesion_weight": 0.0}
+    gaps = {}
+    for weight in (0.0, 1.0):
+        params["augment"]["marker_consistency"] = weight
+        sources = ["synthetic"] * len(y)
+        model, history = fit_network(x, y, sources, x_val, y_val, params, targets_train=targets, targets_val=targets_val)
+        assert (CONSISTENCY + "_loss" in history.history) == (weight > 0)
+        assert len(model.inputs) == 1 and model.output_shape == (None, 1)  # the serving network, always
+        before = model.predict(x_val, verbose=0)[:, 0]
+        gaps[weight] = float(np.mean(np.abs(_logit(before) - _logit(model.predict(marked, verbose=0)[:, 0]))))
+    assert gaps[1.0] < 0.7 * gaps[0.0], gaps
+
+    model, trainer, _ = compiled_trainer(64, params, steps=1, guided=True)
+    outputs = trainer.predict({"film": x_val[:8], "other_view": marked[:8]}, verbose=0)
+    expected = _logit(model.predict(x_val[:8], verbose=0)[:, 0]) - _logit(model.predict(marked[:8], verbose=0)[:, 0])
+    np.testing.assert_allclose(outputs[CONSISTENCY], expected, atol=1e-3)
+    same = trainer.predict({"film": x_val[:8], "other_view": x_val[:8]}, verbose=0)
+    np.testing.assert_allclose(same[CONSISTENCY], 0.0, atol=1e-5)
+
+
 def test_the_cam_networks_gradcam_is_its_class_activation_map():
     import tensorflow as tf
 
