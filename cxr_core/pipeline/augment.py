@@ -168,20 +168,32 @@ def _gaussian_blur(images: tf.Tensor, sigma: float) -> tf.Tensor:
     return tf.nn.conv2d(rows, tf.reshape(taps, [1, -1, 1, 1]), strides=1, padding="VALID")
 
 
-def _sharpness(images: tf.Tensor, amount: float, seed: int) -> tf.Tensor:
+def _tiled(draw: tf.Tensor, views: int) -> tf.Tensor:
+    """Per-film draws repeated for each view of a batch that holds ``views`` views of the same films one
+    after another: every view of a film then gets the same exposure, sharpness and noise."""
+    return draw if views == 1 else tf.tile(draw, [views] + [1] * (len(draw.shape) - 1))
+
+
+def _sharpness(images: tf.Tensor, amount: float, seed: int, views: int = 1) -> tf.Tensor:
     """Unsharp mask ``x + a * (x - blur(x))`` with ``a`` drawn per image from U(-min(1, amount), amount).
 
     Below zero it blurs (-1 is the Gaussian blur itself), above it enhances edges as a detector's
     processing does; the training films then span both, so sharpness stops telling TB from normal.
     """
-    count = tf.shape(images)[0]
-    drawn = tf.random.uniform([count, 1, 1, 1], -min(1.0, amount), amount, seed=seed + 36)
+    count = tf.shape(images)[0] // views
+    drawn = _tiled(tf.random.uniform([count, 1, 1, 1], -min(1.0, amount), amount, seed=seed + 36), views)
     return images + drawn * (images - _gaussian_blur(images, SHARPNESS_SIGMA))
 
 
-def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int) -> tf.Tensor:
-    """Per-image resolution loss (probability ``lowres_p``), sharpness, gamma and Gaussian noise."""
-    count = tf.shape(images)[0]
+def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int, views: int = 1) -> tf.Tensor:
+    """Per-image resolution loss (probability ``lowres_p``), sharpness, gamma and Gaussian noise.
+
+    ``views``: the batch holds that many views of the same films one after another, and each film's
+    draws are shared by its views. Drawn once and repeated, not drawn again with the same op seeds: a
+    seeded op's sequence advances per call, and tf.data maps batches in parallel, so two calls do not
+    pair up (a review measured whole batches whose two views differed everywhere).
+    """
+    count = tf.shape(images)[0] // views
     side = tf.shape(images)[1]
     x = images
     if augment["lowres_p"] > 0:
@@ -191,17 +203,18 @@ def _resolution_gamma_noise(images: tf.Tensor, augment: dict, seed: int) -> tf.T
         small = tf.image.resize(x, tf.stack([low, low]), method="area")
         back = tf.image.resize(small, tf.stack([side, side]), method="bilinear")
         pick = tf.cast(tf.random.uniform([count, 1, 1, 1], seed=seed + 32) < augment["lowres_p"], tf.float32)
-        x = pick * back + (1.0 - pick) * x
+        x = _tiled(pick, views) * back + (1.0 - _tiled(pick, views)) * x
     if augment.get("sharpness", 0.0) > 0:
-        x = tf.clip_by_value(_sharpness(x, float(augment["sharpness"]), seed), 0.0, 255.0)
+        x = tf.clip_by_value(_sharpness(x, float(augment["sharpness"]), seed, views), 0.0, 255.0)
     if augment["gamma"] > 0:
         gamma = tf.exp(
             tf.random.uniform([count, 1, 1, 1], -augment["gamma"], augment["gamma"], seed=seed + 33)
         )
-        x = 255.0 * tf.pow(tf.clip_by_value(x / 255.0, 1e-6, 1.0), gamma)
+        x = 255.0 * tf.pow(tf.clip_by_value(x / 255.0, 1e-6, 1.0), _tiled(gamma, views))
     if augment["noise"] > 0:
         sigma = tf.random.uniform([count, 1, 1, 1], 0.0, augment["noise"], seed=seed + 34)
-        x = x + sigma * tf.random.normal(tf.shape(x), seed=seed + 35)
+        film_shape = tf.concat([[count], tf.shape(x)[1:]], axis=0)
+        x = x + _tiled(sigma * tf.random.normal(film_shape, seed=seed + 35), views)
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
@@ -294,7 +307,9 @@ def training_dataset(
     ``label_smoothing``). With ``targets`` ((n, side, side, k) uint8 0/255 evidence targets: grown lung
     fields, lesion boxes) they are warped with their film, so the lungs stay under the lungs (at a
     quarter of its side: they are only ever seen as the map's cells), then area-pooled to the
-    network's ``map_side`` and given as a second output named ``output_names[1]``.
+    network's ``map_side`` and given as a second output named ``output_names[1]``. With
+    ``augment.marker_consistency`` the inputs are ``{"film", "other_view"}`` (the second with another
+    marker, all else equal) and a third output ``output_names[2]`` of zeros: the logit gap to train away.
     """
     augment = train["augment"]
     augmenter = _geometric_and_exposure(augment, seed)
@@ -323,29 +338,34 @@ def training_dataset(
         return x, y, w
 
     consistent = float(augment.get("marker_consistency", 0.0)) > 0
-    if consistent and (bank is None or len(output_names) < 3):
+    if consistent and bank is None:
+        raise ValueError("train.augment.marker_consistency compares markers: it needs train.augment.markers > 0")
+    if consistent and (targets is None or len(output_names) < 3):
         raise ValueError(
-            "train.augment.marker_consistency needs markers (train.augment.markers > 0) and a trainer with "
-            "a consistency output (a CAM recipe with the evidence loss)"
+            "train.augment.marker_consistency trains through the evidence trainer: it needs the lung fields' "
+            "evidence targets (an ingest with lung masks) and a CAM recipe with the evidence loss"
         )
 
     def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
         film, warped_targets = augmenter(tf.cast(batch_images, tf.float32), batch_targets, target_scale)
         film = tf.clip_by_value(film, 0.0, 255.0)
-        x = _resolution_gamma_noise(with_markers(film), augment, seed)
+        x = None if consistent else _resolution_gamma_noise(with_markers(film), augment, seed)
         t = pool_to_map(warped_targets, factor // target_scale, already_shares=True)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names
-        outputs, weights = {names[0]: y, names[1]: t}, {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
+        outputs = {names[0]: y, names[1]: t}
+        weights = {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
         if not consistent:
             return x, outputs, weights
         # The same warped film with a marker always, drawn apart from the first view's (which has one on
-        # a share of films only): the seeded exposure and noise ops repeat their draws, so the marker is
-        # the only difference between the two views.
-        other = _resolution_gamma_noise(_burn_markers(film, bank, 1.0, seed + 100), augment, seed)
+        # a share of films only), through one call of the exposure and noise steps with the draws shared,
+        # so that the marker is the only difference between the two views.
+        count = tf.shape(film)[0]
+        both = tf.concat([with_markers(film), _burn_markers(film, bank, 1.0, seed + 100)], axis=0)
+        both = _resolution_gamma_noise(both, augment, seed, views=2)
         outputs[names[2]] = tf.zeros_like(batch_labels)
         weights[names[2]] = tf.ones_like(batch_weights)
-        return {"film": x, "other_view": other}, outputs, weights
+        return {"film": both[:count], "other_view": both[count:]}, outputs, weights
 
     factor = int(images.shape[1]) // int(map_side or 1)
     if targets is None:

@@ -342,13 +342,17 @@ def _report(progress, runs: list[dict], total: int, out_dir=None) -> None:
         progress(event)
 
 
+# What a report trained with when it was written before these settings existed: their defaults then.
+SETTINGS_ADDED_SINCE = {"markers": 0.0, "marker_fonts": "simplex", "marker_consistency": 0.0}
+
+
 def _as_trained(report: dict, key: str):
-    """A report's ``key`` as its runs trained: reports written before ``train.augment.markers`` existed
-    lack the key and trained without markers, so they still merge with new runs of the same recipe."""
+    """A report's ``key`` as its runs trained: reports written before a training setting existed lack
+    its key and trained as its off value says, so they still merge with new runs of the same recipe."""
     value = report.get(key)
     if key != "params" or not isinstance(value, dict) or not isinstance(value.get("augment"), dict):
         return value
-    return {**value, "augment": {"markers": 0.0, **value["augment"]}}
+    return {**value, "augment": {**SETTINGS_ADDED_SINCE, **value["augment"]}}
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -140,7 +140,7 @@ def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metr
     losses = {OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)}
     weights = None
     if marker_consistency(params) > 0:
-        trainer = consistency_trainer(trainer)
+        trainer = consistency_trainer(model, trainer)
         losses[CONSISTENCY] = "mean_squared_error"
         weights = {OUTPUT: 1.0, EVIDENCE: 1.0, CONSISTENCY: marker_consistency(params)}
     trainer.compile(
@@ -152,29 +152,55 @@ def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metr
     return model, trainer, map_side
 
 
+class _BothViews(keras.layers.Layer):
+    """Both views of a batch as one batch (first views, then second views): one forward pass, so batch
+    normalisation normalises and updates its statistics once per step, over both, as for any batch."""
+
+    def call(self, film, other_view):
+        return tf.concat([film, other_view], axis=0)
+
+
+class _FirstViews(keras.layers.Layer):
+    """The first half of a both-views batch: the films as the classification and evidence losses see them."""
+
+    def call(self, values, film):
+        return values[: tf.shape(film)[0]]
+
+
 class _LogitGap(keras.layers.Layer):
-    """The difference of two probabilities' logits: how far a marker moved the score, in the units the
-    decision's threshold crossings happen in (a near-certain film may move in probability very little)."""
+    """How far the second view moved each film's logit: the difference of the two views' pooled features
+    through the output unit's weights. Before dropout, so that the gap is the marker's and not that of
+    two dropout masks (the logit as served, where dropout is off, differs by exactly this)."""
 
-    def call(self, first, second):
-        first = tf.clip_by_value(first[:, 0], 1e-6, 1.0 - 1e-6)
-        second = tf.clip_by_value(second[:, 0], 1e-6, 1.0 - 1e-6)
-        return (tf.math.log(first) - tf.math.log1p(-first)) - (tf.math.log(second) - tf.math.log1p(-second))
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, pooled, film):
+        count = tf.shape(film)[0]
+        return tf.squeeze(tf.matmul(pooled[:count] - pooled[count:], self.dense.kernel), axis=-1)
 
 
-def consistency_trainer(evidence_view):
-    """The evidence trainer run on two views of each film (as given, and with another marker): the
-    first view's outputs train as before, and the gap between the two views' logits is a third output."""
-    from cxr_core.modelling.networks import OUTPUT
+def consistency_trainer(model, evidence_view):
+    """The evidence trainer run on two views of each film (as given, and with another marker) in one
+    batch: the first views' outputs train as before, and the gap between the two views' logits is a
+    third output."""
+    from cxr_core.modelling.networks import EMBEDDING, OUTPUT
 
     shape = evidence_view.input_shape[1:]
     film = keras.Input(shape, name="film")
     other_view = keras.Input(shape, name="other_view")
-    first, second = evidence_view(film), evidence_view(other_view)
-    gap = _LogitGap(name=CONSISTENCY)(first[OUTPUT], second[OUTPUT])
+    pooled_view = keras.Model(
+        evidence_view.input, {**evidence_view.output, EMBEDDING: model.get_layer(EMBEDDING).output}
+    )
+    both = pooled_view(_BothViews(name="both_views")(film, other_view))
     return keras.Model(
         {"film": film, "other_view": other_view},
-        {OUTPUT: first[OUTPUT], EVIDENCE: first[EVIDENCE], CONSISTENCY: gap},
+        {
+            OUTPUT: _FirstViews(name=OUTPUT)(both[OUTPUT], film),
+            EVIDENCE: _FirstViews(name=EVIDENCE)(both[EVIDENCE], film),
+            CONSISTENCY: _LogitGap(model.get_layer(OUTPUT), name=CONSISTENCY)(both[EMBEDDING], film),
+        },
         name="consistency_trainer",
     )
 

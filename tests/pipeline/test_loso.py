@@ -150,18 +150,20 @@ def test_seeds_run_apart_merge_into_one_report_and_only_runs_of_one_recipe_do(sm
             merge_reports([a, other])
     # a part without the ingest field (reports before it) merges, but the result claims no checked identity
     assert merge_reports([a, {**b, "ingest": None}])["ingest"] is None
-    # a part from before train.augment.markers existed trained without them: it merges with a part that
-    # says markers 0.0, and not with one that printed them
-    def with_markers(report, value):
+    # a part from before a training setting existed (markers, their fonts, the consistency loss) trained
+    # with it off: it merges with a part that says so, and not with one that trained with it on
+    def with_setting(report, key, value):
         copy = json.loads(json.dumps(report))
-        copy["params"]["augment"].pop("markers", None)
+        copy["params"]["augment"].pop(key, None)
         if value is not None:
-            copy["params"]["augment"]["markers"] = value
+            copy["params"]["augment"][key] = value
         return copy
 
-    assert merge_reports([with_markers(a, 0.0), with_markers(b, None)])["seeds"] == [0, 1]
-    with pytest.raises(CxrError, match="differ in params"):
-        merge_reports([with_markers(a, 0.5), with_markers(b, None)])
+    for key, off, on in (("markers", 0.0, 0.5), ("marker_fonts", "simplex", "varied"),
+                         ("marker_consistency", 0.0, 1.0)):  # fmt: skip
+        assert merge_reports([with_setting(a, key, off), with_setting(b, key, None)])["seeds"] == [0, 1]
+        with pytest.raises(CxrError, match="differ in params"):
+            merge_reports([with_setting(a, key, on), with_setting(b, key, None)])
 
     # The command: a missing, damaged or unfinished file, or a risky --out, exits 2 with the reason, writes nothing.
     (tmp_path / "damaged.json").write_text('{"runs": [')
