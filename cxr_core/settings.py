@@ -83,8 +83,8 @@ class AugmentSettings:
     marker_fonts: str = "simplex"  # or "varied": four fonts, upright or italic (augment.MARKER_FONTS)
     # weight of a consistency loss (CAM recipes with the evidence loss only): each film is also shown with
     # another marker, and the squared difference of the two logits is penalised, so that a marker of any
-    # kind moves the score less than augmentation alone teaches it to (0 = off; each step then costs two
-    # forward passes)
+    # kind moves the score less than augmentation alone teaches it to (0 = off; each step then scores every
+    # film twice)
     marker_consistency: float = 0.0
 
 
@@ -288,9 +288,10 @@ RECIPES: dict[str, dict] = {
     # 2026-12-05 (seeds 42/43/44): 4.0 / 2.8 / 2.3 % with those markers, no better; not shipped.
     "cam-evidence-markers-varied": _cam_recipe(evidence=1.0, markers=0.5, marker_fonts="varied"),
     # cam-evidence-markers with the marker consistency loss: trained to score a film alike with and without
-    # a marker (or with another one), for markers its training never drew. Tried 2026-12-05 (seeds 42/43/44):
-    # the score moved half as much, the decisions as often (held-out markers 2.6 / 1.5 / 2.5 % over five
-    # draws against the shipped model's 2.0 %), every seed refused by the gate; not shipped (docs/performance.md).
+    # a marker (or with another one), for markers its training never drew. Tried 2026-12-05 (seeds 42/43/44,
+    # after the review's fixes): the score moved 40-50 % less, the decisions about as often (held-out markers
+    # 1.6 / 1.9 / 2.0 % over five draws against the shipped model's 2.0 %), the best-validation seed refused by
+    # the gate (strips 2.1 %); not shipped (docs/performance.md).
     "cam-evidence-markers-consistent": _cam_recipe(evidence=1.0, markers=0.5, marker_consistency=1.0),
     "compact-site-erasing": {
         "model": {"architecture": "compact", "filters": [16, 32, 64, 96, 128], "dense_units": 64, "dropout": 0.3},
