@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,11 @@ class DecodedImage:
     warnings: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     colourfulness: float = 0.0
+
+    def with_pixels(self, pixels: np.ndarray) -> DecodedImage:
+        """The same film with other pixels (reframed, a strip added, upscaled), its size following them:
+        what a robustness check sends down the serving path in place of the original."""
+        return replace(self, pixels=pixels, height=pixels.shape[0], width=pixels.shape[1])
 
 
 def colourfulness(rgb: np.ndarray) -> float:

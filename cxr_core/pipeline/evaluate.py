@@ -331,8 +331,6 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
     the map onto the film; inside the lungs is measured from the ingest's masks, ``evidence_where``). Upscale: the
     film at 3,000 px through the whole path (lung model, crop), as a modern detector's image arrives.
     """
-    from dataclasses import replace
-
     from cxr_core.errors import CxrError, ImageError
     from cxr_core.imaging.decode import read_image
     from cxr_core.imaging.preprocess import CropBox
@@ -355,23 +353,20 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
         try:
             try:
                 changed, strip_box = add_strip_and_marker(image.pixels, seed=index)
-                moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
-                striped.append(predictor.model_input_from_image(moved))
+                striped.append(predictor.model_input_from_image(image.with_pixels(changed)))
                 strip_boxes.append(strip_box)
                 strip_before.append(probability >= predictor.threshold)
             except ImageError:
                 strip_refused += 1
             try:
                 changed, _ = add_strip_and_marker(image.pixels, seed=index, held_out=True)
-                moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
-                unlike.append(predictor.model_input_from_image(moved).pixels)
+                unlike.append(predictor.model_input_from_image(image.with_pixels(changed)).pixels)
                 unlike_before.append(probability >= predictor.threshold)
             except ImageError:
                 unlike_refused += 1
             try:
                 large = upscaled(image.pixels)
-                moved = replace(image, pixels=large, height=large.shape[0], width=large.shape[1])
-                upscaled_inputs.append(predictor.model_input_from_image(moved).pixels)
+                upscaled_inputs.append(predictor.model_input_from_image(image.with_pixels(large)).pixels)
                 upscaled_before.append(probability)
                 upscaled_sources.append(row["source"])
             except ImageError:
@@ -382,8 +377,7 @@ def reread_test_films(rows: list[dict], labels, probabilities, predictions, pred
                     outer_band_share_in_film(prediction.raw_heatmap, box, image.pixels.shape)
                 )
             changed = crop_wide(image.pixels) if label == 1 else pad_bars(image.pixels)
-            moved = replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
-            perturbed.append(predictor.model_input_from_image(moved).pixels)
+            perturbed.append(predictor.model_input_from_image(image.with_pixels(changed)).pixels)
         except ImageError:
             refused += 1  # no plausible lungs once reframed: not scored (a clinician reads it), counted apart
             continue

@@ -21,8 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_at_most_five_percent_of_decisions_change_with_the_framing(shared_cxr):
-    from dataclasses import replace
-
     from cxr_core.modelling.predictor import Predictor
 
     model_dir = Registry(ROOT / "models").version_dir(Registry(ROOT / "models").current_version())
@@ -37,9 +35,7 @@ def test_at_most_five_percent_of_decisions_change_with_the_framing(shared_cxr):
         moved = crop_wide(image.pixels) if row["label"] == "1" else pad_bars(image.pixels)
         try:
             original = predictor.model_input_from_image(image)
-            reframed = predictor.model_input_from_image(
-                replace(image, pixels=moved, height=moved.shape[0], width=moved.shape[1])
-            )
+            reframed = predictor.model_input_from_image(image.with_pixels(moved))
         except ImageError:  # refused by the lung check: not scored, so a clinician reads it; not a wrong call
             refused += 1
             continue
@@ -60,8 +56,6 @@ def test_strips_and_burnt_in_markers_neither_decide_nor_draw_the_evidence(shared
     """Every held-out test film of the shipped model with a strip of 5-15 % of its height added on one
     edge (dark or bright) and a text marker burnt in: the view stops at the film's content, at most 2 %
     of decisions change, and the map's peak lies on the strip on at most 2 %."""
-    from dataclasses import replace
-
     from cxr_core.modelling.predictor import Predictor
     from cxr_core.pipeline.evaluate import add_strip_and_marker, peak_in_film
 
@@ -76,9 +70,7 @@ def test_strips_and_burnt_in_markers_neither_decide_nor_draw_the_evidence(shared
         changed, strip = add_strip_and_marker(image.pixels, seed=index)
         try:
             original = predictor.model_input_from_image(image)
-            moved = predictor.model_input_from_image(
-                replace(image, pixels=changed, height=changed.shape[0], width=changed.shape[1])
-            )
+            moved = predictor.model_input_from_image(image.with_pixels(changed))
         except ImageError:
             continue
         top, left, bottom, right = strip
@@ -108,8 +100,6 @@ def test_strips_and_burnt_in_markers_neither_decide_nor_draw_the_evidence(shared
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="markers unlike the training's move 2.4 % of the shipped model's decisions")
 def test_markers_in_words_and_fonts_training_never_drew_change_at_most_two_percent_of_decisions(shared_cxr):
-    from dataclasses import replace
-
     from cxr_core.modelling.predictor import Predictor
     from cxr_core.pipeline.evaluate import add_strip_and_marker
 
@@ -123,8 +113,7 @@ def test_markers_in_words_and_fonts_training_never_drew_change_at_most_two_perce
         marked, _ = add_strip_and_marker(image.pixels, seed=index, held_out=True)
         try:
             originals.append(predictor.model_input_from_image(image).pixels)
-            changed.append(predictor.model_input_from_image(
-                replace(image, pixels=marked, height=marked.shape[0], width=marked.shape[1])).pixels)
+            changed.append(predictor.model_input_from_image(image.with_pixels(marked)).pixels)
         except ImageError:
             originals = originals[: len(changed)]
             continue
