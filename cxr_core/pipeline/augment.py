@@ -349,14 +349,13 @@ def training_dataset(
     def apply_with_targets(batch_images, batch_targets, batch_labels, batch_weights):
         film, warped_targets = augmenter(tf.cast(batch_images, tf.float32), batch_targets, target_scale)
         film = tf.clip_by_value(film, 0.0, 255.0)
-        x = None if consistent else _resolution_gamma_noise(with_markers(film), augment, seed)
         t = pool_to_map(warped_targets, factor // target_scale, already_shares=True)
         y = batch_labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing > 0 else batch_labels
         names = output_names
         outputs = {names[0]: y, names[1]: t}
         weights = {names[0]: batch_weights, names[1]: tf.ones_like(batch_weights)}
         if not consistent:
-            return x, outputs, weights
+            return _resolution_gamma_noise(with_markers(film), augment, seed), outputs, weights
         # The same warped film with a marker always, drawn apart from the first view's (which has one on
         # a share of films only), through one call of the exposure and noise steps with the draws shared,
         # so that the marker is the only difference between the two views.
