@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -31,6 +32,10 @@ DAGS_FOLDER = ROOT / "training" / "dags"
 # Settings of docker-compose.yml that change how fast a run goes, so what is measured is what deploys
 # (tests/test_docker_files.py holds the two equal): a worker slot is free within 1 s of its task's end.
 DEPLOYMENT_TUNING = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1"}
+# Celery's own log lines (celery.worker.strategy, celery.app.trace): a task received, and its end
+# (succeeded, raised, retry...), by task id.
+CELERY_TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]{36})\] received")
+CELERY_TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]{36})\] (?!received)\w+")
 PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1)
 REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
 
@@ -173,6 +178,7 @@ class CeleryAirflow:
         self.env, self.tmp, self.dsn, self.queue, self._stack = env, tmp, dsn, queue, stack
         self.logs = tmp / "logs"
         self.started: list[tuple[str, subprocess.Popen]] = []
+        self.workers: list[str] = []
 
     def diagnostics(self) -> str:
         parts = []
@@ -208,6 +214,7 @@ class CeleryAirflow:
         first worker up. One task at a time each, so two shards need two workers; only this stack's
         queue; no log server (it would take the fixed port 8793 on every interface)."""
         for name in names:
+            self.workers.append(name)
             self.start(
                 name, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1",
                 "--queues", self.queue, "--skip-serve-logs",
@@ -221,6 +228,29 @@ class CeleryAirflow:
             if time.monotonic() > deadline:
                 raise StackError(f"the Celery workers did not start:\n{self.diagnostics()}")
             time.sleep(1)
+
+    def busy_workers(self) -> list[str]:
+        """Workers with a Celery task received and not yet ended, read from their logs. A run is a success
+        in the database once its last task reported its state, while that task's Celery job is still
+        ending (the supervisor's last calls, the process's exit): on a loaded machine long enough that the
+        next run's first shard found that worker busy and the other took both shards."""
+        busy = []
+        for name, _process in self.started:
+            path = self.logs / f"{name}.log"
+            if name in self.workers and path.exists():
+                text = path.read_text(errors="replace")
+                received = set(CELERY_TASK_RECEIVED.findall(text))
+                if received - set(CELERY_TASK_ENDED.findall(text)):
+                    busy.append(name)
+        return busy
+
+    def wait_until_idle(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while busy := self.busy_workers():
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise StackError(f"workers {busy} still busy {timeout:.0f} s after the run:\n{self.diagnostics()}")
+            time.sleep(0.2)
 
     def run(self, dag_id: str, conf: dict, timeout: float) -> dict:
         """Trigger one run and wait for it. Raises StackError unless it ends in success, with the
@@ -258,6 +288,7 @@ class CeleryAirflow:
         print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s", file=sys.stderr)
         if result["state"] != "success":
             raise StackError(f"{json.dumps(result, indent=1)}\n{self.diagnostics()}")
+        self.wait_until_idle()  # the next run finds every worker free, as a nightly archive would
         return result
 
 
