@@ -185,3 +185,29 @@ def test_the_lung_architecture_benchmark_times_untrained_candidates_beside_the_1
     small = result["figures"]["64:4:separable:3@2"]
     assert small["parameters"] < result["figures"]["128:8:unet:4@2"]["parameters"] / 10
     assert all(ms > 0 for ms in small["cpu_ms_per_film"].values())
+
+
+def test_the_large_film_benchmark_scores_3000_px_films_beside_the_same_films_at_512(shared_cxr, tmp_path):
+    """bench/large_films.py is not part of run_all (issue #23's targets are set on 512 px films): run it once
+    and check it scored real 3,000 px films and the same films at 512 px, each with where its CPU went."""
+    out = tmp_path / "large.json"
+    run = subprocess.run(
+        [sys.executable, "bench/large_films.py", "--quick", "--data", str(shared_cxr), "-o", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert json.loads(run.stdout) == result
+    assert max(result["params"]["height_width"]) == 3000 and result["params"]["films"] == 3
+    for side in (result["figures"], result["baseline"]):
+        assert side["p50_ms"] > 0 and side["cpu_ms_per_film"] > 0
+        stages = side["stage_cpu_ms"]
+        for step in ("decode + integrity checks", "lung network (one film per call)",
+                     "lung post-processing (mask, plausibility, box)", "crop + resize + equalise",
+                     "classifier + Grad-CAM + OOD (one film per call)"):  # fmt: skip
+            assert stages[step] > 0, step
+        assert 0 < side["networks_share_of_stages"] < 1
+    assert set(result["baseline"]["limit_cpu_ms_per_film"]) == {"large", "512"}
+    ratio = result["figures"]["cpu_ms_per_film"] / result["baseline"]["cpu_ms_per_film"]
+    assert result["ratios"]["cpu_large_over_512"] == pytest.approx(ratio, abs=0.01)
+    assert result["targets"] == {} and set(result["probability_change"]) == {"median_abs", "max_abs"}
