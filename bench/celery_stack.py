@@ -32,10 +32,21 @@ DAGS_FOLDER = ROOT / "training" / "dags"
 # Settings of docker-compose.yml that change how fast a run goes, so what is measured is what deploys
 # (tests/test_docker_files.py holds the two equal): a worker slot is free within 1 s of its task's end.
 DEPLOYMENT_TUNING = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1"}
-# Celery's own log lines (celery.worker.strategy, celery.app.trace): a task received, and its end
-# (succeeded, raised, retry...), by task id.
+# Celery's own log lines (celery.worker.strategy, celery.app.trace, celery.worker.request): a task
+# received, and its end by task id (succeeded, raised, retry..., discarded once revoked, killed at its
+# hard time limit).
 CELERY_TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]{36})\] received")
-CELERY_TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]{36})\] (?!received)\w+")
+CELERY_TASK_ENDED = re.compile(
+    r"(?:Task \S+\[([0-9a-f-]{36})\] (?!received)\w+"
+    r"|Discarding revoked task: \S+\[([0-9a-f-]{36})\]"
+    r"|Hard time limit \S+ exceeded for \S+\[([0-9a-f-]{36})\])"
+)
+
+
+def celery_task_ids(text: str) -> tuple[set[str], set[str]]:
+    """The Celery task ids a worker's log shows received, and those it shows ended."""
+    ended = {next(filter(None, groups)) for groups in CELERY_TASK_ENDED.findall(text)}
+    return set(CELERY_TASK_RECEIVED.findall(text)), ended
 PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1)
 REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
 
@@ -235,16 +246,23 @@ class CeleryAirflow:
         ending (the supervisor's last calls, the process's exit): on a loaded machine long enough that the
         next run's first shard found that worker busy and the other took both shards."""
         busy = []
-        for name, _process in self.started:
-            path = self.logs / f"{name}.log"
-            if name in self.workers and path.exists():
-                text = path.read_text(errors="replace")
-                received = set(CELERY_TASK_RECEIVED.findall(text))
-                if received - set(CELERY_TASK_ENDED.findall(text)):
-                    busy.append(name)
+        for name in self.workers:
+            received, ended = celery_task_ids(self.worker_log(name))
+            if received - ended:
+                busy.append(name)
         return busy
 
-    def wait_until_idle(self, timeout: float = 120) -> None:
+    def worker_log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_until_idle(self, hosts: set[str], timeout: float = 120) -> None:
+        """Wait until no worker has a Celery job still ending. ``hosts``: the workers the run's tasks ran
+        on; one whose log shows no task received cannot be told idle from busy, which is an error rather
+        than a wait that silently does nothing."""
+        unreadable = sorted(h for h in hosts if h in self.workers and not celery_task_ids(self.worker_log(h))[0])
+        if unreadable:
+            raise StackError(f"no Celery task lines in the logs of {unreadable}:\n{self.diagnostics()}")
         deadline = time.monotonic() + timeout
         while busy := self.busy_workers():
             self.check_running()
@@ -288,7 +306,8 @@ class CeleryAirflow:
         print(f"{dag_id} on Celery: {result['state']} after {result['waited_s']:.0f} s", file=sys.stderr)
         if result["state"] != "success":
             raise StackError(f"{json.dumps(result, indent=1)}\n{self.diagnostics()}")
-        self.wait_until_idle()  # the next run finds every worker free, as a nightly archive would
+        # the next run finds every worker free, as a nightly archive would
+        self.wait_until_idle({ti["hostname"] for ti in result["tis"]})
         return result
 
 

@@ -25,7 +25,7 @@ from test_airflow_dag import write_params
 from test_batch_dag import check_merged_output, films_folder
 from tools import missing
 
-from bench.celery_stack import CELERY_TASK_ENDED, CELERY_TASK_RECEIVED, celery_airflow, unavailable
+from bench.celery_stack import celery_airflow, celery_task_ids, unavailable
 from cxr_core.registry.store import Registry, sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,7 @@ def celery_airflow_stack(tmp_path_factory, shared_cxr):
 def test_batch_dag_runs_on_two_celery_workers(celery_airflow_stack, tmp_path, shared_cxr):
     folder = films_folder(tmp_path, shared_cxr, normals=3, tbs=2)
     films = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    earlier = set().union(*(celery_task_ids(celery_airflow_stack.worker_log(name))[0] for name in WORKERS))
     result = celery_airflow_stack.run(
         "tb_batch_screening", {"source": str(folder), "shard_size": 3}, timeout=RUN_TIMEOUT_S
     )
@@ -73,9 +74,11 @@ def test_batch_dag_runs_on_two_celery_workers(celery_airflow_stack, tmp_path, sh
     assert {ti["hostname"] for ti in result["tis"]} <= set(WORKERS)
     # run() returns once every worker's Celery job has ended, read from the workers' own log lines: all
     # four tasks (plan, two shards, merge) were received and ended, so the next run finds both free
-    logs = "".join((celery_airflow_stack.logs / f"{name}.log").read_text() for name in WORKERS)
-    received, ended = set(CELERY_TASK_RECEIVED.findall(logs)), set(CELERY_TASK_ENDED.findall(logs))
-    assert len(received) == len(result["tis"]) == 4 and received <= ended
+    received, ended = set(), set()
+    for name in WORKERS:
+        in_log, ended_in_log = celery_task_ids(celery_airflow_stack.worker_log(name))
+        received, ended = received | in_log, ended | ended_in_log
+    assert len(received - earlier) == len(result["tis"]) == 4 and received <= ended
     assert celery_airflow_stack.busy_workers() == []
     work = celery_airflow_stack.tmp / "work" / result["run_id"]
     check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])

@@ -41,6 +41,9 @@ def test_the_celery_archive_benchmark_runs_on_one_then_two_workers(shared_cxr, t
     assert one["shards"] == one_new["shards"] == 1
     assert one["shard_hosts"] == one_new["shard_hosts"] == ["cxr-bench-worker-1"]
     assert two["shards"] == 2 and two["shard_hosts"] == ["cxr-bench-worker-1", "cxr-bench-worker-2"]
+    attempts = result["figures"]["two_worker_attempts_shard_hosts"]  # runs on one worker repeated, and printed
+    assert 1 <= len(attempts) <= 3 and attempts[-1] == two["shard_hosts"]
+    assert all(len(hosts) == 1 for hosts in attempts[:-1])
     for figures in (one, one_new, two):
         assert figures["films_per_s"] > 0 and figures["trigger_to_success_s"] > 0 and figures["task_span_s"] > 0
         # the timeline: each task scheduled, queued, started and ended in that order, in the run's order
