@@ -60,28 +60,36 @@ def celery_airflow_stack(tmp_path_factory, shared_cxr):
 
 
 def test_batch_dag_runs_on_two_celery_workers(celery_airflow_stack, tmp_path, shared_cxr):
+    """The two shards run on the two workers. Both workers are free when a run starts, but the planning
+    task's Celery job can still be ending on one of them when the shards are queued (Airflow acks late,
+    one task a worker), and the other worker may then take both: such a run is repeated, up to three times,
+    and every run must still succeed with the same merged output."""
     folder = films_folder(tmp_path, shared_cxr, normals=3, tbs=2)
     films = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
-    earlier = set().union(*(celery_task_ids(celery_airflow_stack.worker_log(name))[0] for name in WORKERS))
-    result = celery_airflow_stack.run(
-        "tb_batch_screening", {"source": str(folder), "shard_size": 3}, timeout=RUN_TIMEOUT_S
-    )
-    mapped = [ti for ti in result["tis"] if ti["task_id"] == "predict_shard"]
-    assert [ti["map_index"] for ti in mapped] == [0, 1]
-    assert all(ti["state"] == "success" for ti in result["tis"])
-    hosts = {ti["hostname"] for ti in mapped}
-    assert hosts == set(WORKERS), f"mapped tasks ran on {hosts}, not on both workers"
-    assert {ti["hostname"] for ti in result["tis"]} <= set(WORKERS)
-    # run() returns once every worker's Celery job has ended, read from the workers' own log lines: all
-    # four tasks (plan, two shards, merge) were received and ended, so the next run finds both free
-    received, ended = set(), set()
-    for name in WORKERS:
-        in_log, ended_in_log = celery_task_ids(celery_airflow_stack.worker_log(name))
-        received, ended = received | in_log, ended | ended_in_log
-    assert len(received - earlier) == len(result["tis"]) == 4 and received <= ended
-    assert celery_airflow_stack.busy_workers() == []
-    work = celery_airflow_stack.tmp / "work" / result["run_id"]
-    check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])
+    attempts = []
+    for _attempt in range(3):
+        earlier = set().union(*(celery_task_ids(celery_airflow_stack.worker_log(name))[0] for name in WORKERS))
+        result = celery_airflow_stack.run(
+            "tb_batch_screening", {"source": str(folder), "shard_size": 3}, timeout=RUN_TIMEOUT_S
+        )
+        mapped = [ti for ti in result["tis"] if ti["task_id"] == "predict_shard"]
+        assert [ti["map_index"] for ti in mapped] == [0, 1]
+        assert all(ti["state"] == "success" for ti in result["tis"])
+        assert {ti["hostname"] for ti in result["tis"]} <= set(WORKERS)
+        # run() returns once every worker's Celery job has ended, read from the workers' own log lines: all
+        # four tasks (plan, two shards, merge) were received and ended, so the next run finds both free
+        received, ended = set(), set()
+        for name in WORKERS:
+            in_log, ended_in_log = celery_task_ids(celery_airflow_stack.worker_log(name))
+            received, ended = received | in_log, ended | ended_in_log
+        assert len(received - earlier) == len(result["tis"]) == 4 and received <= ended
+        assert celery_airflow_stack.busy_workers() == []
+        work = celery_airflow_stack.tmp / "work" / result["run_id"]
+        check_merged_output(work, films, [folder / "batch-0" / "corrupt.png"])
+        attempts.append({ti["hostname"] for ti in mapped})
+        if attempts[-1] == set(WORKERS):
+            break
+    assert attempts[-1] == set(WORKERS), f"in {len(attempts)} runs the mapped tasks never ran on both workers: {attempts}"
 
 
 def test_training_dag_runs_on_celery_workers(celery_airflow_stack, kaggle_tree):
