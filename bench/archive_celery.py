@@ -17,8 +17,9 @@ median ratio: ``one_worker``); the very first run on a newly started worker is m
 its first task (repeated, up to three times, until both workers ran a shard), and every run starts with
 both workers idle (their logs show every Celery task received also ended); a two-worker run whose shards
 both went to one worker (the planning task's job still ending on the other) is repeated, up to three
-times, and each attempt's hosts are printed. Every DAG run still starts
-its task processes, TensorFlow and both models afresh, as the CLI does. ``outside_shards_s`` is Airflow's own time per run (trigger to success minus the shard).
+times, and each attempt's hosts are printed. Every DAG run still starts its task processes, TensorFlow
+and both models afresh, as the CLI does. ``outside_shards_s`` is Airflow's own time per run (trigger to
+success minus the shard).
 Baseline, on the same films in the same run: the plain batch CLI (``python -m cxr_core predict FOLDER
 --format jsonl``, one process), timed end to end before the stack starts and after every one-worker run;
 each one-worker run is compared with the mean of the CLI runs on either side of it (this machine's share

@@ -47,6 +47,8 @@ def celery_task_ids(text: str) -> tuple[set[str], set[str]]:
     """The Celery task ids a worker's log shows received, and those it shows ended."""
     ended = {next(filter(None, groups)) for groups in CELERY_TASK_ENDED.findall(text)}
     return set(CELERY_TASK_RECEIVED.findall(text)), ended
+
+
 PG_HOST, PG_PORT = os.environ.get("CXR_TEST_PG", "127.0.0.1:5432").rsplit(":", 1)
 REDIS_HOST, REDIS_PORT = os.environ.get("CXR_TEST_REDIS", "127.0.0.1:6379").rsplit(":", 1)
 
