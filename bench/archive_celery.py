@@ -78,6 +78,21 @@ def dag_run(stack, folder: Path, films: int, workers: int) -> dict:
     }
 
 
+def runs_until_both_workers(stack, folder: Path, films: int) -> list[dict]:
+    """Two-worker runs until one ran a shard on each worker, at most ``ATTEMPTS``; every run, in order.
+
+    Both workers are free when a run starts, but the planning task's Celery job can still be ending on
+    one when the shards are queued: the other then takes both (one task a worker). Such a run is not a
+    two-worker figure."""
+    runs = []
+    for _attempt in range(ATTEMPTS):
+        runs.append(dag_run(stack, folder, films, workers=2))
+        if runs[-1]["shard_hosts"] == list(WORKER_NAMES):
+            break
+        log(f"archive-celery: the shards of a two-worker run ran on {runs[-1]['shard_hosts']}; again ...")
+    return runs
+
+
 def timeline(result: dict) -> list[dict]:
     """Where the run's time goes, in seconds from the run's creation (the trigger) as the metadata
     database recorded it: per task when it was scheduled, queued for a worker, started (the task process
@@ -131,24 +146,13 @@ def main() -> None:
                     cli_run()
                 log("archive-celery: adding a second worker; a small run gives each its first task ...")
                 stack.add_workers(WORKER_NAMES[1])
-                for _attempt in range(ATTEMPTS):
-                    warmed = dag_run(stack, warm_up, WARM_UP_FILMS, workers=2)
-                    if warmed["shard_hosts"] == list(WORKER_NAMES):
-                        break
-                    log(f"archive-celery: the small run's shards ran on {warmed['shard_hosts']}; again ...")
-                else:
+                warmed = runs_until_both_workers(stack, warm_up, WARM_UP_FILMS)[-1]
+                if warmed["shard_hosts"] != list(WORKER_NAMES):
                     raise SystemExit(f"{ATTEMPTS} small runs never gave both workers a shard: "
                                      f"{json.dumps(warmed['timeline'])}")  # fmt: skip
-                # Both workers are free when the run starts, but the planning task's Celery job can still be
-                # ending on one when the shards are queued: the other may then take both (one a time each).
-                # Such a run is not a two-worker figure; it is repeated, and every attempt's hosts printed.
-                two_attempts = []
-                for _attempt in range(ATTEMPTS):
-                    two = dag_run(stack, folder, args.size, workers=2)
-                    two_attempts.append(two["shard_hosts"])
-                    log(f"archive-celery: two workers {two['trigger_to_success_s']} s, shards on {two['shard_hosts']}")
-                    if two["shard_hosts"] == list(WORKER_NAMES):
-                        break
+                two_runs = runs_until_both_workers(stack, folder, args.size)
+                two, two_attempts = two_runs[-1], [run["shard_hosts"] for run in two_runs]
+                log(f"archive-celery: two workers {two['trigger_to_success_s']} s")
         except StackError as error:
             raise SystemExit(f"the Celery stack failed: {error}") from None
     if len(two["shard_hosts"]) != 2:
