@@ -138,11 +138,11 @@ def compiled_trainer(side: int, params: dict, steps: int, guided: bool, auc_metr
     evidence = params.get("evidence") or {}
     trainer, map_side = evidence_trainer(model, evidence)
     losses = {OUTPUT: "binary_crossentropy", EVIDENCE: evidence_loss(evidence)}
-    weights = None
-    if marker_consistency(params) > 0:
+    weights, consistency = None, marker_consistency(params)
+    if consistency > 0:
         trainer = consistency_trainer(model, trainer)
         losses[CONSISTENCY] = "mean_squared_error"
-        weights = {OUTPUT: 1.0, EVIDENCE: 1.0, CONSISTENCY: marker_consistency(params)}
+        weights = {OUTPUT: 1.0, EVIDENCE: 1.0, CONSISTENCY: consistency}
     trainer.compile(
         optimizer=make_optimizer(params, steps),
         loss=losses,
