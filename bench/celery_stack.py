@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+from bench.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_PYTHON = ROOT / "airflow-venv" / "bin" / "python"
 AIRFLOW_BIN = AIRFLOW_PYTHON.parent / "airflow"
@@ -124,12 +126,6 @@ def answers(host: str, port: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def unavailable() -> str | None:

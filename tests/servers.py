@@ -7,13 +7,14 @@ one way to start, wait for and stop the server lives here.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 try:  # one lookup for every browser test
@@ -29,12 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

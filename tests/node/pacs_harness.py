@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,15 +19,11 @@ import numpy as np
 import requests
 from PIL import Image
 
+from bench.ports import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACS_SCRIPT = PROJECT_ROOT / "scripts" / "pacs.sh"
 PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def orthanc_missing() -> str | None:
